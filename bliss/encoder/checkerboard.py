@@ -1,0 +1,139 @@
+"""Checkerboard autoregressive tiling: colour groups of tiles inferred in turn.
+
+Tiles are split into ``K`` colour groups; group ``k`` is inferred conditioned on the catalog
+already determined for the groups before it, so a source on a tile border is claimed by the
+first group that sees it and not again by its neighbour. The named schedules:
+
+* ``K = 1`` (``"independent"``): every tile at once, no conditioning;
+* ``K = 2`` (``"checkerboard"``): ``(row + col) mod 2``;
+* ``K = 4`` (``"2x2"``): ``2 (row mod 2) + (col mod 2)``, so each group's 8 neighbours are in
+  other groups and the last group sees all of them.
+"""
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from bliss.catalog import TileCatalog
+from bliss.encoder.layers import ConvBlock
+from bliss.errors import BlissConfigError
+
+__all__ = ["SCHEDULES", "CatalogContext", "ContextHead", "TilingSchedule"]
+
+SCHEDULES = {1: "independent", 2: "checkerboard", 4: "2x2"}
+
+
+class TilingSchedule:
+    """Which colour group every tile belongs to, and in which order groups are inferred.
+
+    Args:
+        n_colors: ``K``, one of 1, 2, 4.
+        randomize_order: during training, visit the groups in a random order each step.
+    """
+
+    def __init__(self, n_colors: int = 4, randomize_order: bool = False) -> None:
+        if n_colors not in SCHEDULES:
+            raise BlissConfigError(
+                f"encoder.tiling.n_colors={n_colors}; expected one of {sorted(SCHEDULES)} "
+                f"({', '.join(f'{k} = {v}' for k, v in SCHEDULES.items())})."
+            )
+        self.n_colors = n_colors
+        self.randomize_order = randomize_order
+
+    @property
+    def name(self) -> str:
+        """The schedule's name."""
+        return SCHEDULES[self.n_colors]
+
+    def colors(self, n_tiles_h: int, n_tiles_w: int, device: torch.device | None = None) -> Tensor:
+        """Colour of every tile. Shape ``ht wt`` (long)."""
+        rows = torch.arange(n_tiles_h, device=device).view(-1, 1)
+        cols = torch.arange(n_tiles_w, device=device).view(1, -1)
+        if self.n_colors == 1:
+            return torch.zeros(n_tiles_h, n_tiles_w, dtype=torch.long, device=device)
+        if self.n_colors == 2:
+            return (rows + cols) % 2
+        return 2 * (rows % 2) + (cols % 2)
+
+    def order(self, training: bool, generator: torch.Generator | None = None) -> list[int]:
+        """The order in which colour groups are visited."""
+        if training and self.randomize_order:
+            return torch.randperm(self.n_colors, generator=generator).tolist()
+        return list(range(self.n_colors))
+
+
+class CatalogContext:
+    """Encode the catalog of already-inferred tiles as tile-resolution input maps.
+
+    Channels (all zero on unknown tiles): known flag, number of sources, number of galaxies,
+    mean within-tile ``(row, col)`` of the sources, and ``asinh(total flux / flux_scale)`` per band.
+
+    Args:
+        n_bands: ``c``.
+        flux_scale: nanomaggies at which the asinh flux channel turns logarithmic.
+    """
+
+    def __init__(self, n_bands: int, flux_scale: float = 1.0) -> None:
+        self.n_bands = n_bands
+        self.flux_scale = flux_scale
+
+    @property
+    def n_channels(self) -> int:
+        """Context channels ``k``."""
+        return 5 + self.n_bands
+
+    def __call__(self, catalog: TileCatalog, known: Tensor) -> Tensor:
+        """Context maps.
+
+        Args:
+            catalog: the catalog (true during training, inferred during inference).
+            known: which tiles' catalogs may be used. Shape ``b ht wt`` or ``ht wt`` (bool).
+
+        Returns:
+            Shape ``b k ht wt``.
+        """
+        on = catalog.is_on_mask.to(catalog["locs"].dtype)  # b ht wt m
+        count = on.sum(-1)
+        galaxies = catalog.galaxy_mask.to(on.dtype).sum(-1)
+        mean_locs = (catalog["locs"] * on.unsqueeze(-1)).sum(-2) / count.clamp(min=1).unsqueeze(-1)
+        flux = (catalog["fluxes"] * on.unsqueeze(-1)).sum(-2)
+        maps = torch.cat(
+            [
+                torch.ones_like(count).unsqueeze(-1),
+                count.unsqueeze(-1),
+                galaxies.unsqueeze(-1),
+                mean_locs,
+                torch.asinh(flux / self.flux_scale),
+            ],
+            dim=-1,
+        )
+        known = known.to(maps.dtype)
+        if known.ndim == 2:
+            known = known.unsqueeze(0)
+        return rearrange(maps * known.unsqueeze(-1), "b ht wt k -> b k ht wt")
+
+
+class ContextHead(nn.Module):
+    """Tile features + catalog context -> raw posterior parameters of every tile.
+
+    Two 3 x 3 convolutions mix each tile with its 8 neighbours (features and context); a 1 x 1
+    convolution gives the parameters.
+
+    Args:
+        feature_width: channels of the feature extractor.
+        context_channels: channels of :class:`CatalogContext`.
+        width: hidden channels.
+        n_params: raw parameters per tile.
+    """
+
+    def __init__(self, feature_width: int, context_channels: int, width: int, n_params: int) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(feature_width, width, 1)
+        self.context = nn.Conv2d(context_channels, width, 1)
+        self.body = nn.Sequential(ConvBlock(width, width), ConvBlock(width, width))
+        self.head = nn.Conv2d(width, n_params, 1)
+
+    def forward(self, features: Tensor, context: Tensor) -> Tensor:
+        """``b f ht wt`` and ``b k ht wt`` -> ``b ht wt p``."""
+        hidden = self.body(self.features(features) + self.context(context))
+        return rearrange(self.head(hidden), "b p ht wt -> b ht wt p")

@@ -1,0 +1,235 @@
+"""The encoder: a Lightning module mapping images to a posterior over their tile catalogs."""
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from bliss.catalog import TileCatalog
+from bliss.catalog.shapes import check_shape
+from bliss.encoder.checkerboard import CatalogContext, ContextHead, TilingSchedule
+from bliss.encoder.features import FeatureNet
+from bliss.encoder.normalizers import ImageNormalizer
+from bliss.errors import BlissConfigError, BlissValueError
+from bliss.posterior.variational import VariationalPosterior
+
+__all__ = ["Encoder", "catalog_from_batch"]
+
+_CAT = "catalog/"
+
+
+def catalog_from_batch(batch: dict[str, Tensor], tile_slen: int) -> TileCatalog:
+    """The true tile catalog stored in a batch under ``catalog/<key>``."""
+    return TileCatalog(tile_slen, {k[len(_CAT):]: v for k, v in batch.items() if k.startswith(_CAT)})
+
+
+class Encoder(pl.LightningModule):
+    """Neural posterior estimation of tile catalogs with checkerboard autoregressive tiling.
+
+    Training minimises the expected negative log posterior of the simulated true catalog. The
+    image goes once through :class:`~bliss.encoder.features.FeatureNet`; then, for each colour
+    group ``k`` of the tiling schedule, a :class:`~bliss.encoder.checkerboard.ContextHead`
+    combines the features with the catalog of the groups before ``k`` (the true catalog during
+    training: teacher forcing) and gives the posterior parameters of group ``k``'s tiles.
+
+    Args:
+        bands: band names, in the channel order of the images.
+        reference_band: band used for ordering, magnitude bins and detection metrics.
+        tile_slen: tile side in pixels.
+        normalizer: image normalisation.
+        features: a callable ``in_channels -> FeatureNet`` (Hydra ``_partial_``).
+        posterior: the variational posterior (its factors are a dict keyed by name).
+        tiling: the colour-group schedule.
+        context_width: hidden channels of the context head.
+        optimizer: a callable ``params -> Optimizer`` (Hydra ``_partial_``).
+        scheduler: a callable ``optimizer -> LRScheduler`` or None.
+        threshold: detection threshold on ``P(source)``.
+        match_dist_px: matching distance for validation metrics, pixels.
+        mag_bins: reference-band magnitude bin edges for validation metrics.
+        compile_features: wrap the feature extractor in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[str],
+        reference_band: str,
+        tile_slen: int,
+        normalizer: ImageNormalizer,
+        features: Callable[..., FeatureNet],
+        posterior: VariationalPosterior,
+        tiling: TilingSchedule,
+        context_width: int = 64,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        threshold: float = 0.5,
+        match_dist_px: float = 1.0,
+        mag_bins: Sequence[float] = (16, 19, 20, 21, 22, 23),
+        compile_features: bool = False,
+    ) -> None:
+        super().__init__()
+        self.bands = tuple(bands)
+        if reference_band not in self.bands:
+            raise BlissConfigError(f"encoder.reference_band={reference_band!r} not in bands {self.bands}.")
+        if normalizer.n_bands != len(self.bands):
+            raise BlissConfigError(
+                f"encoder.normalizer.n_bands={normalizer.n_bands} but {len(self.bands)} bands {self.bands}."
+            )
+        if not 0 < threshold < 1:
+            raise BlissConfigError(f"encoder.threshold={threshold}; expected a probability in (0, 1).")
+        self.reference_index = self.bands.index(reference_band)
+        self.tile_slen = tile_slen
+        self.normalizer = normalizer
+        self.features = features(in_channels=normalizer.n_channels, tile_slen=tile_slen)
+        self.posterior = posterior
+        self.tiling = tiling
+        self.context = CatalogContext(len(self.bands))
+        self.head = ContextHead(self.features.width, self.context.n_channels, context_width, posterior.n_params)
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
+        self.scheduler_factory = scheduler
+        self.threshold = threshold
+        self.match_dist_px = match_dist_px
+        self.mag_bins = list(mag_bins)
+        self._feature_fn = torch.compile(self.features) if compile_features else self.features
+        self._validation: list[dict[str, Any]] = []
+
+    # ---- network ------------------------------------------------------------------------------
+    def tile_features(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-tile features of a batch. Shape ``b f ht wt``."""
+        images = batch["images"]
+        check_shape("images", images, "b c h w", {"c": len(self.bands)})
+        return self._feature_fn(self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"]))
+
+    def group_params(self, features: Tensor, catalog: TileCatalog, known: Tensor) -> Tensor:
+        """Posterior parameters of every tile given the catalog on ``known`` tiles (``b ht wt p``)."""
+        return self.head(features, self.context(catalog, known))
+
+    def _known_masks(self, order: list[int], colors: Tensor) -> list[tuple[int, Tensor]]:
+        """For each group in visiting order: (group, tiles of the groups visited before it)."""
+        masks, done = [], torch.zeros_like(colors, dtype=torch.bool)
+        for group in order:
+            masks.append((group, done.clone()))
+            done |= colors == group
+        return masks
+
+    # ---- training -----------------------------------------------------------------------------
+    def nll(self, batch: dict[str, Tensor]) -> Tensor:
+        """Negative log posterior of the true catalog, summed over tiles, averaged over images."""
+        truth = catalog_from_batch(batch, self.tile_slen)
+        features = self.tile_features(batch)
+        colors = self.tiling.colors(truth.n_tiles_h, truth.n_tiles_w, features.device)
+        total = features.new_zeros(())
+        for group, known in self._known_masks(self.tiling.order(self.training), colors):
+            params = self.group_params(features, truth, known)
+            log_prob = self.posterior.log_prob(params, truth)
+            total = total + torch.where(colors == group, log_prob, 0.0).sum()
+        return -total / truth.batch_size
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One optimisation step; stops on a non-finite loss."""
+        loss = self.nll(batch)
+        if not torch.isfinite(loss):
+            raise BlissValueError(
+                f"training loss is {loss.item()} at global step {self.global_step}, batch {batch_idx}; "
+                "the last good checkpoint is kept. Lower the learning rate or check the data."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """AdamW (or the configured optimizer) with the configured schedule."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, batch: dict[str, Tensor], sample: bool = False, threshold: float | None = None) -> tuple[TileCatalog, Tensor]:
+        """Run the colour groups in turn, each conditioned on the catalog of the earlier ones.
+
+        Args:
+            batch: ``images``, ``background``, ``psf_fwhm_arcsec``.
+            sample: draw from the posterior (joint, through the autoregression) instead of taking
+                point estimates.
+            threshold: detection threshold for point estimates [default: the encoder's].
+
+        Returns:
+            The catalog (``b ht wt m d``) and the posterior parameters each tile was decided with
+            (``b ht wt p``).
+        """
+        threshold = self.threshold if threshold is None else threshold
+        features = self.tile_features(batch)
+        b, _, n_h, n_w = features.shape
+        colors = self.tiling.colors(n_h, n_w, features.device)
+        estimate: TileCatalog | None = None
+        all_params = features.new_zeros(b, n_h, n_w, self.posterior.n_params)
+        for group, known in self._known_masks(self.tiling.order(False), colors):
+            context_catalog = estimate if estimate is not None else self._empty(b, n_h, n_w, features)
+            params = self.group_params(features, context_catalog, known)
+            if sample:
+                draw = self.posterior.sample(params, self.tile_slen)
+            else:
+                draw = self.posterior.point_estimate(params, self.tile_slen, threshold)
+            in_group = colors == group
+            estimate = draw if estimate is None else _where_tiles(in_group, draw, estimate)
+            all_params = torch.where(in_group.unsqueeze(-1), params, all_params)
+        return estimate, all_params
+
+    def _empty(self, b: int, n_h: int, n_w: int, like: Tensor) -> TileCatalog:
+        m = self.posterior.max_sources
+        return TileCatalog(self.tile_slen, {
+            "n_sources": torch.zeros(b, n_h, n_w, dtype=torch.long, device=like.device),
+            "locs": like.new_zeros(b, n_h, n_w, m, 2),
+            "fluxes": like.new_zeros(b, n_h, n_w, m, len(self.bands)),
+        })
+
+    # ---- validation and test ------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss and the catalog-level statistics gathered for the epoch's metrics."""
+        self._evaluate_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """As validation, on the test split."""
+        self._evaluate_step(batch, "test")
+
+    def _evaluate_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        from bliss.encoder.evaluation import collect_step
+
+        loss = self.nll(batch)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0], sync_dist=True)
+        truth = catalog_from_batch(batch, self.tile_slen)
+        estimate, params = self.infer(batch)
+        self._validation.append(collect_step(self, truth, estimate, params))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log detection, flux and calibration metrics."""
+        self._finish_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metrics and the calibration plot."""
+        self._finish_epoch("test")
+
+    def _finish_epoch(self, stage: str) -> None:
+        from bliss.encoder.evaluation import summarize
+
+        if not self._validation:
+            return
+        metrics = summarize(self, self._validation, stage)
+        self._validation = []
+        for name, value in metrics.items():
+            if isinstance(value, float) and math.isfinite(value):
+                self.log(f"{stage}/{name}", value, sync_dist=True)
+
+
+def _where_tiles(in_group: Tensor, new: TileCatalog, old: TileCatalog) -> TileCatalog:
+    """Take ``new`` on the tiles of ``in_group`` (``ht wt``) and ``old`` elsewhere."""
+    data = {}
+    for key, value in new.items():
+        mask = in_group.view(1, *in_group.shape, *([1] * (value.ndim - 3)))
+        data[key] = torch.where(mask, value, old[key]) if key in old else torch.where(mask, value, 0)
+    return TileCatalog(new.tile_slen, data)

@@ -1,0 +1,66 @@
+"""``bliss mode=train``: fit the encoder, keep the best and last checkpoints, then test."""
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
+from bliss.errors import BlissConfigError
+
+__all__ = ["build_datamodule", "train"]
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """The cached-shard or on-the-fly DataModule chosen by ``train.data``."""
+    if cfg.train.data == "cached":
+        datamodule = instantiate(cfg.data)
+        datamodule.setup()
+        saved = datamodule.manifest.get("config", {}).get("survey", {}).get("bands")
+        if saved is not None and list(saved) != list(cfg.survey.bands):
+            raise BlissConfigError(
+                f"shards in {cfg.data.cached_data} have bands {saved} but the encoder is built for "
+                f"survey.bands={list(cfg.survey.bands)}; generate shards for this survey or change survey."
+            )
+        images = datamodule.manifest.get("config", {}).get("simulator", {}).get("image_size")
+        if images is not None and images % cfg.prior.tile_slen:
+            raise BlissConfigError(f"shard images of {images} px are not whole {cfg.prior.tile_slen}-px tiles.")
+        return datamodule
+    if cfg.train.data == "simulate":
+        from bliss.data.on_the_fly import SimulatedDataModule
+        from bliss.main import build_simulator
+
+        spec = cfg.train.simulate
+        return SimulatedDataModule(build_simulator(cfg), cfg.data.batch_size, spec.batches_per_epoch,
+                                   spec.val_batches, cfg.seed, spec.num_workers)
+    raise BlissConfigError(f"train.data={cfg.train.data!r}; expected `cached` or `simulate`.")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the encoder described by ``cfg`` and return the final metrics.
+
+    Raises:
+        BlissConfigError: the data do not fit the encoder, or ``train.resume`` is a checkpoint of a
+            different factor set or band list.
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    if cfg.train.resume:
+        check_compatible(read_checkpoint(cfg.train.resume)["bliss_config"], cfg.encoder, cfg.train.resume)
+    datamodule = build_datamodule(cfg)
+    encoder = instantiate(cfg.encoder)
+    record = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks.append(RecordConfig(record))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()] or False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
+    trainer.fit(encoder, datamodule=datamodule, ckpt_path=cfg.train.resume)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.train.test_after_fit and not cfg.trainer.get("fast_dev_run"):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        results = trainer.test(encoder, datamodule=datamodule, ckpt_path=best)
+        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    return metrics

@@ -1,0 +1,132 @@
+"""The ``bliss`` command: ``bliss mode=generate|train|predict|evaluate [overrides]``."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bliss.errors import BlissConfigError
+
+__all__ = ["MODES", "build_simulator", "cli", "run"]
+
+
+def build_simulator(cfg: DictConfig) -> Any:
+    """The :class:`~bliss.simulator.simulate.ImageSimulator` described by ``cfg``."""
+    from bliss.simulator.simulate import ImageSimulator
+
+    survey = instantiate(cfg.survey)
+    sim = cfg.simulator
+    psf_images = None
+    if sim.psf_images:
+        psf_images = {band: _read_psf_image(Path(path), band) for band, path in sim.psf_images.items()}
+    return ImageSimulator(
+        survey=survey,
+        prior=instantiate(cfg.prior),
+        renderer=instantiate(sim.renderer),
+        conditions=instantiate(sim.conditions, survey=survey),
+        image_size=sim.image_size,
+        noise=sim.noise,
+        margin_px=sim.margin_px,
+        dither_px=sim.dither_px,
+        psf_images=psf_images,
+    )
+
+
+def _read_psf_image(path: Path, band: str) -> np.ndarray:
+    from astropy.io import fits
+
+    from bliss.errors import BlissIOError
+
+    try:
+        image = np.load(path) if path.suffix == ".npy" else fits.getdata(path)
+    except Exception as err:
+        raise BlissConfigError(
+            f"simulator.psf_images.{band}={path} cannot be read as a .npy or FITS image ({err})."
+        ) from err
+    if image is None or np.ndim(image) != 2:
+        raise BlissIOError(f"simulator.psf_images.{band}={path} is not a 2-D image.")
+    return np.asarray(image, dtype=np.float64)
+
+
+def run_generate(cfg: DictConfig) -> dict[str, Any]:
+    """Simulate shards into ``paths.cached_data``."""
+    from bliss.data.generate import generate_shards
+
+    simulator = build_simulator(cfg)  # validates every simulator key before any work
+    recipe = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, ["survey", "prior", "simulator"]), resolve=True
+    )
+    manifest = generate_shards(
+        simulator,
+        Path(cfg.paths.cached_data),
+        seed=cfg.seed,
+        n_shards=cfg.generate.n_shards,
+        images_per_shard=cfg.generate.images_per_shard,
+        shard_offset=cfg.generate.shard_offset,
+        num_workers=cfg.generate.num_workers,
+        recipe=recipe,
+    )
+    print(f"{manifest['n_shards']} shards, {manifest['n_images']} images in {cfg.paths.cached_data}")
+    return manifest
+
+
+def run_train(cfg: DictConfig) -> Any:
+    """Fit the encoder (see :mod:`bliss.encoder.training`)."""
+    from bliss.encoder.training import train
+
+    return train(cfg)
+
+
+def run_predict(cfg: DictConfig) -> Any:
+    """Catalog a FITS image (see :mod:`bliss.predict.run`)."""
+    from bliss.predict.run import predict_from_config
+
+    return predict_from_config(cfg)
+
+
+def run_evaluate(cfg: DictConfig) -> Any:
+    """Compare bliss and the ``sep`` baseline against truth (see :mod:`bliss.predict.evaluate`)."""
+    from bliss.predict.evaluate import evaluate_from_config
+
+    return evaluate_from_config(cfg)
+
+
+MODES: dict[str, Callable[[DictConfig], Any]] = {
+    "generate": run_generate,
+    "train": run_train,
+    "predict": run_predict,
+    "evaluate": run_evaluate,
+}
+
+
+def run(cfg: DictConfig) -> Any:
+    """Dispatch on ``cfg.mode``.
+
+    Raises:
+        BlissConfigError: ``mode`` is not one of :data:`MODES`.
+    """
+    mode = cfg.mode
+    if mode not in MODES:
+        raise BlissConfigError(
+            f"mode={mode!r} is not a bliss mode; expected one of {sorted(MODES)}, e.g. "
+            "`bliss mode=generate`."
+        )
+    return MODES[mode](cfg)
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def _hydra_entry(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def cli() -> None:
+    """Console entry point."""
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,254 @@
+"""The catalog prior: what a random patch of sky contains, sampled tile by tile."""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from bliss.catalog import GALAXY_KEYS, TileCatalog
+from bliss.errors import BlissConfigError
+
+__all__ = ["CatalogPrior"]
+
+_ARCSEC_PER_ARCMIN = 60.0
+
+
+class CatalogPrior:
+    """A prior over tile catalogs of stars and bulge + disk galaxies.
+
+    Per tile, the number of sources is Poisson with mean ``density_per_arcmin2`` times the tile
+    area, with counts above ``max_sources`` set to ``max_sources``. Positions are uniform in the
+    tile. A source is a galaxy with probability ``prob_galaxy``. Reference-band fluxes follow a
+    power law truncated to ``[min_nmgy, max_nmgy]`` with ``N(> F) ~ F^-alpha`` (separately for stars
+    and galaxies). Other bands are set by colours: ``mag_b - mag_ref = mean_b + slope_b * t +
+    scatter_b * eps_b`` with one latent ``t ~ N(0, 1)`` per source (a "temperature" that moves the
+    source along the stellar or galaxy locus) and independent ``eps_b ~ N(0, 1)``. Galaxy shapes:
+    disk fraction uniform in [0, 1], half-light radii log-normal (arcsec, clipped to
+    ``[min, max]``), axis ratios uniform in ``[q_min, 1]``, position angle uniform in [0, pi).
+
+    Args:
+        bands: band names in channel order (normally ``${survey.bands}``).
+        reference_band: band whose flux follows the power law.
+        pixel_scale_arcsec: pixel side, arcsec (to turn the density into sources per tile).
+        tile_slen: tile side in pixels [default: 4].
+        max_sources: sources per tile at most [default: 1].
+        density_per_arcmin2: mean number of sources per square arcminute.
+        prob_galaxy: probability that a source is a galaxy.
+        star_flux: ``{min_nmgy, max_nmgy, alpha}`` for stars.
+        galaxy_flux: ``{min_nmgy, max_nmgy, alpha}`` for galaxies.
+        star_colors: ``{mean, slope, scatter}``, each a mapping band -> mag offset from the
+            reference band. Bands beyond ``bands`` are ignored; missing ones are an error.
+        galaxy_colors: same for galaxies.
+        galaxy_shape: ``{disk_hlr_arcsec: {median, sigma, min, max}, bulge_hlr_arcsec: {...},
+            q_min}``; ``sigma`` is the standard deviation of the natural log.
+
+    Example:
+        >>> prior = CatalogPrior(["g", "r"], "r", 0.396, density_per_arcmin2=2000.0,
+        ...     star_colors={"mean": {"g": 0.5, "r": 0}, "slope": {"g": 0.3, "r": 0},
+        ...                  "scatter": {"g": 0.05, "r": 0}})
+        >>> cat = prior.sample(2, 8, 8, torch.Generator().manual_seed(0))
+        >>> cat["fluxes"].shape
+        torch.Size([2, 8, 8, 1, 2])
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[str],
+        reference_band: str,
+        pixel_scale_arcsec: float,
+        tile_slen: int = 4,
+        max_sources: int = 1,
+        density_per_arcmin2: float = 4.2,
+        prob_galaxy: float = 0.5,
+        star_flux: Mapping[str, float] | None = None,
+        galaxy_flux: Mapping[str, float] | None = None,
+        star_colors: Mapping[str, Mapping[str, float]] | None = None,
+        galaxy_colors: Mapping[str, Mapping[str, float]] | None = None,
+        galaxy_shape: Mapping | None = None,
+    ) -> None:
+        self.bands = tuple(bands)
+        if reference_band not in self.bands:
+            raise BlissConfigError(
+                f"prior.reference_band={reference_band!r} is not one of bands {list(self.bands)}."
+            )
+        self.reference_index = self.bands.index(reference_band)
+        if tile_slen < 1:
+            raise BlissConfigError(f"prior.tile_slen={tile_slen}; expected an integer >= 1.")
+        if max_sources < 1:
+            raise BlissConfigError(f"prior.max_sources={max_sources}; expected an integer >= 1.")
+        if not density_per_arcmin2 >= 0:
+            raise BlissConfigError(
+                f"prior.density_per_arcmin2={density_per_arcmin2}; expected a density >= 0."
+            )
+        if not 0 <= prob_galaxy <= 1:
+            raise BlissConfigError(f"prior.prob_galaxy={prob_galaxy}; expected a value in [0, 1].")
+        self.tile_slen = tile_slen
+        self.max_sources = max_sources
+        self.density_per_arcmin2 = density_per_arcmin2
+        self.prob_galaxy = prob_galaxy
+        tile_arcmin = tile_slen * pixel_scale_arcsec / _ARCSEC_PER_ARCMIN
+        self.mean_sources_per_tile = density_per_arcmin2 * tile_arcmin**2
+        default_flux = {"min_nmgy": 0.63, "max_nmgy": 1000.0, "alpha": 0.5}
+        self.star_flux = _check_power_law("prior.star_flux", star_flux or default_flux)
+        self.galaxy_flux = _check_power_law("prior.galaxy_flux", galaxy_flux or default_flux)
+        zero_colors = {"mean": {}, "slope": {}, "scatter": {}}
+        self.star_colors = self._color_table("prior.star_colors", star_colors or zero_colors)
+        self.galaxy_colors = self._color_table("prior.galaxy_colors", galaxy_colors or zero_colors)
+        self.galaxy_shape = _check_shape_config(galaxy_shape or {})
+
+    def _color_table(self, key: str, colors: Mapping[str, Mapping[str, float]]) -> Tensor:
+        """Colour parameters as a tensor ``3 c`` (mean, slope, scatter) in channel order."""
+        rows = []
+        for part in ("mean", "slope", "scatter"):
+            values = colors.get(part, {})
+            missing = [b for b in self.bands if b not in values and b != self.bands[self.reference_index]]
+            if missing:
+                raise BlissConfigError(
+                    f"{key}.{part} has no entry for bands {missing}; give a magnitude offset from "
+                    f"the reference band for every band of the survey {list(self.bands)}."
+                )
+            rows.append([0.0 if i == self.reference_index else float(values[b]) for i, b in enumerate(self.bands)])
+        table = torch.tensor(rows)
+        if (table[2] < 0).any():
+            raise BlissConfigError(f"{key}.scatter has a negative entry; expected scatters >= 0.")
+        return table
+
+    def sample(
+        self, n_images: int, n_tiles_h: int, n_tiles_w: int, generator: torch.Generator
+    ) -> TileCatalog:
+        """Draw tile catalogs.
+
+        Args:
+            n_images: batch size ``b``.
+            n_tiles_h: tile rows ``ht``.
+            n_tiles_w: tile columns ``wt``.
+            generator: the random stream (seed it for reproducible draws).
+
+        Returns:
+            A :class:`TileCatalog` with keys ``n_sources``, ``locs``, ``source_type``, ``fluxes``
+            (nanomaggies, ``d = c``) and every key of :data:`GALAXY_KEYS` (zeros for stars).
+            Shapes ``b ht wt m d``.
+        """
+        shape = (n_images, n_tiles_h, n_tiles_w, self.max_sources)
+        rate = torch.full(shape[:3], self.mean_sources_per_tile)
+        n_sources = torch.poisson(rate, generator=generator).clamp(max=self.max_sources).long()
+        slots = torch.arange(self.max_sources)
+        is_on = slots < rearrange(n_sources, "b ht wt -> b ht wt 1")
+        locs = torch.rand(*shape, 2, generator=generator)
+        is_galaxy = torch.rand(shape, generator=generator) < self.prob_galaxy
+        ref_flux = torch.where(
+            is_galaxy,
+            _sample_power_law(shape, self.galaxy_flux, generator),
+            _sample_power_law(shape, self.star_flux, generator),
+        )
+        fluxes = self._sample_fluxes(ref_flux, is_galaxy, generator)
+        galaxy = self._sample_galaxy_shapes(shape, generator)
+        data = {
+            "n_sources": n_sources,
+            "locs": locs,
+            "source_type": rearrange(is_galaxy.float(), "... -> ... 1"),
+            "fluxes": fluxes,
+            **galaxy,
+        }
+        for key in ("source_type", *GALAXY_KEYS):
+            data[key] = data[key] * rearrange(is_galaxy.float(), "... -> ... 1")
+        on = rearrange(is_on, "... -> ... 1")
+        data = {k: (v if k == "n_sources" else torch.where(on, v, 0)) for k, v in data.items()}
+        # slots ordered by decreasing reference flux, as TileCatalog requires
+        catalog = TileCatalog(self.tile_slen, data)
+        order = torch.sort(-torch.where(is_on, ref_flux, -1.0), dim=-1, stable=True).indices
+        return TileCatalog(
+            self.tile_slen,
+            {
+                k: v if k == "n_sources" else torch.gather(v, 3, order.unsqueeze(-1).expand_as(v))
+                for k, v in catalog.items()
+            },
+        )
+
+    def _sample_fluxes(self, ref_flux: Tensor, is_galaxy: Tensor, generator: torch.Generator) -> Tensor:
+        """Fluxes in every band from the reference flux and colours. Shape ``b ht wt m c``."""
+        n_bands = len(self.bands)
+        latent = torch.randn(*ref_flux.shape, 1, generator=generator)
+        scatter = torch.randn(*ref_flux.shape, n_bands, generator=generator)
+        table = torch.where(
+            rearrange(is_galaxy, "... -> ... 1 1"), self.galaxy_colors, self.star_colors
+        )  # b ht wt m 3 c
+        mean, slope, spread = table.unbind(-2)
+        color = mean + slope * latent + spread * scatter
+        color[..., self.reference_index] = 0.0
+        return rearrange(ref_flux, "... -> ... 1") * torch.pow(10.0, -0.4 * color)
+
+    def _sample_galaxy_shapes(
+        self, shape: tuple[int, ...], generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Bulge + disk parameters, each ``b ht wt m 1``."""
+        config = self.galaxy_shape
+        q_min = config["q_min"]
+
+        def uniform(low: float, high: float) -> Tensor:
+            return low + (high - low) * torch.rand(*shape, 1, generator=generator)
+
+        def log_normal(spec: Mapping[str, float]) -> Tensor:
+            draw = spec["median"] * torch.exp(spec["sigma"] * torch.randn(*shape, 1, generator=generator))
+            return draw.clamp(spec["min"], spec["max"])
+
+        return {
+            "disk_frac": uniform(0.0, 1.0),
+            "beta_rad": uniform(0.0, math.pi),
+            "disk_q": uniform(q_min, 1.0),
+            "disk_hlr_arcsec": log_normal(config["disk_hlr_arcsec"]),
+            "bulge_q": uniform(q_min, 1.0),
+            "bulge_hlr_arcsec": log_normal(config["bulge_hlr_arcsec"]),
+        }
+
+
+def _sample_power_law(
+    shape: tuple[int, ...], spec: Mapping[str, float], generator: torch.Generator
+) -> Tensor:
+    """Inverse-CDF draw from ``p(F) ~ F^-(alpha + 1)`` on ``[min_nmgy, max_nmgy]``."""
+    low, high, alpha = spec["min_nmgy"], spec["max_nmgy"], spec["alpha"]
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    tail = 1.0 - (high / low) ** (-alpha)
+    return (low * (1.0 - u * tail) ** (-1.0 / alpha)).float()
+
+
+def _check_power_law(key: str, spec: Mapping[str, float]) -> dict[str, float]:
+    expected = {"min_nmgy", "max_nmgy", "alpha"}
+    if set(spec) != expected:
+        raise BlissConfigError(f"{key} has keys {sorted(spec)}; expected exactly {sorted(expected)}.")
+    if not 0 < spec["min_nmgy"] < spec["max_nmgy"]:
+        raise BlissConfigError(
+            f"{key}: min_nmgy={spec['min_nmgy']}, max_nmgy={spec['max_nmgy']}; expected "
+            "0 < min_nmgy < max_nmgy."
+        )
+    if not spec["alpha"] > 0:
+        raise BlissConfigError(f"{key}.alpha={spec['alpha']}; expected a positive power-law index.")
+    return {k: float(v) for k, v in spec.items()}
+
+
+_DEFAULT_SHAPE = {
+    "disk_hlr_arcsec": {"median": 0.8, "sigma": 0.5, "min": 0.2, "max": 5.0},
+    "bulge_hlr_arcsec": {"median": 0.5, "sigma": 0.5, "min": 0.1, "max": 3.0},
+    "q_min": 0.2,
+}
+
+
+def _check_shape_config(spec: Mapping) -> dict:
+    config = {**_DEFAULT_SHAPE, **spec}
+    unknown = set(config) - set(_DEFAULT_SHAPE)
+    if unknown:
+        raise BlissConfigError(
+            f"prior.galaxy_shape has unknown keys {sorted(unknown)}; expected {sorted(_DEFAULT_SHAPE)}."
+        )
+    if not 0 < config["q_min"] <= 1:
+        raise BlissConfigError(f"prior.galaxy_shape.q_min={config['q_min']}; expected 0 < q_min <= 1.")
+    for key in ("disk_hlr_arcsec", "bulge_hlr_arcsec"):
+        radius = config[key]
+        if not (0 < radius["min"] <= radius["median"] <= radius["max"] and radius["sigma"] >= 0):
+            raise BlissConfigError(
+                f"prior.galaxy_shape.{key}={dict(radius)}; expected 0 < min <= median <= max and "
+                "sigma >= 0."
+            )
+    return config
