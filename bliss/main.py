@@ -78,7 +78,15 @@ def run_train(cfg: DictConfig) -> Any:
     """Fit the encoder (see :mod:`bliss.encoder.training`)."""
     from bliss.encoder.training import train
 
-    return train(cfg)
+    if cfg.train.data != "simulate":
+        return train(cfg)
+    from bliss.data.on_the_fly import SimulatedDataModule
+
+    spec = cfg.train.simulate
+    datamodule = SimulatedDataModule(build_simulator(cfg), cfg.data.batch_size,
+                                     spec.batches_per_epoch, spec.val_batches, cfg.seed,
+                                     spec.num_workers)
+    return train(cfg, datamodule)
 
 
 def run_predict(cfg: DictConfig) -> Any:

@@ -1,6 +1,7 @@
 """Tile catalogs: at most ``m`` sources in each square tile of ``tile_slen`` pixels."""
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange, repeat
@@ -9,11 +10,15 @@ from torch import Tensor
 from bliss.catalog.shapes import check_shape
 from bliss.errors import BlissValueError
 
+if TYPE_CHECKING:
+    from bliss.catalog.full import FullCatalog
+
 __all__ = ["GALAXY_KEYS", "TileCatalog"]
 
 #: Galaxy shape keys, each ``b ht wt m 1``: disk flux fraction in [0, 1]; position angle in
 #: radians in [0, pi), counter-clockwise from the +col axis towards +row; axis ratios (minor /
-#: major) in (0, 1]; half-light radii along the major axis in arcsec.
+#: major) in (0, 1]; half-light radii in arcsec of the circular profile before it is sheared to
+#: axis ratio q (GalSim's convention: the major semi-axis is ``hlr / sqrt(q)``).
 GALAXY_KEYS = ("disk_frac", "beta_rad", "disk_q", "disk_hlr_arcsec", "bulge_q", "bulge_hlr_arcsec")
 
 

@@ -147,6 +147,19 @@ class Encoder(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume a schedule's progress but take its shape from the current config.
+
+        A saved scheduler state also holds its settings (``OneCycleLR`` stores ``total_steps``),
+        which would otherwise override the config, so a run resumed with a larger
+        ``trainer.max_steps`` would fail once the old schedule ended.
+        """
+        progress = ("last_epoch", "_step_count", "_last_lr")
+        checkpoint["lr_schedulers"] = [
+            {k: v for k, v in state.items() if k in progress}
+            for state in checkpoint.get("lr_schedulers", [])
+        ]
+
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, batch: dict[str, Tensor], sample: bool = False, threshold: float | None = None) -> tuple[TileCatalog, Tensor]:
@@ -162,21 +175,25 @@ class Encoder(pl.LightningModule):
             The catalog (``b ht wt m d``) and the posterior parameters each tile was decided with
             (``b ht wt p``).
         """
+        return self.infer_from_features(self.tile_features(batch), sample, threshold)
+
+    @torch.no_grad()
+    def infer_from_features(self, features: Tensor, sample: bool = False,
+                            threshold: float | None = None) -> tuple[TileCatalog, Tensor]:
+        """The autoregressive loop of :meth:`infer` on precomputed features (``b f ht wt``)."""
         threshold = self.threshold if threshold is None else threshold
-        features = self.tile_features(batch)
         b, _, n_h, n_w = features.shape
         colors = self.tiling.colors(n_h, n_w, features.device)
-        estimate: TileCatalog | None = None
+        estimate = self._empty(b, n_h, n_w, features)
         all_params = features.new_zeros(b, n_h, n_w, self.posterior.n_params)
         for group, known in self._known_masks(self.tiling.order(False), colors):
-            context_catalog = estimate if estimate is not None else self._empty(b, n_h, n_w, features)
-            params = self.group_params(features, context_catalog, known)
+            params = self.group_params(features, estimate, known)
             if sample:
                 draw = self.posterior.sample(params, self.tile_slen)
             else:
                 draw = self.posterior.point_estimate(params, self.tile_slen, threshold)
             in_group = colors == group
-            estimate = draw if estimate is None else _where_tiles(in_group, draw, estimate)
+            estimate = _where_tiles(in_group, draw, estimate)
             all_params = torch.where(in_group.unsqueeze(-1), params, all_params)
         return estimate, all_params
 
@@ -231,5 +248,5 @@ def _where_tiles(in_group: Tensor, new: TileCatalog, old: TileCatalog) -> TileCa
     data = {}
     for key, value in new.items():
         mask = in_group.view(1, *in_group.shape, *([1] * (value.ndim - 3)))
-        data[key] = torch.where(mask, value, old[key]) if key in old else torch.where(mask, value, 0)
+        data[key] = torch.where(mask, value, old[key] if key in old else 0)
     return TileCatalog(new.tile_slen, data)

@@ -29,17 +29,20 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
             raise BlissConfigError(f"shard images of {images} px are not whole {cfg.prior.tile_slen}-px tiles.")
         return datamodule
     if cfg.train.data == "simulate":
-        from bliss.data.on_the_fly import SimulatedDataModule
-        from bliss.main import build_simulator
-
-        spec = cfg.train.simulate
-        return SimulatedDataModule(build_simulator(cfg), cfg.data.batch_size, spec.batches_per_epoch,
-                                   spec.val_batches, cfg.seed, spec.num_workers)
+        # the encoder package may not import the simulator: `bliss.main` builds this DataModule
+        raise BlissConfigError(
+            "train.data=simulate needs the simulated DataModule built by `bliss.main.run_train`; "
+            "pass it to `train(cfg, datamodule)`."
+        )
     raise BlissConfigError(f"train.data={cfg.train.data!r}; expected `cached` or `simulate`.")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
     """Fit the encoder described by ``cfg`` and return the final metrics.
+
+    Args:
+        cfg: the composed run config.
+        datamodule: the data to fit [default: the cached shards of ``cfg.data``].
 
     Raises:
         BlissConfigError: the data do not fit the encoder, or ``train.resume`` is a checkpoint of a
@@ -48,7 +51,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.train.resume:
         check_compatible(read_checkpoint(cfg.train.resume)["bliss_config"], cfg.encoder, cfg.train.resume)
-    datamodule = build_datamodule(cfg)
+    if datamodule is None:
+        datamodule = build_datamodule(cfg)
     encoder = instantiate(cfg.encoder)
     record = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

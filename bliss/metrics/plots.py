@@ -1,11 +1,10 @@
 """Figures of metric results, drawn off-screen (Agg) and written atomically."""
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bliss.atomic import atomic_path
 from bliss.errors import BlissValueError
 
 __all__ = ["plot_calibration"]
@@ -64,13 +63,6 @@ def plot_calibration(
     axes.legend(loc="upper left", fontsize="small")
     figure.tight_layout()
 
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            figure.savefig(tmp_file, format="png", dpi=120)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp_name)
-        raise
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
     return path

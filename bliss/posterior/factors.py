@@ -18,7 +18,6 @@ from torch.distributions import (
     Bernoulli,
     Categorical,
     Distribution,
-    Independent,
     LogNormal,
     Normal,
     SigmoidTransform,

@@ -44,6 +44,12 @@ class ObservingConditions:
                 "alternatives, set one of them to null."
             )
         self.bands = tuple(survey.bands)
+        if reference_band not in self.bands:
+            raise BlissConfigError(
+                f"simulator.conditions.reference_band={reference_band!r} is not one of the "
+                f"survey's bands {list(self.bands)}; use one of them (normally "
+                "${survey.reference_band})."
+            )
         self.nominal_fwhm = torch.tensor([survey.psf_fwhm_arcsec(b) for b in self.bands])
         self.nominal_sky = torch.tensor([survey.sky_electrons(b) for b in self.bands])
         self.reference_fwhm = _check_range("reference_fwhm_arcsec", reference_fwhm_arcsec)

@@ -1,0 +1,87 @@
+"""Prediction throughput and peak memory for a full 2048 x 1489 5-band SDSS-sized frame, vs `sep`.
+
+Usage: python benchmarks/bench_predict.py [--checkpoint PATH] [--height 1489 --width 2048]
+
+The frame is simulated once (default `sdss` preset and prior) and written to a temporary FITS
+file; bliss and sep each run in a fresh subprocess so their peak RSS is measured separately.
+Reference `bliss-toolkit` 0.4.2: about 43 s and 10.7 GB on 2 cores (sep: about 1.1 s).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_CKPT = Path(__file__).resolve().parents[1] / "bliss" / "models" / "sdss_generalist.ckpt"
+
+_CHILD = r"""
+import json, resource, sys, time
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+import bliss  # registers resolvers
+from bliss.predict.reader import read_fits_image
+which, path, checkpoint, device = sys.argv[1:5]
+survey = instantiate(OmegaConf.load(sys.argv[5]))
+start = time.perf_counter()
+if which == "bliss":
+    import torch
+    from bliss.encoder.checkpoint import load_encoder
+    from bliss.predict.predictor import Predictor
+    encoder, _ = load_encoder(checkpoint)
+    image = read_fits_image(path, survey, encoder.bands)
+    n = len(Predictor(encoder, 512, 4, device, progress=False).predict(image)["sources"]["row"])
+else:
+    from bliss.predict.baseline import sep_catalog
+    image = read_fits_image(path, survey)
+    n = len(sep_catalog(image, survey.reference_band, survey.pixel_scale_arcsec)["row"])
+elapsed = time.perf_counter() - start
+print(json.dumps({"seconds": elapsed, "n": n, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    parser.add_argument("--height", type=int, default=1489)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    import torch
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from bliss.main import build_simulator
+    from bliss.simulator.field import write_simulated_field
+
+    size = max(args.height, args.width)
+    size += (-size) % 4
+    with initialize_config_module("bliss.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["mode=predict", f"simulator.image_size={size}", "paths.run_dir=."])
+    with tempfile.TemporaryDirectory() as directory:
+        full = Path(directory) / "full.fits"
+        write_simulated_field(build_simulator(cfg), 5, full, Path(directory) / "truth.fits")
+        from astropy.io import fits
+
+        with fits.open(full) as hdus:  # crop the square field to the frame shape
+            for hdu in hdus[1:]:
+                hdu.data = hdu.data[: args.height, : args.width]
+            path = Path(directory) / "frame.fits"
+            hdus.writeto(path)
+        survey_yaml = Path(directory) / "survey.yaml"
+        survey_yaml.write_text(OmegaConf.to_yaml(cfg.survey, resolve=True))
+        print(f"frame {args.height} x {args.width} px x 5 bands; python={sys.version.split()[0]} "
+              f"torch={torch.__version__} device={args.device} threads={torch.get_num_threads()}")
+        print("| method | seconds | Mpix/s per band | peak RSS GB | sources |")
+        print("|---|---|---|---|---|")
+        for which in ("bliss", "sep"):
+            out = subprocess.run([sys.executable, "-c", _CHILD, which, str(path), args.checkpoint, args.device,
+                                  str(survey_yaml)], capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            mpix = args.height * args.width / 1e6
+            print(f"| {which} | {r['seconds']:.2f} | {mpix / r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['n']} |")
+
+
+if __name__ == "__main__":
+    main()

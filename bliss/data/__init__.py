@@ -1,0 +1,1 @@
+"""Shards of simulated data and the DataModule that streams them."""

@@ -1,0 +1,155 @@
+"""``bliss mode=generate``: simulate shards in parallel, resumably, and write a manifest."""
+
+import hashlib
+import json
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bliss.data.shards import MANIFEST_NAME, atomic_write_bytes, save_shard, shard_path
+from bliss.errors import BlissConfigError, BlissIOError
+from bliss.simulator.simulate import ImageSimulator
+
+__all__ = ["config_fingerprint", "generate_shards", "shard_seed"]
+
+_SIMULATOR: ImageSimulator | None = None
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The seed of shard ``index``: independent streams for every (seed, index) pair."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def config_fingerprint(recipe: dict[str, Any]) -> str:
+    """A short hash of everything that determines a shard's content."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _init_worker(simulator: ImageSimulator, single_thread: bool = True) -> None:
+    global _SIMULATOR  # one simulator per worker process, built once
+    _SIMULATOR = simulator
+    if single_thread:  # only in worker processes: the caller's thread count is not ours to change
+        torch.set_num_threads(1)
+
+
+def _make_shard(job: tuple[Path, int, int, int, str]) -> int:
+    path, index, seed, n_images, fingerprint = job
+    if _SIMULATOR is None:
+        raise BlissConfigError("generate worker started without a simulator (bliss bug).")
+    batch = _SIMULATOR.simulate(n_images, seed=seed)
+    meta = {"index": index, "seed": seed, "n_images": n_images, "fingerprint": fingerprint,
+            "bands": list(_SIMULATOR.survey.bands)}
+    save_shard(path, batch, meta)
+    payload = json.dumps(meta).encode()
+    atomic_write_bytes(_sidecar(path), lambda stream: stream.write(payload))
+    return index
+
+
+def _is_complete(path: Path, fingerprint: str) -> bool:
+    sidecar = _sidecar(path)
+    if not (path.exists() and sidecar.exists()):
+        return False
+    meta = json.loads(sidecar.read_text())
+    if meta.get("fingerprint") != fingerprint:
+        raise BlissIOError(
+            f"{path} was made with a different simulator config (fingerprint "
+            f"{meta.get('fingerprint')} != {fingerprint}); write to another paths.cached_data or "
+            "delete the old shards."
+        )
+    return True
+
+
+def generate_shards(
+    simulator: ImageSimulator,
+    directory: Path,
+    *,
+    seed: int,
+    n_shards: int,
+    images_per_shard: int,
+    shard_offset: int = 0,
+    num_workers: int = 0,
+    recipe: dict[str, Any],
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write shards ``shard_offset .. shard_offset + n_shards - 1`` and refresh the manifest.
+
+    Complete shards (shard file and its ``.json`` sidecar present, same config fingerprint) are
+    skipped, so an interrupted run resumes where it stopped.
+
+    Args:
+        simulator: what draws the images.
+        directory: the shard directory (``paths.cached_data``).
+        seed: the run seed; shard ``i`` uses :func:`shard_seed` ``(seed, i)``.
+        n_shards: how many shards this run is responsible for.
+        images_per_shard: images in each shard.
+        shard_offset: index of the first shard (SLURM arrays split one generation this way).
+        num_workers: worker processes; 0 simulates in this process.
+        recipe: the composed config of everything that determines shard content (recorded).
+        progress: show a progress bar.
+        on_shard: called with each finished shard index (used by tests to simulate crashes).
+
+    Returns:
+        The manifest that was written.
+    """
+    for key, value, low in (("n_shards", n_shards, 1), ("images_per_shard", images_per_shard, 1),
+                            ("shard_offset", shard_offset, 0), ("num_workers", num_workers, 0)):
+        if value < low:
+            raise BlissConfigError(f"generate.{key}={value}; expected an integer >= {low}.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fingerprint = config_fingerprint({**recipe, "images_per_shard": images_per_shard, "seed": seed})
+    jobs = []
+    for index in range(shard_offset, shard_offset + n_shards):
+        path = shard_path(directory, index)
+        if not _is_complete(path, fingerprint):
+            jobs.append((path, index, shard_seed(seed, index), images_per_shard, fingerprint))
+    bar = tqdm(total=n_shards, initial=n_shards - len(jobs), desc="generate", unit="shard",
+               disable=not progress)
+    if num_workers == 0:
+        _init_worker(simulator, single_thread=False)
+        results = map(_make_shard, jobs)
+        for index in results:
+            bar.update()
+            if on_shard:
+                on_shard(index)
+    else:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(simulator,)) as pool:
+            for index in pool.map(_make_shard, jobs):
+                bar.update()
+                if on_shard:
+                    on_shard(index)
+    bar.close()
+    return write_manifest(directory, recipe, fingerprint)
+
+
+def write_manifest(directory: Path, recipe: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """Rebuild ``manifest.json`` from the complete shards present in ``directory``."""
+    shards = []
+    for sidecar in sorted(Path(directory).glob("shard_*.json")):
+        meta = json.loads(sidecar.read_text())
+        shard_file = sidecar.with_suffix(".pt")
+        if shard_file.exists() and meta.get("fingerprint") == fingerprint:
+            shards.append({"file": shard_file.name, **meta, "bytes": shard_file.stat().st_size})
+    manifest = {
+        "fingerprint": fingerprint,
+        "n_shards": len(shards),
+        "n_images": sum(s["n_images"] for s in shards),
+        "config": recipe,
+        "shards": shards,
+    }
+    payload = json.dumps(manifest, indent=1).encode()
+    atomic_write_bytes(Path(directory) / MANIFEST_NAME, lambda stream: stream.write(payload))
+    return manifest

@@ -1,0 +1,114 @@
+"""Reading and writing shards: files of simulated images with their catalogs.
+
+A shard is a ``torch.save`` file holding a dict of tensors: ``images`` (``n c h w``),
+``background`` (``n c``), ``psf_fwhm_arcsec`` (``n c``), ``dither_px`` (``n c 2``), the tile catalog
+under ``catalog/<key>`` (``n ht wt m d``, ``n_sources`` is ``n ht wt``), plus ``meta`` (shard
+index, seed, tile_slen, bands). It is written to a temporary name and renamed, so a shard on
+disk is always complete.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bliss.atomic import atomic_path
+from bliss.catalog import TileCatalog
+from bliss.errors import BlissIOError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "atomic_write_bytes",
+    "catalog_from_shard",
+    "load_shard",
+    "read_manifest",
+    "save_shard",
+    "shard_path",
+]
+
+MANIFEST_NAME = "manifest.json"
+_CATALOG_PREFIX = "catalog/"
+_REQUIRED = ("images", "background", "psf_fwhm_arcsec", "meta")
+
+
+def shard_path(directory: Path, index: int) -> Path:
+    """Where shard ``index`` lives."""
+    return Path(directory) / f"shard_{index:06d}.pt"
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        write(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write one shard atomically. ``batch`` is the output of ``ImageSimulator.simulate``."""
+    payload: dict[str, Any] = {
+        key: value.contiguous() for key, value in batch.items() if isinstance(value, Tensor)
+    }
+    catalog: TileCatalog = batch["catalog"]
+    for key, value in catalog.items():
+        payload[_CATALOG_PREFIX + key] = value.contiguous()
+    payload["meta"] = {**meta, "tile_slen": catalog.tile_slen}
+    atomic_write_bytes(path, lambda stream: torch.save(payload, stream))
+
+
+def load_shard(path: Path) -> dict[str, Any]:
+    """Read a shard written by :func:`save_shard`.
+
+    Raises:
+        BlissIOError: the file is missing, truncated, or not a bliss shard.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise BlissIOError(
+            f"shard {path} does not exist; re-run `bliss mode=generate` for this directory."
+        ) from err
+    except Exception as err:  # torch raises RuntimeError/EOFError/UnpicklingError on bad files
+        raise BlissIOError(
+            f"shard {path} is corrupt or truncated ({type(err).__name__}: {err}); delete it and "
+            "re-run `bliss mode=generate` to regenerate it."
+        ) from err
+    missing = [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
+    if missing or not any(str(k).startswith(_CATALOG_PREFIX) for k in payload):
+        raise BlissIOError(
+            f"{path} is not a bliss shard: it lacks {list(missing) or ['catalog/*']}; point "
+            "paths.cached_data at a directory made by `bliss mode=generate`."
+        )
+    return payload
+
+
+def catalog_from_shard(payload: dict[str, Any], index: slice | Tensor | int = slice(None)) -> TileCatalog:
+    """The tile catalog of some images of a loaded shard."""
+    data = {
+        key[len(_CATALOG_PREFIX) :]: value[index]
+        for key, value in payload.items()
+        if key.startswith(_CATALOG_PREFIX)
+    }
+    return TileCatalog(payload["meta"]["tile_slen"], data)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read ``manifest.json`` of a shard directory.
+
+    Raises:
+        BlissIOError: no manifest, or it is not valid JSON.
+    """
+    path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        raise BlissIOError(
+            f"{path} does not exist; generate shards first with "
+            f"`bliss mode=generate paths.cached_data={directory}`."
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BlissIOError(f"{path} is not valid JSON ({err}); re-run `bliss mode=generate`.") from err

@@ -1,0 +1,104 @@
+"""Rotation and flip augmentation applied consistently to an image and its tile catalog.
+
+Orientation conventions (see :data:`bliss.catalog.GALAXY_KEYS`): a position angle ``beta`` is
+measured counter-clockwise from the +col axis towards +row and has period pi. Rotating the image
+array by 90 degrees with ``torch.rot90(image, 1, dims=(-2, -1))`` sends ``(row, col)`` to
+``(W - col, row)`` and ``beta`` to ``beta - pi/2``; mirroring the columns sends ``col`` to
+``W - col`` and ``beta`` to ``pi - beta``. Spin-2 quantities ``(e1, e2)`` (ellipticity, shear)
+turn with twice the angle.
+"""
+
+import math
+from collections.abc import Mapping
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+__all__ = ["DEFAULT_ORIENTED_KEYS", "Orientation", "flip_cols", "rotate90"]
+
+
+class Orientation(StrEnum):
+    """How a catalog field transforms under rotations and flips."""
+
+    POSITION_ANGLE = "position_angle"  # d = 1, radians, period pi
+    SPIN2 = "spin2"  # d = 2, (e1, e2)
+
+
+DEFAULT_ORIENTED_KEYS: dict[str, Orientation] = {
+    "beta_rad": Orientation.POSITION_ANGLE,
+    "shear": Orientation.SPIN2,
+    "ellipticity": Orientation.SPIN2,
+}
+
+_CAT = "catalog/"
+
+
+def _turn(value: Tensor, kind: Orientation, angle: float, mirror: bool) -> Tensor:
+    """Apply a mirror (``beta -> -beta``) and then a rotation by ``angle`` to an orientation."""
+    if kind == Orientation.POSITION_ANGLE:
+        beta = -value if mirror else value
+        return torch.remainder(beta + angle, math.pi)
+    e1, e2 = value.unbind(-1)
+    if mirror:
+        e2 = -e2
+    cos, sin = math.cos(2 * angle), math.sin(2 * angle)
+    return torch.stack([cos * e1 - sin * e2, sin * e1 + cos * e2], dim=-1)
+
+
+def _oriented(item: dict[str, Tensor], keys: Mapping[str, Orientation], angle: float, mirror: bool) -> None:
+    galaxy = item.get(_CAT + "source_type")
+    for key, kind in keys.items():
+        if _CAT + key not in item:
+            continue
+        value = item[_CAT + key]
+        turned = _turn(value, Orientation(kind), angle, mirror)
+        if kind == Orientation.POSITION_ANGLE and galaxy is not None:
+            turned = torch.where(galaxy > 0.5, turned, value)
+        item[_CAT + key] = turned
+
+
+def rotate90(item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] = DEFAULT_ORIENTED_KEYS) -> dict[str, Tensor]:
+    """Rotate one example (image ``c h w`` and tile catalog ``ht wt m d``) by 90 degrees.
+
+    Returns a new dict; pixel maps (``images``, and ``background`` when it is a map) and every
+    ``catalog/*`` tensor are moved together.
+    """
+    out = dict(item)
+    for key in ("images", "background"):
+        if key in out and out[key].ndim == 3:
+            out[key] = torch.rot90(out[key], 1, dims=(-2, -1))
+    for key, value in item.items():
+        if key.startswith(_CAT):
+            out[key] = torch.rot90(value, 1, dims=(0, 1))
+    if _CAT + "locs" in out:
+        rows, cols = out[_CAT + "locs"].unbind(-1)
+        locs = torch.stack([1.0 - cols, rows], dim=-1)
+        on = _on_mask(out)
+        out[_CAT + "locs"] = torch.where(on, locs.clamp(max=1.0 - 1e-6), 0.0)
+    _oriented(out, oriented_keys, -math.pi / 2, mirror=False)
+    return out
+
+
+def flip_cols(item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] = DEFAULT_ORIENTED_KEYS) -> dict[str, Tensor]:
+    """Mirror one example left-right (``col -> W - col``)."""
+    out = dict(item)
+    for key in ("images", "background"):
+        if key in out and out[key].ndim == 3:
+            out[key] = torch.flip(out[key], dims=(-1,))
+    for key, value in item.items():
+        if key.startswith(_CAT):
+            out[key] = torch.flip(value, dims=(1,))
+    if _CAT + "locs" in out:
+        rows, cols = out[_CAT + "locs"].unbind(-1)
+        locs = torch.stack([rows, 1.0 - cols], dim=-1)
+        out[_CAT + "locs"] = torch.where(_on_mask(out), locs.clamp(max=1.0 - 1e-6), 0.0)
+    _oriented(out, oriented_keys, 0.0, mirror=True)
+    return out
+
+
+def _on_mask(item: dict[str, Tensor]) -> Tensor:
+    """Which slots hold a source. Shape: ``ht wt m 1``."""
+    n_sources = item[_CAT + "n_sources"]
+    max_sources = item[_CAT + "locs"].shape[-2]
+    return (torch.arange(max_sources) < n_sources.unsqueeze(-1)).unsqueeze(-1)

@@ -1,0 +1,159 @@
+"""Images of any size -> posterior catalogs, chunk by chunk."""
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+from tqdm import tqdm
+
+from bliss.catalog import TileCatalog
+from bliss.errors import BlissConfigError
+from bliss.predict.reader import SurveyImage
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """Run a trained encoder over a whole image of any size.
+
+    The image is padded to whole tiles and cut into chunks of ``chunk_px``; each chunk is
+    extended by a margin of at least half the feature extractor's receptive field, so the
+    features of every tile are the same as if the whole image had been processed at once (chunk
+    borders do not change results). The checkerboard groups then run over the whole image.
+
+    Args:
+        encoder: a trained :class:`~bliss.encoder.encoder.Encoder` (eval mode).
+        chunk_px: side of the chunk cores in pixels (rounded to whole tiles).
+        batch_chunks: chunks of equal shape per forward pass (bounds memory).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        progress: show a progress bar over chunks.
+
+    Example:
+        >>> # predictor = Predictor(load_encoder("model.ckpt")[0]); predictor.predict(image)
+    """
+
+    def __init__(self, encoder: Any, chunk_px: int = 512, batch_chunks: int = 4, device: str = "auto",
+                 progress: bool = True) -> None:
+        if chunk_px < encoder.tile_slen or batch_chunks < 1:
+            raise BlissConfigError(
+                f"predict.chunk_px={chunk_px}, predict.batch_chunks={batch_chunks}; expected a chunk of "
+                f"at least one tile ({encoder.tile_slen} px) and batch_chunks >= 1."
+            )
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval()
+        self.tile_slen = encoder.tile_slen
+        self.chunk_px = chunk_px // self.tile_slen * self.tile_slen
+        half_field = encoder.features.receptive_field_px / 2
+        self.margin_px = math.ceil(half_field / self.tile_slen) * self.tile_slen
+        self.batch_chunks = batch_chunks
+        self.progress = progress
+
+    def _padded(self, image: SurveyImage) -> dict[str, Tensor]:
+        """Pad to whole tiles (padding is missing data)."""
+        _, h, w = image.images.shape
+        pad_h, pad_w = (-h) % self.tile_slen, (-w) % self.tile_slen
+        images = np.pad(image.images, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=np.nan)
+        background = np.pad(image.background, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+        return {
+            "images": torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
+            "background": torch.from_numpy(np.ascontiguousarray(background, dtype=np.float32)),
+            "psf_fwhm_arcsec": torch.as_tensor(image.psf_fwhm_arcsec, dtype=torch.float32),
+        }
+
+    @torch.no_grad()
+    def tile_features(self, image: SurveyImage) -> Tensor:
+        """Features of every tile of the (padded) image. Shape ``1 f ht wt``."""
+        data = self._padded(image)
+        _, height, width = data["images"].shape
+        n_h, n_w = height // self.tile_slen, width // self.tile_slen
+        features = None
+        groups: dict[tuple[int, int], list[tuple[int, int, int, int, int, int]]] = defaultdict(list)
+        for top in range(0, height, self.chunk_px):
+            for left in range(0, width, self.chunk_px):
+                bottom, right = min(top + self.chunk_px, height), min(left + self.chunk_px, width)
+                outer = (max(top - self.margin_px, 0), min(bottom + self.margin_px, height),
+                         max(left - self.margin_px, 0), min(right + self.margin_px, width))
+                shape = (outer[1] - outer[0], outer[3] - outer[2])
+                groups[shape].append((top, bottom, left, right, outer[0], outer[2]))
+        n_chunks = sum(len(v) for v in groups.values())
+        bar = tqdm(total=n_chunks, desc="predict", unit="chunk", disable=not self.progress)
+        for (chunk_h, chunk_w), chunks in groups.items():
+            for start in range(0, len(chunks), self.batch_chunks):
+                part = chunks[start : start + self.batch_chunks]
+                batch = {
+                    key: torch.stack([data[key][:, o_top : o_top + chunk_h, o_left : o_left + chunk_w]
+                                      for (_, _, _, _, o_top, o_left) in part])
+                    for key in ("images", "background")
+                }
+                batch["psf_fwhm_arcsec"] = data["psf_fwhm_arcsec"].expand(len(part), -1)
+                out = self.encoder.tile_features({k: v.to(self.device) for k, v in batch.items()})
+                if features is None:
+                    features = out.new_zeros(1, out.shape[1], n_h, n_w)
+                t = self.tile_slen
+                for index, (top, bottom, left, right, o_top, o_left) in enumerate(part):
+                    r0, c0 = (top - o_top) // t, (left - o_left) // t
+                    features[0, :, top // t : bottom // t, left // t : right // t] = out[
+                        index, :, r0 : r0 + (bottom - top) // t, c0 : c0 + (right - left) // t
+                    ]
+                bar.update(len(part))
+        bar.close()
+        return features
+
+    @torch.no_grad()
+    def predict(self, image: SurveyImage, threshold: float = 0.5, n_samples: int = 0,
+                quantiles: tuple[float, ...] = (0.05, 0.95)) -> dict[str, Any]:
+        """Catalog an image.
+
+        Args:
+            image: the input.
+            threshold: report slots with ``P(source) > threshold``.
+            n_samples: number of joint posterior sample catalogs to draw as well.
+            quantiles: posterior quantiles reported for every slot factor.
+
+        Returns:
+            ``sources``: per-source numpy columns (``row``, ``col`` in pixels with the origin at the
+            image corner, ``prob_source``, ``prob_galaxy``, one column per catalog key point
+            estimate, ``<key>@<q>`` quantiles); ``samples``: a list of such column dicts (point
+            columns only), one per joint sample.
+        """
+        if not 0 < threshold < 1:
+            raise BlissConfigError(f"predict.threshold={threshold}; expected a probability in (0, 1).")
+        features = self.tile_features(image)
+        estimate, params = self.encoder.infer_from_features(features, sample=False, threshold=threshold)
+        _, h, w = image.images.shape
+        posterior = self.encoder.posterior
+        split = posterior.split(params)
+        columns: dict[str, Tensor] = {
+            "prob_source": posterior.prob_source(params),
+        }
+        galaxy = posterior.prob_galaxy(params)
+        if galaxy is not None:
+            columns["prob_galaxy"] = galaxy
+        for name, factor in posterior.slot_factors.items():
+            columns[factor.key] = factor.point_estimate(split[name])
+            for q in quantiles:
+                columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
+        sources = _rows(estimate, columns, h, w)
+        samples = []
+        for _ in range(n_samples):
+            draw, _ = self.encoder.infer_from_features(features, sample=True)
+            samples.append(_rows(draw, {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}, h, w))
+        return {"sources": sources, "samples": samples}
+
+
+def _rows(catalog: TileCatalog, columns: dict[str, Tensor], height: int, width: int) -> dict[str, np.ndarray]:
+    """Per-source columns of the slots that are on, inside the (unpadded) image."""
+    on = catalog.is_on_mask
+    plocs = catalog.plocs()[on]
+    inside = (plocs[:, 0] < height) & (plocs[:, 1] < width)
+    rows = {"row": plocs[inside, 0], "col": plocs[inside, 1]}
+    for key, value in columns.items():
+        selected = value[on]
+        rows[key] = selected[inside]
+    return {k: rearrange(v, "n ... -> n ...").cpu().numpy() for k, v in rows.items()}

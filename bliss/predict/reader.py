@@ -1,0 +1,151 @@
+"""Read the FITS input contract of ``bliss mode=predict``.
+
+One 2-D image HDU per band, ``EXTNAME`` = band name (case-insensitive, any order; the primary HDU
+may be empty), in electrons with the sky included. Each image header has a celestial WCS and
+``MAGZERO`` (AB magnitude of one electron); optionally ``PSF_FWHM`` (arcsec, Moffat) and
+``PSF_BETA`` (default 3.5). An optional HDU ``<band>_BKG`` holds the sky in electrons per pixel;
+without it the sky is estimated with ``sep``. NaN pixels are missing data.
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from bliss.errors import BlissIOError, BlissWarning
+from bliss.surveys.base import ObservingSetup
+
+__all__ = ["SurveyImage", "estimate_background", "read_fits_image"]
+
+
+@dataclass
+class SurveyImage:
+    """A multi-band image ready for the encoder.
+
+    Attributes:
+        path: the file it came from.
+        bands: band names in channel order.
+        images: electrons, sky included, NaN where missing. Shape ``c h w``.
+        background: sky, electrons per pixel. Shape ``c h w``.
+        psf_fwhm_arcsec: PSF FWHM per band. Shape ``c``.
+        magzero: AB magnitude of one electron per band. Shape ``c``.
+        wcs: celestial WCS of the reference band, or None.
+    """
+
+    path: Path
+    bands: tuple[str, ...]
+    images: np.ndarray
+    background: np.ndarray
+    psf_fwhm_arcsec: np.ndarray
+    magzero: np.ndarray
+    wcs: WCS | None
+
+
+def estimate_background(image: np.ndarray, box_px: int = 64) -> np.ndarray:
+    """Sky map of one band with ``sep.Background`` (NaN pixels masked). Shape ``h w``."""
+    import sep
+
+    data = np.ascontiguousarray(image, dtype=np.float64)
+    mask = ~np.isfinite(data)
+    filled = np.where(mask, np.nanmedian(data) if (~mask).any() else 0.0, data)
+    box = int(min(box_px, max(8, min(data.shape) // 2)))
+    return np.asarray(sep.Background(filled, mask=mask, bw=box, bh=box).back(), dtype=np.float32)
+
+
+def read_fits_image(path: str | Path, survey: ObservingSetup, bands: tuple[str, ...] | None = None) -> SurveyImage:
+    """Read and validate a FITS input.
+
+    Args:
+        path: the FITS file.
+        survey: fallbacks for a missing PSF (the survey preset's).
+        bands: bands the model needs, in its channel order [default: the survey's].
+
+    Raises:
+        BlissIOError: not a FITS file; a band HDU missing or extra; shapes differ; no MAGZERO.
+
+    Warns:
+        BlissWarning: no celestial WCS (the catalog will have no ``ra`` / ``dec``).
+    """
+    path = Path(path)
+    bands = tuple(bands or survey.bands)
+    try:
+        hdus = fits.open(path, memmap=False)
+    except FileNotFoundError as err:
+        raise BlissIOError(f"{path} does not exist; check predict.input.") from err
+    except OSError as err:
+        raise BlissIOError(f"{path} is not a readable FITS file ({err}); expected one image HDU per band.") from err
+    with hdus:
+        found = {}
+        for hdu in hdus:
+            name = str(hdu.header.get("EXTNAME", "")).strip()
+            if name and hdu.data is not None:
+                found[name.lower()] = hdu
+        wanted = {b.lower() for b in bands}
+        image_names = {n for n in found if not n.endswith("_bkg")}
+        missing = sorted(wanted - image_names)
+        extra = sorted(image_names - wanted)
+        if missing or extra:
+            raise BlissIOError(
+                f"{path}: image HDUs {sorted(image_names)} do not match the model's bands {list(bands)} "
+                f"(missing {missing}, extra {extra}); give one HDU per band with EXTNAME = band."
+            )
+        images, backgrounds, fwhm, magzero = [], [], [], []
+        shape = None
+        wcs = None
+        for band in bands:
+            hdu = found[band.lower()]
+            data = np.asarray(hdu.data, dtype=np.float32)
+            if data.ndim != 2:
+                raise BlissIOError(f"{path} HDU {hdu.name}: data has {data.ndim} dims; expected a 2-D image.")
+            if shape is None:
+                shape = data.shape
+            elif data.shape != shape:
+                raise BlissIOError(
+                    f"{path} HDU {hdu.name}: shape {data.shape} differs from {shape} of the first band; "
+                    "align and crop all bands to the same pixel grid."
+                )
+            header = hdu.header
+            if "MAGZERO" not in header:
+                raise BlissIOError(
+                    f"{path} HDU {hdu.name}: no MAGZERO keyword; add the AB magnitude of one electron."
+                )
+            magzero.append(float(header["MAGZERO"]))
+            fwhm.append(float(header.get("PSF_FWHM", survey.psf_fwhm_arcsec(band))))
+            bkg_name = f"{band.lower()}_bkg"
+            if bkg_name in found:
+                background = np.asarray(found[bkg_name].data, dtype=np.float32)
+                if background.shape != data.shape:
+                    raise BlissIOError(
+                        f"{path} HDU {found[bkg_name].name}: shape {background.shape} differs from the "
+                        f"image {data.shape}."
+                    )
+            else:
+                background = estimate_background(data)
+            images.append(data)
+            backgrounds.append(background)
+            if band == survey.reference_band:
+                wcs = _celestial_wcs(header)
+    if wcs is None:
+        warnings.warn(
+            f"{path}: the reference band has no celestial WCS; the catalog will have no ra/dec.",
+            BlissWarning,
+            stacklevel=2,
+        )
+    stack = np.stack(images)
+    if not np.isfinite(stack).any() or not np.nanmax(np.abs(stack)) > 0:
+        warnings.warn(f"{path}: the image is empty (all zero or missing).", BlissWarning, stacklevel=2)
+    return SurveyImage(path, bands, stack, np.stack(backgrounds), np.array(fwhm, dtype=np.float32),
+                       np.array(magzero), wcs)
+
+
+def _celestial_wcs(header: fits.Header) -> WCS | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header).celestial
+        except Exception:  # astropy raises several types for malformed WCS keywords
+            return None
+    return wcs if wcs.has_celestial and wcs.naxis == 2 else None

@@ -1,0 +1,81 @@
+"""``bliss mode=predict``: a FITS image in, a catalog (and a PNG) out."""
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import bliss
+from bliss.encoder.checkpoint import checkpoint_hash, load_encoder
+from bliss.errors import BlissConfigError
+from bliss.predict.plots import plot_detections
+from bliss.predict.predictor import Predictor
+from bliss.predict.reader import read_fits_image
+from bliss.predict.table import catalog_table, stack_samples, write_table
+
+__all__ = ["git_sha", "predict_file", "predict_from_config"]
+
+
+def git_sha() -> str:
+    """The git commit of the bliss source tree, or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(bliss.__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def predict_file(predictor: Predictor, survey: Any, input_path: str | Path, output: str | Path, *,
+                 threshold: float, n_samples: int, plot: bool, meta: dict[str, Any]) -> dict[str, Any]:
+    """Catalog one FITS file and write the catalog, the samples and the PNG."""
+    output = Path(output)
+    image = read_fits_image(input_path, survey, predictor.encoder.bands)
+    result = predictor.predict(image, threshold=threshold, n_samples=n_samples)
+    meta = {**meta, "INPUT": str(input_path), "NSOURCES": len(result["sources"]["row"])}
+    table = catalog_table(result["sources"], image.bands, image.wcs, meta)
+    written = {"catalog": write_table(table, output)}
+    if n_samples:
+        samples = [catalog_table(s, image.bands, image.wcs, meta, interval=(0, 0)) for s in result["samples"]]
+        written["samples"] = write_table(stack_samples(samples), output.with_name(f"{output.stem}_samples{output.suffix}"))
+    if plot:
+        ref = image.bands.index(survey.reference_band)
+        detections = {"x": table["x"].value, "y": table["y"].value}
+        if "prob_galaxy" in table.colnames:
+            detections["prob_galaxy"] = table["prob_galaxy"]
+        written["plot"] = plot_detections(image.images[ref], image.background[ref],
+                                          output.with_suffix(".png"), detections,
+                                          title=f"{Path(input_path).name}: {len(table)} sources")
+    return {"table": table, "written": written, "samples": result["samples"]}
+
+
+def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``mode=predict`` from the composed config."""
+    spec = cfg.predict
+    if spec.n_samples < 0:
+        raise BlissConfigError(f"predict.n_samples={spec.n_samples}; expected an integer >= 0.")
+    encoder, model_config = load_encoder(spec.checkpoint)
+    survey = instantiate(cfg.survey)
+    if tuple(encoder.bands) != tuple(survey.bands):
+        raise BlissConfigError(
+            f"checkpoint {spec.checkpoint} is for bands {list(encoder.bands)} but survey={cfg.survey.name} "
+            f"has {list(survey.bands)}; pick the matching survey or checkpoint."
+        )
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    meta = {
+        "BLISSVER": bliss.__version__,
+        "GITSHA": git_sha(),
+        "CFGHASH": hashlib.sha256(config_yaml.encode()).hexdigest()[:16],
+        "CKPT": Path(spec.checkpoint).name,
+        "CKPTHASH": checkpoint_hash(spec.checkpoint),
+    }
+    predictor = Predictor(encoder, spec.chunk_px, spec.batch_chunks, spec.device)
+    result = predict_file(predictor, survey, spec.input, spec.output, threshold=spec.threshold,
+                          n_samples=spec.n_samples, plot=spec.plot, meta=meta)
+    config_path = Path(spec.output).with_suffix(".config.yaml")
+    config_path.write_text(config_yaml)
+    print(f"{len(result['table'])} sources -> {spec.output}")
+    return result
