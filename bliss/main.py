@@ -1,5 +1,6 @@
 """The ``bliss`` command: ``bliss mode=generate|train|predict|evaluate [overrides]``."""
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bliss.errors import BlissConfigError
+from bliss.errors import BlissConfigError, BlissError
 
 __all__ = ["MODES", "build_simulator", "cli", "run"]
 
@@ -117,6 +118,10 @@ def run(cfg: DictConfig) -> Any:
     Raises:
         BlissConfigError: ``mode`` is not one of :data:`MODES`.
     """
+    if OmegaConf.is_missing(cfg, "mode"):
+        raise BlissConfigError(
+            f"mode is not set; expected one of {sorted(MODES)}, e.g. `bliss mode=predict`."
+        )
     mode = cfg.mode
     if mode not in MODES:
         raise BlissConfigError(
@@ -128,7 +133,11 @@ def run(cfg: DictConfig) -> Any:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except BlissError as err:  # a user-facing problem: the message says what to fix
+        print(f"bliss: error: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def cli() -> None:

@@ -36,7 +36,8 @@ def nmgy_to_electrons(nmgy: Tensor | float, magzero: float | Tensor) -> Tensor |
 def nmgy_to_mag(nmgy: Tensor | float) -> Tensor | float:
     """AB magnitude of a flux in nanomaggies (``inf`` for non-positive fluxes)."""
     if isinstance(nmgy, Tensor):
-        return _MAG_OF_ONE_NMGY - 2.5 * torch.log10(nmgy.clamp(min=1e-30))
+        mag = _MAG_OF_ONE_NMGY - 2.5 * torch.log10(nmgy.clamp(min=1e-30))
+        return torch.where(nmgy > 0, mag, torch.inf)
     return _MAG_OF_ONE_NMGY - 2.5 * math.log10(nmgy) if nmgy > 0 else math.inf
 
 

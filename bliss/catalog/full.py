@@ -1,12 +1,13 @@
 """Full catalogs: a padded list of sources per image."""
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+from bliss.catalog.base import CatalogMapping
 from bliss.catalog.shapes import check_shape
 from bliss.catalog.tile import TileCatalog
 from bliss.errors import BlissValueError, BlissWarning
@@ -14,7 +15,7 @@ from bliss.errors import BlissValueError, BlissWarning
 __all__ = ["FullCatalog", "concat_full_catalogs"]
 
 
-class FullCatalog:
+class FullCatalog(CatalogMapping):
     """Sources of each image as a padded list.
 
     Args:
@@ -47,26 +48,6 @@ class FullCatalog:
         self.width_px = width_px
         self._data = dict(data)
         self._data["n_sources"] = self._data["n_sources"].long()
-
-    def __getitem__(self, key: str) -> Tensor:
-        """Return the tensor stored under ``key``."""
-        return self._data[key]
-
-    def __contains__(self, key: str) -> bool:
-        """Whether ``key`` is stored."""
-        return key in self._data
-
-    def __iter__(self) -> Iterator[str]:
-        """Iterate over keys."""
-        return iter(self._data)
-
-    def keys(self) -> list[str]:
-        """The stored keys."""
-        return list(self._data)
-
-    def items(self) -> list[tuple[str, Tensor]]:
-        """The stored ``(key, tensor)`` pairs."""
-        return list(self._data.items())
 
     @property
     def batch_size(self) -> int:

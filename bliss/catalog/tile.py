@@ -1,12 +1,13 @@
 """Tile catalogs: at most ``m`` sources in each square tile of ``tile_slen`` pixels."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+from bliss.catalog.base import CatalogMapping
 from bliss.catalog.shapes import check_shape
 from bliss.errors import BlissValueError
 
@@ -22,7 +23,7 @@ __all__ = ["GALAXY_KEYS", "TileCatalog"]
 GALAXY_KEYS = ("disk_frac", "beta_rad", "disk_q", "disk_hlr_arcsec", "bulge_q", "bulge_hlr_arcsec")
 
 
-class TileCatalog:
+class TileCatalog(CatalogMapping):
     """Per-tile source parameters.
 
     Slot ``j`` of a tile holds a source when ``j < n_sources``; empty slots hold zeros. Sources in
@@ -64,26 +65,6 @@ class TileCatalog:
         self._data["n_sources"] = self._data["n_sources"].long()
 
     # ---- mapping interface -------------------------------------------------------------------
-    def __getitem__(self, key: str) -> Tensor:
-        """Return the tensor stored under ``key``."""
-        return self._data[key]
-
-    def __contains__(self, key: str) -> bool:
-        """Whether ``key`` is stored."""
-        return key in self._data
-
-    def __iter__(self) -> Iterator[str]:
-        """Iterate over keys."""
-        return iter(self._data)
-
-    def keys(self) -> list[str]:
-        """The stored keys."""
-        return list(self._data)
-
-    def items(self) -> list[tuple[str, Tensor]]:
-        """The stored ``(key, tensor)`` pairs."""
-        return list(self._data.items())
-
     def to_dict(self) -> dict[str, Tensor]:
         """A shallow copy of the stored tensors."""
         return dict(self._data)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from bliss.errors import BlissConfigError, BlissIOError
 
-__all__ = ["RecordConfig", "checkpoint_hash", "check_compatible", "load_encoder"]
+__all__ = ["RecordConfig", "check_compatible", "checkpoint_hash", "export_checkpoint", "load_encoder", "read_checkpoint"]
 
 CONFIG_KEY = "bliss_config"
 
@@ -86,3 +86,26 @@ def checkpoint_hash(path: str | Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def export_checkpoint(source: str | Path, destination: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write a small inference-only copy of a training checkpoint (weights + config, no optimizer).
+
+    Args:
+        source: a checkpoint written by ``bliss mode=train``.
+        destination: where to write the copy.
+        extra: more entries to record (e.g. validation metrics, the command that trained it).
+    """
+    from bliss.atomic import atomic_path
+
+    checkpoint = read_checkpoint(source)
+    small = {
+        "state_dict": checkpoint["state_dict"],
+        CONFIG_KEY: checkpoint[CONFIG_KEY],
+        "global_step": checkpoint.get("global_step"),
+        "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"),
+        **(extra or {}),
+    }
+    with atomic_path(destination) as tmp:
+        torch.save(small, tmp)
+    return Path(destination)

@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: N812
 from einops import rearrange
 from torch import Tensor
 from torch.distributions import (
+    AffineTransform,
     Bernoulli,
     Categorical,
     Distribution,
@@ -145,16 +146,8 @@ class LogNormalFactor(Factor):
         return torch.exp(loc + scale * normal_icdf(q).to(loc))
 
 
-class LogitNormalFactor(Factor):
-    """Values bounded in ``(low, high)`` (axis ratios, disk fraction): logit-normal.
-
-    Args:
-        low: lower bound [default: 0].
-        high: upper bound [default: 1].
-    """
-
-    safe_value = 0.5
-    _eps = 1e-4
+class _BoundedFactor(Factor):
+    """A factor for values in ``[low, high]``; the midpoint stands in for padding."""
 
     def __init__(self, key: str, dim: int = 1, gate: str = "source", min_scale: float = 1e-3,
                  low: float = 0.0, high: float = 1.0) -> None:
@@ -164,11 +157,20 @@ class LogitNormalFactor(Factor):
         self.low, self.high = float(low), float(high)
         self.safe_value = 0.5 * (low + high)
 
+
+class LogitNormalFactor(_BoundedFactor):
+    """Values bounded in ``(low, high)`` (axis ratios, disk fraction): logit-normal.
+
+    Args:
+        low: lower bound [default: 0].
+        high: upper bound [default: 1].
+    """
+
+    _eps = 1e-4
+
     def distribution(self, params: Tensor) -> Distribution:
         """Sigmoid of a normal, scaled to ``(low, high)``."""
         loc, scale = self._loc_scale(params)
-        from torch.distributions import AffineTransform
-
         transforms = [SigmoidTransform(), AffineTransform(self.low, self.high - self.low)]
         return TransformedDistribution(Normal(loc, scale), transforms)
 
@@ -184,21 +186,11 @@ class LogitNormalFactor(Factor):
         return self.low + (self.high - self.low) * torch.sigmoid(loc + scale * normal_icdf(q).to(loc))
 
 
-class TruncatedNormalFactor(Factor):
+class TruncatedNormalFactor(_BoundedFactor):
     """Values on a closed interval (location within the tile): truncated normal.
 
     The untruncated mean is ``low + (high - low) * sigmoid(raw)``, so it starts inside the bounds.
     """
-
-    safe_value = 0.5
-
-    def __init__(self, key: str, dim: int = 1, gate: str = "source", min_scale: float = 1e-3,
-                 low: float = 0.0, high: float = 1.0) -> None:
-        super().__init__(key, dim, gate, min_scale)
-        if not low < high:
-            raise BlissConfigError(f"factor for `{key}`: low={low}, high={high}; expected low < high.")
-        self.low, self.high = float(low), float(high)
-        self.safe_value = 0.5 * (low + high)
 
     def distribution(self, params: Tensor) -> Distribution:
         """TruncatedNormal on ``[low, high]``."""

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from bliss.catalog.convert import nmgy_per_electron
-from bliss.predict.reader import SurveyImage
 from bliss.posterior.distributions import normal_icdf
+from bliss.predict.reader import SurveyImage
 
 __all__ = ["moffat_half_light_radius_px", "sep_catalog"]
 

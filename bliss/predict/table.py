@@ -9,7 +9,6 @@ from typing import Any
 import astropy.units as u
 import numpy as np
 from astropy.table import QTable, vstack
-from astropy.units import UnitsWarning
 from astropy.wcs import WCS
 
 from bliss.atomic import atomic_path
@@ -100,6 +99,6 @@ def write_table(table: QTable, path: str | Path) -> Path:
     out.meta = {k: str(v) for k, v in table.meta.items()}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # nmgy is not a FITS-standard unit; astropy keeps it in its own header metadata
-        warnings.simplefilter("ignore", UnitsWarning)
+        warnings.filterwarnings("ignore", message=".*native FITS format.*")
         out.write(tmp, format=fmt, overwrite=True)
     return path

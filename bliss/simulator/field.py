@@ -5,11 +5,9 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.units import UnitsWarning
 from astropy.wcs import WCS
 
 from bliss.atomic import atomic_path
-
 from bliss.catalog.io import full_catalog_to_table
 from bliss.simulator.simulate import ImageSimulator
 
@@ -68,6 +66,6 @@ def write_simulated_field(simulator: ImageSimulator, seed: int, image_path: str 
     truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in batch["psf_fwhm_arcsec"][0].tolist())
     truth.meta["SKY"] = ",".join(f"{v:.1f}" for v in batch["background"][0].tolist())
     with atomic_path(truth_path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnitsWarning)  # nmgy round-trips through astropy metadata
+        warnings.filterwarnings("ignore", message=".*native FITS format.*")  # nmgy round-trips through astropy metadata
         truth.write(tmp, format="fits", overwrite=True)
     return batch

@@ -133,12 +133,15 @@ def test_star_colours_match_the_configured_means(prior_cfg):
     colors_cfg = prior_cfg["star_colors"]
     for index, band in enumerate(prior.bands):
         mean, slope, scatter = (colors_cfg[part][band] for part in ("mean", "slope", "scatter"))
-        # colour = mean + slope * t + scatter * eps: standard error sqrt(slope^2 + scatter^2 / n)
-        tolerance = 5 * math.sqrt((slope**2 + scatter**2) / n) + 1e-6
+        # colour = mean + slope * t + scatter * eps has standard deviation hypot(slope, scatter):
+        # the sample mean's standard error is that / sqrt(n) (+ 1e-6 for float32 magnitudes)
+        std = math.hypot(slope, scatter)
+        tolerance = 5 * std / math.sqrt(n) + 1e-6
         assert float(colours[:, index].mean()) == pytest.approx(mean, abs=tolerance), band
-        if slope or scatter:
-            std = math.hypot(slope, scatter)
-            assert float(colours[:, index].std()) == pytest.approx(std, rel=0.05), band
+        if std:
+            # a Gaussian's sample standard deviation has relative standard error 1 / sqrt(2 n)
+            measured = float(colours[:, index].std())
+            assert measured == pytest.approx(std, rel=5 / math.sqrt(2 * n)), band
 
 
 def test_galaxy_shapes_are_inside_their_bounds_and_stars_have_none(prior_cfg):

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from bliss.errors import BlissConfigError
+from bliss.predict.predictor import Predictor
+from bliss.predict.reader import SurveyImage
+from bliss.predict.table import catalog_table, write_table
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    cfg = compose_config(["mode=predict", "experiment=debug"], tmp_path_factory.mktemp("cfg"))
+    torch.manual_seed(3)
+    return instantiate(cfg.encoder).eval()
+
+
+def make_image(height=72, width=52, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.poisson(300.0, size=(5, height, width)).astype(np.float32)
+    images[:, 30:34, 20:24] += 5000.0  # a bright blob
+    return SurveyImage(path=None, bands=("u", "g", "r", "i", "z"), images=images,
+                       background=np.full((5, height, width), 300.0, np.float32),
+                       psf_fwhm_arcsec=np.full(5, 1.3, np.float32), magzero=np.full(5, 29.0), wcs=None)
+
+
+def test_margin_covers_receptive_field(encoder):
+    predictor = Predictor(encoder, chunk_px=16, progress=False)
+    assert 2 * predictor.margin_px >= encoder.features.receptive_field_px
+
+
+def test_chunking_does_not_change_features_or_rows(encoder):
+    image = make_image()
+    whole = Predictor(encoder, chunk_px=4096, progress=False)
+    chunked = Predictor(encoder, chunk_px=16, batch_chunks=3, progress=False)
+    f_whole = whole.tile_features(image)
+    f_chunked = chunked.tile_features(image)
+    # same convolutions on the same pixels: equal up to float32 summation order
+    assert torch.allclose(f_whole, f_chunked, atol=1e-4, rtol=1e-4)
+    # an untrained network's P(source) hovers near 0.5: threshold at its median so that about
+    # half of the tiles report a source and the row-by-row comparison means something
+    probs = whole.predict(image, threshold=1e-6)["sources"]["prob_source"]
+    threshold = float(np.median(probs))
+    rows_whole = whole.predict(image, threshold=threshold)["sources"]
+    rows_chunked = chunked.predict(image, threshold=threshold)["sources"]
+    assert len(rows_whole["row"]) == len(rows_chunked["row"]) > 0
+    assert np.allclose(rows_whole["row"], rows_chunked["row"], atol=1e-4)
+    assert np.allclose(rows_whole["fluxes"], rows_chunked["fluxes"], rtol=1e-3)
+
+
+def test_image_not_multiple_of_tile_is_padded_and_rows_stay_inside(encoder):
+    image = make_image(height=37, width=29)
+    rows = Predictor(encoder, chunk_px=16, progress=False).predict(image, threshold=0.1)["sources"]
+    assert (rows["row"] < 37).all() and (rows["col"] < 29).all()
+
+
+def test_nan_pixels_are_missing_data(encoder):
+    image = make_image()
+    image.images[:, 40:60, :] = np.nan
+    features = Predictor(encoder, progress=False).tile_features(image)
+    assert torch.isfinite(features).all()
+
+
+def test_samples_have_the_same_columns_as_points(encoder):
+    result = Predictor(encoder, progress=False).predict(make_image(), n_samples=2)
+    assert len(result["samples"]) == 2
+    assert {"row", "col", "fluxes", "source_type"} <= set(result["samples"][0])
+
+
+def test_contract_columns_and_units(encoder, tmp_path):
+    result = Predictor(encoder, progress=False).predict(make_image(), threshold=0.01)
+    from bliss.simulator.field import simple_wcs
+
+    table = catalog_table(result["sources"], ("u", "g", "r", "i", "z"), simple_wcs(72, 52, 0.396), {"BLISSVER": "x"})
+    for band in "ugriz":
+        for suffix in ("", "_lo", "_hi"):
+            assert table[f"flux_{band}{suffix}"].unit == "nmgy"
+        assert table[f"mag_{band}"].unit == "mag"
+        assert (table[f"flux_{band}_lo"] <= table[f"flux_{band}"]).all()
+        assert (table[f"flux_{band}"] <= table[f"flux_{band}_hi"]).all()
+    for column in ("x", "y", "ra", "dec", "prob_source", "prob_galaxy", "disk_q", "beta_rad"):
+        assert column in table.colnames
+    assert table["ra"].unit == "deg"
+    assert len(table) > 0 and (table["prob_source"] > 0.01).all()
+    for suffix in (".fits", ".parquet", ".csv"):
+        path = write_table(table, tmp_path / f"cat{suffix}")
+        assert path.exists()
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+    with pytest.raises(BlissConfigError, match="unknown extension"):
+        write_table(table, tmp_path / "cat.txt")
+
+
+def test_bad_threshold(encoder):
+    with pytest.raises(BlissConfigError, match="threshold"):
+        Predictor(encoder, progress=False).predict(make_image(), threshold=1.5)
