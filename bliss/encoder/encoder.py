@@ -51,6 +51,22 @@ class Encoder(pl.LightningModule):
         match_dist_px: matching distance for validation metrics, pixels.
         mag_bins: reference-band magnitude bin edges for validation metrics.
         compile_features: wrap the feature extractor in ``torch.compile``.
+
+    Example:
+        >>> from hydra import compose, initialize_config_module
+        >>> from hydra.utils import instantiate
+        >>> from bliss.main import build_simulator
+        >>> with initialize_config_module("bliss.conf", version_base="1.3"):
+        ...     cfg = compose("config", overrides=["mode=train", "experiment=debug"])
+        >>> encoder = instantiate(cfg.encoder)
+        >>> batch = build_simulator(cfg).simulate(2, seed=0)
+        >>> inputs = {k: v for k, v in batch.items() if k != "catalog"}
+        >>> inputs.update({f"catalog/{k}": v for k, v in batch["catalog"].items()})
+        >>> bool(encoder.nll(inputs) > 0)
+        True
+        >>> catalog, params = encoder.infer(inputs, sample=True)
+        >>> catalog["locs"].shape[:3], encoder.tiling.name
+        (torch.Size([2, 8, 8]), '2x2')
     """
 
     def __init__(

@@ -33,7 +33,17 @@ class Predictor:
         progress: show a progress bar over chunks.
 
     Example:
-        >>> # predictor = Predictor(load_encoder("model.ckpt")[0]); predictor.predict(image)
+        >>> import numpy as np
+        >>> from hydra import compose, initialize_config_module
+        >>> from hydra.utils import instantiate
+        >>> with initialize_config_module("bliss.conf", version_base="1.3"):
+        ...     cfg = compose("config", overrides=["mode=predict", "experiment=debug"])
+        >>> encoder = instantiate(cfg.encoder).eval()  # normally: load_encoder(checkpoint)[0]
+        >>> sky = np.full((5, 40, 30), 100.0, dtype=np.float32)
+        >>> image = SurveyImage(None, tuple("ugriz"), sky + 50.0, sky, np.full(5, 1.3), np.full(5, 29.0), None)
+        >>> result = Predictor(encoder, chunk_px=16, progress=False).predict(image, threshold=0.5)
+        >>> sorted(result["sources"])[:4]
+        ['beta_rad', 'beta_rad@0.05', 'beta_rad@0.95', 'bulge_hlr_arcsec']
     """
 
     def __init__(self, encoder: Any, chunk_px: int = 512, batch_chunks: int = 4, device: str = "auto",

@@ -25,7 +25,7 @@ _SHAPE_UNITS = {
     "bulge_q": u.dimensionless_unscaled,
     "bulge_hlr_arcsec": u.arcsec,
 }
-_FORMATS = {".fits": "fits", ".fit": "fits", ".parquet": "parquet", ".csv": "ascii.ecsv", ".ecsv": "ascii.ecsv"}
+_FORMATS = {".fits": "fits", ".fit": "fits", ".parquet": "parquet", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
 
 
 def catalog_table(sources: dict[str, np.ndarray], bands: Sequence[str], wcs: WCS | None,
@@ -88,7 +88,11 @@ def stack_samples(samples: list[QTable]) -> QTable:
 
 
 def write_table(table: QTable, path: str | Path) -> Path:
-    """Write by extension (``.fits``, ``.parquet``, ``.csv``) to a temporary file, then rename."""
+    """Write by extension to a temporary file, then rename.
+
+    ``.fits`` and ``.parquet`` keep units and meta; ``.csv`` is plain comma-separated values
+    (units in the README); ``.ecsv`` is CSV with a YAML header that keeps units and meta.
+    """
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:

@@ -40,6 +40,7 @@ class CatalogPrior:
         galaxy_flux: ``{min_nmgy, max_nmgy, alpha}`` for galaxies.
         star_colors: ``{mean, slope, scatter}``, each a mapping band -> mag offset from the
             reference band. Bands beyond ``bands`` are ignored; missing ones are an error.
+            ``None`` gives every band the reference flux.
         galaxy_colors: same for galaxies.
         galaxy_shape: ``{disk_hlr_arcsec: {median, sigma, min, max}, bulge_hlr_arcsec: {...},
             q_min}``; ``sigma`` is the standard deviation of the natural log.
@@ -93,9 +94,11 @@ class CatalogPrior:
         default_flux = {"min_nmgy": 0.63, "max_nmgy": 1000.0, "alpha": 0.5}
         self.star_flux = _check_power_law("prior.star_flux", star_flux or default_flux)
         self.galaxy_flux = _check_power_law("prior.galaxy_flux", galaxy_flux or default_flux)
-        zero_colors = {"mean": {}, "slope": {}, "scatter": {}}
-        self.star_colors = self._color_table("prior.star_colors", star_colors or zero_colors)
-        self.galaxy_colors = self._color_table("prior.galaxy_colors", galaxy_colors or zero_colors)
+        no_colors = torch.zeros(3, len(self.bands))  # every band as bright as the reference
+        self.star_colors = no_colors if star_colors is None else self._color_table("prior.star_colors", star_colors)
+        self.galaxy_colors = (
+            no_colors if galaxy_colors is None else self._color_table("prior.galaxy_colors", galaxy_colors)
+        )
         self.galaxy_shape = _check_shape_config(galaxy_shape or {})
 
     def _color_table(self, key: str, colors: Mapping[str, Mapping[str, float]]) -> Tensor:

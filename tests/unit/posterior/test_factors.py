@@ -132,8 +132,9 @@ def test_closed_form_quantile_matches_distribution_icdf(name: str) -> None:
     factor = _build(name)
     params = _params(factor, torch.float64)
     for q in (0.1, 0.5, 0.9):
-        reference = factor.distribution(params).icdf(torch.full(params.shape[:-1] + (factor.dim,), q,
-                                                                dtype=torch.float64))
+        reference = factor.distribution(params).icdf(
+            torch.full(params.shape[:-1] + (factor.dim,), q, dtype=torch.float64)
+        )
         # float64 throughout; the truncated normal clamps its CDF to [1e-7, 1 - 1e-7]
         torch.testing.assert_close(factor.quantile(params, q), reference, atol=1e-6, rtol=1e-6)
 
@@ -144,9 +145,11 @@ def test_median_is_point_estimate(name: str) -> None:
     params = _params(factor, torch.float64)
     torch.testing.assert_close(
         torch.remainder(factor.quantile(params, 0.5), math.pi)
-        if name == "position_angle" else factor.quantile(params, 0.5),
+        if name == "position_angle"
+        else factor.quantile(params, 0.5),
         factor.point_estimate(params),
-        atol=1e-9, rtol=1e-9,
+        atol=1e-9,
+        rtol=1e-9,
     )
 
 
@@ -204,8 +207,9 @@ def test_truncated_normal_matches_scipy_and_normalises() -> None:
     loc = torch.sigmoid(raw_loc)  # documented: the untruncated mean lies inside [low, high]
     value = torch.rand(*BATCH, 2, dtype=torch.float64)
     loc_np, scale_np = loc.numpy(), scale.numpy()
-    per_coord = stats.truncnorm.logpdf(value.numpy(), -loc_np / scale_np, (1 - loc_np) / scale_np,
-                                       loc=loc_np, scale=scale_np)
+    per_coord = stats.truncnorm.logpdf(
+        value.numpy(), -loc_np / scale_np, (1 - loc_np) / scale_np, loc=loc_np, scale=scale_np
+    )
     reference = torch.from_numpy(per_coord.sum(-1))
     # float64 on both sides; scipy uses log-space tails, bliss a direct CDF difference
     torch.testing.assert_close(factor.log_prob(params, value), reference, atol=1e-8, rtol=1e-8)
@@ -217,7 +221,11 @@ def test_truncated_normal_matches_scipy_and_normalises() -> None:
     # trapezoid error ~ h^2 f''/12 with h = 2.5e-4 and a smooth density: far below 1e-5
     assert abs(torch.trapezoid(density, grid).item() - 1) < 1e-5
     # outside the support the density is zero
-    assert factor.log_prob(params, torch.full((*BATCH, 2), 1.5, dtype=torch.float64)).eq(-math.inf).all()
+    assert (
+        factor.log_prob(params, torch.full((*BATCH, 2), 1.5, dtype=torch.float64))
+        .eq(-math.inf)
+        .all()
+    )
 
 
 @pytest.mark.parametrize(("low", "high"), [(0.0, 1.0), (-1.0, 3.0)])
@@ -276,10 +284,10 @@ def test_position_angle_sample_concentrates_on_point_estimate() -> None:
     assert abs(distance.mean().item()) < 0.01  # symmetric: 5 sd of the mean of 5000 draws
 
 
-@pytest.mark.parametrize(
-    ("threshold", "expected"), [(0.3, 3), (0.5, 2), (0.8, 1), (0.95, 0)]
-)
-def test_count_point_estimate_thresholds_tail_probabilities(threshold: float, expected: int) -> None:
+@pytest.mark.parametrize(("threshold", "expected"), [(0.3, 3), (0.5, 2), (0.8, 1), (0.95, 0)])
+def test_count_point_estimate_thresholds_tail_probabilities(
+    threshold: float, expected: int
+) -> None:
     factor = CountFactor(3)
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4])  # P(n > j) = 0.9, 0.7, 0.4; argmax would be 3
     logits = probs.log().view(1, 1, 1, 4)

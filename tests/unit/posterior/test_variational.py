@@ -78,7 +78,9 @@ def test_galaxy_factor_values_on_stars_are_ignored(posterior, truth) -> None:
         changed = posterior.log_prob(params, _replace_where(truth, key, stars, junk))
         assert torch.equal(changed, base), key
         # control: the same change on galaxy slots does matter
-        on_galaxies = posterior.log_prob(params, _replace_where(truth, key, truth.galaxy_mask, junk))
+        on_galaxies = posterior.log_prob(
+            params, _replace_where(truth, key, truth.galaxy_mask, junk)
+        )
         assert not torch.allclose(on_galaxies, base), key
 
 
@@ -87,8 +89,13 @@ def test_values_on_empty_slots_are_ignored(posterior, truth) -> None:
     base = posterior.log_prob(params, truth)
     empty = ~truth.is_on_mask
     junk_catalog = truth
-    for key, junk in (("locs", 0.3), ("fluxes", 123.0), ("source_type", 1.0), ("disk_q", 0.5),
-                      ("beta_rad", 1.0)):
+    for key, junk in (
+        ("locs", 0.3),
+        ("fluxes", 123.0),
+        ("source_type", 1.0),
+        ("disk_q", 0.5),
+        ("beta_rad", 1.0),
+    ):
         junk_catalog = _replace_where(junk_catalog, key, empty, junk)
     assert torch.equal(posterior.log_prob(params, junk_catalog), base)
     # control: a flux change on an occupied slot changes the density of its tile only
@@ -201,8 +208,10 @@ def test_sample_and_point_estimate_are_valid_catalogs(posterior) -> None:
     # point estimate: slots on where P(n > j) > threshold
     expected = (posterior.prob_source(params) > 0.5).sum(-1)
     assert torch.equal(estimate["n_sources"], expected)
-    assert torch.equal(posterior.point_estimate(params, 4, threshold=0.999)["n_sources"],
-                       (posterior.prob_source(params) > 0.999).sum(-1))
+    assert torch.equal(
+        posterior.point_estimate(params, 4, threshold=0.999)["n_sources"],
+        (posterior.prob_source(params) > 0.999).sum(-1),
+    )
 
 
 def test_prob_galaxy_and_quantiles(posterior) -> None:
@@ -222,8 +231,14 @@ def test_new_factor_by_name_enters_the_total(posterior, truth) -> None:
     params = _params(extended)
     split = extended.split(params)
     # the same parameters without the redshift block give the old posterior's density
-    without = torch.cat([split[n].flatten(-2) if n != "n_sources" else split[n]
-                         for n in extended.names if n != "redshift"], dim=-1)
+    without = torch.cat(
+        [
+            split[n].flatten(-2) if n != "n_sources" else split[n]
+            for n in extended.names
+            if n != "redshift"
+        ],
+        dim=-1,
+    )
     own = NormalFactor("redshift").log_prob(split["redshift"], redshift)
     expected = posterior.log_prob(without, truth) + (own * truth.is_on_mask).sum(-1)
     torch.testing.assert_close(extended.log_prob(params, catalog), expected, atol=1e-10, rtol=1e-10)
@@ -236,12 +251,17 @@ def test_new_factor_by_config_override(tmp_path) -> None:
     """A case study adds a factor from YAML alone, without touching core code."""
     base = compose_config(["mode=train", "experiment=debug"], tmp_path)
     cfg = compose_config(
-        ["mode=train", "experiment=debug",
-         "+encoder.posterior.factors.redshift={_target_: bliss.posterior.factors.NormalFactor,"
-         " key: redshift}"],
+        [
+            "mode=train",
+            "experiment=debug",
+            "+encoder.posterior.factors.redshift={_target_: bliss.posterior.factors.NormalFactor,"
+            " key: redshift}",
+        ],
         tmp_path,
     )
     before = instantiate(base.encoder.posterior)
     after = instantiate(cfg.encoder.posterior)
-    assert "redshift" in after.slot_factors and isinstance(after.slot_factors["redshift"], NormalFactor)
+    assert "redshift" in after.slot_factors and isinstance(
+        after.slot_factors["redshift"], NormalFactor
+    )
     assert after.n_params == before.n_params + after.max_sources * 2

@@ -1,0 +1,97 @@
+"""CUDA checks, run with ``pytest --gpu`` (skipped otherwise)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from bliss.main import run
+from tests.conftest import TINY_OVERRIDES, compose_config
+
+pytestmark = pytest.mark.gpu
+
+N_BANDS = 5
+
+
+def _batch(device: torch.device, n_images: int = 2, size_px: int = 16) -> dict[str, torch.Tensor]:
+    background = torch.full((n_images, N_BANDS), 500.0, device=device)
+    images = background[..., None, None] + 25 * torch.randn(
+        n_images, N_BANDS, size_px, size_px, device=device
+    )
+    n_tiles = size_px // 4
+    on = torch.zeros(n_images, n_tiles, n_tiles, dtype=torch.long, device=device)
+    on[:, 1, 2] = 1
+    shape = (n_images, n_tiles, n_tiles, 1)
+    mask = on[..., None, None].float()
+    catalog = {
+        "n_sources": on,
+        "locs": torch.full((*shape, 2), 0.5, device=device) * mask,
+        "fluxes": torch.full((*shape, N_BANDS), 10.0, device=device) * mask,
+        "source_type": torch.ones(*shape, 1, device=device) * mask,
+        "beta_rad": torch.full((*shape, 1), 1.0, device=device) * mask,
+        **{
+            k: torch.full((*shape, 1), 0.5, device=device) * mask
+            for k in ("disk_frac", "disk_q", "bulge_q", "disk_hlr_arcsec", "bulge_hlr_arcsec")
+        },
+    }
+    return {
+        "images": images,
+        "background": background,
+        "psf_fwhm_arcsec": torch.full((n_images, N_BANDS), 1.3, device=device),
+        **{f"catalog/{k}": v for k, v in catalog.items()},
+    }
+
+
+def _encoder(tmp_path: Path, device: torch.device):  # noqa: ANN202
+    cfg = compose_config(["mode=train", "experiment=debug"], tmp_path)
+    torch.manual_seed(0)
+    return instantiate(cfg.encoder).to(device)
+
+
+def test_forward_backward_on_cuda(tmp_path: Path) -> None:
+    device = torch.device("cuda")
+    encoder = _encoder(tmp_path, device).train()
+    loss = encoder.nll(_batch(device))
+    assert loss.device.type == "cuda" and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    encoder.eval()
+    catalog, params = encoder.infer(_batch(device), sample=True)
+    assert params.is_cuda and catalog["locs"].is_cuda
+
+
+def test_bf16_autocast_forward_is_finite(tmp_path: Path) -> None:
+    device = torch.device("cuda")
+    encoder = _encoder(tmp_path, device).eval()
+    batch = _batch(device)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = encoder.nll(batch)
+        _, params = encoder.infer(batch)
+    assert torch.isfinite(loss)
+    assert torch.isfinite(params).all()
+
+
+def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
+    run(compose_config(["mode=generate", *TINY_OVERRIDES], tmp_path))
+    cfg = compose_config(
+        [
+            "mode=train",
+            *TINY_OVERRIDES,
+            "trainer.accelerator=gpu",
+            "trainer.devices=1",
+            "trainer.max_steps=3",
+            "trainer.precision=bf16-mixed",
+            "train.test_after_fit=false",
+        ],
+        tmp_path,
+    )
+    run(cfg)
+    checkpoint = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert checkpoint["global_step"] == 3
+    assert all(
+        torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
+    )

@@ -1,0 +1,65 @@
+"""Behaviour of the shipped model on images with a known answer."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bliss
+from bliss.catalog.convert import nmgy_per_electron
+from bliss.encoder.checkpoint import load_encoder
+from bliss.predict.predictor import Predictor
+from bliss.predict.reader import SurveyImage, read_fits_image
+from bliss.simulator.render import GalsimRenderer, moffat_psf
+from bliss.surveys import ParametricSurvey
+
+MODEL = Path(bliss.__file__).parent / "models" / "sdss_generalist.ckpt"
+SAMPLE = Path(bliss.__file__).parent / "sample_data" / "sdss_sample.fits"
+BANDS = ("u", "g", "r", "i", "z")
+SDSS = ParametricSurvey("sdss", BANDS, "r", 0.396, 3.5, dict(zip(BANDS, (1.5, 1.4, 1.3, 1.25, 1.25), strict=True)),
+                        dict(zip(BANDS, (40, 254, 620, 977, 639), strict=True)),
+                        dict(zip(BANDS, (28.01, 29.82, 29.89, 29.69, 27.93), strict=True)))
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    encoder, _ = load_encoder(MODEL)
+    return Predictor(encoder, progress=False)
+
+
+def star_image(row: float, col: float, r_nmgy: float = 40.0, size: int = 48, seed: int = 0) -> SurveyImage:
+    colors = np.array([1.7, 0.5, 0.0, -0.17, -0.24])  # mag offsets from r of a typical star
+    fwhm = [SDSS.psf_fwhm_arcsec(b) for b in BANDS]
+    electrons = np.array([r_nmgy * 10 ** (-0.4 * c) / nmgy_per_electron(SDSS.magzero(b))
+                          for c, b in zip(colors, BANDS, strict=True)])
+    clean = GalsimRenderer().render(np.array([[row, col]]), electrons[None], np.array([False]), np.zeros((1, 6)),
+                                    [moffat_psf(f) for f in fwhm], (size, size), 0.396)
+    sky = np.array([SDSS.sky_electrons(b) for b in BANDS])
+    noisy = np.random.default_rng(seed).poisson(clean + sky[:, None, None]).astype(np.float32)
+    return SurveyImage(None, BANDS, noisy, np.broadcast_to(sky[:, None, None], noisy.shape).astype(np.float32),
+                       np.array(fwhm, np.float32), np.array([SDSS.magzero(b) for b in BANDS]), None)
+
+
+def test_star_on_a_tile_corner_is_counted_once(predictor):
+    # (24, 24) is the corner shared by four 4-px tiles: every tile sees the star, one must claim it
+    image = star_image(24.0, 24.0)
+    torch.manual_seed(0)
+    result = predictor.predict(image, n_samples=20)
+    for catalog in [result["sources"], *result["samples"]]:
+        near = np.hypot(catalog["row"] - 24.0, catalog["col"] - 24.0) < 3.0
+        assert near.sum() == 1
+
+
+def test_bright_star_position_within_half_a_pixel(predictor):
+    rows = predictor.predict(star_image(20.3, 27.8))["sources"]
+    distance = np.hypot(rows["row"] - 20.3, rows["col"] - 27.8).min()
+    assert distance < 0.5
+
+
+def test_no_detections_on_missing_pixels(predictor):
+    image = read_fits_image(SAMPLE, SDSS)
+    image.images[:, 100:180, 60:200] = np.nan
+    rows = predictor.predict(image)["sources"]
+    inside = (rows["row"] > 101) & (rows["row"] < 179) & (rows["col"] > 61) & (rows["col"] < 199)
+    assert not inside.any()

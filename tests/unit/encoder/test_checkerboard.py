@@ -1,0 +1,102 @@
+"""Tiling schedules and the catalog context of already-inferred tiles."""
+
+import pytest
+import torch
+
+from bliss.catalog import TileCatalog
+from bliss.encoder.checkerboard import SCHEDULES, CatalogContext, ContextHead, TilingSchedule
+from bliss.errors import BlissConfigError
+
+EDGE = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+CORNER = [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+
+
+def _neighbour_pairs(n_h: int, n_w: int, offsets: list[tuple[int, int]]):
+    for row in range(n_h):
+        for col in range(n_w):
+            for d_row, d_col in offsets:
+                other = (row + d_row, col + d_col)
+                if 0 <= other[0] < n_h and 0 <= other[1] < n_w:
+                    yield (row, col), other
+
+
+@pytest.mark.parametrize(("n_h", "n_w"), [(4, 4), (5, 7), (1, 3)])
+def test_one_color_is_a_single_group(n_h: int, n_w: int) -> None:
+    colors = TilingSchedule(1).colors(n_h, n_w)
+    assert colors.shape == (n_h, n_w) and colors.dtype == torch.long
+    assert (colors == 0).all()
+    assert TilingSchedule(1).name == "independent"
+
+
+@pytest.mark.parametrize(("n_h", "n_w"), [(4, 4), (5, 7)])
+def test_two_colors_edge_neighbours_differ(n_h: int, n_w: int) -> None:
+    colors = TilingSchedule(2).colors(n_h, n_w)
+    assert set(colors.unique().tolist()) == {0, 1}
+    for (r, c), (r2, c2) in _neighbour_pairs(n_h, n_w, EDGE):
+        assert colors[r, c] != colors[r2, c2]
+    # diagonal neighbours share a colour: that is what K = 4 fixes
+    assert colors[0, 0] == colors[1, 1]
+
+
+@pytest.mark.parametrize(("n_h", "n_w"), [(4, 4), (5, 7), (6, 3)])
+def test_four_colors_all_eight_neighbours_differ(n_h: int, n_w: int) -> None:
+    colors = TilingSchedule(4).colors(n_h, n_w)
+    assert set(colors.unique().tolist()) == {0, 1, 2, 3}
+    for (r, c), (r2, c2) in _neighbour_pairs(n_h, n_w, EDGE + CORNER):
+        assert colors[r, c] != colors[r2, c2]
+    # every 2 x 2 block holds each colour once
+    for row in range(n_h - 1):
+        for col in range(n_w - 1):
+            assert sorted(colors[row : row + 2, col : col + 2].flatten().tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("bad", [0, 3, 5, 8])
+def test_bad_color_count_lists_valid_schedules(bad: int) -> None:
+    with pytest.raises(BlissConfigError) as info:
+        TilingSchedule(bad)
+    message = str(info.value)
+    assert f"n_colors={bad}" in message
+    for k, name in SCHEDULES.items():
+        assert f"{k} = {name}" in message
+
+
+def test_order_fixed_in_eval_and_random_when_asked() -> None:
+    fixed = TilingSchedule(4, randomize_order=False)
+    assert fixed.order(training=True) == [0, 1, 2, 3]
+    shuffled = TilingSchedule(4, randomize_order=True)
+    assert shuffled.order(training=False) == [0, 1, 2, 3]
+    orders = {tuple(shuffled.order(True, torch.Generator().manual_seed(s))) for s in range(20)}
+    assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
+    assert len(orders) > 1  # 20 draws of 24 permutations all equal: probability 24^-19
+
+
+def _catalog() -> TileCatalog:
+    n_sources = torch.tensor([[[0, 1], [1, 1]]])
+    locs = torch.tensor([0.25, 0.75]).expand(1, 2, 2, 1, 2) * n_sources[..., None, None]
+    fluxes = torch.full((1, 2, 2, 1, 3), 2.0) * n_sources[..., None, None]
+    source_type = torch.tensor([[[[0.0], [1.0]], [[0.0], [1.0]]]]).unsqueeze(-1)
+    return TileCatalog(
+        4, {"n_sources": n_sources, "locs": locs, "fluxes": fluxes, "source_type": source_type}
+    )
+
+
+def test_context_zero_on_unknown_tiles() -> None:
+    context = CatalogContext(n_bands=3)
+    assert context.n_channels == 8
+    known = torch.tensor([[True, False], [True, True]])
+    maps = context(_catalog(), known)
+    assert maps.shape == (1, 8, 2, 2)
+    assert (maps[0, :, 0, 1] == 0).all()
+    # known flag, counts, galaxies, mean (row, col), asinh flux per band
+    torch.testing.assert_close(
+        maps[0, :, 1, 1],
+        torch.tensor([1.0, 1.0, 1.0, 0.25, 0.75, *[torch.asinh(torch.tensor(2.0)).item()] * 3]),
+    )
+    # an empty known tile is marked known with zero sources
+    torch.testing.assert_close(maps[0, :2, 0, 0], torch.tensor([1.0, 0.0]))
+
+
+def test_context_head_shapes() -> None:
+    head = ContextHead(feature_width=8, context_channels=5, width=4, n_params=7)
+    out = head(torch.randn(2, 8, 3, 5), torch.randn(2, 5, 3, 5))
+    assert out.shape == (2, 3, 5, 7)
