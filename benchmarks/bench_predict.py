@@ -58,7 +58,9 @@ def main() -> None:
     size = max(args.height, args.width)
     size += (-size) % 4
     with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["mode=predict", f"simulator.image_size={size}", "paths.run_dir=."])
+        cfg = compose(
+            "config", overrides=["mode=predict", f"simulator.image_size={size}", "paths.run_dir=."]
+        )
     with tempfile.TemporaryDirectory() as directory:
         full = Path(directory) / "full.fits"
         write_simulated_field(build_simulator(cfg), 5, full, Path(directory) / "truth.fits")
@@ -71,16 +73,33 @@ def main() -> None:
             hdus.writeto(path)
         survey_yaml = Path(directory) / "survey.yaml"
         survey_yaml.write_text(OmegaConf.to_yaml(cfg.survey, resolve=True))
-        print(f"frame {args.height} x {args.width} px x 5 bands; python={sys.version.split()[0]} "
-              f"torch={torch.__version__} device={args.device} threads={torch.get_num_threads()}")
+        print(
+            f"frame {args.height} x {args.width} px x 5 bands; python={sys.version.split()[0]} "
+            f"torch={torch.__version__} device={args.device} threads={torch.get_num_threads()}"
+        )
         print("| method | seconds | Mpix/s per band | peak RSS GB | sources |")
         print("|---|---|---|---|---|")
         for which in ("bliss", "sep"):
-            out = subprocess.run([sys.executable, "-c", _CHILD, which, str(path), args.checkpoint, args.device,
-                                  str(survey_yaml)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD,
+                    which,
+                    str(path),
+                    args.checkpoint,
+                    args.device,
+                    str(survey_yaml),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             mpix = args.height * args.width / 1e6
-            print(f"| {which} | {r['seconds']:.2f} | {mpix / r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['n']} |")
+            print(
+                f"| {which} | {r['seconds']:.2f} | {mpix / r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['n']} |"
+            )
 
 
 if __name__ == "__main__":

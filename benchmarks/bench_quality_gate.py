@@ -32,20 +32,30 @@ DEFAULT_CKPT = Path(__file__).resolve().parents[1] / "bliss" / "models" / "sdss_
 
 def simulate(directory: Path, n_fields: int, vary: bool) -> tuple[list[Path], list[Path]]:
     overrides = [
-        "mode=evaluate", "simulator.image_size=512", "paths.run_dir=.",
+        "mode=evaluate",
+        "simulator.image_size=512",
+        "paths.run_dir=.",
         "prior.density_per_arcmin2=8.8",  # ~100 sources in 512 x 512 SDSS pixels
-        "prior.star_flux.min_nmgy=0.631", "prior.star_flux.max_nmgy=398.1",  # r = 23 .. 16
-        "prior.galaxy_flux.min_nmgy=0.631", "prior.galaxy_flux.max_nmgy=398.1",
+        "prior.star_flux.min_nmgy=0.631",
+        "prior.star_flux.max_nmgy=398.1",  # r = 23 .. 16
+        "prior.galaxy_flux.min_nmgy=0.631",
+        "prior.galaxy_flux.max_nmgy=398.1",
         "prior.prob_galaxy=0.5",
     ]
     if vary:
-        overrides += ["simulator.conditions.fwhm_scale=[0.8,1.35]", "simulator.conditions.sky_scale=[0.6,1.5]"]
+        overrides += [
+            "simulator.conditions.fwhm_scale=[0.8,1.35]",
+            "simulator.conditions.sky_scale=[0.6,1.5]",
+        ]
     with initialize_config_module("bliss.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     simulator = build_simulator(cfg)
     images, truths = [], []
     for index in range(n_fields):
-        image, truth = directory / f"field_{index:03d}.fits", directory / f"field_{index:03d}_truth.fits"
+        image, truth = (
+            directory / f"field_{index:03d}.fits",
+            directory / f"field_{index:03d}_truth.fits",
+        )
         if not (image.exists() and truth.exists()):
             write_simulated_field(simulator, SEED + 1000 * vary + index, image, truth)
         images.append(image)
@@ -70,7 +80,9 @@ def main() -> None:
     parser.add_argument("--n-fields", type=int, default=20)
     parser.add_argument("--out", default="outputs/quality_gate")
     args = parser.parse_args()
-    print(f"torch={torch.__version__} python={sys.version.split()[0]} device=cpu threads={torch.get_num_threads()}")
+    print(
+        f"torch={torch.__version__} python={sys.version.split()[0]} device=cpu threads={torch.get_num_threads()}"
+    )
     encoder, _ = load_encoder(args.checkpoint)
     passed = True
     for vary in (False, True):
@@ -80,10 +92,20 @@ def main() -> None:
         images, truths, cfg = simulate(directory, args.n_fields, vary)
         survey = instantiate(cfg.survey)
         predictor = Predictor(encoder, 512, 4, "cpu", progress=False)
-        results = evaluate_files(predictor, survey, images, truths, threshold=0.5, match_dist_px=1.5,
-                                 mag_bins=MAG_BINS, output=directory / "evaluation")
-        print(f"\n## {name}: {args.n_fields} fields, {results['bliss']['n_true']} true sources "
-              f"({time.perf_counter() - start:.0f} s)")
+        results = evaluate_files(
+            predictor,
+            survey,
+            images,
+            truths,
+            threshold=0.5,
+            match_dist_px=1.5,
+            mag_bins=MAG_BINS,
+            output=directory / "evaluation",
+        )
+        print(
+            f"\n## {name}: {args.n_fields} fields, {results['bliss']['n_true']} true sources "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
         print(format_results(results, MAG_BINS))
         for label, ok in gate(results):
             print(f"  [{'PASS' if ok else 'FAIL'}] {label}")

@@ -23,8 +23,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["mode=train", f"simulator.image_size={args.image_size}",
-                                           "paths.run_dir=/tmp", *args.overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                "mode=train",
+                f"simulator.image_size={args.image_size}",
+                "paths.run_dir=/tmp",
+                *args.overrides,
+            ],
+        )
     from bliss.main import build_simulator
 
     simulator = build_simulator(cfg)
@@ -51,11 +58,15 @@ def main() -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"device={args.device} torch={torch.__version__} python={sys.version.split()[0]} "
-          f"threads={torch.get_num_threads()}")
-    print(f"| image px | batch | params | images/s | s/step | peak RSS GB |")
-    print(f"| {args.image_size} | {args.batch_size} | {n_params / 1e6:.2f} M | "
-          f"{args.steps * args.batch_size / elapsed:.2f} | {elapsed / args.steps:.2f} | {peak_gb:.2f} |")
+    print(
+        f"device={args.device} torch={torch.__version__} python={sys.version.split()[0]} "
+        f"threads={torch.get_num_threads()}"
+    )
+    print("| image px | batch | params | images/s | s/step | peak RSS GB |")
+    print(
+        f"| {args.image_size} | {args.batch_size} | {n_params / 1e6:.2f} M | "
+        f"{args.steps * args.batch_size / elapsed:.2f} | {elapsed / args.steps:.2f} | {peak_gb:.2f} |"
+    )
 
 
 if __name__ == "__main__":

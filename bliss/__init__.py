@@ -16,5 +16,7 @@ __all__ = ["__version__"]
 
 # `${pkg_path:models/x.ckpt}`: a file shipped inside the installed package
 OmegaConf.register_new_resolver(
-    "pkg_path", lambda relative: str(__import__("pathlib").Path(__file__).parent / relative), replace=True
+    "pkg_path",
+    lambda relative: str(__import__("pathlib").Path(__file__).parent / relative),
+    replace=True,
 )

@@ -27,7 +27,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp")
+    handle, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp"
+    )
     os.close(handle)
     tmp = Path(name)
     try:

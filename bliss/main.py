@@ -23,7 +23,9 @@ def build_simulator(cfg: DictConfig) -> Any:
     sim = cfg.simulator
     psf_images = None
     if sim.psf_images:
-        psf_images = {band: _read_psf_image(Path(path), band) for band, path in sim.psf_images.items()}
+        psf_images = {
+            band: _read_psf_image(Path(path), band) for band, path in sim.psf_images.items()
+        }
     return ImageSimulator(
         survey=survey,
         prior=instantiate(cfg.prior),
@@ -71,7 +73,9 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
         num_workers=cfg.generate.num_workers,
         recipe=recipe,
     )
-    print(f"{manifest['n_shards']} shards, {manifest['n_images']} images in {cfg.paths.cached_data}")
+    print(
+        f"{manifest['n_shards']} shards, {manifest['n_images']} images in {cfg.paths.cached_data}"
+    )
     return manifest
 
 
@@ -84,9 +88,14 @@ def run_train(cfg: DictConfig) -> Any:
     from bliss.data.on_the_fly import SimulatedDataModule
 
     spec = cfg.train.simulate
-    datamodule = SimulatedDataModule(build_simulator(cfg), cfg.data.batch_size,
-                                     spec.batches_per_epoch, spec.val_batches, cfg.seed,
-                                     spec.num_workers)
+    datamodule = SimulatedDataModule(
+        build_simulator(cfg),
+        cfg.data.batch_size,
+        spec.batches_per_epoch,
+        spec.val_batches,
+        cfg.seed,
+        spec.num_workers,
+    )
     return train(cfg, datamodule)
 
 

@@ -9,7 +9,13 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["electrons_to_nmgy", "mag_to_nmgy", "nmgy_per_electron", "nmgy_to_electrons", "nmgy_to_mag"]
+__all__ = [
+    "electrons_to_nmgy",
+    "mag_to_nmgy",
+    "nmgy_per_electron",
+    "nmgy_to_electrons",
+    "nmgy_to_mag",
+]
 
 _MAG_OF_ONE_NMGY = 22.5
 

@@ -131,7 +131,9 @@ class FullCatalog(CatalogMapping):
         plocs = self["plocs"]
         tile_idx = torch.div(plocs, tile_slen, rounding_mode="floor").long()
         rows, cols = tile_idx.unbind(-1)
-        inside = self.is_on_mask & (rows >= 0) & (rows < n_tiles_h) & (cols >= 0) & (cols < n_tiles_w)
+        inside = (
+            self.is_on_mask & (rows >= 0) & (rows < n_tiles_h) & (cols >= 0) & (cols < n_tiles_w)
+        )
         n_tiles = n_tiles_h * n_tiles_w
         flat_tile = torch.where(inside, rows * n_tiles_w + cols, n_tiles)  # n_tiles = "outside"
         if "fluxes" in self:
@@ -140,7 +142,9 @@ class FullCatalog(CatalogMapping):
             brightness = torch.zeros(b, n, device=plocs.device)
         # sort by tile, then by decreasing flux: two stable sorts
         order = torch.sort(-brightness, dim=1, stable=True).indices
-        order = torch.gather(order, 1, torch.sort(torch.gather(flat_tile, 1, order), dim=1, stable=True).indices)
+        order = torch.gather(
+            order, 1, torch.sort(torch.gather(flat_tile, 1, order), dim=1, stable=True).indices
+        )
         sorted_tile = torch.gather(flat_tile, 1, order)
         # rank of each source within its tile
         positions = torch.arange(n, device=plocs.device).expand(b, n)
@@ -164,12 +168,22 @@ class FullCatalog(CatalogMapping):
         n_sources = torch.zeros(b, n_tiles_h, n_tiles_w, dtype=torch.long, device=plocs.device)
         n_sources.index_put_((batch_idx, tile_r, tile_c), torch.ones_like(slot), accumulate=True)
         data: dict[str, Tensor] = {"n_sources": n_sources}
-        src = torch.gather(repeat(torch.arange(n, device=plocs.device), "n -> b n", b=b), 1, order)[valid]
+        src = torch.gather(repeat(torch.arange(n, device=plocs.device), "n -> b n", b=b), 1, order)[
+            valid
+        ]
         for key, value in self.items():
             if key == "n_sources":
                 continue
             out_key = "locs" if key == "plocs" else key
-            out = torch.zeros(b, n_tiles_h, n_tiles_w, max_sources, value.shape[-1], dtype=value.dtype, device=value.device)
+            out = torch.zeros(
+                b,
+                n_tiles_h,
+                n_tiles_w,
+                max_sources,
+                value.shape[-1],
+                dtype=value.dtype,
+                device=value.device,
+            )
             picked = value[batch_idx, src]
             if key == "plocs":
                 corner = torch.stack([tile_r, tile_c], dim=-1).to(value.dtype)
@@ -198,8 +212,13 @@ def concat_full_catalogs(catalogs: list[FullCatalog]) -> FullCatalog:
         for cat in catalogs:
             value = cat[key]
             if key != "n_sources":
-                pad = torch.zeros(value.shape[0], n_max - value.shape[1], value.shape[2], dtype=value.dtype,
-                                  device=value.device)
+                pad = torch.zeros(
+                    value.shape[0],
+                    n_max - value.shape[1],
+                    value.shape[2],
+                    dtype=value.dtype,
+                    device=value.device,
+                )
                 value = torch.cat([value, pad], dim=1)
             parts.append(value)
         data[key] = torch.cat(parts, dim=0)

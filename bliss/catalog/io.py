@@ -42,8 +42,9 @@ def full_catalog_to_table(catalog: FullCatalog, index: int, bands: Sequence[str]
     return table
 
 
-def table_to_full_catalog(table: Table, bands: Sequence[str], height_px: int, width_px: int,
-                          name: str = "table") -> FullCatalog:
+def table_to_full_catalog(
+    table: Table, bands: Sequence[str], height_px: int, width_px: int, name: str = "table"
+) -> FullCatalog:
     """A one-image :class:`FullCatalog` from a table with ``x``, ``y`` and ``flux_<band>`` columns.
 
     ``source_type`` (0/1) is read from ``source_type``, or from ``prob_galaxy > 0.5`` when present.
@@ -53,7 +54,9 @@ def table_to_full_catalog(table: Table, bands: Sequence[str], height_px: int, wi
     """
     missing = [c for c in ("x", "y", *(f"flux_{b}" for b in bands)) if c not in table.colnames]
     if missing:
-        raise BlissValueError(f"{name} lacks columns {missing}; expected x, y and flux_<band> for {list(bands)}.")
+        raise BlissValueError(
+            f"{name} lacks columns {missing}; expected x, y and flux_<band> for {list(bands)}."
+        )
 
     def column(key: str) -> np.ndarray:
         value = table[key]
@@ -63,12 +66,17 @@ def table_to_full_catalog(table: Table, bands: Sequence[str], height_px: int, wi
     data = {
         "n_sources": torch.tensor([len(table)]),
         "plocs": torch.from_numpy(plocs).float().unsqueeze(0),
-        "fluxes": torch.from_numpy(np.stack([column(f"flux_{b}") for b in bands], -1)).float().unsqueeze(0),
+        "fluxes": torch.from_numpy(np.stack([column(f"flux_{b}") for b in bands], -1))
+        .float()
+        .unsqueeze(0),
     }
     if "source_type" in table.colnames:
         data["source_type"] = torch.from_numpy(column("source_type")).float().view(1, -1, 1)
     elif "prob_galaxy" in table.colnames:
         data["source_type"] = torch.from_numpy(column("prob_galaxy") > 0.5).float().view(1, -1, 1)
     if len(table) == 0:
-        data = {k: (v if k == "n_sources" else v.reshape(1, 0, v.shape[-1] if v.ndim == 3 else 2)) for k, v in data.items()}
+        data = {
+            k: (v if k == "n_sources" else v.reshape(1, 0, v.shape[-1] if v.ndim == 3 else 2))
+            for k, v in data.items()
+        }
     return FullCatalog(height_px, width_px, data)

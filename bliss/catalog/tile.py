@@ -52,9 +52,7 @@ class TileCatalog(CatalogMapping):
             raise BlissValueError(f"tile_slen={tile_slen}; expected a positive number of pixels.")
         for key in ("n_sources", "locs"):
             if key not in data:
-                raise BlissValueError(
-                    f"TileCatalog got keys {sorted(data)}; `{key}` is required."
-                )
+                raise BlissValueError(f"TileCatalog got keys {sorted(data)}; `{key}` is required.")
         self.tile_slen = tile_slen
         sizes = check_shape("n_sources", data["n_sources"], "b ht wt")
         sizes = check_shape("locs", data["locs"], "b ht wt m 2", sizes)
@@ -141,7 +139,10 @@ class TileCatalog(CatalogMapping):
         order = torch.sort((~on).int(), dim=1, stable=True).indices[:, :n_max]
         keep = torch.arange(n_max, device=self.device) < rearrange(n_per_image, "b -> b 1")
         data = {"n_sources": n_per_image}
-        flat = {"plocs": self.plocs(), **{k: v for k, v in self.items() if k not in ("n_sources", "locs")}}
+        flat = {
+            "plocs": self.plocs(),
+            **{k: v for k, v in self.items() if k not in ("n_sources", "locs")},
+        }
         for key, value in flat.items():
             value = rearrange(value, "b ht wt m d -> b (ht wt m) d")
             index = repeat(order, "b n -> b n d", d=value.shape[-1])
@@ -185,9 +186,7 @@ class TileCatalog(CatalogMapping):
 
     def crop_tiles(self, rows: slice, cols: slice) -> "TileCatalog":
         """The catalog of a rectangular block of tiles (locations stay tile-relative)."""
-        return TileCatalog(
-            self.tile_slen, {k: v[:, rows, cols] for k, v in self.items()}
-        )
+        return TileCatalog(self.tile_slen, {k: v[:, rows, cols] for k, v in self.items()})
 
     def __repr__(self) -> str:
         """Short description with sizes and keys."""

@@ -88,7 +88,9 @@ class ShardDataset(Dataset):
         return item
 
 
-def assign_splits(directory: Path, shard_files: list[str], fractions: Mapping[str, float]) -> dict[str, list[str]]:
+def assign_splits(
+    directory: Path, shard_files: list[str], fractions: Mapping[str, float]
+) -> dict[str, list[str]]:
     """Assign shards to train / val / test once and record the assignment in ``splits.json``.
 
     The first call takes the last shards (by index) for test and the ones before them for val;
@@ -183,11 +185,18 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
         world, rank = 1, 0
         if self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = ShardBlockSampler(dataset.sizes, shuffle=split == "train", seed=self.seed,
-                                    num_replicas=world, rank=rank)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, drop_last=split == "train")
+        sampler = ShardBlockSampler(
+            dataset.sizes, shuffle=split == "train", seed=self.seed, num_replicas=world, rank=rank
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=split == "train",
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Training batches (augmented, shuffled)."""

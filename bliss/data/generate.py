@@ -47,8 +47,13 @@ def _make_shard(job: tuple[Path, int, int, int, str]) -> int:
     if _SIMULATOR is None:
         raise BlissConfigError("generate worker started without a simulator (bliss bug).")
     batch = _SIMULATOR.simulate(n_images, seed=seed)
-    meta = {"index": index, "seed": seed, "n_images": n_images, "fingerprint": fingerprint,
-            "bands": list(_SIMULATOR.survey.bands)}
+    meta = {
+        "index": index,
+        "seed": seed,
+        "n_images": n_images,
+        "fingerprint": fingerprint,
+        "bands": list(_SIMULATOR.survey.bands),
+    }
     save_shard(path, batch, meta)
     payload = json.dumps(meta).encode()
     atomic_write_bytes(_sidecar(path), lambda stream: stream.write(payload))
@@ -102,8 +107,12 @@ def generate_shards(
     Returns:
         The manifest that was written.
     """
-    for key, value, low in (("n_shards", n_shards, 1), ("images_per_shard", images_per_shard, 1),
-                            ("shard_offset", shard_offset, 0), ("num_workers", num_workers, 0)):
+    for key, value, low in (
+        ("n_shards", n_shards, 1),
+        ("images_per_shard", images_per_shard, 1),
+        ("shard_offset", shard_offset, 0),
+        ("num_workers", num_workers, 0),
+    ):
         if value < low:
             raise BlissConfigError(f"generate.{key}={value}; expected an integer >= {low}.")
     directory = Path(directory)
@@ -114,8 +123,13 @@ def generate_shards(
         path = shard_path(directory, index)
         if not _is_complete(path, fingerprint):
             jobs.append((path, index, shard_seed(seed, index), images_per_shard, fingerprint))
-    bar = tqdm(total=n_shards, initial=n_shards - len(jobs), desc="generate", unit="shard",
-               disable=not progress)
+    bar = tqdm(
+        total=n_shards,
+        initial=n_shards - len(jobs),
+        desc="generate",
+        unit="shard",
+        disable=not progress,
+    )
     if num_workers == 0:
         _init_worker(simulator, single_thread=False)
         results = map(_make_shard, jobs)
@@ -125,8 +139,9 @@ def generate_shards(
                 on_shard(index)
     else:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(simulator,)) as pool:
+        with ProcessPoolExecutor(
+            num_workers, mp_context=context, initializer=_init_worker, initargs=(simulator,)
+        ) as pool:
             for index in pool.map(_make_shard, jobs):
                 bar.update()
                 if on_shard:

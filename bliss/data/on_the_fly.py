@@ -22,7 +22,9 @@ def _flatten(batch: dict[str, Any]) -> dict[str, Tensor]:
 class _SimulatedBatches(IterableDataset):
     """``n_batches`` whole batches; batch ``i`` of stream ``stream`` has a fixed seed."""
 
-    def __init__(self, simulator: ImageSimulator, batch_size: int, n_batches: int, seed: int, stream: int) -> None:
+    def __init__(
+        self, simulator: ImageSimulator, batch_size: int, n_batches: int, seed: int, stream: int
+    ) -> None:
         self.simulator = simulator
         self.batch_size = batch_size
         self.n_batches = n_batches
@@ -53,8 +55,15 @@ class SimulatedDataModule(pl.LightningDataModule):
         num_workers: loader processes.
     """
 
-    def __init__(self, simulator: ImageSimulator, batch_size: int, batches_per_epoch: int,
-                 val_batches: int, seed: int, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        simulator: ImageSimulator,
+        batch_size: int,
+        batches_per_epoch: int,
+        val_batches: int,
+        seed: int,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         self.train_set = _SimulatedBatches(simulator, batch_size, batches_per_epoch, seed, stream=1)
         self.val_set = _SimulatedBatches(simulator, batch_size, val_batches, seed, stream=2)
@@ -79,4 +88,3 @@ class SimulatedDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The fixed test batches."""
         return self._loader(self.test_set)
-

@@ -35,7 +35,9 @@ class ShardBlockSampler(Sampler[int]):
         rank: int = 0,
     ) -> None:
         if not 0 <= rank < num_replicas:
-            raise BlissValueError(f"rank={rank} with num_replicas={num_replicas}; expected 0 <= rank < num_replicas.")
+            raise BlissValueError(
+                f"rank={rank} with num_replicas={num_replicas}; expected 0 <= rank < num_replicas."
+            )
         self.shard_sizes = list(shard_sizes)
         self.starts = [sum(self.shard_sizes[:i]) for i in range(len(self.shard_sizes))]
         self.shuffle = shuffle
@@ -56,10 +58,16 @@ class ShardBlockSampler(Sampler[int]):
         """Indices of this rank, in visiting order."""
         generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
         n_shards = len(self.shard_sizes)
-        shard_order = torch.randperm(n_shards, generator=generator) if self.shuffle else torch.arange(n_shards)
+        shard_order = (
+            torch.randperm(n_shards, generator=generator)
+            if self.shuffle
+            else torch.arange(n_shards)
+        )
         order: list[int] = []
         for shard in shard_order.tolist():
             size = self.shard_sizes[shard]
-            inner = torch.randperm(size, generator=generator) if self.shuffle else torch.arange(size)
+            inner = (
+                torch.randperm(size, generator=generator) if self.shuffle else torch.arange(size)
+            )
             order.extend((inner + self.starts[shard]).tolist())
         return iter(order[self.rank : len(self) * self.num_replicas : self.num_replicas])

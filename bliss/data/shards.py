@@ -77,7 +77,9 @@ def load_shard(path: Path) -> dict[str, Any]:
             f"shard {path} is corrupt or truncated ({type(err).__name__}: {err}); delete it and "
             "re-run `bliss mode=generate` to regenerate it."
         ) from err
-    missing = [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
+    missing = (
+        [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
+    )
     if missing or not any(str(k).startswith(_CATALOG_PREFIX) for k in payload):
         raise BlissIOError(
             f"{path} is not a bliss shard: it lacks {list(missing) or ['catalog/*']}; point "
@@ -86,7 +88,9 @@ def load_shard(path: Path) -> dict[str, Any]:
     return payload
 
 
-def catalog_from_shard(payload: dict[str, Any], index: slice | Tensor | int = slice(None)) -> TileCatalog:
+def catalog_from_shard(
+    payload: dict[str, Any], index: slice | Tensor | int = slice(None)
+) -> TileCatalog:
     """The tile catalog of some images of a loaded shard."""
     data = {
         key[len(_CATALOG_PREFIX) :]: value[index]
@@ -111,4 +115,6 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise BlissIOError(f"{path} is not valid JSON ({err}); re-run `bliss mode=generate`.") from err
+        raise BlissIOError(
+            f"{path} is not valid JSON ({err}); re-run `bliss mode=generate`."
+        ) from err

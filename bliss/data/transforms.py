@@ -46,7 +46,9 @@ def _turn(value: Tensor, kind: Orientation, angle: float, mirror: bool) -> Tenso
     return torch.stack([cos * e1 - sin * e2, sin * e1 + cos * e2], dim=-1)
 
 
-def _oriented(item: dict[str, Tensor], keys: Mapping[str, Orientation], angle: float, mirror: bool) -> None:
+def _oriented(
+    item: dict[str, Tensor], keys: Mapping[str, Orientation], angle: float, mirror: bool
+) -> None:
     galaxy = item.get(_CAT + "source_type")
     for key, kind in keys.items():
         if _CAT + key not in item:
@@ -58,7 +60,9 @@ def _oriented(item: dict[str, Tensor], keys: Mapping[str, Orientation], angle: f
         item[_CAT + key] = turned
 
 
-def rotate90(item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] = DEFAULT_ORIENTED_KEYS) -> dict[str, Tensor]:
+def rotate90(
+    item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] = DEFAULT_ORIENTED_KEYS
+) -> dict[str, Tensor]:
     """Rotate one example (image ``c h w`` and tile catalog ``ht wt m d``) by 90 degrees.
 
     Returns a new dict; pixel maps (``images``, and ``background`` when it is a map) and every
@@ -80,7 +84,9 @@ def rotate90(item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] =
     return out
 
 
-def flip_cols(item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] = DEFAULT_ORIENTED_KEYS) -> dict[str, Tensor]:
+def flip_cols(
+    item: dict[str, Tensor], oriented_keys: Mapping[str, Orientation] = DEFAULT_ORIENTED_KEYS
+) -> dict[str, Tensor]:
     """Mirror one example left-right (``col -> W - col``)."""
     out = dict(item)
     for key in ("images", "background"):

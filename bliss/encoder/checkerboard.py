@@ -126,7 +126,9 @@ class ContextHead(nn.Module):
         n_params: raw parameters per tile.
     """
 
-    def __init__(self, feature_width: int, context_channels: int, width: int, n_params: int) -> None:
+    def __init__(
+        self, feature_width: int, context_channels: int, width: int, n_params: int
+    ) -> None:
         super().__init__()
         self.features = nn.Conv2d(feature_width, width, 1)
         self.context = nn.Conv2d(context_channels, width, 1)

@@ -11,7 +11,14 @@ from omegaconf import OmegaConf
 
 from bliss.errors import BlissConfigError, BlissIOError
 
-__all__ = ["RecordConfig", "check_compatible", "checkpoint_hash", "export_checkpoint", "load_encoder", "read_checkpoint"]
+__all__ = [
+    "RecordConfig",
+    "check_compatible",
+    "checkpoint_hash",
+    "export_checkpoint",
+    "load_encoder",
+    "read_checkpoint",
+]
 
 CONFIG_KEY = "bliss_config"
 
@@ -22,7 +29,9 @@ class RecordConfig(pl.Callback):
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         """Add the config to the checkpoint dict."""
         checkpoint[CONFIG_KEY] = self.config
 
@@ -35,12 +44,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise BlissIOError(f"checkpoint {path} does not exist; check predict.checkpoint / train.resume.")
+        raise BlissIOError(
+            f"checkpoint {path} does not exist; check predict.checkpoint / train.resume."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise BlissIOError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}).") from err
-    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise BlissIOError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err})."
+        ) from err
+    if (
+        not isinstance(checkpoint, dict)
+        or CONFIG_KEY not in checkpoint
+        or "state_dict" not in checkpoint
+    ):
         raise BlissIOError(
             f"{path} is not a bliss checkpoint (no `{CONFIG_KEY}` or `state_dict`); use one written "
             "by `bliss mode=train`."
@@ -48,7 +65,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_compatible(checkpoint_config: dict[str, Any], encoder_config: Any, path: str | Path) -> None:
+def check_compatible(
+    checkpoint_config: dict[str, Any], encoder_config: Any, path: str | Path
+) -> None:
     """Raise if a checkpoint's bands or posterior factors differ from the configured encoder."""
     saved = checkpoint_config["encoder"]
     wanted = OmegaConf.to_container(encoder_config, resolve=True)
@@ -66,7 +85,9 @@ def check_compatible(checkpoint_config: dict[str, Any], encoder_config: Any, pat
         )
 
 
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+def load_encoder(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Any, dict[str, Any]]:
     """Rebuild an encoder from a bliss checkpoint.
 
     Returns:
@@ -88,7 +109,9 @@ def checkpoint_hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def export_checkpoint(source: str | Path, destination: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def export_checkpoint(
+    source: str | Path, destination: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
     """Write a small inference-only copy of a training checkpoint (weights + config, no optimizer).
 
     Floating-point weights are stored as float16 (half the size; relative rounding 5e-4, far
@@ -103,7 +126,9 @@ def export_checkpoint(source: str | Path, destination: str | Path, extra: dict[s
 
     checkpoint = read_checkpoint(source)
     small = {
-        "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()},
+        "state_dict": {
+            k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
+        },
         CONFIG_KEY: checkpoint[CONFIG_KEY],
         "global_step": checkpoint.get("global_step"),
         "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"),

@@ -24,7 +24,9 @@ _CAT = "catalog/"
 
 def catalog_from_batch(batch: dict[str, Tensor], tile_slen: int) -> TileCatalog:
     """The true tile catalog stored in a batch under ``catalog/<key>``."""
-    return TileCatalog(tile_slen, {k[len(_CAT):]: v for k, v in batch.items() if k.startswith(_CAT)})
+    return TileCatalog(
+        tile_slen, {k[len(_CAT) :]: v for k, v in batch.items() if k.startswith(_CAT)}
+    )
 
 
 class Encoder(pl.LightningModule):
@@ -89,13 +91,17 @@ class Encoder(pl.LightningModule):
         super().__init__()
         self.bands = tuple(bands)
         if reference_band not in self.bands:
-            raise BlissConfigError(f"encoder.reference_band={reference_band!r} not in bands {self.bands}.")
+            raise BlissConfigError(
+                f"encoder.reference_band={reference_band!r} not in bands {self.bands}."
+            )
         if normalizer.n_bands != len(self.bands):
             raise BlissConfigError(
                 f"encoder.normalizer.n_bands={normalizer.n_bands} but {len(self.bands)} bands {self.bands}."
             )
         if not 0 < threshold < 1:
-            raise BlissConfigError(f"encoder.threshold={threshold}; expected a probability in (0, 1).")
+            raise BlissConfigError(
+                f"encoder.threshold={threshold}; expected a probability in (0, 1)."
+            )
         self.reference_index = self.bands.index(reference_band)
         self.tile_slen = tile_slen
         self.normalizer = normalizer
@@ -103,7 +109,9 @@ class Encoder(pl.LightningModule):
         self.posterior = posterior
         self.tiling = tiling
         self.context = CatalogContext(len(self.bands))
-        self.head = ContextHead(self.features.width, self.context.n_channels, context_width, posterior.n_params)
+        self.head = ContextHead(
+            self.features.width, self.context.n_channels, context_width, posterior.n_params
+        )
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
         self.threshold = threshold
@@ -117,7 +125,9 @@ class Encoder(pl.LightningModule):
         """Per-tile features of a batch. Shape ``b f ht wt``."""
         images = batch["images"]
         check_shape("images", images, "b c h w", {"c": len(self.bands)})
-        return self._feature_fn(self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"]))
+        return self._feature_fn(
+            self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"])
+        )
 
     def group_params(self, features: Tensor, catalog: TileCatalog, known: Tensor) -> Tensor:
         """Posterior parameters of every tile given the catalog on ``known`` tiles (``b ht wt p``)."""
@@ -161,7 +171,10 @@ class Encoder(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume a schedule's progress but take its shape from the current config.
@@ -178,7 +191,9 @@ class Encoder(pl.LightningModule):
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
-    def infer(self, batch: dict[str, Tensor], sample: bool = False, threshold: float | None = None) -> tuple[TileCatalog, Tensor]:
+    def infer(
+        self, batch: dict[str, Tensor], sample: bool = False, threshold: float | None = None
+    ) -> tuple[TileCatalog, Tensor]:
         """Run the colour groups in turn, each conditioned on the catalog of the earlier ones.
 
         Args:
@@ -194,8 +209,9 @@ class Encoder(pl.LightningModule):
         return self.infer_from_features(self.tile_features(batch), sample, threshold)
 
     @torch.no_grad()
-    def infer_from_features(self, features: Tensor, sample: bool = False,
-                            threshold: float | None = None) -> tuple[TileCatalog, Tensor]:
+    def infer_from_features(
+        self, features: Tensor, sample: bool = False, threshold: float | None = None
+    ) -> tuple[TileCatalog, Tensor]:
         """The autoregressive loop of :meth:`infer` on precomputed features (``b f ht wt``)."""
         threshold = self.threshold if threshold is None else threshold
         b, _, n_h, n_w = features.shape
@@ -215,11 +231,14 @@ class Encoder(pl.LightningModule):
 
     def _empty(self, b: int, n_h: int, n_w: int, like: Tensor) -> TileCatalog:
         m = self.posterior.max_sources
-        return TileCatalog(self.tile_slen, {
-            "n_sources": torch.zeros(b, n_h, n_w, dtype=torch.long, device=like.device),
-            "locs": like.new_zeros(b, n_h, n_w, m, 2),
-            "fluxes": like.new_zeros(b, n_h, n_w, m, len(self.bands)),
-        })
+        return TileCatalog(
+            self.tile_slen,
+            {
+                "n_sources": torch.zeros(b, n_h, n_w, dtype=torch.long, device=like.device),
+                "locs": like.new_zeros(b, n_h, n_w, m, 2),
+                "fluxes": like.new_zeros(b, n_h, n_w, m, len(self.bands)),
+            },
+        )
 
     # ---- validation and test ------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -234,7 +253,13 @@ class Encoder(pl.LightningModule):
         from bliss.encoder.evaluation import collect_step
 
         loss = self.nll(batch)
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0], sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            batch_size=batch["images"].shape[0],
+            sync_dist=True,
+        )
         truth = catalog_from_batch(batch, self.tile_slen)
         estimate, params = self.infer(batch)
         self._validation.append(collect_step(self, truth, estimate, params))

@@ -45,7 +45,9 @@ def _coverage_counts(encoder: "Encoder", truth: TileCatalog, params: Tensor) -> 
     return {k: torch.stack(v).cpu() for k, v in counts.items()}
 
 
-def collect_step(encoder: "Encoder", truth: TileCatalog, estimate: TileCatalog, params: Tensor) -> dict[str, Any]:
+def collect_step(
+    encoder: "Encoder", truth: TileCatalog, estimate: TileCatalog, params: Tensor
+) -> dict[str, Any]:
     """What one evaluation batch contributes to the epoch's metrics."""
     coverage = _coverage_counts(encoder, truth, params)
     expected = encoder.posterior.prob_source(params).sum()
@@ -64,7 +66,9 @@ def summarize(encoder: "Encoder", steps: list[dict[str, Any]], stage: str) -> di
     estimate = concat_full_catalogs([s["estimate"] for s in steps])
     matches = match_full_catalogs(truth, estimate, max_dist_px=encoder.match_dist_px)
     band = encoder.reference_index
-    detection = detection_metrics(truth, estimate, matches, ref_band=band, mag_bins=encoder.mag_bins)
+    detection = detection_metrics(
+        truth, estimate, matches, ref_band=band, mag_bins=encoder.mag_bins
+    )
     flux = flux_metrics(truth, estimate, matches, band=band)
     shapes = shape_metrics(truth, estimate, matches)
     n_true = float(sum(s["n_true_slots"] for s in steps))
@@ -91,6 +95,9 @@ def summarize(encoder: "Encoder", steps: list[dict[str, Any]], stage: str) -> di
             metrics[f"coverage{int(level * 100)}_locs"] = l_cov
     log_dir = encoder.trainer.default_root_dir if encoder._trainer is not None else None
     if log_dir and encoder.global_rank == 0:
-        plot_calibration(LEVELS, {"flux (reference band)": flux_cov.tolist(), "location": locs_cov.tolist()},
-                         Path(log_dir) / f"calibration_{stage}.png")
+        plot_calibration(
+            LEVELS,
+            {"flux (reference band)": flux_cov.tolist(), "location": locs_cov.tolist()},
+            Path(log_dir) / f"calibration_{stage}.png",
+        )
     return metrics

@@ -26,14 +26,23 @@ class FeatureNet(nn.Module):
         dilations: one residual block per entry, at tile resolution.
     """
 
-    def __init__(self, in_channels: int, tile_slen: int = 4, width: int = 128,
-                 dilations: Sequence[int] = (1, 2, 4, 1)) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        tile_slen: int = 4,
+        width: int = 128,
+        dilations: Sequence[int] = (1, 2, 4, 1),
+    ) -> None:
         super().__init__()
         n_down = int(math.log2(tile_slen)) if tile_slen >= 1 else -1
         if tile_slen < 1 or 2**n_down != tile_slen:
-            raise BlissConfigError(f"encoder tile_slen={tile_slen}; expected a power of 2 (1, 2, 4, 8).")
+            raise BlissConfigError(
+                f"encoder tile_slen={tile_slen}; expected a power of 2 (1, 2, 4, 8)."
+            )
         if width < 8 or width % 4:
-            raise BlissConfigError(f"encoder.features.width={width}; expected a multiple of 4, >= 8.")
+            raise BlissConfigError(
+                f"encoder.features.width={width}; expected a multiple of 4, >= 8."
+            )
         self.tile_slen = tile_slen
         self.width = width
         stem = max(width // 2**n_down, 16)

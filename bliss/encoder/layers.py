@@ -8,10 +8,19 @@ __all__ = ["ConvBlock", "ResidualBlock"]
 class ConvBlock(nn.Sequential):
     """3 x 3 convolution (optionally strided or dilated), batch norm, SiLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1
+    ) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
-                      dilation=dilation, bias=False),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                3,
+                stride=stride,
+                padding=dilation,
+                dilation=dilation,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_channels),
             nn.SiLU(inplace=True),
         )

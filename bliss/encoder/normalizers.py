@@ -49,7 +49,9 @@ class ImageNormalizer(nn.Module):
     ) -> None:
         super().__init__()
         if not (linear or asinh):
-            raise BlissConfigError("encoder.normalizer: linear and asinh are both false; enable one.")
+            raise BlissConfigError(
+                "encoder.normalizer: linear and asinh are both false; enable one."
+            )
         if asinh_softening <= 0 or clip <= 0 or fwhm_spread <= 0 or sky_center <= 0:
             raise BlissConfigError(
                 "encoder.normalizer: asinh_softening, clip, fwhm_spread and sky_center must be > 0."

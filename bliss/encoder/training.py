@@ -26,7 +26,9 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
             )
         images = datamodule.manifest.get("config", {}).get("simulator", {}).get("image_size")
         if images is not None and images % cfg.prior.tile_slen:
-            raise BlissConfigError(f"shard images of {images} px are not whole {cfg.prior.tile_slen}-px tiles.")
+            raise BlissConfigError(
+                f"shard images of {images} px are not whole {cfg.prior.tile_slen}-px tiles."
+            )
         return datamodule
     if cfg.train.data == "simulate":
         # the encoder package may not import the simulator: `bliss.main` builds this DataModule
@@ -50,21 +52,28 @@ def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> 
     """
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.train.resume:
-        check_compatible(read_checkpoint(cfg.train.resume)["bliss_config"], cfg.encoder, cfg.train.resume)
+        check_compatible(
+            read_checkpoint(cfg.train.resume)["bliss_config"], cfg.encoder, cfg.train.resume
+        )
     if datamodule is None:
         datamodule = build_datamodule(cfg)
     encoder = instantiate(cfg.encoder)
     record = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # entries set to null (e.g. by the debug preset) are switched off
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(RecordConfig(record))
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()] or False
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None] or False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
     trainer.fit(encoder, datamodule=datamodule, ckpt_path=cfg.train.resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.train.test_after_fit and not cfg.trainer.get("fast_dev_run"):
         checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        best = (
+            checkpoint.best_model_path
+            if checkpoint is not None and checkpoint.best_model_path
+            else None
+        )
         results = trainer.test(encoder, datamodule=datamodule, ckpt_path=best)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     return metrics

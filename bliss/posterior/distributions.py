@@ -41,7 +41,9 @@ class TruncatedNormal(Distribution):
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     has_rsample = True
 
-    def __init__(self, loc: Tensor, scale: Tensor, low: float, high: float, validate_args: bool | None = None) -> None:
+    def __init__(
+        self, loc: Tensor, scale: Tensor, low: float, high: float, validate_args: bool | None = None
+    ) -> None:
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         self.low, self.high = float(low), float(high)
         self._alpha = (self.low - self.loc) / self.scale
@@ -58,7 +60,12 @@ class TruncatedNormal(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         """Log density; ``-inf`` outside ``[low, high]``."""
         z = (value - self.loc) / self.scale
-        log_density = -0.5 * z**2 - math.log(math.sqrt(2 * math.pi)) - torch.log(self.scale) - torch.log(self._mass)
+        log_density = (
+            -0.5 * z**2
+            - math.log(math.sqrt(2 * math.pi))
+            - torch.log(self.scale)
+            - torch.log(self._mass)
+        )
         inside = (value >= self.low) & (value <= self.high)
         return torch.where(inside, log_density, -math.inf)
 

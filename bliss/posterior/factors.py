@@ -63,7 +63,9 @@ class Factor:
     #: a value inside the support used in place of padding before ``log_prob``
     safe_value = 0.0
 
-    def __init__(self, key: str, dim: int = 1, gate: str = "source", min_scale: float = 1e-3) -> None:
+    def __init__(
+        self, key: str, dim: int = 1, gate: str = "source", min_scale: float = 1e-3
+    ) -> None:
         if dim < 1:
             raise BlissConfigError(f"factor for `{key}`: dim={dim}; expected an integer >= 1.")
         if min_scale < 0:
@@ -149,11 +151,20 @@ class LogNormalFactor(Factor):
 class _BoundedFactor(Factor):
     """A factor for values in ``[low, high]``; the midpoint stands in for padding."""
 
-    def __init__(self, key: str, dim: int = 1, gate: str = "source", min_scale: float = 1e-3,
-                 low: float = 0.0, high: float = 1.0) -> None:
+    def __init__(
+        self,
+        key: str,
+        dim: int = 1,
+        gate: str = "source",
+        min_scale: float = 1e-3,
+        low: float = 0.0,
+        high: float = 1.0,
+    ) -> None:
         super().__init__(key, dim, gate, min_scale)
         if not low < high:
-            raise BlissConfigError(f"factor for `{key}`: low={low}, high={high}; expected low < high.")
+            raise BlissConfigError(
+                f"factor for `{key}`: low={low}, high={high}; expected low < high."
+            )
         self.low, self.high = float(low), float(high)
         self.safe_value = 0.5 * (low + high)
 
@@ -183,7 +194,9 @@ class LogitNormalFactor(_BoundedFactor):
     def quantile(self, params: Tensor, q: float) -> Tensor:
         """Closed form through the sigmoid."""
         loc, scale = self._loc_scale(params)
-        return self.low + (self.high - self.low) * torch.sigmoid(loc + scale * normal_icdf(q).to(loc))
+        return self.low + (self.high - self.low) * torch.sigmoid(
+            loc + scale * normal_icdf(q).to(loc)
+        )
 
 
 class TruncatedNormalFactor(_BoundedFactor):
@@ -231,8 +244,14 @@ class PositionAngleFactor(Factor):
 
     params_per_dim = 3
 
-    def __init__(self, key: str, dim: int = 1, gate: str = "galaxy", min_scale: float = 1e-3,
-                 period: float = math.pi) -> None:
+    def __init__(
+        self,
+        key: str,
+        dim: int = 1,
+        gate: str = "galaxy",
+        min_scale: float = 1e-3,
+        period: float = math.pi,
+    ) -> None:
         super().__init__(key, dim, gate, min_scale)
         self.period = float(period)
 
@@ -255,7 +274,9 @@ class PositionAngleFactor(Factor):
 
     def sample(self, params: Tensor) -> Tensor:
         """One angle in ``[0, period)``."""
-        return torch.remainder(self.distribution(params).sample() * self.period / (2 * math.pi), self.period)
+        return torch.remainder(
+            self.distribution(params).sample() * self.period / (2 * math.pi), self.period
+        )
 
     def quantile(self, params: Tensor, q: float) -> Tensor:
         """Approximate quantile (normal approximation), not wrapped, so intervals stay ordered."""
@@ -299,7 +320,9 @@ class CountFactor:
 
     def log_prob(self, params: Tensor, n_sources: Tensor) -> Tensor:
         """Log probability of the counts (``b ht wt``)."""
-        return self.distribution(params).log_prob(n_sources.to(params.dtype if self.max_sources == 1 else torch.long))
+        return self.distribution(params).log_prob(
+            n_sources.to(params.dtype if self.max_sources == 1 else torch.long)
+        )
 
     def probabilities(self, params: Tensor) -> Tensor:
         """``P(n_sources = k)`` for ``k = 0 .. m``. Shape ``b ht wt (m+1)``."""

@@ -48,7 +48,9 @@ class VariationalPosterior:
                 f"posterior.factors.{self.count_name}.max_sources={self.count.max_sources} but "
                 f"max_sources={max_sources}; make them equal (both follow prior.max_sources)."
             )
-        self.slot_factors: dict[str, Factor] = {n: f for n, f in factors.items() if n != self.count_name}
+        self.slot_factors: dict[str, Factor] = {
+            n: f for n, f in factors.items() if n != self.count_name
+        }
         for name, factor in self.slot_factors.items():
             if not isinstance(factor, Factor):
                 raise BlissConfigError(
@@ -67,7 +69,9 @@ class VariationalPosterior:
     @property
     def n_params(self) -> int:
         """Raw parameters per tile ``p``."""
-        return self.count.n_params + self.max_sources * sum(f.n_params for f in self.slot_factors.values())
+        return self.count.n_params + self.max_sources * sum(
+            f.n_params for f in self.slot_factors.values()
+        )
 
     def split(self, params: Tensor) -> dict[str, Tensor]:
         """Split raw parameters by factor.
@@ -79,7 +83,9 @@ class VariationalPosterior:
             The count factor's ``b ht wt p_0`` and each slot factor's ``b ht wt m p_i``.
         """
         check_shape("params", params, "b ht wt p", {"p": self.n_params})
-        sizes = [self.count.n_params] + [self.max_sources * f.n_params for f in self.slot_factors.values()]
+        sizes = [self.count.n_params] + [
+            self.max_sources * f.n_params for f in self.slot_factors.values()
+        ]
         chunks = torch.split(params, sizes, dim=-1)
         out = {self.count_name: chunks[0]}
         for (name, _), chunk in zip(self.slot_factors.items(), chunks[1:], strict=True):
@@ -111,19 +117,25 @@ class VariationalPosterior:
                     f"lacks (keys: {truth.keys()}); fix the factor's key or the simulator."
                 )
             mask = masks[factor.gate]
-            value = torch.where(rearrange(mask, "... -> ... 1"), truth[factor.key], factor.safe_value)
+            value = torch.where(
+                rearrange(mask, "... -> ... 1"), truth[factor.key], factor.safe_value
+            )
             per_slot = factor.log_prob(split[name], value)
             total = total + torch.where(mask, per_slot, 0.0).sum(-1)
         return total
 
-    def _assemble(self, tile_slen: int, n_sources: Tensor, values: dict[str, Tensor]) -> TileCatalog:
-        on = torch.arange(self.max_sources, device=n_sources.device) < rearrange(n_sources, "... -> ... 1")
+    def _assemble(
+        self, tile_slen: int, n_sources: Tensor, values: dict[str, Tensor]
+    ) -> TileCatalog:
+        on = torch.arange(self.max_sources, device=n_sources.device) < rearrange(
+            n_sources, "... -> ... 1"
+        )
         data: dict[str, Tensor] = {"n_sources": n_sources}
         for key, value in values.items():
             data[key] = torch.where(rearrange(on, "... -> ... 1"), value, 0.0)
         catalog = TileCatalog(tile_slen, data)
         galaxy = rearrange(catalog.galaxy_mask, "... -> ... 1")
-        for name, factor in self.slot_factors.items():
+        for factor in self.slot_factors.values():
             if factor.gate == Gate.GALAXY:
                 data[factor.key] = torch.where(galaxy, data[factor.key], 0.0)
         return TileCatalog(tile_slen, data)

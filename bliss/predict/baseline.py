@@ -19,16 +19,26 @@ from bliss.predict.reader import SurveyImage
 __all__ = ["moffat_half_light_radius_px", "sep_catalog"]
 
 
-def moffat_half_light_radius_px(fwhm_arcsec: float, beta: float, pixel_scale_arcsec: float) -> float:
+def moffat_half_light_radius_px(
+    fwhm_arcsec: float, beta: float, pixel_scale_arcsec: float
+) -> float:
     """Half-light radius of a Moffat profile, in pixels."""
     core = fwhm_arcsec / (2 * math.sqrt(2 ** (1 / beta) - 1))
     return core * math.sqrt(2 ** (1 / (beta - 1)) - 1) / pixel_scale_arcsec
 
 
-def sep_catalog(image: SurveyImage, reference_band: str, pixel_scale_arcsec: float, psf_beta: float = 3.5,
-                thresh: float = 1.5, min_area: int = 5, deblend_cont: float = 0.005,
-                min_radius_px: float = 3.5, size_ratio: float = 1.15,
-                quantiles: tuple[float, ...] = (0.05, 0.95)) -> dict[str, np.ndarray]:
+def sep_catalog(
+    image: SurveyImage,
+    reference_band: str,
+    pixel_scale_arcsec: float,
+    psf_beta: float = 3.5,
+    thresh: float = 1.5,
+    min_area: int = 5,
+    deblend_cont: float = 0.005,
+    min_radius_px: float = 3.5,
+    size_ratio: float = 1.15,
+    quantiles: tuple[float, ...] = (0.05, 0.95),
+) -> dict[str, np.ndarray]:
     """Detect and measure sources with ``sep``.
 
     Returns:
@@ -43,8 +53,14 @@ def sep_catalog(image: SurveyImage, reference_band: str, pixel_scale_arcsec: flo
     subtracted = np.where(valid, image.images - image.background, 0.0).astype(np.float64)
     noise = np.sqrt(np.clip(image.background, 1e-3, None)).astype(np.float64)
     data = np.ascontiguousarray(subtracted[ref])
-    objects = sep.extract(data, thresh, err=np.ascontiguousarray(noise[ref]), mask=~valid,
-                          minarea=min_area, deblend_cont=deblend_cont)
+    objects = sep.extract(
+        data,
+        thresh,
+        err=np.ascontiguousarray(noise[ref]),
+        mask=~valid,
+        minarea=min_area,
+        deblend_cont=deblend_cont,
+    )
     n = len(objects)
     x, y = objects["x"], objects["y"]
     a, b, theta = objects["a"], objects["b"], objects["theta"]
@@ -57,15 +73,31 @@ def sep_catalog(image: SurveyImage, reference_band: str, pixel_scale_arcsec: flo
         for c in range(len(image.bands)):
             band_data = np.ascontiguousarray(subtracted[c])
             # variance = sky + source counts (gain folded in: the image is in electrons)
-            band_err = np.ascontiguousarray(np.sqrt(np.clip(image.images[c], 1e-3, None)).astype(np.float64))
+            band_err = np.ascontiguousarray(
+                np.sqrt(np.clip(image.images[c], 1e-3, None)).astype(np.float64)
+            )
             band_err = np.where(valid, band_err, noise[c])
-            flux, err, _ = sep.sum_ellipse(band_data, x, y, a, b, theta, 2.5 * kron_radius, err=band_err, subpix=1)
-            flux_c, err_c, _ = sep.sum_circle(band_data, x, y, min_radius_px, err=band_err, subpix=1)
+            flux, err, _ = sep.sum_ellipse(
+                band_data, x, y, a, b, theta, 2.5 * kron_radius, err=band_err, subpix=1
+            )
+            flux_c, err_c, _ = sep.sum_circle(
+                band_data, x, y, min_radius_px, err=band_err, subpix=1
+            )
             scale = nmgy_per_electron(float(image.magzero[c]))
             fluxes[:, c] = np.where(small, flux_c, flux) * scale
             errors[:, c] = np.where(small, err_c, err) * scale
-        half_light, _ = sep.flux_radius(data, x, y, 6.0 * a, 0.5, normflux=fluxes[:, ref] / nmgy_per_electron(float(image.magzero[ref])), subpix=5)
-        psf_half = moffat_half_light_radius_px(float(image.psf_fwhm_arcsec[ref]), psf_beta, pixel_scale_arcsec)
+        half_light, _ = sep.flux_radius(
+            data,
+            x,
+            y,
+            6.0 * a,
+            0.5,
+            normflux=fluxes[:, ref] / nmgy_per_electron(float(image.magzero[ref])),
+            subpix=5,
+        )
+        psf_half = moffat_half_light_radius_px(
+            float(image.psf_fwhm_arcsec[ref]), psf_beta, pixel_scale_arcsec
+        )
         galaxy = (half_light > size_ratio * psf_half).astype(np.float32)
     else:
         galaxy = np.zeros(0, dtype=np.float32)

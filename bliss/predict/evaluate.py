@@ -35,7 +35,9 @@ def expand_inputs(spec: str | Sequence[str] | None, key: str) -> list[Path]:
         BlissConfigError: nothing given or nothing matches.
     """
     if spec is None:
-        raise BlissConfigError(f"{key} is not set; give a FITS file, a list, or a glob such as 'fields/*.fits'.")
+        raise BlissConfigError(
+            f"{key} is not set; give a FITS file, a list, or a glob such as 'fields/*.fits'."
+        )
     items = [spec] if isinstance(spec, str) else list(spec)
     paths: list[Path] = []
     for item in items:
@@ -50,12 +52,18 @@ def _to_full(sources: dict[str, np.ndarray], height: int, width: int) -> FullCat
     n = len(sources["row"])
     data = {
         "n_sources": torch.tensor([n]),
-        "plocs": torch.from_numpy(np.stack([sources["row"], sources["col"]], -1).reshape(1, n, 2)).float(),
+        "plocs": torch.from_numpy(
+            np.stack([sources["row"], sources["col"]], -1).reshape(1, n, 2)
+        ).float(),
         "fluxes": torch.from_numpy(np.asarray(sources["fluxes"]).reshape(1, n, -1)).float(),
-        "source_type": torch.from_numpy((np.asarray(sources["prob_galaxy"]) > 0.5).reshape(1, n, 1)).float(),
+        "source_type": torch.from_numpy(
+            (np.asarray(sources["prob_galaxy"]) > 0.5).reshape(1, n, 1)
+        ).float(),
     }
     for q in _QUANTILES:
-        data[f"flux@{q:g}"] = torch.from_numpy(np.asarray(sources[f"fluxes@{q:g}"]).reshape(1, n, -1)).float()
+        data[f"flux@{q:g}"] = torch.from_numpy(
+            np.asarray(sources[f"fluxes@{q:g}"]).reshape(1, n, -1)
+        ).float()
     return FullCatalog(height, width, data)
 
 
@@ -67,20 +75,38 @@ def _coverage(truth: FullCatalog, est: FullCatalog, matches: Any, band: int) -> 
             low = est[f"flux@{lo:g}"][i, e_idx, band]
             high = est[f"flux@{hi:g}"][i, e_idx, band]
             inside[level].append((true_flux >= low) & (true_flux <= high))
-    return {f"coverage{k}_flux": float(torch.cat(v).float().mean()) if v and torch.cat(v).numel() else float("nan")
-            for k, v in inside.items()}
+    return {
+        f"coverage{k}_flux": float(torch.cat(v).float().mean())
+        if v and torch.cat(v).numel()
+        else float("nan")
+        for k, v in inside.items()
+    }
 
 
-def _metrics(truth: FullCatalog, est: FullCatalog, band: int, match_dist_px: float, mag_bins: Sequence[float]) -> dict:
+def _metrics(
+    truth: FullCatalog, est: FullCatalog, band: int, match_dist_px: float, mag_bins: Sequence[float]
+) -> dict:
     matches = match_full_catalogs(truth, est, max_dist_px=match_dist_px)
     detection = detection_metrics(truth, est, matches, ref_band=band, mag_bins=list(mag_bins))
     flux = flux_metrics(truth, est, matches, band=band)
-    return {**detection, "mag_abs_err_median": flux["mag_abs_err_median"], **_coverage(truth, est, matches, band)}
+    return {
+        **detection,
+        "mag_abs_err_median": flux["mag_abs_err_median"],
+        **_coverage(truth, est, matches, band),
+    }
 
 
-def evaluate_files(predictor: Predictor, survey: Any, images: Sequence[Path], truths: Sequence[Path], *,
-                   threshold: float, match_dist_px: float, mag_bins: Sequence[float],
-                   output: Path | None = None) -> dict[str, dict]:
+def evaluate_files(
+    predictor: Predictor,
+    survey: Any,
+    images: Sequence[Path],
+    truths: Sequence[Path],
+    *,
+    threshold: float,
+    match_dist_px: float,
+    mag_bins: Sequence[float],
+    output: Path | None = None,
+) -> dict[str, dict]:
     """Run bliss and ``sep`` on every image, match both to the truth and summarise.
 
     Returns:
@@ -98,25 +124,46 @@ def evaluate_files(predictor: Predictor, survey: Any, images: Sequence[Path], tr
         image = read_fits_image(image_path, survey, predictor.encoder.bands)
         _, h, w = image.images.shape
         ours = predictor.predict(image, threshold=threshold, quantiles=_QUANTILES)["sources"]
-        baseline = sep_catalog(image, survey.reference_band, survey.pixel_scale_arcsec, survey.psf_beta,
-                               quantiles=_QUANTILES)
+        baseline = sep_catalog(
+            image,
+            survey.reference_band,
+            survey.pixel_scale_arcsec,
+            survey.psf_beta,
+            quantiles=_QUANTILES,
+        )
         try:
             truth_table = Table.read(truth_path)
         except Exception as err:
             raise BlissIOError(f"truth table {truth_path} cannot be read ({err}).") from err
-        catalogs["truth"].append(table_to_full_catalog(truth_table, survey.bands, h, w, name=str(truth_path)))
+        catalogs["truth"].append(
+            table_to_full_catalog(truth_table, survey.bands, h, w, name=str(truth_path))
+        )
         catalogs["bliss"].append(_to_full(ours, h, w))
         catalogs["sep"].append(_to_full(baseline, h, w))
         if output is not None and index == 0:
             truth = catalogs["truth"][-1]
             n = int(truth["n_sources"][0])
-            reference = {"x": truth["plocs"][0, :n, 1].numpy() - 0.5, "y": truth["plocs"][0, :n, 0].numpy() - 0.5}
-            plot_detections(image.images[band], image.background[band], output / "detections_bliss.png",
-                            {"x": ours["col"] - 0.5, "y": ours["row"] - 0.5, "prob_galaxy": ours["prob_galaxy"]},
-                            reference, title=f"{image_path.name}: bliss (circles) vs truth (squares)")
+            reference = {
+                "x": truth["plocs"][0, :n, 1].numpy() - 0.5,
+                "y": truth["plocs"][0, :n, 0].numpy() - 0.5,
+            }
+            plot_detections(
+                image.images[band],
+                image.background[band],
+                output / "detections_bliss.png",
+                {
+                    "x": ours["col"] - 0.5,
+                    "y": ours["row"] - 0.5,
+                    "prob_galaxy": ours["prob_galaxy"],
+                },
+                reference,
+                title=f"{image_path.name}: bliss (circles) vs truth (squares)",
+            )
     truth = concat_full_catalogs(catalogs["truth"])
-    results = {name: _metrics(truth, concat_full_catalogs(catalogs[name]), band, match_dist_px, mag_bins)
-               for name in ("bliss", "sep")}
+    results = {
+        name: _metrics(truth, concat_full_catalogs(catalogs[name]), band, match_dist_px, mag_bins)
+        for name in ("bliss", "sep")
+    }
     if output is not None:
         _write(results, output, mag_bins)
     return results
@@ -129,11 +176,22 @@ def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) ->
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(results, indent=1, default=float))
     rows = ["metric,bliss,sep"]
-    for key in ("precision", "recall", "f1", "classification_accuracy", "mag_abs_err_median",
-                "coverage50_flux", "coverage90_flux"):
-        rows.append(f"{key},{results['bliss'].get(key, float('nan')):.4f},{results['sep'].get(key, float('nan')):.4f}")
+    for key in (
+        "precision",
+        "recall",
+        "f1",
+        "classification_accuracy",
+        "mag_abs_err_median",
+        "coverage50_flux",
+        "coverage90_flux",
+    ):
+        rows.append(
+            f"{key},{results['bliss'].get(key, float('nan')):.4f},{results['sep'].get(key, float('nan')):.4f}"
+        )
     for j, (lo, hi) in enumerate(zip(mag_bins[:-1], mag_bins[1:], strict=True)):
-        rows.append(f"f1_mag_{lo:g}_{hi:g},{results['bliss']['per_bin']['f1'][j]:.4f},{results['sep']['per_bin']['f1'][j]:.4f}")
+        rows.append(
+            f"f1_mag_{lo:g}_{hi:g},{results['bliss']['per_bin']['f1'][j]:.4f},{results['sep']['per_bin']['f1'][j]:.4f}"
+        )
     (output / "metrics.csv").write_text("\n".join(rows) + "\n")
     figure = Figure(figsize=(6, 4))
     FigureCanvasAgg(figure)
@@ -150,26 +208,49 @@ def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) ->
 def format_results(results: dict[str, dict], mag_bins: Sequence[float]) -> str:
     """A side-by-side text table."""
     lines = [f"{'metric':<28}{'bliss':>10}{'sep':>10}"]
-    for key in ("precision", "recall", "f1", "classification_accuracy", "mag_abs_err_median",
-                "coverage50_flux", "coverage90_flux"):
-        lines.append(f"{key:<28}{results['bliss'].get(key, float('nan')):>10.3f}{results['sep'].get(key, float('nan')):>10.3f}")
+    for key in (
+        "precision",
+        "recall",
+        "f1",
+        "classification_accuracy",
+        "mag_abs_err_median",
+        "coverage50_flux",
+        "coverage90_flux",
+    ):
+        lines.append(
+            f"{key:<28}{results['bliss'].get(key, float('nan')):>10.3f}{results['sep'].get(key, float('nan')):>10.3f}"
+        )
     for j, (lo, hi) in enumerate(zip(mag_bins[:-1], mag_bins[1:], strict=True)):
-        lines.append(f"{f'f1 mag [{lo:g}, {hi:g})':<28}{results['bliss']['per_bin']['f1'][j]:>10.3f}"
-                     f"{results['sep']['per_bin']['f1'][j]:>10.3f}")
+        lines.append(
+            f"{f'f1 mag [{lo:g}, {hi:g})':<28}{results['bliss']['per_bin']['f1'][j]:>10.3f}"
+            f"{results['sep']['per_bin']['f1'][j]:>10.3f}"
+        )
     return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, ListConfig) else value
 
 
 def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
     """Run ``mode=evaluate`` from the composed config."""
     spec = cfg.evaluate
-    to_list = (lambda v: list(v) if isinstance(v, ListConfig) else v)
-    images = expand_inputs(to_list(spec.input), "evaluate.input")
-    truths = expand_inputs(to_list(spec.truth), "evaluate.truth")
+    images = expand_inputs(_plain(spec.input), "evaluate.input")
+    truths = expand_inputs(_plain(spec.truth), "evaluate.truth")
     encoder, _ = load_encoder(spec.checkpoint)
     survey = instantiate(cfg.survey)
-    predictor = Predictor(encoder, cfg.predict.chunk_px, cfg.predict.batch_chunks, cfg.predict.device, progress=False)
-    results = evaluate_files(predictor, survey, images, truths, threshold=spec.threshold,
-                             match_dist_px=spec.match_dist_px, mag_bins=list(spec.mag_bins),
-                             output=Path(spec.output))
+    predictor = Predictor(
+        encoder, cfg.predict.chunk_px, cfg.predict.batch_chunks, cfg.predict.device, progress=False
+    )
+    results = evaluate_files(
+        predictor,
+        survey,
+        images,
+        truths,
+        threshold=spec.threshold,
+        match_dist_px=spec.match_dist_px,
+        mag_bins=list(spec.mag_bins),
+        output=Path(spec.output),
+    )
     print(format_results(results, list(spec.mag_bins)))
     return results

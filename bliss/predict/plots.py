@@ -9,9 +9,14 @@ from bliss.atomic import atomic_path
 __all__ = ["plot_detections"]
 
 
-def plot_detections(image: np.ndarray, background: np.ndarray, path: str | Path,
-                    detections: dict[str, np.ndarray] | None = None,
-                    reference: dict[str, np.ndarray] | None = None, title: str = "") -> Path:
+def plot_detections(
+    image: np.ndarray,
+    background: np.ndarray,
+    path: str | Path,
+    detections: dict[str, np.ndarray] | None = None,
+    reference: dict[str, np.ndarray] | None = None,
+    title: str = "",
+) -> Path:
     """Save an asinh-stretched image with circles on detections (and squares on a reference).
 
     Args:
@@ -32,15 +37,35 @@ def plot_detections(image: np.ndarray, background: np.ndarray, path: str | Path,
     figure = Figure(figsize=(size * w / max(h, w) + 1, size * h / max(h, w)))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.imshow(stretched, origin="upper", cmap="gray_r", vmin=-1, vmax=np.percentile(stretched, 99.7))
+    axes.imshow(
+        stretched, origin="upper", cmap="gray_r", vmin=-1, vmax=np.percentile(stretched, 99.7)
+    )
     if reference is not None and len(reference["x"]):
-        axes.scatter(reference["x"], reference["y"], s=60, marker="s", facecolors="none",
-                     edgecolors="tab:orange", linewidths=0.8, label="reference")
+        axes.scatter(
+            reference["x"],
+            reference["y"],
+            s=60,
+            marker="s",
+            facecolors="none",
+            edgecolors="tab:orange",
+            linewidths=0.8,
+            label="reference",
+        )
     if detections is not None and len(detections["x"]):
         galaxy = detections.get("prob_galaxy", np.zeros(len(detections["x"]))) > 0.5
-        for mask, color, label in ((~galaxy, "tab:blue", "bliss star"), (galaxy, "tab:red", "bliss galaxy")):
-            axes.scatter(detections["x"][mask], detections["y"][mask], s=30, facecolors="none",
-                         edgecolors=color, linewidths=0.8, label=label)
+        for mask, color, label in (
+            (~galaxy, "tab:blue", "bliss star"),
+            (galaxy, "tab:red", "bliss galaxy"),
+        ):
+            axes.scatter(
+                detections["x"][mask],
+                detections["y"][mask],
+                s=30,
+                facecolors="none",
+                edgecolors=color,
+                linewidths=0.8,
+                label=label,
+            )
     axes.set_xlim(-0.5, w - 0.5)
     axes.set_ylim(h - 0.5, -0.5)
     axes.set_title(title, fontsize=9)

@@ -46,8 +46,14 @@ class Predictor:
         ['beta_rad', 'beta_rad@0.05', 'beta_rad@0.95', 'bulge_hlr_arcsec']
     """
 
-    def __init__(self, encoder: Any, chunk_px: int = 512, batch_chunks: int = 4, device: str = "auto",
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        chunk_px: int = 512,
+        batch_chunks: int = 4,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
         if chunk_px < encoder.tile_slen or batch_chunks < 1:
             raise BlissConfigError(
                 f"predict.chunk_px={chunk_px}, predict.batch_chunks={batch_chunks}; expected a chunk of "
@@ -87,8 +93,12 @@ class Predictor:
         for top in range(0, height, self.chunk_px):
             for left in range(0, width, self.chunk_px):
                 bottom, right = min(top + self.chunk_px, height), min(left + self.chunk_px, width)
-                outer = (max(top - self.margin_px, 0), min(bottom + self.margin_px, height),
-                         max(left - self.margin_px, 0), min(right + self.margin_px, width))
+                outer = (
+                    max(top - self.margin_px, 0),
+                    min(bottom + self.margin_px, height),
+                    max(left - self.margin_px, 0),
+                    min(right + self.margin_px, width),
+                )
                 shape = (outer[1] - outer[0], outer[3] - outer[2])
                 groups[shape].append((top, bottom, left, right, outer[0], outer[2]))
         n_chunks = sum(len(v) for v in groups.values())
@@ -97,8 +107,12 @@ class Predictor:
             for start in range(0, len(chunks), self.batch_chunks):
                 part = chunks[start : start + self.batch_chunks]
                 batch = {
-                    key: torch.stack([data[key][:, o_top : o_top + chunk_h, o_left : o_left + chunk_w]
-                                      for (_, _, _, _, o_top, o_left) in part])
+                    key: torch.stack(
+                        [
+                            data[key][:, o_top : o_top + chunk_h, o_left : o_left + chunk_w]
+                            for (_, _, _, _, o_top, o_left) in part
+                        ]
+                    )
                     for key in ("images", "background")
                 }
                 batch["psf_fwhm_arcsec"] = data["psf_fwhm_arcsec"].expand(len(part), -1)
@@ -116,8 +130,13 @@ class Predictor:
         return features
 
     @torch.no_grad()
-    def predict(self, image: SurveyImage, threshold: float = 0.5, n_samples: int = 0,
-                quantiles: tuple[float, ...] = (0.05, 0.95)) -> dict[str, Any]:
+    def predict(
+        self,
+        image: SurveyImage,
+        threshold: float = 0.5,
+        n_samples: int = 0,
+        quantiles: tuple[float, ...] = (0.05, 0.95),
+    ) -> dict[str, Any]:
         """Catalog an image.
 
         Args:
@@ -133,9 +152,13 @@ class Predictor:
             columns only), one per joint sample.
         """
         if not 0 < threshold < 1:
-            raise BlissConfigError(f"predict.threshold={threshold}; expected a probability in (0, 1).")
+            raise BlissConfigError(
+                f"predict.threshold={threshold}; expected a probability in (0, 1)."
+            )
         features = self.tile_features(image)
-        estimate, params = self.encoder.infer_from_features(features, sample=False, threshold=threshold)
+        estimate, params = self.encoder.infer_from_features(
+            features, sample=False, threshold=threshold
+        )
         _, h, w = image.images.shape
         posterior = self.encoder.posterior
         split = posterior.split(params)
@@ -153,11 +176,17 @@ class Predictor:
         samples = []
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(features, sample=True)
-            samples.append(_rows(draw, {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}, h, w))
+            samples.append(
+                _rows(
+                    draw, {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}, h, w
+                )
+            )
         return {"sources": sources, "samples": samples}
 
 
-def _rows(catalog: TileCatalog, columns: dict[str, Tensor], height: int, width: int) -> dict[str, np.ndarray]:
+def _rows(
+    catalog: TileCatalog, columns: dict[str, Tensor], height: int, width: int
+) -> dict[str, np.ndarray]:
     """Per-source columns of the slots that are on, inside the (unpadded) image."""
     on = catalog.is_on_mask
     plocs = catalog.plocs()[on]

@@ -55,7 +55,9 @@ def estimate_background(image: np.ndarray, box_px: int = 64) -> np.ndarray:
     return np.asarray(sep.Background(filled, mask=mask, bw=box, bh=box).back(), dtype=np.float32)
 
 
-def read_fits_image(path: str | Path, survey: ObservingSetup, bands: tuple[str, ...] | None = None) -> SurveyImage:
+def read_fits_image(
+    path: str | Path, survey: ObservingSetup, bands: tuple[str, ...] | None = None
+) -> SurveyImage:
     """Read and validate a FITS input.
 
     Args:
@@ -76,7 +78,9 @@ def read_fits_image(path: str | Path, survey: ObservingSetup, bands: tuple[str, 
     except FileNotFoundError as err:
         raise BlissIOError(f"{path} does not exist; check predict.input.") from err
     except OSError as err:
-        raise BlissIOError(f"{path} is not a readable FITS file ({err}); expected one image HDU per band.") from err
+        raise BlissIOError(
+            f"{path} is not a readable FITS file ({err}); expected one image HDU per band."
+        ) from err
     with hdus:
         found = {}
         for hdu in hdus:
@@ -99,7 +103,9 @@ def read_fits_image(path: str | Path, survey: ObservingSetup, bands: tuple[str, 
             hdu = found[band.lower()]
             data = np.asarray(hdu.data, dtype=np.float32)
             if data.ndim != 2:
-                raise BlissIOError(f"{path} HDU {hdu.name}: data has {data.ndim} dims; expected a 2-D image.")
+                raise BlissIOError(
+                    f"{path} HDU {hdu.name}: data has {data.ndim} dims; expected a 2-D image."
+                )
             if shape is None:
                 shape = data.shape
             elif data.shape != shape:
@@ -136,9 +142,18 @@ def read_fits_image(path: str | Path, survey: ObservingSetup, bands: tuple[str, 
         )
     stack = np.stack(images)
     if not np.isfinite(stack).any() or not np.nanmax(np.abs(stack)) > 0:
-        warnings.warn(f"{path}: the image is empty (all zero or missing).", BlissWarning, stacklevel=2)
-    return SurveyImage(path, bands, stack, np.stack(backgrounds), np.array(fwhm, dtype=np.float32),
-                       np.array(magzero), wcs)
+        warnings.warn(
+            f"{path}: the image is empty (all zero or missing).", BlissWarning, stacklevel=2
+        )
+    return SurveyImage(
+        path,
+        bands,
+        stack,
+        np.stack(backgrounds),
+        np.array(fwhm, dtype=np.float32),
+        np.array(magzero),
+        wcs,
+    )
 
 
 def _celestial_wcs(header: fits.Header) -> WCS | None:

@@ -22,15 +22,30 @@ __all__ = ["git_sha", "predict_file", "predict_from_config"]
 def git_sha() -> str:
     """The git commit of the bliss source tree, or ``unknown``."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(bliss.__file__).parent,
-                             capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(bliss.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except OSError:
         return "unknown"
     return out.stdout.strip() or "unknown"
 
 
-def predict_file(predictor: Predictor, survey: Any, input_path: str | Path, output: str | Path, *,
-                 threshold: float, n_samples: int, plot: bool, meta: dict[str, Any]) -> dict[str, Any]:
+def predict_file(
+    predictor: Predictor,
+    survey: Any,
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    threshold: float,
+    n_samples: int,
+    plot: bool,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
     """Catalog one FITS file and write the catalog, the samples and the PNG."""
     output = Path(output)
     image = read_fits_image(input_path, survey, predictor.encoder.bands)
@@ -39,16 +54,25 @@ def predict_file(predictor: Predictor, survey: Any, input_path: str | Path, outp
     table = catalog_table(result["sources"], image.bands, image.wcs, meta)
     written = {"catalog": write_table(table, output)}
     if n_samples:
-        samples = [catalog_table(s, image.bands, image.wcs, meta, interval=(0, 0)) for s in result["samples"]]
-        written["samples"] = write_table(stack_samples(samples), output.with_name(f"{output.stem}_samples{output.suffix}"))
+        samples = [
+            catalog_table(s, image.bands, image.wcs, meta, interval=(0, 0))
+            for s in result["samples"]
+        ]
+        written["samples"] = write_table(
+            stack_samples(samples), output.with_name(f"{output.stem}_samples{output.suffix}")
+        )
     if plot:
         ref = image.bands.index(survey.reference_band)
         detections = {"x": table["x"].value, "y": table["y"].value}
         if "prob_galaxy" in table.colnames:
             detections["prob_galaxy"] = table["prob_galaxy"]
-        written["plot"] = plot_detections(image.images[ref], image.background[ref],
-                                          output.with_suffix(".png"), detections,
-                                          title=f"{Path(input_path).name}: {len(table)} sources")
+        written["plot"] = plot_detections(
+            image.images[ref],
+            image.background[ref],
+            output.with_suffix(".png"),
+            detections,
+            title=f"{Path(input_path).name}: {len(table)} sources",
+        )
     return {"table": table, "written": written, "samples": result["samples"]}
 
 
@@ -73,8 +97,16 @@ def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
         "CKPTHASH": checkpoint_hash(spec.checkpoint),
     }
     predictor = Predictor(encoder, spec.chunk_px, spec.batch_chunks, spec.device)
-    result = predict_file(predictor, survey, spec.input, spec.output, threshold=spec.threshold,
-                          n_samples=spec.n_samples, plot=spec.plot, meta=meta)
+    result = predict_file(
+        predictor,
+        survey,
+        spec.input,
+        spec.output,
+        threshold=spec.threshold,
+        n_samples=spec.n_samples,
+        plot=spec.plot,
+        meta=meta,
+    )
     config_path = Path(spec.output).with_suffix(".config.yaml")
     config_path.write_text(config_yaml)
     print(f"{len(result['table'])} sources -> {spec.output}")

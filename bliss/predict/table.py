@@ -25,11 +25,22 @@ _SHAPE_UNITS = {
     "bulge_q": u.dimensionless_unscaled,
     "bulge_hlr_arcsec": u.arcsec,
 }
-_FORMATS = {".fits": "fits", ".fit": "fits", ".parquet": "parquet", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
+_FORMATS = {
+    ".fits": "fits",
+    ".fit": "fits",
+    ".parquet": "parquet",
+    ".csv": "ascii.csv",
+    ".ecsv": "ascii.ecsv",
+}
 
 
-def catalog_table(sources: dict[str, np.ndarray], bands: Sequence[str], wcs: WCS | None,
-                  meta: dict[str, Any], interval: tuple[float, float] = (0.05, 0.95)) -> QTable:
+def catalog_table(
+    sources: dict[str, np.ndarray],
+    bands: Sequence[str],
+    wcs: WCS | None,
+    meta: dict[str, Any],
+    interval: tuple[float, float] = (0.05, 0.95),
+) -> QTable:
     """The contract catalog: one row per source.
 
     Columns: ``x``, ``y`` (0-indexed pixels, pixel centres on integers), ``ra``, ``dec`` (deg, when
@@ -60,7 +71,16 @@ def catalog_table(sources: dict[str, np.ndarray], bands: Sequence[str], wcs: WCS
             table[f"flux_{band}_lo"] = sources[f"fluxes@{low:g}"][:, index] * u.nmgy
             table[f"flux_{band}_hi"] = sources[f"fluxes@{high:g}"][:, index] * u.nmgy
         table[f"mag_{band}"] = np.asarray(nmgy_to_mag(_tensor(flux))) * u.mag
-    skip = {"row", "col", "prob_source", "prob_galaxy", "fluxes", "locs", "source_type", "n_sources"}
+    skip = {
+        "row",
+        "col",
+        "prob_source",
+        "prob_galaxy",
+        "fluxes",
+        "locs",
+        "source_type",
+        "n_sources",
+    }
     for key, value in sources.items():
         if key in skip or "@" in key:
             continue

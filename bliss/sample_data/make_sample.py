@@ -18,10 +18,22 @@ def main() -> None:
     from bliss.simulator.field import write_simulated_field
 
     with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["mode=predict", "simulator.image_size=256",
-                                           "prior.density_per_arcmin2=9.0", "paths.run_dir=."])
-    write_simulated_field(build_simulator(cfg), SEED, HERE / "sdss_sample.fits",
-                          HERE / "sdss_sample_truth.fits", compress=True)
+        cfg = compose(
+            "config",
+            overrides=[
+                "mode=predict",
+                "simulator.image_size=256",
+                "prior.density_per_arcmin2=9.0",
+                "paths.run_dir=.",
+            ],
+        )
+    write_simulated_field(
+        build_simulator(cfg),
+        SEED,
+        HERE / "sdss_sample.fits",
+        HERE / "sdss_sample_truth.fits",
+        compress=True,
+    )
 
 
 if __name__ == "__main__":

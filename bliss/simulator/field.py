@@ -14,8 +14,12 @@ from bliss.simulator.simulate import ImageSimulator
 __all__ = ["simple_wcs", "write_simulated_field"]
 
 
-def simple_wcs(height_px: int, width_px: int, pixel_scale_arcsec: float,
-               center_deg: tuple[float, float] = (150.0, 2.0)) -> WCS:
+def simple_wcs(
+    height_px: int,
+    width_px: int,
+    pixel_scale_arcsec: float,
+    center_deg: tuple[float, float] = (150.0, 2.0),
+) -> WCS:
     """A north-up TAN WCS centred on ``center_deg`` (RA, Dec)."""
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
@@ -26,8 +30,15 @@ def simple_wcs(height_px: int, width_px: int, pixel_scale_arcsec: float,
     return wcs
 
 
-def write_simulated_field(simulator: ImageSimulator, seed: int, image_path: str | Path,
-                          truth_path: str | Path, *, compress: bool = False, write_background: bool = False) -> dict:
+def write_simulated_field(
+    simulator: ImageSimulator,
+    seed: int,
+    image_path: str | Path,
+    truth_path: str | Path,
+    *,
+    compress: bool = False,
+    write_background: bool = False,
+) -> dict:
     """Simulate one field and write it as a predict input FITS plus a truth table.
 
     The image file has one HDU per band (``EXTNAME`` = band, electrons with sky, ``MAGZERO``,
@@ -50,8 +61,14 @@ def write_simulated_field(simulator: ImageSimulator, seed: int, image_path: str 
         card["BUNIT"] = "electron"
         data = batch["images"][0, b].numpy()
         if compress:
-            hdus.append(fits.CompImageHDU(np.round(data).astype(np.int32), header=card, name=band,
-                                          compression_type="RICE_1"))
+            hdus.append(
+                fits.CompImageHDU(
+                    np.round(data).astype(np.int32),
+                    header=card,
+                    name=band,
+                    compression_type="RICE_1",
+                )
+            )
         else:
             hdus.append(fits.ImageHDU(data, header=card, name=band))
         if write_background:
@@ -66,6 +83,8 @@ def write_simulated_field(simulator: ImageSimulator, seed: int, image_path: str 
     truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in batch["psf_fwhm_arcsec"][0].tolist())
     truth.meta["SKY"] = ",".join(f"{v:.1f}" for v in batch["background"][0].tolist())
     with atomic_path(truth_path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*native FITS format.*")  # nmgy round-trips through astropy metadata
+        warnings.filterwarnings(
+            "ignore", message=".*native FITS format.*"
+        )  # nmgy round-trips through astropy metadata
         truth.write(tmp, format="fits", overwrite=True)
     return batch

@@ -34,5 +34,7 @@ def add_sky_and_noise(
     if noise == NoiseModel.POISSON:
         return rng.poisson(expected).astype(np.float32)
     if noise == NoiseModel.GAUSSIAN:
-        return (expected + np.sqrt(expected) * rng.standard_normal(expected.shape)).astype(np.float32)
+        return (expected + np.sqrt(expected) * rng.standard_normal(expected.shape)).astype(
+            np.float32
+        )
     return expected.astype(np.float32)

@@ -95,9 +95,15 @@ class CatalogPrior:
         self.star_flux = _check_power_law("prior.star_flux", star_flux or default_flux)
         self.galaxy_flux = _check_power_law("prior.galaxy_flux", galaxy_flux or default_flux)
         no_colors = torch.zeros(3, len(self.bands))  # every band as bright as the reference
-        self.star_colors = no_colors if star_colors is None else self._color_table("prior.star_colors", star_colors)
+        self.star_colors = (
+            no_colors
+            if star_colors is None
+            else self._color_table("prior.star_colors", star_colors)
+        )
         self.galaxy_colors = (
-            no_colors if galaxy_colors is None else self._color_table("prior.galaxy_colors", galaxy_colors)
+            no_colors
+            if galaxy_colors is None
+            else self._color_table("prior.galaxy_colors", galaxy_colors)
         )
         self.galaxy_shape = _check_shape_config(galaxy_shape or {})
 
@@ -106,13 +112,20 @@ class CatalogPrior:
         rows = []
         for part in ("mean", "slope", "scatter"):
             values = colors.get(part, {})
-            missing = [b for b in self.bands if b not in values and b != self.bands[self.reference_index]]
+            missing = [
+                b for b in self.bands if b not in values and b != self.bands[self.reference_index]
+            ]
             if missing:
                 raise BlissConfigError(
                     f"{key}.{part} has no entry for bands {missing}; give a magnitude offset from "
                     f"the reference band for every band of the survey {list(self.bands)}."
                 )
-            rows.append([0.0 if i == self.reference_index else float(values[b]) for i, b in enumerate(self.bands)])
+            rows.append(
+                [
+                    0.0 if i == self.reference_index else float(values[b])
+                    for i, b in enumerate(self.bands)
+                ]
+            )
         table = torch.tensor(rows)
         if (table[2] < 0).any():
             raise BlissConfigError(f"{key}.scatter has a negative entry; expected scatters >= 0.")
@@ -170,7 +183,9 @@ class CatalogPrior:
             },
         )
 
-    def _sample_fluxes(self, ref_flux: Tensor, is_galaxy: Tensor, generator: torch.Generator) -> Tensor:
+    def _sample_fluxes(
+        self, ref_flux: Tensor, is_galaxy: Tensor, generator: torch.Generator
+    ) -> Tensor:
         """Fluxes in every band from the reference flux and colours. Shape ``b ht wt m c``."""
         n_bands = len(self.bands)
         latent = torch.randn(*ref_flux.shape, 1, generator=generator)
@@ -194,7 +209,9 @@ class CatalogPrior:
             return low + (high - low) * torch.rand(*shape, 1, generator=generator)
 
         def log_normal(spec: Mapping[str, float]) -> Tensor:
-            draw = spec["median"] * torch.exp(spec["sigma"] * torch.randn(*shape, 1, generator=generator))
+            draw = spec["median"] * torch.exp(
+                spec["sigma"] * torch.randn(*shape, 1, generator=generator)
+            )
             return draw.clamp(spec["min"], spec["max"])
 
         return {
@@ -220,7 +237,9 @@ def _sample_power_law(
 def _check_power_law(key: str, spec: Mapping[str, float]) -> dict[str, float]:
     expected = {"min_nmgy", "max_nmgy", "alpha"}
     if set(spec) != expected:
-        raise BlissConfigError(f"{key} has keys {sorted(spec)}; expected exactly {sorted(expected)}.")
+        raise BlissConfigError(
+            f"{key} has keys {sorted(spec)}; expected exactly {sorted(expected)}."
+        )
     if not 0 < spec["min_nmgy"] < spec["max_nmgy"]:
         raise BlissConfigError(
             f"{key}: min_nmgy={spec['min_nmgy']}, max_nmgy={spec['max_nmgy']}; expected "
@@ -246,7 +265,9 @@ def _check_shape_config(spec: Mapping) -> dict:
             f"prior.galaxy_shape has unknown keys {sorted(unknown)}; expected {sorted(_DEFAULT_SHAPE)}."
         )
     if not 0 < config["q_min"] <= 1:
-        raise BlissConfigError(f"prior.galaxy_shape.q_min={config['q_min']}; expected 0 < q_min <= 1.")
+        raise BlissConfigError(
+            f"prior.galaxy_shape.q_min={config['q_min']}; expected 0 < q_min <= 1."
+        )
     for key in ("disk_hlr_arcsec", "bulge_hlr_arcsec"):
         radius = config[key]
         if not (0 < radius["min"] <= radius["median"] <= radius["max"] and radius["sigma"] >= 0):

@@ -91,7 +91,10 @@ class ImageSimulator:
         self.dither_px = dither_px
         self.magzero = np.array([survey.magzero(b) for b in survey.bands])
         self.psf_images = {
-            band: (image_psf(np.asarray(img), survey.pixel_scale_arcsec), survey.psf_fwhm_arcsec(band))
+            band: (
+                image_psf(np.asarray(img), survey.pixel_scale_arcsec),
+                survey.psf_fwhm_arcsec(band),
+            )
             for band, img in (psf_images or {}).items()
         }
 
@@ -140,7 +143,9 @@ class ImageSimulator:
                 psfs=psfs,
                 image_shape=(self.image_size, self.image_size),
                 pixel_scale_arcsec=self.survey.pixel_scale_arcsec,
-                band_offsets_px=dither[index].numpy().astype(np.float64) if self.dither_px else None,
+                band_offsets_px=dither[index].numpy().astype(np.float64)
+                if self.dither_px
+                else None,
             )
             sky = conditions["sky_electrons"][index].numpy().astype(np.float64)
             images[index] = add_sky_and_noise(clean.astype(np.float64), sky, self.noise, rng)
@@ -158,7 +163,6 @@ class ImageSimulator:
             profile, nominal_fwhm = self.psf_images[band]
             return profile.dilate(fwhm_arcsec / nominal_fwhm)
         return moffat_psf(fwhm_arcsec, self.survey.psf_beta)
-
 
 
 def _electrons_per_nmgy(magzero: np.ndarray) -> np.ndarray:

@@ -61,7 +61,9 @@ class ParametricSurvey:
         self._sky = self._per_band("survey.sky_electrons", sky_electrons, positive=True)
         self._magzero = self._per_band("survey.magzero", magzero, positive=False)
 
-    def _per_band(self, key: str, values: Mapping[str, float], *, positive: bool) -> dict[str, float]:
+    def _per_band(
+        self, key: str, values: Mapping[str, float], *, positive: bool
+    ) -> dict[str, float]:
         if set(values) != set(self.bands):
             raise BlissConfigError(
                 f"{key} has bands {sorted(values)}, expected exactly survey.bands={list(self.bands)}; "

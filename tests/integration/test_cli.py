@@ -27,8 +27,9 @@ def _bliss_command() -> list[str]:
 def _bliss(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``bliss`` in ``tmp_path`` with every output under it."""
     command = [*_bliss_command(), *args]
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=TIMEOUT_S, check=False)
+    return subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
 
 
 def _tiny(tmp_path: Path) -> list[str]:
@@ -57,8 +58,9 @@ def test_generate_writes_loadable_shards(tmp_path):
 
 
 def test_unknown_mode_lists_the_valid_modes(tmp_path):
-    result = _bliss(tmp_path, "mode=nonsense", f"paths.root={tmp_path}",
-                    f"hydra.run.dir={tmp_path}/h")
+    result = _bliss(
+        tmp_path, "mode=nonsense", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/h"
+    )
 
     assert result.returncode != 0
     explained = [line for line in _explanations(result, "nonsense") if "generate" in line]
@@ -104,8 +106,14 @@ def test_a_bad_prior_value_fails_before_any_shard(tmp_path):
 def test_multirun_runs_one_job_per_seed(tmp_path):
     # each seed gets its own shard directory: one directory holds one seed's shards
     result = _bliss(
-        tmp_path, "-m", "mode=generate", "seed=1,2", *TINY_OVERRIDES, "generate.n_shards=1",
-        f"paths.root={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep",
+        tmp_path,
+        "-m",
+        "mode=generate",
+        "seed=1,2",
+        *TINY_OVERRIDES,
+        "generate.n_shards=1",
+        f"paths.root={tmp_path}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
         "paths.cached_data=${paths.root}/cached_seed${seed}",
     )
 

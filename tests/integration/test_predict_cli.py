@@ -19,14 +19,30 @@ TRUTH = PACKAGE / "sample_data" / "sdss_sample_truth.fits"
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    out = subprocess.run([sys.executable, "-m", "bliss.main", "mode=predict", f"paths.root={root}",
-                          f"hydra.run.dir={root}/hydra"], capture_output=True, text=True, cwd=root, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bliss.main",
+            "mode=predict",
+            f"paths.root={root}",
+            f"hydra.run.dir={root}/hydra",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return root / "outputs" / "predict"
 
 
 def test_writes_catalog_png_and_config(predicted):
-    for name in ("sdss_sample_catalog.fits", "sdss_sample_catalog.png", "sdss_sample_catalog.config.yaml"):
+    for name in (
+        "sdss_sample_catalog.fits",
+        "sdss_sample_catalog.png",
+        "sdss_sample_catalog.config.yaml",
+    ):
         assert (predicted / name).exists(), name
     table = QTable.read(predicted / "sdss_sample_catalog.fits")
     assert table.meta["CKPTHASH"] and table.meta["BLISSVER"] == bliss.__version__
@@ -45,10 +61,23 @@ def test_finds_bright_sample_sources_at_the_right_positions(predicted):
 
 
 def test_n_samples_writes_joint_samples(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bliss.main", "mode=predict", f"paths.root={tmp_path}",
-                          f"hydra.run.dir={tmp_path}/hydra", "predict.n_samples=3",
-                          f"predict.output={tmp_path}/cat.csv", "predict.plot=false"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bliss.main",
+            "mode=predict",
+            f"paths.root={tmp_path}",
+            f"hydra.run.dir={tmp_path}/hydra",
+            "predict.n_samples=3",
+            f"predict.output={tmp_path}/cat.csv",
+            "predict.plot=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     samples = QTable.read(tmp_path / "cat_samples.csv")
     assert set(np.unique(samples["sample"])) == {0, 1, 2}
@@ -56,8 +85,20 @@ def test_n_samples_writes_joint_samples(tmp_path):
 
 
 def test_checkpoint_for_other_bands_is_refused(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bliss.main", "mode=predict", "survey=des",
-                          f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/hydra"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bliss.main",
+            "mode=predict",
+            "survey=des",
+            f"paths.root={tmp_path}",
+            f"hydra.run.dir={tmp_path}/hydra",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "bands" in out.stderr and not list(tmp_path.glob("outputs/predict/*.fits"))

@@ -17,9 +17,16 @@ from bliss.surveys import ParametricSurvey
 MODEL = Path(bliss.__file__).parent / "models" / "sdss_generalist.ckpt"
 SAMPLE = Path(bliss.__file__).parent / "sample_data" / "sdss_sample.fits"
 BANDS = ("u", "g", "r", "i", "z")
-SDSS = ParametricSurvey("sdss", BANDS, "r", 0.396, 3.5, dict(zip(BANDS, (1.5, 1.4, 1.3, 1.25, 1.25), strict=True)),
-                        dict(zip(BANDS, (40, 254, 620, 977, 639), strict=True)),
-                        dict(zip(BANDS, (28.01, 29.82, 29.89, 29.69, 27.93), strict=True)))
+SDSS = ParametricSurvey(
+    "sdss",
+    BANDS,
+    "r",
+    0.396,
+    3.5,
+    dict(zip(BANDS, (1.5, 1.4, 1.3, 1.25, 1.25), strict=True)),
+    dict(zip(BANDS, (40, 254, 620, 977, 639), strict=True)),
+    dict(zip(BANDS, (28.01, 29.82, 29.89, 29.69, 27.93), strict=True)),
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +35,37 @@ def predictor():
     return Predictor(encoder, progress=False)
 
 
-def star_image(row: float, col: float, r_nmgy: float = 40.0, size: int = 48, seed: int = 0) -> SurveyImage:
+def star_image(
+    row: float, col: float, r_nmgy: float = 40.0, size: int = 48, seed: int = 0
+) -> SurveyImage:
     colors = np.array([1.7, 0.5, 0.0, -0.17, -0.24])  # mag offsets from r of a typical star
     fwhm = [SDSS.psf_fwhm_arcsec(b) for b in BANDS]
-    electrons = np.array([r_nmgy * 10 ** (-0.4 * c) / nmgy_per_electron(SDSS.magzero(b))
-                          for c, b in zip(colors, BANDS, strict=True)])
-    clean = GalsimRenderer().render(np.array([[row, col]]), electrons[None], np.array([False]), np.zeros((1, 6)),
-                                    [moffat_psf(f) for f in fwhm], (size, size), 0.396)
+    electrons = np.array(
+        [
+            r_nmgy * 10 ** (-0.4 * c) / nmgy_per_electron(SDSS.magzero(b))
+            for c, b in zip(colors, BANDS, strict=True)
+        ]
+    )
+    clean = GalsimRenderer().render(
+        np.array([[row, col]]),
+        electrons[None],
+        np.array([False]),
+        np.zeros((1, 6)),
+        [moffat_psf(f) for f in fwhm],
+        (size, size),
+        0.396,
+    )
     sky = np.array([SDSS.sky_electrons(b) for b in BANDS])
     noisy = np.random.default_rng(seed).poisson(clean + sky[:, None, None]).astype(np.float32)
-    return SurveyImage(None, BANDS, noisy, np.broadcast_to(sky[:, None, None], noisy.shape).astype(np.float32),
-                       np.array(fwhm, np.float32), np.array([SDSS.magzero(b) for b in BANDS]), None)
+    return SurveyImage(
+        None,
+        BANDS,
+        noisy,
+        np.broadcast_to(sky[:, None, None], noisy.shape).astype(np.float32),
+        np.array(fwhm, np.float32),
+        np.array([SDSS.magzero(b) for b in BANDS]),
+        None,
+    )
 
 
 def test_star_on_a_tile_corner_is_counted_once(predictor):

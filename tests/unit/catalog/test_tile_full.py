@@ -144,8 +144,9 @@ def test_filter_by_flux_keeps_the_range_and_repacks_slots():
 
 def test_filter_by_mag_keeps_sources_in_the_magnitude_range():
     mags = torch.tensor([18.0, 20.0, 22.0, 24.0])
-    full = _full([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [5.0, 5.0]],
-                 mag_to_nmgy(mags).unsqueeze(-1).tolist())
+    full = _full(
+        [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [5.0, 5.0]], mag_to_nmgy(mags).unsqueeze(-1).tolist()
+    )
 
     kept = full.filter_by_mag(min_mag=19.0, max_mag=23.0)
 
@@ -161,8 +162,9 @@ def test_crop_keeps_inside_sources_and_shifts_them():
 
     assert (cropped.height_px, cropped.width_px) == (4, 4)
     assert cropped["n_sources"].tolist() == [2]
-    rows = sorted(zip(cropped["plocs"][0].tolist(), cropped["fluxes"][0, :, 0].tolist(),
-                      strict=True))
+    rows = sorted(
+        zip(cropped["plocs"][0].tolist(), cropped["fluxes"][0, :, 0].tolist(), strict=True)
+    )
     assert rows == [([0.0, 0.0], 4.0), ([1.0, 2.0], 2.0)]
 
 
@@ -221,5 +223,6 @@ def test_electrons_nmgy_with_the_sdss_r_zero_point():
     for zero_point in (SDSS_R_MAGZERO, magzero):  # float and tensor zero points agree
         electrons = nmgy_to_electrons(fluxes, zero_point)
         torch.testing.assert_close(electrons, fluxes * electrons_per_nmgy, rtol=1e-12, atol=0)
-        torch.testing.assert_close(electrons_to_nmgy(electrons, zero_point), fluxes,
-                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            electrons_to_nmgy(electrons, zero_point), fluxes, rtol=1e-12, atol=0
+        )

@@ -15,8 +15,9 @@ FRACTIONS = {"val": 0.2, "test": 0.2}
 
 
 def _setup(directory, **kwargs) -> CachedSimulatedDataModule:
-    module = CachedSimulatedDataModule(str(directory), batch_size=2, split_fractions=FRACTIONS,
-                                       **kwargs)
+    module = CachedSimulatedDataModule(
+        str(directory), batch_size=2, split_fractions=FRACTIONS, **kwargs
+    )
     module.setup("fit")
     return module
 
@@ -60,8 +61,14 @@ def test_train_loader_yields_batches_of_the_shard_contents(simulator, tmp_path):
     assert batch["catalog/n_sources"].shape == (2, 2, 2)
     # augmentation moves images and catalogs but keeps their contents
     seen = torch.cat([b["images"] for b in batches]).flatten(1).sort(1).values
-    stored = torch.cat([torch.load(p, weights_only=True)["images"]
-                        for p in module.datasets["train"].files]).flatten(1).sort(1).values
+    stored = (
+        torch.cat(
+            [torch.load(p, weights_only=True)["images"] for p in module.datasets["train"].files]
+        )
+        .flatten(1)
+        .sort(1)
+        .values
+    )
     assert torch.equal(seen.sort(0).values, stored.sort(0).values)
 
 

@@ -160,8 +160,10 @@ def test_a_corrupt_manifest_is_an_io_error(tmp_path):
         read_manifest(tmp_path)
 
 
-@pytest.mark.parametrize("key,value", [("n_shards", 0), ("images_per_shard", 0),
-                                       ("shard_offset", -1), ("num_workers", -1)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("n_shards", 0), ("images_per_shard", 0), ("shard_offset", -1), ("num_workers", -1)],
+)
 def test_bad_generate_options_name_the_key(simulator, tmp_path, key, value):
     options = {"seed": 0, "n_shards": 1, "images_per_shard": 1, "recipe": RECIPE, key: value}
     with pytest.raises(BlissConfigError, match=f"generate.{key}"):

@@ -99,8 +99,13 @@ def test_four_rotations_and_two_flips_are_the_identity():
             if key == "images":
                 continue
             # locs pass through 1 - x several times: float32 round-off of numbers < 1
-            torch.testing.assert_close(transformed[key], value, atol=1e-6, rtol=0,
-                                       msg=lambda text, key=key: f"{key}: {text}")
+            torch.testing.assert_close(
+                transformed[key],
+                value,
+                atol=1e-6,
+                rtol=0,
+                msg=lambda text, key=key: f"{key}: {text}",
+            )
 
 
 def test_rotation_moves_the_source_where_the_image_moves_it():

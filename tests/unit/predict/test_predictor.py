@@ -21,9 +21,15 @@ def make_image(height=72, width=52, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.poisson(300.0, size=(5, height, width)).astype(np.float32)
     images[:, 30:34, 20:24] += 5000.0  # a bright blob
-    return SurveyImage(path=None, bands=("u", "g", "r", "i", "z"), images=images,
-                       background=np.full((5, height, width), 300.0, np.float32),
-                       psf_fwhm_arcsec=np.full(5, 1.3, np.float32), magzero=np.full(5, 29.0), wcs=None)
+    return SurveyImage(
+        path=None,
+        bands=("u", "g", "r", "i", "z"),
+        images=images,
+        background=np.full((5, height, width), 300.0, np.float32),
+        psf_fwhm_arcsec=np.full(5, 1.3, np.float32),
+        magzero=np.full(5, 29.0),
+        wcs=None,
+    )
 
 
 def test_margin_covers_receptive_field(encoder):
@@ -73,7 +79,9 @@ def test_contract_columns_and_units(encoder, tmp_path):
     result = Predictor(encoder, progress=False).predict(make_image(), threshold=0.01)
     from bliss.simulator.field import simple_wcs
 
-    table = catalog_table(result["sources"], ("u", "g", "r", "i", "z"), simple_wcs(72, 52, 0.396), {"BLISSVER": "x"})
+    table = catalog_table(
+        result["sources"], ("u", "g", "r", "i", "z"), simple_wcs(72, 52, 0.396), {"BLISSVER": "x"}
+    )
     for band in "ugriz":
         for suffix in ("", "_lo", "_hi"):
             assert table[f"flux_{band}{suffix}"].unit == "nmgy"

@@ -9,11 +9,28 @@ from bliss.predict.reader import read_fits_image
 from bliss.simulator.field import simple_wcs
 from bliss.surveys import ParametricSurvey
 
-SURVEY = ParametricSurvey("toy", ["g", "r"], "r", 0.4, 3.5, {"g": 1.4, "r": 1.3}, {"g": 100.0, "r": 200.0},
-                          {"g": 29.0, "r": 29.5})
+SURVEY = ParametricSurvey(
+    "toy",
+    ["g", "r"],
+    "r",
+    0.4,
+    3.5,
+    {"g": 1.4, "r": 1.3},
+    {"g": 100.0, "r": 200.0},
+    {"g": 29.0, "r": 29.5},
+)
 
 
-def write(path, bands=("g", "r"), shape=(32, 24), magzero=True, wcs=True, bkg=False, extra=None, order=None):
+def write(
+    path,
+    bands=("g", "r"),
+    shape=(32, 24),
+    magzero=True,
+    wcs=True,
+    bkg=False,
+    extra=None,
+    order=None,
+):
     header = simple_wcs(*shape, 0.4).to_header() if wcs else fits.Header()
     hdus = [fits.PrimaryHDU()]
     rng = np.random.default_rng(0)
@@ -22,7 +39,9 @@ def write(path, bands=("g", "r"), shape=(32, 24), magzero=True, wcs=True, bkg=Fa
         if magzero:
             card["MAGZERO"] = 29.0
         card["PSF_FWHM"] = 1.5
-        data = rng.poisson(150.0, size=shape if band != extra else (shape[0] + 1, shape[1])).astype(np.float32)
+        data = rng.poisson(150.0, size=shape if band != extra else (shape[0] + 1, shape[1])).astype(
+            np.float32
+        )
         hdus.append(fits.ImageHDU(data, header=card, name=band))
         if bkg:
             hdus.append(fits.ImageHDU(np.full(shape, 150.0, dtype=np.float32), name=f"{band}_BKG"))

@@ -76,8 +76,9 @@ def test_power_law_index_is_recovered(prior_cfg, prob_galaxy, flux_key):
     alpha, min_nmgy = 0.7, 2.0
     # max / min = 5e11: the truncated tail holds (5e11)^-0.7 ~ 1e-8 of the mass, negligible
     spec = {"min_nmgy": min_nmgy, "max_nmgy": 1e12, "alpha": alpha}
-    prior = _prior(prior_cfg, density_per_arcmin2=_density(8.0), prob_galaxy=prob_galaxy,
-                   **{flux_key: spec})
+    prior = _prior(
+        prior_cfg, density_per_arcmin2=_density(8.0), prob_galaxy=prob_galaxy, **{flux_key: spec}
+    )
     catalog = _draw(prior)
     on = catalog.is_on_mask
     ref_flux = catalog["fluxes"][..., prior.reference_index][on].double()
@@ -110,14 +111,19 @@ def test_galaxy_fraction_and_uniform_locations(prior_cfg):
     on = catalog.is_on_mask
     n = int(on.sum())
     fraction = float(catalog.galaxy_mask.sum()) / n
-    assert fraction == pytest.approx(prob_galaxy,
-                                     abs=5 * math.sqrt(prob_galaxy * (1 - prob_galaxy) / n))
+    assert fraction == pytest.approx(
+        prob_galaxy, abs=5 * math.sqrt(prob_galaxy * (1 - prob_galaxy) / n)
+    )
 
     locs = catalog["locs"][on].double()
     assert float(locs.min()) >= 0.0 and float(locs.max()) < 1.0
     # U(0, 1): mean 1/2 with standard error sqrt(1/12/n); each decile holds 1/10 of the draws
-    torch.testing.assert_close(locs.mean(0), torch.full((2,), 0.5, dtype=torch.float64),
-                               atol=5 * math.sqrt(1 / 12 / n), rtol=0)
+    torch.testing.assert_close(
+        locs.mean(0),
+        torch.full((2,), 0.5, dtype=torch.float64),
+        atol=5 * math.sqrt(1 / 12 / n),
+        rtol=0,
+    )
     for axis in range(2):
         counts = torch.histc(locs[:, axis], bins=10, min=0.0, max=1.0) / n
         assert float((counts - 0.1).abs().max()) < 5 * math.sqrt(0.1 * 0.9 / n)
@@ -235,8 +241,13 @@ def _plain(prior_cfg) -> dict:
 @pytest.fixture
 def survey() -> ParametricSurvey:
     return ParametricSurvey(
-        "toy", ["g", "r", "i"], "r", PIXEL_SCALE, 3.5,
-        {"g": 1.4, "r": 1.3, "i": 1.2}, {"g": 254.0, "r": 620.0, "i": 977.0},
+        "toy",
+        ["g", "r", "i"],
+        "r",
+        PIXEL_SCALE,
+        3.5,
+        {"g": 1.4, "r": 1.3, "i": 1.2},
+        {"g": 254.0, "r": 620.0, "i": 977.0},
         {"g": 29.82, "r": 29.89, "i": 29.69},
     )
 

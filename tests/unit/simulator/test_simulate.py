@@ -26,16 +26,32 @@ def _survey() -> ParametricSurvey:
 
 
 def _prior(density: float = 0.0, bands: tuple[str, ...] = BANDS) -> CatalogPrior:
-    colors = {"mean": {"g": 0.5, "i": 0.1}, "slope": {"g": 0.3, "i": 0.1},
-              "scatter": {"g": 0.05, "i": 0.05}}
-    return CatalogPrior(bands, "r", PIXEL_SCALE, tile_slen=TILE_SLEN, density_per_arcmin2=density,
-                        star_colors=colors, galaxy_colors=colors)
+    colors = {
+        "mean": {"g": 0.5, "i": 0.1},
+        "slope": {"g": 0.3, "i": 0.1},
+        "scatter": {"g": 0.05, "i": 0.05},
+    }
+    return CatalogPrior(
+        bands,
+        "r",
+        PIXEL_SCALE,
+        tile_slen=TILE_SLEN,
+        density_per_arcmin2=density,
+        star_colors=colors,
+        galaxy_colors=colors,
+    )
 
 
 def _simulator(noise: str = "none", density: float = 0.0, image_size: int = 32) -> ImageSimulator:
     survey = _survey()
-    return ImageSimulator(survey, _prior(density), GalsimRenderer(),
-                          ObservingConditions(survey, "r"), image_size=image_size, noise=noise)
+    return ImageSimulator(
+        survey,
+        _prior(density),
+        GalsimRenderer(),
+        ObservingConditions(survey, "r"),
+        image_size=image_size,
+        noise=noise,
+    )
 
 
 def test_empty_noise_free_image_equals_the_sky_exactly():
@@ -123,8 +139,13 @@ def test_image_size_must_be_a_multiple_of_the_tile_size():
 def test_prior_bands_must_match_the_survey_bands():
     survey = _survey()
     with pytest.raises(BlissConfigError, match=r"prior\.bands.*survey\.bands"):
-        ImageSimulator(survey, _prior(bands=("g", "r", "i")), GalsimRenderer(),
-                       ObservingConditions(survey, "r"), image_size=16)
+        ImageSimulator(
+            survey,
+            _prior(bands=("g", "r", "i")),
+            GalsimRenderer(),
+            ObservingConditions(survey, "r"),
+            image_size=16,
+        )
 
 
 def test_unknown_noise_model_names_the_key():
