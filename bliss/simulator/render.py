@@ -26,8 +26,15 @@ import galsim
 import numpy as np
 
 from bliss.catalog.shapes import check_shape
-from bliss.catalog.tile import GALAXY_KEYS
 from bliss.errors import BlissValueError, BlissWarning
+from bliss.simulator._stamps import (
+    checked_inputs,
+    draw_stamps,
+    frequencies,
+    paste_stamps,
+    pixel_response,
+    stamp_sizes,
+)
 
 #: ratio of half-light radius to scale radius of an exponential profile (as in GalSim)
 _EXP_HLR_PER_SCALE_RADIUS = 1.6783469900166605
@@ -145,25 +152,6 @@ def _devaucouleurs_ft_table() -> tuple[float, np.ndarray]:
     return step, table
 
 
-def _stamp_sizes(min_stamp_px: int, max_stamp_px: int) -> np.ndarray:
-    """Odd stamp sizes in ``[min, max]`` that FFT fast (factors 3, 5, 7), plus both ends."""
-    low = min_stamp_px | 1
-    high = max_stamp_px if max_stamp_px % 2 else max_stamp_px - 1
-    smooth = {3**i * 5**j * 7**k for i in range(8) for j in range(6) for k in range(5)}
-    return np.array(sorted({low, high} | {size for size in smooth if low <= size <= high}))
-
-
-@cache
-def _pixel_response(size: int) -> np.ndarray:
-    """Fourier transform of a square pixel on a real-FFT grid. Shape: ``size m``."""
-    return np.outer(*(np.sinc(freq) for freq in _frequencies(size)))
-
-
-def _frequencies(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column frequencies (cycles per pixel) of a real FFT of a ``size`` square."""
-    return np.fft.fftfreq(size), np.fft.rfftfreq(size)
-
-
 class GalsimRenderer:
     """Render noise-free multi-band images of stars and galaxies with GalSim profiles.
 
@@ -222,7 +210,7 @@ class GalsimRenderer:
         self.gsparams = galsim.GSParams(
             folding_threshold=folding_threshold, maxk_threshold=maxk_threshold
         )
-        self._sizes = _stamp_sizes(min_stamp_px, max_stamp_px)
+        self._sizes = stamp_sizes(min_stamp_px, max_stamp_px)
         # light radius (arcsec) of unit-hlr components, holding 1 - folding_threshold of the flux
         self._disk_radius = math.pi / galsim.Exponential(1.0, gsparams=self.gsparams).stepk
         self._bulge_radius = math.pi / galsim.DeVaucouleurs(1.0, gsparams=self.gsparams).stepk
@@ -266,7 +254,7 @@ class GalsimRenderer:
             BlissValueError: the number of PSFs is not ``c``, a value is non-finite, or a galaxy
                 parameter is out of range.
         """
-        plocs, flux, is_galaxy, params, offsets = _checked_inputs(
+        plocs, flux, is_galaxy, params, offsets = checked_inputs(
             plocs, flux_electrons, is_galaxy, galaxy_params, band_offsets_px, psfs
         )
         scale = pixel_scale_arcsec
@@ -295,8 +283,8 @@ class GalsimRenderer:
             if galaxies.any():
                 profile[galaxies] = self._galaxy_fourier(params[chosen[galaxies]], size, scale)
             psf_fourier = np.stack([self._psf_fourier(psf, size, scale) for psf in psfs])
-            stamps = _draw(profile, flux[chosen], shift, psf_fourier)
-            _paste(image, stamps, corner[chosen], offsets_int)
+            stamps = draw_stamps(profile, flux[chosen], shift, psf_fourier)
+            paste_stamps(image, stamps, corner[chosen], offsets_int)
         return image
 
     def _psf_cached(self, psf: galsim.GSObject, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -335,7 +323,7 @@ class GalsimRenderer:
             half = galsim.BoundsI(0, size // 2, -(size // 2), size // 2)
             dk = 2 * math.pi / (size * scale)
             kimage = psf.drawKImage(bounds=half, scale=dk, recenter=False)
-            values = np.fft.ifftshift(kimage.array, axes=0) * _pixel_response(size)
+            values = np.fft.ifftshift(kimage.array, axes=0) * pixel_response(size)
             aliased = max(abs(values[size // 2]).max(), abs(values[:, -1]).max())
             if aliased > _MAX_NYQUIST_POWER:
                 warnings.warn(
@@ -352,7 +340,7 @@ class GalsimRenderer:
 
     def _galaxy_fourier(self, params: np.ndarray, size: int, scale: float) -> np.ndarray:
         """Fourier transform of unit-flux galaxies before the PSF. Shape: ``g size m``."""
-        freq_row, freq_col = _frequencies(size)
+        freq_row, freq_col = frequencies(size)
         k_row = (2 * np.pi / scale) * freq_row[None, :, None]
         k_col = (2 * np.pi / scale) * freq_col[None, None, :]
         disk_frac, beta, disk_q, disk_hlr, bulge_q, bulge_hlr = (
@@ -368,87 +356,3 @@ class GalsimRenderer:
         bulge_k = np.sqrt((k_major2 / bulge_q + k_minor2 * bulge_q) * bulge_hlr**2)
         bulge = np.interp(np.log1p(bulge_k) / step, np.arange(len(table)), table, right=0.0)
         return disk_frac * disk + (1 - disk_frac) * bulge
-
-
-def _draw(profile: np.ndarray, flux: np.ndarray, shift: np.ndarray, psf: np.ndarray) -> np.ndarray:
-    """Stamps from Fourier profiles (``g s m``, 1 for point sources) and PSFs (``c s m``).
-
-    ``flux`` (``g c``) scales each stamp and ``shift`` (``g c 2``) places each source, in stamp
-    pixels from the centre of stamp pixel ``(0, 0)``. Returns stamps of shape ``g c s s``.
-    """
-    size = psf.shape[1]
-    freq_row, freq_col = _frequencies(size)
-    # single precision halves the cost; the output is float32 anyway
-    phase_row = np.exp(-2j * np.pi * shift[..., 0, None] * freq_row).astype(np.complex64)
-    phase_col = flux[..., None] * np.exp(-2j * np.pi * shift[..., 1, None] * freq_col)
-    fourier = phase_row[..., :, None] * phase_col.astype(np.complex64)[..., None, :]
-    fourier *= psf
-    fourier *= profile[:, None]
-    return np.fft.irfft2(fourier, s=(size, size))
-
-
-def _checked_inputs(
-    plocs: np.ndarray,
-    flux: np.ndarray,
-    is_galaxy: np.ndarray,
-    params: np.ndarray,
-    offsets: np.ndarray | None,
-    psfs: Sequence[galsim.GSObject],
-) -> tuple[np.ndarray, ...]:
-    """The arrays of :meth:`GalsimRenderer.render` as numpy, after checking shapes and values."""
-    plocs = np.asarray(plocs, dtype=np.float64)
-    flux = np.asarray(flux, dtype=np.float64)
-    is_galaxy = np.asarray(is_galaxy, dtype=bool)
-    params = np.asarray(params, dtype=np.float64)
-    sizes = check_shape("plocs", plocs, "n 2")
-    sizes = check_shape("flux_electrons", flux, "n c", sizes)
-    check_shape("is_galaxy", is_galaxy, "n", sizes)
-    check_shape("galaxy_params", params, f"n {len(GALAXY_KEYS)}", sizes)
-    offsets = np.zeros((sizes["c"], 2)) if offsets is None else np.asarray(offsets, dtype=float)
-    check_shape("band_offsets_px", offsets, "c 2", sizes)
-    if len(psfs) != sizes["c"]:
-        raise BlissValueError(
-            f"got {len(psfs)} PSFs for flux_electrons with c={sizes['c']} bands; pass one PSF "
-            "per band, in band order."
-        )
-    for name, values in (("plocs", plocs), ("flux_electrons", flux), ("offsets", offsets)):
-        if not np.all(np.isfinite(values)):
-            raise BlissValueError(f"{name} holds non-finite values; drop or fix those sources.")
-    if np.any(flux < 0):
-        raise BlissValueError(f"flux_electrons has minimum {flux.min()}; expected fluxes >= 0.")
-    disk_frac, beta, disk_q, disk_hlr, bulge_q, bulge_hlr = params[is_galaxy].T
-    checks = {
-        "disk_frac": (disk_frac, (disk_frac >= 0) & (disk_frac <= 1), "in [0, 1]"),
-        "beta_rad": (beta, np.isfinite(beta), "finite"),
-        "disk_q": (disk_q, (disk_q > 0) & (disk_q <= 1), "in (0, 1]"),
-        "bulge_q": (bulge_q, (bulge_q > 0) & (bulge_q <= 1), "in (0, 1]"),
-        "disk_hlr_arcsec": (disk_hlr, (disk_hlr > 0) | (disk_frac == 0), "> 0 with a disk"),
-        "bulge_hlr_arcsec": (bulge_hlr, (bulge_hlr > 0) | (disk_frac == 1), "> 0 with a bulge"),
-    }
-    for key, (values, good, expected) in checks.items():
-        if not good.all():
-            raise BlissValueError(
-                f"galaxy_params column {key} is {values[~good][0]!r} for {int((~good).sum())} "
-                f"galaxies; expected {expected}. Fix the prior or the catalog."
-            )
-    return plocs, flux, is_galaxy, params, offsets
-
-
-def _paste(
-    image: np.ndarray, stamps: np.ndarray, corner: np.ndarray, offsets_int: np.ndarray
-) -> None:
-    """Add stamps (``g c s s``) at ``corner + offsets_int[band]`` to ``image`` (``c h w``)."""
-    height, width = image.shape[1:]
-    size = stamps.shape[-1]
-    same_offset = bool(np.all(offsets_int == offsets_int[0]))
-    bands = [slice(None)] if same_offset else [slice(b, b + 1) for b in range(image.shape[0])]
-    for stamp, (row, col) in zip(stamps, corner, strict=True):
-        for band in bands:
-            top, left = (int(v) for v in (row, col) + offsets_int[band][0])
-            row_lo, row_hi = max(top, 0), min(top + size, height)
-            col_lo, col_hi = max(left, 0), min(left + size, width)
-            if row_lo >= row_hi or col_lo >= col_hi:
-                continue
-            image[band, row_lo:row_hi, col_lo:col_hi] += stamp[
-                band, row_lo - top : row_hi - top, col_lo - left : col_hi - left
-            ]
