@@ -190,3 +190,20 @@ def test_ddp_sim_two_cpu_processes(root: Path, tmp_path: Path) -> None:
     assert checkpoint["global_step"] == 1
     assert CONFIG_KEY in checkpoint
     assert checkpoint[CONFIG_KEY]["trainer"]["strategy"] == "ddp"
+
+
+def test_train_on_the_fly_simulation_needs_no_shards(tmp_path: Path) -> None:
+    cfg = compose_config(
+        [
+            *TRAIN,
+            "train.data=simulate",
+            "train.simulate.batches_per_epoch=2",
+            "train.simulate.val_batches=1",
+            "trainer.max_steps=2",
+        ],
+        tmp_path,
+    )
+    metrics = run(cfg)
+    assert not (tmp_path / "data").exists()  # no cache written
+    assert _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
