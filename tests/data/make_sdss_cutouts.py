@@ -1,0 +1,166 @@
+"""Regenerate the SDSS cut-outs in ``tests/data/sdss/`` from the full files in ``../shared/data``.
+
+Run from anywhere: ``python tests/data/make_sdss_cutouts.py [--source DIR]``.
+
+The cut-out is a 192 x 192 px box (rows 370..561, columns 1050..1241 of every band's frame) of
+run 94, camcol 1, field 12 around a bright, isolated, unsaturated star (r-band peak ~14000 counts,
+PSF flux ~1170 nmgy) at about row 454, column 1164 of the r frame. Its r box holds the bad column
+1189 (INTERP plane), its i box the bad columns 1124..1125. Every file keeps its SDSS layout:
+
+* frames: the image box, the calibration vector of its columns, the sky grid cropped to the
+  cells the box needs (``XINTERP`` / ``YINTERP`` shifted to match), HDU 3 unchanged; the WCS
+  keeps working through ``CRPIX1 -= col0``, ``CRPIX2 -= row0``; ``CUTROW0`` / ``CUTCOL0`` record
+  the box origin (the psField PSF polynomial takes full-frame positions).
+* fpM: the spans inside the box, shifted to box coordinates; ``MASKROWS`` / ``MASKCOLS`` = 192.
+* psField: HDUs 0..6 (PSF of the five bands and the per-band summary), unchanged.
+* photoField: the rows of fields 11..13, unchanged.
+"""
+
+import argparse
+import bz2
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+RUN, CAMCOL, FIELD = 94, 1, 12
+BANDS = ("u", "g", "r", "i", "z")
+ROW0, COL0, SIZE = 370, 1050, 192
+HERE = Path(__file__).parent
+DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data" / "sdss"
+
+
+def crop_frame(source: Path, target: Path) -> None:
+    """Write the box of one frame file, with its calibration, sky grid and WCS adjusted."""
+    with fits.open(source, memmap=False) as hdus:
+        header = hdus[0].header.copy()
+        header["CRPIX1"] -= COL0
+        header["CRPIX2"] -= ROW0
+        header["CUTROW0"] = (ROW0, "row of pixel (0, 0) in the full SDSS frame")
+        header["CUTCOL0"] = (COL0, "column of pixel (0, 0) in the full SDSS frame")
+        header["HISTORY"] = (
+            f"bliss cut-out rows {ROW0}..{ROW0 + SIZE - 1} cols {COL0}..{COL0 + SIZE - 1}"
+        )
+        image = hdus[0].data[ROW0 : ROW0 + SIZE, COL0 : COL0 + SIZE]
+        calib = hdus[1].data[COL0 : COL0 + SIZE]
+        sky = hdus[2].data
+        grid = sky["ALLSKY"][0]
+        grid_cols = sky["XINTERP"][0][COL0 : COL0 + SIZE]
+        grid_rows = sky["YINTERP"][0][ROW0 : ROW0 + SIZE]
+        # the grid cells bilinear interpolation touches, plus one for safety
+        row_lo = max(0, int(np.floor(grid_rows.min())) - 1)
+        row_hi = min(grid.shape[0], int(np.ceil(grid_rows.max())) + 2)
+        col_lo = max(0, int(np.floor(grid_cols.min())) - 1)
+        col_hi = min(grid.shape[1], int(np.ceil(grid_cols.max())) + 2)
+        grid = grid[row_lo:row_hi, col_lo:col_hi]
+        columns = [
+            fits.Column(
+                "ALLSKY",
+                f"{grid.size}E",
+                dim=f"({grid.shape[1]}, {grid.shape[0]})",
+                array=grid[np.newaxis],
+            ),
+            fits.Column("XINTERP", f"{SIZE}E", array=(grid_cols - col_lo)[np.newaxis]),
+            fits.Column("YINTERP", f"{SIZE}E", array=(grid_rows - row_lo)[np.newaxis]),
+        ]
+        out = fits.HDUList(
+            [
+                fits.PrimaryHDU(image, header),
+                fits.ImageHDU(calib, hdus[1].header),
+                fits.BinTableHDU.from_columns(columns),
+                hdus[3].copy(),
+            ]
+        )
+        _write_compressed(out, target, bz2.open)
+
+
+def crop_fpm(source: Path, target: Path) -> None:
+    """Keep the spans of every mask plane that fall in the box, in box coordinates."""
+    with fits.open(source, memmap=False) as hdus:
+        header = hdus[0].header.copy()
+        header["MASKROWS"] = SIZE
+        header["MASKCOLS"] = SIZE
+        out = [fits.PrimaryHDU(header=header)]
+        for hdu in hdus[1:-1]:
+            out.append(_crop_plane(hdu))
+        out.append(hdus[-1].copy())
+        _write_compressed(fits.HDUList(out), target, gzip.open)
+
+
+def _crop_plane(hdu: fits.BinTableHDU) -> fits.BinTableHDU:
+    regions = []
+    for region in hdu.data:
+        spans = np.frombuffer(np.asarray(region["s"], dtype=np.uint8).tobytes(), dtype=">i2")
+        spans = spans.reshape(-1, 3).astype(np.int64)
+        spans[:, 0] += region["row0"] - ROW0
+        spans[:, 1:] += region["col0"] - COL0
+        spans[:, 1] = np.clip(spans[:, 1], 0, SIZE)
+        spans[:, 2] = np.clip(spans[:, 2], -1, SIZE - 1)
+        keep = (spans[:, 0] >= 0) & (spans[:, 0] < SIZE) & (spans[:, 1] <= spans[:, 2])
+        spans = spans[keep]
+        if len(spans):
+            regions.append(spans)
+    names = ["refcntr", "nspan", "row0", "col0", "rmin", "rmax", "cmin", "cmax", "npix"]
+    values = {name: [] for name in names}
+    blobs = []
+    for spans in regions:
+        values["refcntr"].append(1)
+        values["nspan"].append(len(spans))
+        values["row0"].append(0)
+        values["col0"].append(0)
+        values["rmin"].append(spans[:, 0].min())
+        values["rmax"].append(spans[:, 0].max())
+        values["cmin"].append(spans[:, 1].min())
+        values["cmax"].append(spans[:, 2].max())
+        values["npix"].append(int((spans[:, 2] - spans[:, 1] + 1).sum()))
+        blobs.append(np.frombuffer(spans.astype(">i2").tobytes(), dtype=np.uint8))
+    columns = [
+        fits.Column(name, "1J", array=np.array(values[name], dtype=np.int32)) for name in names
+    ]
+    blob_array = np.empty(len(blobs), dtype=object)
+    blob_array[:] = blobs
+    columns.append(fits.Column("s", "PB()", array=blob_array))
+    return fits.BinTableHDU.from_columns(columns)
+
+
+def _write_compressed(hdus: fits.HDUList, target: Path, opener) -> None:
+    plain = target.with_suffix("")
+    hdus.writeto(plain, overwrite=True)
+    with open(plain, "rb") as source, opener(target, "wb") as out:
+        shutil.copyfileobj(source, out)
+    plain.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--source", type=Path, default=DEFAULT_SOURCE, help="the shared sdss/ folder"
+    )
+    parser.add_argument("--target", type=Path, default=HERE / "sdss", help="where the cut-outs go")
+    args = parser.parse_args()
+    src_field = args.source / str(RUN) / str(CAMCOL) / str(FIELD)
+    dst_field = args.target / str(RUN) / str(CAMCOL) / str(FIELD)
+    dst_field.mkdir(parents=True, exist_ok=True)
+    for band in BANDS:
+        name = f"frame-{band}-{RUN:06d}-{CAMCOL}-{FIELD:04d}.fits.bz2"
+        crop_frame(src_field / name, dst_field / name)
+        name = f"fpM-{RUN:06d}-{band}{CAMCOL}-{FIELD:04d}.fit.gz"
+        crop_fpm(src_field / name, dst_field / name)
+    name = f"psField-{RUN:06d}-{CAMCOL}-{FIELD:04d}.fit"
+    with fits.open(src_field / name, memmap=False) as hdus:
+        end = hdus.fileinfo(7)["hdrLoc"]  # byte-exact copy of HDUs 0..6
+    (dst_field / name).write_bytes((src_field / name).read_bytes()[:end])
+    name = f"photoField-{RUN:06d}-{CAMCOL}.fits"
+    with fits.open(src_field.parent / name, memmap=False) as hdus:
+        table = hdus[1].data
+        rows = table[(table["FIELD"] >= FIELD - 1) & (table["FIELD"] <= FIELD + 1)]
+        out = fits.HDUList([hdus[0].copy(), fits.BinTableHDU(rows, hdus[1].header)])
+        out.writeto(dst_field.parent / name, overwrite=True)
+    total = sum(path.stat().st_size for path in args.target.rglob("*") if path.is_file())
+    print(f"wrote {args.target}: {total / 1e3:.0f} kB")
+
+
+if __name__ == "__main__":
+    main()
