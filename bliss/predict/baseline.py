@@ -14,7 +14,7 @@ import numpy as np
 
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.posterior.distributions import normal_icdf
-from bliss.predict.reader import SurveyImage
+from bliss.surveys.base import SurveyImage
 
 __all__ = ["moffat_half_light_radius_px", "sep_catalog"]
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from bliss.catalog import TileCatalog
 from bliss.errors import BlissConfigError
-from bliss.predict.reader import SurveyImage
+from bliss.surveys.base import SurveyImage
 
 __all__ = ["Predictor"]
 

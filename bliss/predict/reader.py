@@ -8,7 +8,6 @@ without it the sky is estimated with ``sep``. NaN pixels are missing data.
 """
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,32 +15,9 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from bliss.errors import BlissIOError, BlissWarning
-from bliss.surveys.base import ObservingSetup
+from bliss.surveys.base import ObservingSetup, SurveyImage
 
-__all__ = ["SurveyImage", "estimate_background", "read_fits_image"]
-
-
-@dataclass
-class SurveyImage:
-    """A multi-band image ready for the encoder.
-
-    Attributes:
-        path: the file it came from.
-        bands: band names in channel order.
-        images: electrons, sky included, NaN where missing. Shape ``c h w``.
-        background: sky, electrons per pixel. Shape ``c h w``.
-        psf_fwhm_arcsec: PSF FWHM per band. Shape ``c``.
-        magzero: AB magnitude of one electron per band. Shape ``c``.
-        wcs: celestial WCS of the reference band, or None.
-    """
-
-    path: Path
-    bands: tuple[str, ...]
-    images: np.ndarray
-    background: np.ndarray
-    psf_fwhm_arcsec: np.ndarray
-    magzero: np.ndarray
-    wcs: WCS | None
+__all__ = ["estimate_background", "read_fits_image"]
 
 
 def estimate_background(image: np.ndarray, box_px: int = 64) -> np.ndarray:

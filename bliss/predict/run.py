@@ -15,6 +15,7 @@ from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
 from bliss.predict.table import catalog_table, stack_samples, write_table
+from bliss.surveys.base import ImageSource
 
 __all__ = ["git_sha", "predict_file", "predict_from_config"]
 
@@ -48,7 +49,11 @@ def predict_file(
 ) -> dict[str, Any]:
     """Catalog one FITS file and write the catalog, the samples and the PNG."""
     output = Path(output)
-    image = read_fits_image(input_path, survey, predictor.encoder.bands)
+    if isinstance(survey, ImageSource):  # e.g. survey=sdss_frames reads run/camcol/field itself
+        image = survey.load_image(tuple(predictor.encoder.bands))
+        input_path = image.path
+    else:
+        image = read_fits_image(input_path, survey, predictor.encoder.bands)
     result = predictor.predict(image, threshold=threshold, n_samples=n_samples)
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": len(result["sources"]["row"])}
     table = catalog_table(result["sources"], image.bands, image.wcs, meta)

@@ -10,7 +10,8 @@ import bliss
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.encoder.checkpoint import load_encoder
 from bliss.predict.predictor import Predictor
-from bliss.predict.reader import SurveyImage, read_fits_image
+from bliss.predict.reader import read_fits_image
+from bliss.surveys.base import SurveyImage
 from bliss.simulator.render import GalsimRenderer, moffat_psf
 from bliss.surveys import ParametricSurvey
 

@@ -5,7 +5,7 @@ from hydra.utils import instantiate
 
 from bliss.errors import BlissConfigError
 from bliss.predict.predictor import Predictor
-from bliss.predict.reader import SurveyImage
+from bliss.surveys.base import SurveyImage
 from bliss.predict.table import catalog_table, write_table
 from tests.conftest import compose_config
 
