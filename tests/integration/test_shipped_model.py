@@ -11,9 +11,9 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.encoder.checkpoint import load_encoder
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
-from bliss.surveys.base import SurveyImage
 from bliss.simulator.render import GalsimRenderer, moffat_psf
 from bliss.surveys import ParametricSurvey
+from bliss.surveys.base import SurveyImage
 
 MODEL = Path(bliss.__file__).parent / "models" / "sdss_generalist.ckpt"
 SAMPLE = Path(bliss.__file__).parent / "sample_data" / "sdss_sample.fits"

@@ -5,8 +5,8 @@ from hydra.utils import instantiate
 
 from bliss.errors import BlissConfigError
 from bliss.predict.predictor import Predictor
-from bliss.surveys.base import SurveyImage
 from bliss.predict.table import catalog_table, write_table
+from bliss.surveys.base import SurveyImage
 from tests.conftest import compose_config
 
 
