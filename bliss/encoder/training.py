@@ -47,17 +47,27 @@ def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> 
         datamodule: the data to fit [default: the cached shards of ``cfg.data``].
 
     Raises:
-        BlissConfigError: the data do not fit the encoder, or ``train.resume`` is a checkpoint of a
-            different factor set or band list.
+        BlissConfigError: the data do not fit the encoder, ``train.resume`` or
+            ``train.init_weights`` is a checkpoint of a different factor set or band list, or both
+            are set.
     """
     pl.seed_everything(cfg.seed, workers=True)
-    if cfg.train.resume:
-        check_compatible(
-            read_checkpoint(cfg.train.resume)["bliss_config"], cfg.encoder, cfg.train.resume
+    init_weights = cfg.train.get("init_weights")
+    if cfg.train.resume and init_weights:
+        raise BlissConfigError(
+            "train.resume and train.init_weights are both set; resume continues a run (step, "
+            "optimizer, schedule), init_weights starts a new run from trained weights. Set one."
         )
+    for key in ("resume", "init_weights"):
+        if cfg.train.get(key):
+            check_compatible(
+                read_checkpoint(cfg.train[key])["bliss_config"], cfg.encoder, cfg.train[key]
+            )
     if datamodule is None:
         datamodule = build_datamodule(cfg)
     encoder = instantiate(cfg.encoder)
+    if init_weights:  # fine-tuning: trained weights, fresh optimizer and schedule
+        encoder.load_state_dict(read_checkpoint(init_weights)["state_dict"])
     record = OmegaConf.to_container(cfg, resolve=True)
     # entries set to null (e.g. by the debug preset) are switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -207,3 +207,17 @@ def test_train_on_the_fly_simulation_needs_no_shards(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()  # no cache written
     assert _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_init_weights_starts_a_new_run_from_trained_weights(
+    root: Path, trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    last, _ = trained
+    overrides = [*TRAIN, "train.test_after_fit=false", f"paths.run_dir={tmp_path / 'tuned'}"]
+    run(compose_config([*overrides, f"train.init_weights={last}"], root))
+    tuned = _load(tmp_path / "tuned" / "checkpoints" / "last.ckpt")
+    assert tuned["global_step"] == 2  # a fresh run: the step count restarts
+    with pytest.raises(BlissConfigError, match="both set"):
+        run(
+            compose_config([*overrides, f"train.init_weights={last}", f"train.resume={last}"], root)
+        )
