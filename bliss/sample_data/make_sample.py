@@ -1,7 +1,7 @@
 """Regenerate ``sdss_sample.fits`` and its truth table: ``python -m bliss.sample_data.make_sample``.
 
 A 256 x 256 px, 5-band field from the default ``sdss`` survey and prior at the density of the
-quality-gate fields (~9 sources per square arcminute), nominal seeing and sky, seed 2026.
+quality-gate fields (~9 sources per square arcminute), nominal seeing and sky, seed 2052.
 """
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 HERE = Path(__file__).parent
-SEED = 2026
+SEED = 2052  # a field with several r < 20 stars and galaxies, for the README demo
 
 
 def main() -> None:
