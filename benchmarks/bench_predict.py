@@ -29,9 +29,11 @@ if which == "bliss":
     import torch
     from bliss.encoder.checkpoint import load_encoder
     from bliss.predict.predictor import Predictor
-    encoder, _ = load_encoder(checkpoint)
+    encoder, config = load_encoder(checkpoint)
     image = read_fits_image(path, survey, encoder.bands)
-    n = len(Predictor(encoder, 512, 4, device, progress=False).predict(image)["sources"]["row"])
+    window = int(config["simulator"]["image_size"])
+    predictor = Predictor(encoder, window_px=window, batch_chunks=16, device=device, progress=False)
+    n = len(predictor.predict(image)["sources"]["row"])
 else:
     from bliss.predict.baseline import sep_catalog
     image = read_fits_image(path, survey)

@@ -83,7 +83,8 @@ def main() -> None:
     print(
         f"torch={torch.__version__} python={sys.version.split()[0]} device=cpu threads={torch.get_num_threads()}"
     )
-    encoder, _ = load_encoder(args.checkpoint)
+    encoder, model_config = load_encoder(args.checkpoint)
+    window = int(model_config["simulator"]["image_size"])  # predict's window_px=auto
     passed = True
     for vary in (False, True):
         name = "varied seeing and sky" if vary else "nominal seeing and sky"
@@ -91,7 +92,9 @@ def main() -> None:
         start = time.perf_counter()
         images, truths, cfg = simulate(directory, args.n_fields, vary)
         survey = instantiate(cfg.survey)
-        predictor = Predictor(encoder, 512, 4, "cpu", progress=False)
+        predictor = Predictor(
+            encoder, window_px=window, margin_px=8, batch_chunks=8, device="cpu", progress=False
+        )
         results = evaluate_files(
             predictor,
             survey,

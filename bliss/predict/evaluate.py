@@ -22,6 +22,7 @@ from bliss.predict.baseline import sep_catalog
 from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
+from bliss.predict.run import build_predictor
 
 __all__ = ["evaluate_files", "evaluate_from_config", "expand_inputs", "format_results"]
 
@@ -237,11 +238,9 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
     spec = cfg.evaluate
     images = expand_inputs(_plain(spec.input), "evaluate.input")
     truths = expand_inputs(_plain(spec.truth), "evaluate.truth")
-    encoder, _ = load_encoder(spec.checkpoint)
+    encoder, model_config = load_encoder(spec.checkpoint)
     survey = instantiate(cfg.survey)
-    predictor = Predictor(
-        encoder, cfg.predict.chunk_px, cfg.predict.batch_chunks, cfg.predict.device, progress=False
-    )
+    predictor = build_predictor(cfg.predict, encoder, model_config, progress=False)
     results = evaluate_files(
         predictor,
         survey,

@@ -17,7 +17,7 @@ from bliss.predict.reader import read_fits_image
 from bliss.predict.table import catalog_table, stack_samples, write_table
 from bliss.surveys.base import ImageSource
 
-__all__ = ["git_sha", "predict_file", "predict_from_config"]
+__all__ = ["build_predictor", "git_sha", "predict_file", "predict_from_config"]
 
 
 def git_sha() -> str:
@@ -81,6 +81,27 @@ def predict_file(
     return {"table": table, "written": written, "samples": result["samples"]}
 
 
+def build_predictor(
+    spec: DictConfig, encoder: Any, model_config: dict[str, Any], progress: bool = True
+) -> Predictor:
+    """The :class:`Predictor` for a ``predict`` config section and a loaded model.
+
+    ``window_px: auto`` uses the image size recorded in the model's training config.
+    """
+    window = spec.window_px
+    if window == "auto":
+        window = int(model_config["simulator"]["image_size"])
+    return Predictor(
+        encoder,
+        window_px=window,
+        margin_px=spec.margin_px,
+        chunk_px=spec.chunk_px,
+        batch_chunks=spec.batch_chunks,
+        device=spec.device,
+        progress=progress,
+    )
+
+
 def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
     """Run ``mode=predict`` from the composed config."""
     spec = cfg.predict
@@ -101,7 +122,7 @@ def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
         "CKPT": Path(spec.checkpoint).name,
         "CKPTHASH": checkpoint_hash(spec.checkpoint),
     }
-    predictor = Predictor(encoder, spec.chunk_px, spec.batch_chunks, spec.device)
+    predictor = build_predictor(spec, encoder, model_config)
     result = predict_file(
         predictor,
         survey,

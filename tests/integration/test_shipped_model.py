@@ -32,8 +32,8 @@ SDSS = ParametricSurvey(
 
 @pytest.fixture(scope="module")
 def predictor():
-    encoder, _ = load_encoder(MODEL)
-    return Predictor(encoder, progress=False)
+    encoder, config = load_encoder(MODEL)
+    return Predictor(encoder, window_px=config["simulator"]["image_size"], progress=False)
 
 
 def star_image(

@@ -56,6 +56,35 @@ def test_chunking_does_not_change_features_or_rows(encoder):
     assert np.allclose(rows_whole["fluxes"], rows_chunked["fluxes"], rtol=1e-3)
 
 
+def test_windowed_mode_does_not_depend_on_batching(encoder):
+    image = make_image()
+    one = Predictor(encoder, window_px=32, margin_px=8, batch_chunks=1, progress=False)
+    many = Predictor(encoder, window_px=32, margin_px=8, batch_chunks=7, progress=False)
+    assert one.chunk_px == 16 and one.margin_px == 8
+    assert torch.allclose(one.tile_features(image), many.tile_features(image), atol=1e-5)
+
+
+def test_windowed_features_are_those_of_the_window_alone(encoder):
+    # a core tile's features equal those of the 32-px window computed as a separate image
+    image = make_image()
+    features = Predictor(encoder, window_px=32, margin_px=8, progress=False).tile_features(image)
+    window = {
+        "images": torch.from_numpy(image.images[None, :, 8:40, 8:40]),
+        "background": torch.from_numpy(image.background[None, :, 8:40, 8:40]),
+        "psf_fwhm_arcsec": torch.from_numpy(image.psf_fwhm_arcsec[None]),
+    }
+    with torch.no_grad():
+        alone = encoder.tile_features(window)
+    assert torch.allclose(features[0, :, 4:8, 4:8], alone[0, :, 2:6, 2:6], atol=1e-5)
+
+
+def test_bad_window(encoder):
+    with pytest.raises(BlissConfigError, match="window_px"):
+        Predictor(encoder, window_px=18, progress=False)
+    with pytest.raises(BlissConfigError, match="window_px"):
+        Predictor(encoder, window_px=16, margin_px=8, progress=False)
+
+
 def test_image_not_multiple_of_tile_is_padded_and_rows_stay_inside(encoder):
     image = make_image(height=37, width=29)
     rows = Predictor(encoder, chunk_px=16, progress=False).predict(image, threshold=0.1)["sources"]
