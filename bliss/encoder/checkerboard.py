@@ -114,10 +114,13 @@ class CatalogContext:
 
 
 class ContextHead(nn.Module):
-    """Tile features + catalog context -> raw posterior parameters of every tile.
+    """Tile features + catalog context + current group -> raw posterior parameters of every tile.
 
-    Two 3 x 3 convolutions mix each tile with its 8 neighbours (features and context); a 1 x 1
-    convolution gives the parameters.
+    The tiles of the group being decided are marked explicitly (a map that is 1 on them), so the
+    network never has to infer a tile's role from its position; a network that does (for
+    example from how far the image edges are) breaks on images larger than its training images.
+    Two 3 x 3 convolutions mix each tile with its 8 neighbours; a 1 x 1 convolution gives the
+    parameters.
 
     Args:
         feature_width: channels of the feature extractor.
@@ -132,10 +135,14 @@ class ContextHead(nn.Module):
         super().__init__()
         self.features = nn.Conv2d(feature_width, width, 1)
         self.context = nn.Conv2d(context_channels, width, 1)
+        self.current = nn.Conv2d(1, width, 1)
+        nn.init.zeros_(self.current.weight)  # starts as a no-op, learns the role of the marker
+        nn.init.zeros_(self.current.bias)
         self.body = nn.Sequential(ConvBlock(width, width), ConvBlock(width, width))
         self.head = nn.Conv2d(width, n_params, 1)
 
-    def forward(self, features: Tensor, context: Tensor) -> Tensor:
-        """``b f ht wt`` and ``b k ht wt`` -> ``b ht wt p``."""
-        hidden = self.body(self.features(features) + self.context(context))
+    def forward(self, features: Tensor, context: Tensor, current: Tensor) -> Tensor:
+        """``b f ht wt``, ``b k ht wt`` and the current group's tiles (``ht wt``) -> ``b ht wt p``."""
+        marker = current.to(features.dtype).expand(features.shape[0], 1, *current.shape[-2:])
+        hidden = self.body(self.features(features) + self.context(context) + self.current(marker))
         return rearrange(self.head(hidden), "b p ht wt -> b ht wt p")

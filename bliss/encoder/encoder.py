@@ -129,9 +129,18 @@ class Encoder(pl.LightningModule):
             self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"])
         )
 
-    def group_params(self, features: Tensor, catalog: TileCatalog, known: Tensor) -> Tensor:
-        """Posterior parameters of every tile given the catalog on ``known`` tiles (``b ht wt p``)."""
-        return self.head(features, self.context(catalog, known))
+    def group_params(
+        self, features: Tensor, catalog: TileCatalog, known: Tensor, current: Tensor
+    ) -> Tensor:
+        """Posterior parameters of every tile (``b ht wt p``).
+
+        Args:
+            features: ``b f ht wt``.
+            catalog: the catalog, used on ``known`` tiles only.
+            known: tiles of the groups already decided (``ht wt``, bool).
+            current: tiles of the group being decided (``ht wt``, bool).
+        """
+        return self.head(features, self.context(catalog, known), current)
 
     def _known_masks(self, order: list[int], colors: Tensor) -> list[tuple[int, Tensor]]:
         """For each group in visiting order: (group, tiles of the groups visited before it)."""
@@ -149,7 +158,7 @@ class Encoder(pl.LightningModule):
         colors = self.tiling.colors(truth.n_tiles_h, truth.n_tiles_w, features.device)
         total = features.new_zeros(())
         for group, known in self._known_masks(self.tiling.order(self.training), colors):
-            params = self.group_params(features, truth, known)
+            params = self.group_params(features, truth, known, colors == group)
             log_prob = self.posterior.log_prob(params, truth)
             total = total + torch.where(colors == group, log_prob, 0.0).sum()
         return -total / truth.batch_size
@@ -219,7 +228,7 @@ class Encoder(pl.LightningModule):
         estimate = self._empty(b, n_h, n_w, features)
         all_params = features.new_zeros(b, n_h, n_w, self.posterior.n_params)
         for group, known in self._known_masks(self.tiling.order(False), colors):
-            params = self.group_params(features, estimate, known)
+            params = self.group_params(features, estimate, known, colors == group)
             if sample:
                 draw = self.posterior.sample(params, self.tile_slen)
             else:

@@ -1,5 +1,6 @@
 """``bliss mode=train``: fit the encoder, keep the best and last checkpoints, then test."""
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
-from bliss.errors import BlissConfigError
+from bliss.errors import BlissConfigError, BlissWarning
 
 __all__ = ["build_datamodule", "train"]
 
@@ -39,6 +40,23 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     raise BlissConfigError(f"train.data={cfg.train.data!r}; expected `cached` or `simulate`.")
 
 
+def _load_initial_weights(encoder: pl.LightningModule, path: str) -> None:
+    """Load a checkpoint's weights; modules the checkpoint lacks keep their fresh initialisation."""
+    result = encoder.load_state_dict(read_checkpoint(path)["state_dict"], strict=False)
+    if result.unexpected_keys:
+        raise BlissConfigError(
+            f"train.init_weights={path} holds weights this encoder does not have "
+            f"({result.unexpected_keys[:5]}...); use a checkpoint of the same architecture."
+        )
+    if result.missing_keys:
+        warnings.warn(
+            f"train.init_weights={path} lacks {result.missing_keys}; those start from their "
+            "initialisation.",
+            BlissWarning,
+            stacklevel=2,
+        )
+
+
 def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
     """Fit the encoder described by ``cfg`` and return the final metrics.
 
@@ -67,7 +85,7 @@ def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> 
         datamodule = build_datamodule(cfg)
     encoder = instantiate(cfg.encoder)
     if init_weights:  # fine-tuning: trained weights, fresh optimizer and schedule
-        encoder.load_state_dict(read_checkpoint(init_weights)["state_dict"])
+        _load_initial_weights(encoder, init_weights)
     record = OmegaConf.to_container(cfg, resolve=True)
     # entries set to null (e.g. by the debug preset) are switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

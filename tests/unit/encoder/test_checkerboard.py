@@ -98,5 +98,12 @@ def test_context_zero_on_unknown_tiles() -> None:
 
 def test_context_head_shapes() -> None:
     head = ContextHead(feature_width=8, context_channels=5, width=4, n_params=7)
-    out = head(torch.randn(2, 8, 3, 5), torch.randn(2, 5, 3, 5))
+    features, context = torch.randn(2, 8, 3, 5), torch.randn(2, 5, 3, 5)
+    current = torch.zeros(3, 5, dtype=torch.bool)
+    out = head(features, context, current)
     assert out.shape == (2, 3, 5, 7)
+    # the marker starts switched off (zero weights, so fine-tuning from a model without it
+    # starts from the same function) and is learnable
+    assert torch.equal(head(features, context, ~current), out)
+    torch.nn.init.normal_(head.current.weight)
+    assert not torch.equal(head(features, context, ~current), head(features, context, current))

@@ -87,10 +87,17 @@ def _record_group_params(monkeypatch, encoder: Encoder) -> list[dict]:  # noqa: 
     original = encoder.group_params
 
     def recording(
-        features: torch.Tensor, catalog: TileCatalog, known: torch.Tensor
+        features: torch.Tensor, catalog: TileCatalog, known: torch.Tensor, current: torch.Tensor
     ) -> torch.Tensor:
-        params = original(features, catalog, known)
-        calls.append({"catalog": catalog, "known": known.clone(), "params": params})
+        params = original(features, catalog, known, current)
+        calls.append(
+            {
+                "catalog": catalog,
+                "known": known.clone(),
+                "current": current.clone(),
+                "params": params,
+            }
+        )
         return params
 
     monkeypatch.setattr(encoder, "group_params", recording)
@@ -109,6 +116,7 @@ def test_nll_visits_groups_with_growing_known_masks(tmp_path, monkeypatch) -> No
     assert len(calls) == 4
     for k, call in enumerate(calls):
         assert torch.equal(call["known"], colors < k)
+        assert torch.equal(call["current"], colors == k)
         # teacher forcing: the context is the true catalog
         assert torch.equal(call["catalog"]["n_sources"], batch["catalog/n_sources"])
 
@@ -122,10 +130,10 @@ def test_no_leak_from_current_and_later_groups(tmp_path) -> None:
         colors = encoder.tiling.colors(4, 4)
         for k in range(4):
             known = colors < k
-            params = encoder.group_params(features, truth, known)
+            params = encoder.group_params(features, truth, known, colors == k)
             altered = _alter_tiles(truth, colors >= k)
             assert not torch.equal(altered["locs"], truth["locs"])
-            params_altered = encoder.group_params(features, altered, known)
+            params_altered = encoder.group_params(features, altered, known, colors == k)
             in_group = colors == k
             # bit-identical: the context of unknown tiles is multiplied by an exact 0
             assert torch.equal(params_altered[:, in_group], params[:, in_group]), f"group {k}"
@@ -143,7 +151,7 @@ def test_earlier_neighbour_changes_group_params(tmp_path, k: int) -> None:
     known = colors < k
     with torch.no_grad():
         features = encoder.tile_features(batch)
-        params = encoder.group_params(features, truth, known)
+        params = encoder.group_params(features, truth, known, colors == k)
         n_checked = 0
         for d_row, d_col in [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]:
             neighbour = torch.zeros(4, 4, dtype=torch.bool)
@@ -151,7 +159,9 @@ def test_earlier_neighbour_changes_group_params(tmp_path, k: int) -> None:
             if not known[row + d_row, col + d_col]:
                 continue
             n_checked += 1
-            changed = encoder.group_params(features, _alter_tiles(truth, neighbour), known)
+            changed = encoder.group_params(
+                features, _alter_tiles(truth, neighbour), known, colors == k
+            )
             # a random-init head maps a new source (flux >= 100 nmgy) to a visible change
             difference = (changed[:, row, col] - params[:, row, col]).abs().max().item()
             assert difference > 1e-4, (k, d_row, d_col)
@@ -164,11 +174,16 @@ def test_one_color_is_independent_tiles(tmp_path, monkeypatch) -> None:
     truth = catalog_from_batch(batch, encoder.tile_slen)
     with torch.no_grad():
         features = encoder.tile_features(batch)
-        no_context = encoder.head(features, torch.zeros(2, encoder.context.n_channels, 4, 4))
+        every_tile = torch.ones(4, 4, dtype=torch.bool)
+        no_context = encoder.head(
+            features, torch.zeros(2, encoder.context.n_channels, 4, 4), every_tile
+        )
         known = torch.zeros(4, 4, dtype=torch.bool)
-        assert torch.equal(encoder.group_params(features, truth, known), no_context)
-        everything_changed = _alter_tiles(truth, torch.ones(4, 4, dtype=torch.bool))
-        assert torch.equal(encoder.group_params(features, everything_changed, known), no_context)
+        assert torch.equal(encoder.group_params(features, truth, known, every_tile), no_context)
+        everything_changed = _alter_tiles(truth, every_tile)
+        assert torch.equal(
+            encoder.group_params(features, everything_changed, known, every_tile), no_context
+        )
     calls = _record_group_params(monkeypatch, encoder)
     estimate, params = encoder.infer(batch)
     assert len(calls) == 1 and not calls[0]["known"].any()
