@@ -12,6 +12,7 @@ from astropy.table import Table
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from bliss.atomic import atomic_path
 from bliss.catalog import FullCatalog
 from bliss.catalog.full import concat_full_catalogs
 from bliss.catalog.io import table_to_full_catalog
@@ -170,30 +171,48 @@ def evaluate_files(
     return results
 
 
+_SUMMARY_KEYS = (
+    "precision",
+    "recall",
+    "f1",
+    "classification_accuracy",
+    "mag_abs_err_median",
+    "coverage50_flux",
+    "coverage90_flux",
+)
+
+
+def _summary_rows(
+    results: dict[str, dict], mag_bins: Sequence[float]
+) -> list[tuple[str, float, float]]:
+    """``(metric, bliss, sep)`` rows: the overall metrics, then F1 per magnitude bin."""
+    nan = float("nan")
+    rows = [
+        (key, results["bliss"].get(key, nan), results["sep"].get(key, nan)) for key in _SUMMARY_KEYS
+    ]
+    for j, (lo, hi) in enumerate(zip(mag_bins[:-1], mag_bins[1:], strict=True)):
+        rows.append(
+            (
+                f"f1_mag_{lo:g}_{hi:g}",
+                results["bliss"]["per_bin"]["f1"][j],
+                results["sep"]["per_bin"]["f1"][j],
+            )
+        )
+    return rows
+
+
 def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(results, indent=1, default=float))
-    rows = ["metric,bliss,sep"]
-    for key in (
-        "precision",
-        "recall",
-        "f1",
-        "classification_accuracy",
-        "mag_abs_err_median",
-        "coverage50_flux",
-        "coverage90_flux",
-    ):
-        rows.append(
-            f"{key},{results['bliss'].get(key, float('nan')):.4f},{results['sep'].get(key, float('nan')):.4f}"
-        )
-    for j, (lo, hi) in enumerate(zip(mag_bins[:-1], mag_bins[1:], strict=True)):
-        rows.append(
-            f"f1_mag_{lo:g}_{hi:g},{results['bliss']['per_bin']['f1'][j]:.4f},{results['sep']['per_bin']['f1'][j]:.4f}"
-        )
-    (output / "metrics.csv").write_text("\n".join(rows) + "\n")
+    with atomic_path(output / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1, default=float))
+    lines = ["metric,bliss,sep"] + [
+        f"{k},{a:.4f},{b:.4f}" for k, a, b in _summary_rows(results, mag_bins)
+    ]
+    with atomic_path(output / "metrics.csv") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     figure = Figure(figsize=(6, 4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -203,29 +222,14 @@ def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) ->
     axes.set_xlabel("reference-band magnitude")
     axes.set_ylabel("F1")
     axes.legend()
-    figure.savefig(output / "f1_by_magnitude.png", dpi=110, bbox_inches="tight")
+    with atomic_path(output / "f1_by_magnitude.png") as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def format_results(results: dict[str, dict], mag_bins: Sequence[float]) -> str:
     """A side-by-side text table."""
     lines = [f"{'metric':<28}{'bliss':>10}{'sep':>10}"]
-    for key in (
-        "precision",
-        "recall",
-        "f1",
-        "classification_accuracy",
-        "mag_abs_err_median",
-        "coverage50_flux",
-        "coverage90_flux",
-    ):
-        lines.append(
-            f"{key:<28}{results['bliss'].get(key, float('nan')):>10.3f}{results['sep'].get(key, float('nan')):>10.3f}"
-        )
-    for j, (lo, hi) in enumerate(zip(mag_bins[:-1], mag_bins[1:], strict=True)):
-        lines.append(
-            f"{f'f1 mag [{lo:g}, {hi:g})':<28}{results['bliss']['per_bin']['f1'][j]:>10.3f}"
-            f"{results['sep']['per_bin']['f1'][j]:>10.3f}"
-        )
+    lines += [f"{k:<28}{a:>10.3f}{b:>10.3f}" for k, a, b in _summary_rows(results, mag_bins)]
     return "\n".join(lines)
 
 
