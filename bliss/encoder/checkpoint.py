@@ -125,10 +125,10 @@ def export_checkpoint(
     from bliss.atomic import atomic_path
 
     checkpoint = read_checkpoint(source)
+    encoder, _ = load_encoder(source)  # the canonical weights of the architecture, nothing else
+    weights = encoder.state_dict()
     small = {
-        "state_dict": {
-            k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
-        },
+        "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
         CONFIG_KEY: checkpoint[CONFIG_KEY],
         "global_step": checkpoint.get("global_step"),
         "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"),

@@ -1,7 +1,7 @@
 """The encoder: a Lightning module mapping images to a posterior over their tile catalogs."""
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -117,7 +117,9 @@ class Encoder(pl.LightningModule):
         self.threshold = threshold
         self.match_dist_px = match_dist_px
         self.mag_bins = list(mag_bins)
-        self._feature_fn = torch.compile(self.features) if compile_features else self.features
+        # not a submodule attribute: registering it would store every feature weight twice
+        feature_fn = torch.compile(self.features) if compile_features else self.features
+        object.__setattr__(self, "_feature_fn", feature_fn)
         self._validation: list[dict[str, Any]] = []
 
     # ---- network ------------------------------------------------------------------------------
@@ -184,6 +186,13 @@ class Encoder(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load weights; drops the duplicate ``_feature_fn.*`` entries of older checkpoints."""
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("_feature_fn.")}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume a schedule's progress but take its shape from the current config.
