@@ -95,8 +95,11 @@ def main() -> None:
                 ],
                 capture_output=True,
                 text=True,
-                check=True,
+                check=False,
             )
+            if out.returncode:
+                print(f"| {which} | failed: {out.stderr.strip().splitlines()[-1]} | | | |")
+                continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             mpix = args.height * args.width / 1e6
             print(

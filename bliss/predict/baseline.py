@@ -48,6 +48,9 @@ def sep_catalog(
     """
     import sep
 
+    # large frames overflow sep's default pixel stack (300 000 pixels)
+    sep.set_extract_pixstack(max(300_000, image.images[0].size))
+    sep.set_sub_object_limit(4096)
     ref = image.bands.index(reference_band)
     valid = np.isfinite(image.images).all(axis=0)
     subtracted = np.where(valid, image.images - image.background, 0.0).astype(np.float64)
