@@ -1,5 +1,6 @@
 """The DataModule that streams cached shards with train / val / test splits."""
 
+import bisect
 import json
 import math
 from collections import OrderedDict
@@ -76,7 +77,7 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """One example."""
-        shard = max(i for i, start in enumerate(self.starts) if start <= index)
+        shard = bisect.bisect_right(self.starts, index) - 1
         payload = self._shard(shard)
         local = index - self.starts[shard]
         item = {key: value[local] for key, value in payload.items() if isinstance(value, Tensor)}

@@ -18,7 +18,7 @@ from bliss.catalog.full import concat_full_catalogs
 from bliss.catalog.io import table_to_full_catalog
 from bliss.encoder.checkpoint import load_encoder
 from bliss.errors import BlissConfigError, BlissIOError
-from bliss.metrics import detection_metrics, flux_metrics, match_full_catalogs
+from bliss.metrics import detection_metrics, flux_metrics, interval_coverage, match_full_catalogs
 from bliss.predict.baseline import sep_catalog
 from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
@@ -70,19 +70,16 @@ def _to_full(sources: dict[str, np.ndarray], height: int, width: int) -> FullCat
 
 
 def _coverage(truth: FullCatalog, est: FullCatalog, matches: Any, band: int) -> dict[str, float]:
-    inside = {50: [], 90: []}
-    for i, (t_idx, e_idx) in enumerate(matches):
-        true_flux = truth["fluxes"][i, t_idx, band]
-        for level, (lo, hi) in ((50, (0.25, 0.75)), (90, (0.05, 0.95))):
-            low = est[f"flux@{lo:g}"][i, e_idx, band]
-            high = est[f"flux@{hi:g}"][i, e_idx, band]
-            inside[level].append((true_flux >= low) & (true_flux <= high))
-    return {
-        f"coverage{k}_flux": float(torch.cat(v).float().mean())
-        if v and torch.cat(v).numel()
-        else float("nan")
-        for k, v in inside.items()
-    }
+    """Fraction of matched true fluxes inside the central 50 % and 90 % posterior intervals."""
+    true_flux = torch.cat([truth["fluxes"][i, t_idx, band] for i, (t_idx, _) in enumerate(matches)])
+    result = {}
+    for level, (lo, hi) in ((50, (0.25, 0.75)), (90, (0.05, 0.95))):
+        low, high = (
+            torch.cat([est[f"flux@{q:g}"][i, e_idx, band] for i, (_, e_idx) in enumerate(matches)])
+            for q in (lo, hi)
+        )
+        result[f"coverage{level}_flux"] = interval_coverage(true_flux, low, high)
+    return result
 
 
 def _metrics(

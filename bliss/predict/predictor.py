@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 from torch import Tensor
 from tqdm import tqdm
 
@@ -226,4 +225,4 @@ def _rows(
     for key, value in columns.items():
         selected = value[on]
         rows[key] = selected[inside]
-    return {k: rearrange(v, "n ... -> n ...").cpu().numpy() for k, v in rows.items()}
+    return {k: v.cpu().numpy() for k, v in rows.items()}
