@@ -127,10 +127,16 @@ class ContextHead(nn.Module):
         context_channels: channels of :class:`CatalogContext`.
         width: hidden channels.
         n_params: raw parameters per tile.
+        norm: normalisation layer (see :mod:`bliss.encoder.layers`).
     """
 
     def __init__(
-        self, feature_width: int, context_channels: int, width: int, n_params: int
+        self,
+        feature_width: int,
+        context_channels: int,
+        width: int,
+        n_params: int,
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         self.features = nn.Conv2d(feature_width, width, 1)
@@ -138,7 +144,7 @@ class ContextHead(nn.Module):
         self.current = nn.Conv2d(1, width, 1)
         nn.init.zeros_(self.current.weight)  # starts as a no-op, learns the role of the marker
         nn.init.zeros_(self.current.bias)
-        self.body = nn.Sequential(ConvBlock(width, width), ConvBlock(width, width))
+        self.body = nn.Sequential(ConvBlock(width, width, norm=norm), ConvBlock(width, width, norm=norm))
         self.head = nn.Conv2d(width, n_params, 1)
 
     def forward(self, features: Tensor, context: Tensor, current: Tensor) -> Tensor:

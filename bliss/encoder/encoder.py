@@ -110,7 +110,11 @@ class Encoder(pl.LightningModule):
         self.tiling = tiling
         self.context = CatalogContext(len(self.bands))
         self.head = ContextHead(
-            self.features.width, self.context.n_channels, context_width, posterior.n_params
+            self.features.width,
+            self.context.n_channels,
+            context_width,
+            posterior.n_params,
+            norm=self.features.norm,
         )
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler

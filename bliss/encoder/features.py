@@ -24,6 +24,7 @@ class FeatureNet(nn.Module):
         tile_slen: tile side in pixels, a power of 2.
         width: channels at tile resolution (the stem uses ``width // 4``, doubling per stage).
         dilations: one residual block per entry, at tile resolution.
+        norm: normalisation layer, ``"layer"`` or ``"batch"`` (see :mod:`bliss.encoder.layers`).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class FeatureNet(nn.Module):
         tile_slen: int = 4,
         width: int = 128,
         dilations: Sequence[int] = (1, 2, 4, 1),
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         n_down = int(math.log2(tile_slen)) if tile_slen >= 1 else -1
@@ -45,16 +47,17 @@ class FeatureNet(nn.Module):
             )
         self.tile_slen = tile_slen
         self.width = width
+        self.norm = norm
         stem = max(width // 2**n_down, 16)
-        layers: list[nn.Module] = [ConvBlock(in_channels, stem), ConvBlock(stem, stem)]
+        layers: list[nn.Module] = [ConvBlock(in_channels, stem, norm=norm), ConvBlock(stem, stem, norm=norm)]
         channels = stem
         for stage in range(n_down):
             out = width if stage == n_down - 1 else min(width, channels * 2)
-            layers.append(ConvBlock(channels, out, stride=2))
+            layers.append(ConvBlock(channels, out, stride=2, norm=norm))
             channels = out
         if channels != width:
-            layers.append(ConvBlock(channels, width))
-        layers += [ResidualBlock(width, d) for d in dilations]
+            layers.append(ConvBlock(channels, width, norm=norm))
+        layers += [ResidualBlock(width, d, norm=norm) for d in dilations]
         self.net = nn.Sequential(*layers)
         self._receptive_field = self._compute_receptive_field()
 

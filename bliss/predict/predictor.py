@@ -2,6 +2,7 @@
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from bliss.errors import BlissConfigError
 from bliss.surveys.base import SurveyImage
 
 __all__ = ["Predictor"]
+
+FLUX_KEY = "fluxes"  # catalog key of the per-band fluxes, nanomaggies
 
 
 class Predictor:
@@ -42,6 +45,10 @@ class Predictor:
         batch_chunks: windows of equal shape per forward pass (bounds memory).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: show a progress bar over windows.
+        model_magzero: zero point of each of the encoder's bands in its training data (AB mag of
+            one electron). The network measures fluxes in that calibration; an image whose
+            ``MAGZERO`` differs (every real SDSS frame) gets its fluxes rescaled to nanomaggies with
+            its own zero point. ``None``: assume the image's zero points equal the training ones.
 
     Example:
         >>> import numpy as np
@@ -67,8 +74,15 @@ class Predictor:
         batch_chunks: int = 4,
         device: str = "auto",
         progress: bool = True,
+        model_magzero: Sequence[float] | None = None,
     ) -> None:
         tile = encoder.tile_slen
+        if model_magzero is not None and len(model_magzero) != len(encoder.bands):
+            raise BlissConfigError(
+                f"model_magzero has {len(model_magzero)} values for the encoder's "
+                f"{len(encoder.bands)} bands {encoder.bands}."
+            )
+        self.model_magzero = None if model_magzero is None else np.asarray(model_magzero, float)
         if batch_chunks < 1:
             raise BlissConfigError(
                 f"predict.batch_chunks={batch_chunks}; expected an integer >= 1."
@@ -202,16 +216,31 @@ class Predictor:
             columns[factor.key] = factor.point_estimate(split[name])
             for q in quantiles:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
-        sources = _rows(estimate, columns, h, w)
+        flux_scale = self._flux_scale(image)
+        sources = _rows(estimate, _rescale_fluxes(columns, flux_scale), h, w)
         samples = []
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(features, sample=True)
-            samples.append(
-                _rows(
-                    draw, {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}, h, w
-                )
-            )
+            drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
+            samples.append(_rows(draw, _rescale_fluxes(drawn, flux_scale), h, w))
         return {"sources": sources, "samples": samples}
+
+    def _flux_scale(self, image: SurveyImage) -> Tensor | None:
+        """Per-band factor from the training calibration's nanomaggies to the image's."""
+        if self.model_magzero is None:
+            return None
+        scale = 10.0 ** (0.4 * (self.model_magzero - np.asarray(image.magzero, float)))
+        return torch.as_tensor(scale, dtype=torch.float32, device=self.device)
+
+
+def _rescale_fluxes(columns: dict[str, Tensor], scale: Tensor | None) -> dict[str, Tensor]:
+    """Multiply the per-band flux columns (``fluxes``, ``fluxes@q``; last axis = band) by ``scale``."""
+    if scale is None:
+        return columns
+    return {
+        k: v * scale if k == FLUX_KEY or k.startswith(f"{FLUX_KEY}@") else v
+        for k, v in columns.items()
+    }
 
 
 def _rows(

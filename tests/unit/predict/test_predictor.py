@@ -132,3 +132,25 @@ def test_contract_columns_and_units(encoder, tmp_path):
 def test_bad_threshold(encoder):
     with pytest.raises(BlissConfigError, match="threshold"):
         Predictor(encoder, progress=False).predict(make_image(), threshold=1.5)
+
+
+def test_fluxes_follow_the_image_zero_point(encoder):
+    """The network measures in its training calibration; a brighter zero point means more nmgy."""
+    image = make_image()
+    same = Predictor(encoder, progress=False, model_magzero=[29.0] * 5)
+    reference = same.predict(image, threshold=0.01, n_samples=1)
+    image.magzero[:] = [29.0, 29.0, 30.0, 29.0, 28.5]  # r: 1 mag fainter per electron
+    moved = same.predict(image, threshold=0.01, n_samples=1)
+    expected = 10 ** (0.4 * (29.0 - image.magzero))
+    assert len(reference["sources"]["row"]) > 0
+    for key in ("fluxes", "fluxes@0.05", "fluxes@0.95"):
+        np.testing.assert_allclose(
+            moved["sources"][key], reference["sources"][key] * expected, rtol=1e-5
+        )
+    np.testing.assert_array_equal(moved["sources"]["row"], reference["sources"]["row"])
+    assert not np.allclose(moved["sources"]["fluxes"], reference["sources"]["fluxes"])
+
+
+def test_model_magzero_must_match_bands(encoder):
+    with pytest.raises(BlissConfigError, match="model_magzero has 3 values"):
+        Predictor(encoder, progress=False, model_magzero=[29.0] * 3)
