@@ -1,5 +1,7 @@
 """The contract between surveys and the rest of bliss."""
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -7,7 +9,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from astropy.wcs import WCS
 
-__all__ = ["ImageSource", "ObservingSetup", "PsfAndSky", "SurveyImage"]
+from bliss.errors import BlissValueError
+
+__all__ = ["ImageSource", "ObservingSetup", "PsfAndSky", "PsfModel", "SurveyImage", "psf_images_at"]
 
 
 @runtime_checkable
@@ -71,3 +75,50 @@ class ImageSource(Protocol):
     def load_image(self, bands: tuple[str, ...]) -> SurveyImage:
         """The image to catalog, in the given band order."""
         ...
+
+
+@runtime_checkable
+class PsfModel(Protocol):
+    """A position-dependent PSF model of one band (``SdssPsf``, ``PsfexPsf``).
+
+    Positions are 0-indexed ``(row, col)`` pixels of the frame the model was fitted on.
+    """
+
+    band: str
+    pixel_scale_arcsec: float
+
+    def image(self, row: float, col: float) -> np.ndarray:
+        """The pixel-integrated PSF at ``(row, col)``, sum 1, centred on its middle pixel. Shape ``h w``."""
+        ...
+
+    def fwhm_arcsec(self, row: float, col: float, method: str = "effective") -> float:
+        """FWHM of the PSF at ``(row, col)``, arcsec."""
+        ...
+
+
+def psf_images_at(
+    psfs: Mapping[str, PsfModel], row: float, col: float, pixel_scale_arcsec: float
+) -> dict[str, np.ndarray]:
+    """PSF images for ``ImageSimulator(psf_images=...)``: each band's model at one position.
+
+    Args:
+        psfs: band -> PSF model.
+        row: frame row at which every model is evaluated (0-indexed).
+        col: frame column.
+        pixel_scale_arcsec: the survey's pixel side, arcsec; the simulator takes the images at
+            this scale, so every model must have it (within 1%).
+
+    Returns:
+        band -> PSF image, sum 1. Shape ``h w`` each.
+
+    Raises:
+        BlissValueError: a model's pixel scale differs from ``pixel_scale_arcsec``.
+    """
+    for band, psf in psfs.items():
+        if not math.isclose(psf.pixel_scale_arcsec, pixel_scale_arcsec, rel_tol=0.01):
+            raise BlissValueError(
+                f"the {band}-band PSF model has pixel_scale_arcsec={psf.pixel_scale_arcsec} but the "
+                f"survey has {pixel_scale_arcsec}; the simulator takes PSF images at the survey's "
+                "pixel scale. Build the model with the survey's scale or use a survey preset for it."
+            )
+    return {band: psf.image(row, col) for band, psf in psfs.items()}

@@ -1,0 +1,91 @@
+"""fit_moffat_fwhm_arcsec and write_psf_header: PSF models as the predictor's PSF_FWHM / PSF_BETA."""
+
+from pathlib import Path
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from bliss.errors import BlissIOError, BlissValueError
+from bliss.predict.reader import read_fits_image
+from bliss.surveys import ParametricSurvey
+from bliss.surveys.moffat import fit_moffat_fwhm_arcsec, write_psf_header
+from bliss.surveys.psfex import DECAM_PIXEL_SCALE_ARCSEC, PsfexPsf
+from bliss.surveys.sdss import SdssPsf
+
+PSFEX_FILE = Path(__file__).parents[2] / "data" / "psf" / "DECam_00154912_12_psfcat.psf"
+SCALE = DECAM_PIXEL_SCALE_ARCSEC
+
+
+@pytest.fixture(scope="module")
+def psf() -> PsfexPsf:
+    return PsfexPsf.from_file(PSFEX_FILE, "Y")
+
+
+@pytest.mark.parametrize("beta", [2.5, 3.5, 4.5])
+@pytest.mark.parametrize("fwhm", [0.6, 1.0, 1.6])
+def test_the_fit_recovers_a_drawn_moffat(beta, fwhm):
+    star = galsim.Moffat(beta=beta, fwhm=fwhm).drawImage(nx=31, ny=31, scale=SCALE).array
+    assert fit_moffat_fwhm_arcsec(5.0 * star, SCALE, beta) == pytest.approx(fwhm, rel=1e-3)
+
+
+def test_a_wider_beta_fits_a_narrower_core(psf):
+    image = psf.image(*psf.polynomial_origin)
+    fits_by_beta = [fit_moffat_fwhm_arcsec(image, SCALE, beta) for beta in (2.5, 3.5, 4.5)]
+    assert fits_by_beta == sorted(fits_by_beta)
+    assert fits_by_beta[1] == pytest.approx(psf.fwhm_arcsec(*psf.polynomial_origin, "moffat"))
+
+
+@pytest.mark.parametrize(
+    ("image", "scale", "beta", "message"),
+    [
+        (np.ones(25), SCALE, 3.5, r"shape \(25,\)"),
+        (np.zeros((5, 5)), SCALE, 3.5, "sum 0"),
+        (np.ones((5, 5)), 0.0, 3.5, "pixel_scale_arcsec=0.0"),
+        (np.ones((5, 5)), SCALE, 1.0, "beta=1.0"),
+    ],
+)
+def test_bad_fit_inputs_raise(image, scale, beta, message):
+    with pytest.raises(BlissValueError, match=message):
+        fit_moffat_fwhm_arcsec(image, scale, beta)
+
+
+def test_write_psf_header_prepares_a_predict_input(psf, tmp_path):
+    path = tmp_path / "des_y.fits"
+    image = fits.ImageHDU(np.full((64, 48), 500.0, dtype=np.float32), name="Y")
+    image.header["MAGZERO"] = 30.0
+    fits.HDUList([fits.PrimaryHDU(), image]).writeto(path)
+    fwhm = write_psf_header(path, psf, hdu="Y", position=psf.polynomial_origin)
+    assert fwhm == pytest.approx(psf.fwhm_arcsec(*psf.polynomial_origin, method="moffat"))
+    header = fits.getheader(path, "Y")
+    assert header["PSF_FWHM"] == pytest.approx(fwhm, abs=1e-4) and header["PSF_BETA"] == 3.5
+    survey = ParametricSurvey("des", ["Y"], "Y", SCALE, 3.5, {"Y": 0.9}, {"Y": 100.0}, {"Y": 30.0})
+    with pytest.warns(UserWarning, match="no celestial WCS"):
+        read = read_fits_image(path, survey)
+    assert read.psf_fwhm_arcsec[0] == pytest.approx(fwhm, abs=1e-4)
+    # without a position, the centre of the HDU's image
+    centre = write_psf_header(path, psf, hdu=1, beta=2.5)
+    assert centre == pytest.approx(psf.fwhm_arcsec(31.5, 23.5, method="moffat", beta=2.5))
+    assert fits.getheader(path, 1)["PSF_BETA"] == 2.5
+
+
+def test_write_psf_header_errors_name_the_file_and_hdu(psf, tmp_path):
+    with pytest.raises(BlissIOError, match="nothere.fits does not exist"):
+        write_psf_header(tmp_path / "nothere.fits", psf)
+    path = tmp_path / "empty.fits"
+    fits.PrimaryHDU().writeto(path)
+    with pytest.raises(BlissIOError, match="no HDU 'G'"):
+        write_psf_header(path, psf, hdu="G")
+    with pytest.raises(BlissIOError, match="holds no 2-D image; pass position"):
+        write_psf_header(path, psf)
+
+
+def test_write_psf_header_takes_any_psf_model(tmp_path):
+    yy, xx = np.mgrid[-12:13, -12:13]
+    sdss = SdssPsf("r", np.exp(-(xx**2 + yy**2) / 8.0)[None], np.ones((1, 1, 1)))
+    path = tmp_path / "sdss_r.fits"
+    fits.PrimaryHDU(np.zeros((30, 30), dtype=np.float32)).writeto(path)
+    fwhm = write_psf_header(path, sdss)
+    assert fwhm == pytest.approx(fit_moffat_fwhm_arcsec(sdss.image(14.5, 14.5), 0.396))
+    assert fits.getheader(path)["PSF_FWHM"] == pytest.approx(fwhm, abs=1e-4)
