@@ -26,16 +26,14 @@ import numpy as np
 from astropy.io import fits
 
 from bliss.errors import BlissError, BlissIOError, BlissValueError
-from bliss.surveys.moffat import fit_moffat_fwhm_arcsec
+from bliss.surveys.moffat import psf_fwhm_arcsec
 
 __all__ = ["DECAM_PIXEL_SCALE_ARCSEC", "PsfexPsf"]
 
 #: DECam pixel side at the centre of the focal plane, arcsec (DES coadds use the same)
 DECAM_PIXEL_SCALE_ARCSEC = 0.263
-_GAUSSIAN_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: sub-pixel sampling used to measure the half-maximum FWHM
 _FWHM_OVERSAMPLE = 8
-_FWHM_METHODS = ("effective", "half_max", "moffat")
 _REQUIRED_KEYS = ("POLNAXIS", "PSF_SAMP", "PSFNAXIS", "PSFAXIS1", "PSFAXIS2", "PSFAXIS3")
 _CONTEXT_KEYS = ("POLNGRP", "POLDEG1", "POLNAME1", "POLNAME2", "POLZERO1", "POLZERO2")
 _CONTEXT_KEYS += ("POLSCAL1", "POLSCAL2", "POLGRP1", "POLGRP2")
@@ -295,26 +293,17 @@ class PsfexPsf:
         Raises:
             BlissValueError: ``method`` is not one of the three names.
         """
-        if method not in _FWHM_METHODS:
-            raise BlissValueError(f"method={method!r}; expected one of {list(_FWHM_METHODS)}.")
-        psf = self.image(row, col)
-        if method == "effective":
-            n_eff_px = 1.0 / np.sum(psf**2)
-            fwhm_px = _GAUSSIAN_FWHM_PER_SIGMA * np.sqrt(n_eff_px / (4 * np.pi))
-        elif method == "half_max":
-            height, width = psf.shape
-            step = 1.0 / _FWHM_OVERSAMPLE
+        if method == "half_max":  # the model drawn 8x finer, not a spline of the pixels
+            height, width = self.stamp_shape
             fine = self.profile(row, col).drawImage(
                 nx=width * _FWHM_OVERSAMPLE,
                 ny=height * _FWHM_OVERSAMPLE,
-                scale=step,
+                scale=1.0 / _FWHM_OVERSAMPLE,
                 method="no_pixel",
             )
-            area_px = (fine.array >= fine.array.max() / 2).sum() * step**2
-            fwhm_px = 2.0 * np.sqrt(area_px / np.pi)
-        else:
-            return fit_moffat_fwhm_arcsec(psf, self.pixel_scale_arcsec, beta)
-        return float(fwhm_px * self.pixel_scale_arcsec)
+            area_px = (fine.array >= fine.array.max() / 2).sum() / _FWHM_OVERSAMPLE**2
+            return float(2.0 * np.sqrt(area_px / np.pi) * self.pixel_scale_arcsec)
+        return psf_fwhm_arcsec(self.image(row, col), self.pixel_scale_arcsec, method, beta)
 
     def __repr__(self) -> str:
         """Band, degree, stamp shape and sampling."""

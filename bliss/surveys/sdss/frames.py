@@ -158,13 +158,19 @@ class SdssField:
         return self._frame(band).psf.image(*self.band_pixel(band, row, col))
 
     def psf_fwhm_arcsec(self) -> np.ndarray:
-        """PSF FWHM per band at the centre of the image, arcsec (``SdssPsf.fwhm_arcsec``). Shape ``c``."""
+        """PSF FWHM per band at the centre of the image, arcsec. Shape ``c``.
+
+        The FWHM of the best-fitting beta = 3.5 Moffat (``SdssPsf.fwhm_arcsec(method="moffat")``):
+        models are trained on Moffat PSFs labelled by their FWHM, and the psField's own width
+        (noise-equivalent area) is ~25% larger for the same PSF, which would tell a model the
+        seeing is much worse than it is.
+        """
         first = next(iter(self.frames.values()))
         height, width = first.electrons.shape
         centre = ((height - 1) / 2, (width - 1) / 2)
         return np.array(
             [
-                frame.psf.fwhm_arcsec(*self.band_pixel(band, *centre))
+                frame.psf.fwhm_arcsec(*self.band_pixel(band, *centre), method="moffat")
                 for band, frame in self.frames.items()
             ]
         )
