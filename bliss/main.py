@@ -44,6 +44,11 @@ def _read_psf_image(path: Path, band: str) -> np.ndarray:
 
     from bliss.errors import BlissIOError
 
+    if path.suffix == ".psf":
+        from bliss.surveys.psfex import PsfexPsf
+
+        psf = PsfexPsf.from_file(path, band)
+        return psf.image(*psf.polynomial_origin)
     try:
         image = np.load(path) if path.suffix == ".npy" else fits.getdata(path)
     except Exception as err:
@@ -56,9 +61,19 @@ def _read_psf_image(path: Path, band: str) -> np.ndarray:
 
 
 def run_generate(cfg: DictConfig) -> dict[str, Any]:
-    """Simulate shards into ``paths.cached_data``."""
+    """Simulate shards into ``paths.cached_data`` (or merge array tasks' manifests there)."""
     from bliss.data.generate import generate_shards
 
+    if cfg.generate.merge_only:
+        from bliss.data.merge import merge_task_manifests
+
+        manifest = merge_task_manifests(
+            cfg.paths.cached_data,
+            split_fractions=cfg.data.split_fractions,
+            total_shards=cfg.generate.total_shards,
+        )
+        print(f"merged {manifest['n_shards']} shards into {cfg.paths.cached_data}/manifest.json")
+        return manifest
     simulator = build_simulator(cfg)  # validates every simulator key before any work
     recipe = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, ["survey", "prior", "simulator"]), resolve=True
@@ -70,12 +85,15 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
         n_shards=cfg.generate.n_shards,
         images_per_shard=cfg.generate.images_per_shard,
         shard_offset=cfg.generate.shard_offset,
+        total_shards=cfg.generate.total_shards,
         num_workers=cfg.generate.num_workers,
         recipe=recipe,
     )
     print(
         f"{manifest['n_shards']} shards, {manifest['n_images']} images in {cfg.paths.cached_data}"
     )
+    if cfg.generate.total_shards is not None:
+        print("one task of several: merge with `bliss mode=generate generate.merge_only=true`")
     return manifest
 
 

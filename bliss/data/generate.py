@@ -12,11 +12,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bliss.data.shards import MANIFEST_NAME, atomic_write_bytes, save_shard, shard_path
+from bliss.data.shards import (
+    MANIFEST_NAME,
+    atomic_write_bytes,
+    save_shard,
+    shard_path,
+    task_manifest_path,
+)
 from bliss.errors import BlissConfigError, BlissIOError
 from bliss.simulator.simulate import ImageSimulator
 
-__all__ = ["config_fingerprint", "generate_shards", "shard_seed"]
+__all__ = ["config_fingerprint", "generate_shards", "shard_seed", "write_manifest"]
 
 _SIMULATOR: ImageSimulator | None = None
 
@@ -82,6 +88,7 @@ def generate_shards(
     n_shards: int,
     images_per_shard: int,
     shard_offset: int = 0,
+    total_shards: int | None = None,
     num_workers: int = 0,
     recipe: dict[str, Any],
     progress: bool = True,
@@ -92,6 +99,11 @@ def generate_shards(
     Complete shards (shard file and its ``.json`` sidecar present, same config fingerprint) are
     skipped, so an interrupted run resumes where it stopped.
 
+    With ``total_shards`` set, this run is one task of a generation split over several jobs (a
+    SLURM array): it writes only the task manifest of its range,
+    ``tasks/shards_<first>-<last>.json``, and leaves ``manifest.json`` to
+    :func:`bliss.data.merge.merge_task_manifests`, run once every task has finished.
+
     Args:
         simulator: what draws the images.
         directory: the shard directory (``paths.cached_data``).
@@ -99,6 +111,8 @@ def generate_shards(
         n_shards: how many shards this run is responsible for.
         images_per_shard: images in each shard.
         shard_offset: index of the first shard (SLURM arrays split one generation this way).
+        total_shards: shards of the whole generation when this run is one task of several
+            [default: None, this run is the whole generation].
         num_workers: worker processes; 0 simulates in this process.
         recipe: the composed config of everything that determines shard content (recorded).
         progress: show a progress bar.
@@ -115,6 +129,11 @@ def generate_shards(
     ):
         if value < low:
             raise BlissConfigError(f"generate.{key}={value}; expected an integer >= {low}.")
+    if total_shards is not None and shard_offset + n_shards > total_shards:
+        raise BlissConfigError(
+            f"generate.shard_offset={shard_offset} + generate.n_shards={n_shards} runs past "
+            f"generate.total_shards={total_shards}; give each task a range inside 0..{total_shards - 1}."
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fingerprint = config_fingerprint({**recipe, "images_per_shard": images_per_shard, "seed": seed})
@@ -147,17 +166,35 @@ def generate_shards(
                 if on_shard:
                     on_shard(index)
     bar.close()
-    return write_manifest(directory, recipe, fingerprint)
+    if total_shards is None:
+        return write_manifest(directory, recipe, fingerprint)
+    return _write_task_manifest(
+        directory, recipe, fingerprint, range(shard_offset, shard_offset + n_shards), total_shards
+    )
 
 
-def write_manifest(directory: Path, recipe: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    """Rebuild ``manifest.json`` from the complete shards present in ``directory``."""
-    shards = []
-    for sidecar in sorted(Path(directory).glob("shard_*.json")):
-        meta = json.loads(sidecar.read_text())
-        shard_file = sidecar.with_suffix(".pt")
-        if shard_file.exists() and meta.get("fingerprint") == fingerprint:
-            shards.append({"file": shard_file.name, **meta, "bytes": shard_file.stat().st_size})
+def _shard_entry(sidecar: Path) -> dict[str, Any] | None:
+    """The manifest entry of one shard, or None when the shard file is absent."""
+    meta = json.loads(sidecar.read_text())
+    shard_file = sidecar.with_suffix(".pt")
+    if not shard_file.exists():
+        return None
+    return {"file": shard_file.name, **meta, "bytes": shard_file.stat().st_size}
+
+
+def write_manifest(
+    directory: Path,
+    recipe: dict[str, Any],
+    fingerprint: str,
+    shards: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Write ``manifest.json``: ``shards`` [default: every complete shard in ``directory``]."""
+    if shards is None:
+        shards = []
+        for sidecar in sorted(Path(directory).glob("shard_*.json")):
+            entry = _shard_entry(sidecar)
+            if entry is not None and entry.get("fingerprint") == fingerprint:
+                shards.append(entry)
     manifest = {
         "fingerprint": fingerprint,
         "n_shards": len(shards),
@@ -167,4 +204,29 @@ def write_manifest(directory: Path, recipe: dict[str, Any], fingerprint: str) ->
     }
     payload = json.dumps(manifest, indent=1).encode()
     atomic_write_bytes(Path(directory) / MANIFEST_NAME, lambda stream: stream.write(payload))
+    return manifest
+
+
+def _write_task_manifest(
+    directory: Path, recipe: dict[str, Any], fingerprint: str, indices: range, total_shards: int
+) -> dict[str, Any]:
+    """Write the manifest of one task's shard range (all of them complete by now)."""
+    shards = []
+    for index in indices:
+        entry = _shard_entry(_sidecar(shard_path(directory, index)))
+        if entry is None:  # generate_shards wrote or checked every shard of the range
+            raise BlissIOError(f"shard {index} vanished from {directory} while this task ran.")
+        shards.append(entry)
+    manifest = {
+        "fingerprint": fingerprint,
+        "first_shard": indices.start,
+        "n_shards": len(shards),
+        "total_shards": total_shards,
+        "n_images": sum(s["n_images"] for s in shards),
+        "config": recipe,
+        "shards": shards,
+    }
+    payload = json.dumps(manifest, indent=1).encode()
+    path = task_manifest_path(directory, indices.start, indices.stop - 1)
+    atomic_write_bytes(path, lambda stream: stream.write(payload))
     return manifest

@@ -27,9 +27,12 @@ __all__ = [
     "read_manifest",
     "save_shard",
     "shard_path",
+    "task_manifest_path",
 ]
 
 MANIFEST_NAME = "manifest.json"
+#: folder of the per-task manifests of a generation split over several jobs
+TASKS_DIR = "tasks"
 _CATALOG_PREFIX = "catalog/"
 _REQUIRED = ("images", "background", "psf_fwhm_arcsec", "meta")
 
@@ -37,6 +40,11 @@ _REQUIRED = ("images", "background", "psf_fwhm_arcsec", "meta")
 def shard_path(directory: Path, index: int) -> Path:
     """Where shard ``index`` lives."""
     return Path(directory) / f"shard_{index:06d}.pt"
+
+
+def task_manifest_path(directory: Path, first: int, last: int) -> Path:
+    """The manifest of the task that wrote shards ``first .. last`` (inclusive)."""
+    return Path(directory) / TASKS_DIR / f"shards_{first:06d}-{last:06d}.json"
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

@@ -2,6 +2,7 @@
 
 import hashlib
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ from bliss.predict.reader import read_fits_image
 from bliss.predict.table import catalog_table, stack_samples, write_table
 from bliss.surveys.base import ImageSource
 
-__all__ = ["build_predictor", "git_sha", "predict_file", "predict_from_config"]
+__all__ = [
+    "build_predictor",
+    "git_sha",
+    "load_model_and_survey",
+    "predict_file",
+    "predict_from_config",
+    "table_meta",
+]
 
 
 def git_sha() -> str:
@@ -99,11 +107,24 @@ def build_predictor(
         batch_chunks=spec.batch_chunks,
         device=spec.device,
         progress=progress,
+        model_magzero=_model_magzero(model_config, encoder.bands),
     )
 
 
-def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``mode=predict`` from the composed config."""
+def _model_magzero(model_config: dict[str, Any], bands: Sequence[str]) -> list[float] | None:
+    """Zero points of the model's training survey, if its config records them."""
+    magzero = model_config.get("survey", {}).get("magzero")
+    if not isinstance(magzero, Mapping) or not all(b in magzero for b in bands):
+        return None
+    return [float(magzero[b]) for b in bands]
+
+
+def load_model_and_survey(cfg: DictConfig) -> tuple[Any, dict[str, Any], Any]:
+    """The checkpoint's encoder, its recorded config and the survey, checked to agree on bands.
+
+    Raises:
+        BlissConfigError: ``predict.n_samples`` is negative, or the bands differ.
+    """
     spec = cfg.predict
     if spec.n_samples < 0:
         raise BlissConfigError(f"predict.n_samples={spec.n_samples}; expected an integer >= 0.")
@@ -114,14 +135,36 @@ def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
             f"checkpoint {spec.checkpoint} is for bands {list(encoder.bands)} but survey={cfg.survey.name} "
             f"has {list(survey.bands)}; pick the matching survey or checkpoint."
         )
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    meta = {
+    return encoder, model_config, survey
+
+
+def table_meta(checkpoint: str | Path, config_yaml: str) -> dict[str, Any]:
+    """The provenance every catalog records: versions, config and checkpoint hashes."""
+    return {
         "BLISSVER": bliss.__version__,
         "GITSHA": git_sha(),
         "CFGHASH": hashlib.sha256(config_yaml.encode()).hexdigest()[:16],
-        "CKPT": Path(spec.checkpoint).name,
-        "CKPTHASH": checkpoint_hash(spec.checkpoint),
+        "CKPT": Path(checkpoint).name,
+        "CKPTHASH": checkpoint_hash(checkpoint),
     }
+
+
+def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``mode=predict`` from the composed config.
+
+    With several inputs (``predict.input`` a list or a glob, or ``survey.fields``) this is
+    :func:`bliss.predict.loop.predict_inputs_from_config`.
+    """
+    from bliss.predict.inputs import has_several_inputs
+
+    if has_several_inputs(cfg):
+        from bliss.predict.loop import predict_inputs_from_config
+
+        return predict_inputs_from_config(cfg)
+    spec = cfg.predict
+    encoder, model_config, survey = load_model_and_survey(cfg)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    meta = table_meta(spec.checkpoint, config_yaml)
     predictor = build_predictor(spec, encoder, model_config)
     result = predict_file(
         predictor,

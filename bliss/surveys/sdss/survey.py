@@ -1,9 +1,10 @@
 """``survey=sdss_frames``: the SDSS survey whose images are real frames read by run/camcol/field."""
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bliss.errors import BlissValueError
+from bliss.errors import BlissConfigError, BlissValueError
 from bliss.surveys.base import SurveyImage
 from bliss.surveys.parametric import ParametricSurvey
 from bliss.surveys.sdss.frames import read_sdss_field
@@ -20,6 +21,9 @@ class SdssFrameSurvey(ParametricSurvey):
         run: SDSS run.
         camcol: camera column (1-6).
         field: field number.
+        fields: several fields to catalog, ``[[run, camcol, field], ...]``; ``mode=predict``
+            then writes one catalog per field (see :meth:`for_field`) and ``run`` / ``camcol`` /
+            ``field`` are unused [default: None, the one field above].
         mask_planes: fpM mask planes treated as missing data.
         **preset: the :class:`ParametricSurvey` arguments (bands, zero points, ...), used where a
             frame does not say (e.g. a model's nominal PSF).
@@ -31,18 +35,27 @@ class SdssFrameSurvey(ParametricSurvey):
         run: int,
         camcol: int,
         field: int,
+        fields: Sequence[Sequence[int]] | None = None,
         mask_planes: Sequence[str] = ("INTERP", "SATUR", "CR"),
         **preset: str | float | Sequence[str] | Mapping[str, float],
     ) -> None:
         super().__init__(**preset)
         self.data_dir = Path(data_dir)
         self.run, self.camcol, self.field = int(run), int(camcol), int(field)
+        self.fields = None if fields is None else [_field_ids(i, f) for i, f in enumerate(fields)]
         self.mask_planes = tuple(mask_planes)
+
+    def for_field(self, run: int, camcol: int, field: int) -> "SdssFrameSurvey":
+        """A copy of this survey that reads the field ``run`` / ``camcol`` / ``field``."""
+        one = copy.copy(self)
+        one.run, one.camcol, one.field, one.fields = int(run), int(camcol), int(field), None
+        return one
 
     def load_image(self, bands: tuple[str, ...]) -> SurveyImage:
         """Read the field, aligned to the reference band's pixel grid, in ``bands`` order.
 
-        The PSF FWHM of each band is the psField PSF's at the frame centre; masked pixels are NaN.
+        The PSF FWHM of each band is that of the Moffat fitting the psField PSF at the frame centre;
+        masked pixels are NaN.
         """
         unknown = [b for b in bands if b not in self.bands]
         if unknown:
@@ -66,3 +79,14 @@ class SdssFrameSurvey(ParametricSurvey):
             magzero=field.magzero,
             wcs=field.wcs,
         )
+
+
+def _field_ids(position: int, ids: Sequence[int]) -> tuple[int, int, int]:
+    """``[run, camcol, field]`` of ``survey.fields[position]`` as three integers."""
+    values = list(ids) if isinstance(ids, Sequence) and not isinstance(ids, str) else [ids]
+    if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise BlissConfigError(
+            f"survey.fields[{position}]={values}; expected [run, camcol, field] as three integers, "
+            "e.g. survey.fields=[[94,1,12],[94,1,13]]."
+        )
+    return values[0], values[1], values[2]

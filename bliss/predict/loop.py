@@ -1,0 +1,322 @@
+"""``mode=predict`` over many inputs: a Lightning predict loop, one catalog per input, resumable.
+
+Lightning's distributed sampler hands every rank (``trainer.devices`` x ``trainer.num_nodes``) a
+disjoint share of the inputs; each predict step catalogs one input with
+:func:`bliss.predict.run.predict_file` into the ``predict.output`` directory:
+
+* ``<name>.<format>``: the catalog, its meta as in single-file mode plus ``FPRINT``;
+* ``<name>_samples.<format>`` (``predict.n_samples > 0``) and ``<name>.png`` (``predict.plot``);
+* ``<name>.json``: the record written last (input, fingerprint, sources, files, rank). An
+  input whose record and files exist is skipped, so a re-run resumes; one made with another
+  catalog config fails and is named;
+* ``config-<CFGHASH>.yaml``: the run's config, the one each catalog's ``CFGHASH`` names.
+
+Rank 0 then refreshes ``merged.parquet`` (see :mod:`bliss.predict.merge`). An input that cannot
+be read is reported and the others go on; the run raises at the end, listing every failure.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from bliss.atomic import atomic_path
+from bliss.errors import BlissConfigError, BlissIOError
+from bliss.predict.inputs import PredictInput, resolve_inputs
+from bliss.predict.merge import read_records, write_merged_catalog
+from bliss.predict.predictor import Predictor
+from bliss.predict.run import build_predictor, load_model_and_survey, predict_file, table_meta
+
+__all__ = [
+    "CATALOG_FORMATS",
+    "CatalogSettings",
+    "InputCataloger",
+    "catalog_fingerprint",
+    "catalog_input",
+    "predict_inputs_from_config",
+]
+
+_log = logging.getLogger(__name__)
+
+#: ``predict.format`` -> file extension of each input's catalog
+CATALOG_FORMATS = {"fits": ".fits", "parquet": ".parquet", "ecsv": ".ecsv", "csv": ".csv"}
+#: keys that say where results go or how fast they come, not what they are
+_NOT_IN_FINGERPRINT = {
+    "predict": {"input", "output", "plot", "device", "batch_chunks", "format", "checkpoint"},
+    "survey": {"run", "camcol", "field", "fields", "data_dir"},
+}
+
+
+def catalog_fingerprint(cfg: DictConfig, checkpoint_hash: str) -> str:
+    """A short hash of everything that determines a catalog's rows: model, predict and survey."""
+    recipe: dict[str, Any] = {"checkpoint": checkpoint_hash}
+    for section, skip in _NOT_IN_FINGERPRINT.items():
+        values = OmegaConf.to_container(cfg[section], resolve=True)
+        recipe[section] = {k: v for k, v in values.items() if k not in skip}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CatalogSettings:
+    """Where and how each input is cataloged (``predict`` keys, resolved once per run)."""
+
+    output_dir: Path
+    suffix: str
+    threshold: float
+    n_samples: int
+    plot: bool
+    meta: dict[str, Any]
+    fingerprint: str
+
+    def files(self, name: str) -> list[str]:
+        """Output files of input ``name``, the catalog first."""
+        files = [f"{name}{self.suffix}"]
+        if self.n_samples:
+            files.append(f"{name}_samples{self.suffix}")
+        if self.plot:
+            files.append(f"{name}.png")
+        return files
+
+
+def catalog_input(
+    predictor: Predictor,
+    survey: Any,
+    item: PredictInput,
+    settings: CatalogSettings,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Catalog one input unless its outputs are complete; return its status and source count.
+
+    ``rank`` (the global rank that made it) is kept in the record, for the record.
+
+    Raises:
+        BlissIOError: the input is missing or unreadable, or its existing outputs were made with
+            another catalog config (fingerprint).
+    """
+    record_path = settings.output_dir / f"{item.name}.json"
+    files = settings.files(item.name)
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record.get("fingerprint") != settings.fingerprint:
+            raise BlissIOError(
+                f"{record_path} was made with another catalog config (fingerprint "
+                f"{record.get('fingerprint')} != {settings.fingerprint}); write to another "
+                "predict.output, or delete that input's files to redo it."
+            )
+        if all((settings.output_dir / name).exists() for name in files):
+            return {"status": "skipped", "n_sources": int(record["n_sources"])}
+    if item.field is not None:
+        survey = survey.for_field(*item.field)
+    elif glob.has_magic(str(item.path)) and not item.path.exists():
+        raise BlissIOError(f"predict.input pattern {item.path} matches no file.")
+    result = predict_file(
+        predictor,
+        survey,
+        item.path,
+        settings.output_dir / files[0],
+        threshold=settings.threshold,
+        n_samples=settings.n_samples,
+        plot=settings.plot,
+        meta={**settings.meta, "FPRINT": settings.fingerprint},
+    )
+    n_sources = len(result["table"])
+    record = {
+        "name": item.name,
+        "input": item.label,
+        "fingerprint": settings.fingerprint,
+        "cfghash": settings.meta["CFGHASH"],
+        "n_sources": n_sources,
+        "files": files,
+        "rank": rank,
+    }
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return {"status": "done", "n_sources": n_sources}
+
+
+class InputCataloger(pl.LightningModule):
+    """Catalogs input ``i`` at each predict step; the batches are input indices.
+
+    Args:
+        encoder: the trained encoder (moved to each rank's device by Lightning).
+        model_config: the config recorded in its checkpoint.
+        predictor_spec: the ``predict`` config section (window, margins, batch size).
+        inputs: every input of the run.
+        survey: the survey (a per-field copy is read for SDSS fields).
+        settings: where and how to write.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        model_config: dict[str, Any],
+        predictor_spec: DictConfig,
+        inputs: list[PredictInput],
+        survey: Any,
+        settings: CatalogSettings,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.model_config = model_config
+        self.predictor_spec = predictor_spec
+        self.inputs = inputs
+        self.survey = survey
+        self.settings = settings
+        self.statuses: list[dict[str, Any]] = []
+        self._predictor: Predictor | None = None
+
+    def on_predict_start(self) -> None:
+        """Build the predictor on this rank's device."""
+        spec = OmegaConf.merge(self.predictor_spec, {"device": str(self.device)})
+        self._predictor = build_predictor(spec, self.encoder, self.model_config, progress=False)
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any] | None:
+        """Catalog one input; a failure is recorded, not raised, so the other inputs go on."""
+        index = int(batch[0])
+        if index >= len(self.inputs):  # padding: Lightning gives every rank at least one batch
+            return None
+        item = self.inputs[index]
+        try:
+            status = catalog_input(
+                self._predictor, self.survey, item, self.settings, rank=self.global_rank
+            )
+        except Exception as err:  # every failure is re-raised at the end of the run, listed
+            named = item.path is not None and str(item.path) in str(err)
+            message = str(err) if named else f"{item.label}: {err}"
+            status = {"status": "failed", "message": f"{type(err).__name__}: {message}"}
+            _log.error("failed: %s", status["message"])
+        if status["status"] == "skipped":
+            _log.info(
+                "skip %s: its catalog in %s is complete", item.label, self.settings.output_dir
+            )
+        status.update(index=index, name=item.name, label=item.label)
+        self.statuses.append(status)
+        return status
+
+
+def _gather(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's statuses, on every rank."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return statuses
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, statuses)
+    return [status for part in gathered for status in part]
+
+
+def _complete(
+    statuses: list[dict[str, Any]], inputs: list[PredictInput], settings: CatalogSettings
+) -> list[dict[str, Any]]:
+    """One status per input; an input no rank reported on is judged by its record on disk."""
+    by_index = {status["index"]: status for status in statuses}
+    records = {}
+    if len(by_index) < len(inputs):  # only then: reading every record is slow for many inputs
+        records = read_records(settings.output_dir, settings.fingerprint)
+    result = []
+    for index, item in enumerate(inputs):
+        status = by_index.get(index)
+        if status is None:
+            if item.name in records:
+                status = {"status": "done", "n_sources": records[item.name]["n_sources"]}
+            else:
+                status = {
+                    "status": "failed",
+                    "message": f"{item.label}: no rank reported it (a process crashed?)",
+                }
+            status.update(index=index, name=item.name, label=item.label)
+        result.append(status)
+    return result
+
+
+def _trainer(cfg: DictConfig) -> pl.Trainer:
+    """``cfg.trainer`` for prediction: no logger or checkpoints, Lightning's distributed sampler."""
+    overrides: dict[str, Any] = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "use_distributed_sampler": True,
+    }
+    device = str(cfg.predict.device)
+    if device != "auto":
+        overrides["accelerator"] = "cpu" if device == "cpu" else "gpu"
+    return instantiate(cfg.trainer, **overrides)
+
+
+def _settings(cfg: DictConfig, meta: dict[str, Any], fingerprint: str) -> CatalogSettings:
+    spec = cfg.predict
+    output_dir = Path(spec.output)
+    if output_dir.suffix.lower() in {*CATALOG_FORMATS.values(), ".fit"} or output_dir.is_file():
+        raise BlissConfigError(
+            f"predict.output={output_dir} names a file, but predict.input names several inputs; "
+            "give a directory for their catalogs, e.g. predict.output=catalogs/."
+        )
+    if spec.format not in CATALOG_FORMATS:
+        raise BlissConfigError(
+            f"predict.format={spec.format!r}; expected one of {sorted(CATALOG_FORMATS)}."
+        )
+    return CatalogSettings(
+        output_dir,
+        CATALOG_FORMATS[spec.format],
+        spec.threshold,
+        spec.n_samples,
+        spec.plot,
+        meta,
+        fingerprint,
+    )
+
+
+def predict_inputs_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``mode=predict`` over several inputs (see the module docstring).
+
+    Returns:
+        ``inputs`` (one status per input: ``done``, ``skipped`` or ``failed``), ``merged`` (the
+        Parquet dataset, on rank 0) and ``n_sources`` (its rows).
+
+    Raises:
+        BlissConfigError: ``predict.output`` is a file name or ``predict.format`` is unknown.
+        BlissIOError: after every other input is done, on rank 0, when some input failed; the
+            message lists each with its reason.
+    """
+    encoder, model_config, survey = load_model_and_survey(cfg)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    meta = table_meta(cfg.predict.checkpoint, config_yaml)
+    settings = _settings(cfg, meta, catalog_fingerprint(cfg, meta["CKPTHASH"]))
+    inputs = resolve_inputs(cfg.predict.input, survey)
+    with atomic_path(settings.output_dir / f"config-{meta['CFGHASH']}.yaml") as tmp:
+        tmp.write_text(config_yaml)
+    module = InputCataloger(encoder, model_config, cfg.predict, inputs, survey, settings)
+    trainer = _trainer(cfg)
+    # Lightning's sampler refuses a rank without inputs: pad with indices predict_step skips
+    loader = DataLoader(range(max(len(inputs), trainer.world_size)), batch_size=1, shuffle=False)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    statuses = _complete(_gather(module.statuses), inputs, settings)
+    result: dict[str, Any] = {"inputs": statuses, "merged": None, "n_sources": None}
+    if not trainer.is_global_zero:
+        return result
+    result["merged"], result["n_sources"] = write_merged_catalog(
+        settings.output_dir, settings.fingerprint
+    )
+    counts = {
+        key: sum(s["status"] == key for s in statuses) for key in ("done", "skipped", "failed")
+    }
+    print(
+        f"{len(inputs)} inputs: {counts['done']} cataloged, {counts['skipped']} already complete, "
+        f"{counts['failed']} failed; {result['n_sources']} sources in {result['merged']}"
+    )
+    failed = [s for s in statuses if s["status"] == "failed"]
+    if failed:
+        listing = "\n".join(f"  {s['message']}" for s in failed)
+        raise BlissIOError(
+            f"{len(failed)} of {len(inputs)} inputs failed (the others are cataloged in "
+            f"{settings.output_dir}; fix these and re-run the same command to do only them):\n"
+            f"{listing}"
+        )
+    return result
