@@ -1,17 +1,23 @@
-"""Generation throughput: images/s and sources/s of `bliss mode=generate`, peak memory, bytes per image.
+"""Generation throughput of both renderers: images/s and sources/s of `bliss mode=generate`.
 
-Usage: python benchmarks/bench_generate.py [--image-size 256] [--images 200] [--workers 1 2]
+Usage: python benchmarks/bench_generate.py [--renderers galsim torch] [--image-sizes 80 256]
+       [--images 200] [--workers 1]
 
 Default `sdss` preset and prior (~12 sources per 256 x 256 image), 5 bands, Poisson noise, shards
-of 50 images written to a temporary directory. Compare: the reference `bliss-toolkit` 0.4.2 makes
-3.8 images/s per process at 1.1 GB and 1.68 MB on disk per image on a 2-core machine.
+of 50 images written to a temporary directory; `simulator=galsim` (the reference) and
+`simulator=torch` on the CPU, and `simulator=torch simulator.renderer.device=cuda` (in the main
+process) when CUDA is available. Each row runs in a fresh process, so its peak RSS is its own.
+Compare: the reference `bliss-toolkit` 0.4.2 makes 3.8 images/s per process at 1.1 GB and
+1.68 MB on disk per image on a 2-core machine.
 """
 
 import argparse
+import multiprocessing
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import galsim
@@ -23,13 +29,16 @@ from bliss.data.generate import generate_shards
 from bliss.main import build_simulator
 
 
-def run(image_size: int, n_images: int, workers: int, per_shard: int) -> dict:
+def run(
+    renderer: str, device: str, image_size: int, n_images: int, workers: int, per_shard: int
+) -> dict:
+    overrides = ["mode=generate", f"simulator={renderer}", f"simulator.image_size={image_size}"]
+    if renderer == "torch":
+        overrides.append(f"simulator.renderer.device={device}")
     with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=["mode=generate", f"simulator.image_size={image_size}", "paths.run_dir=."],
-        )
+        cfg = compose("config", overrides=[*overrides, "paths.run_dir=."])
     simulator = build_simulator(cfg)
+    simulator.simulate(2, seed=0)  # warm-up: tables, FFT plans, CUDA context
     recipe = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, ["survey", "prior", "simulator"]), resolve=True
     )
@@ -66,26 +75,39 @@ def run(image_size: int, n_images: int, workers: int, per_shard: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--renderers", nargs="+", default=["galsim", "torch"])
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[80, 256])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--per-shard", type=int, default=50)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
     args = parser.parse_args()
+    cuda = torch.cuda.is_available()
     print(
-        f"cpu, python={sys.version.split()[0]} torch={torch.__version__} galsim={galsim.__version__}"
+        f"cpu ({multiprocessing.cpu_count()} cores), "
+        f"cuda: {torch.cuda.get_device_name() if cuda else 'none'}, "
+        f"python={sys.version.split()[0]} torch={torch.__version__} galsim={galsim.__version__}"
     )
     print(
-        "| workers | image px | images/s | sources/s | sources/image | peak RSS GB | MB/image "
-        "| x reference (3.8 img/s) |"
+        "| renderer | device | workers | image px | images/s | sources/s | sources/image "
+        "| peak RSS GB | MB/image |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for workers in args.workers:
-        r = run(args.image_size, args.images, workers, args.per_shard)
-        print(
-            f"| {workers} | {args.image_size} | {r['images_per_s']:.1f} | {r['sources_per_s']:.0f} | "
-            f"{r['sources_per_image']:.1f} | {r['peak_rss_gb']:.2f} | {r['mb_per_image']:.2f} | "
-            f"{r['images_per_s'] / 3.8:.1f} |"
-        )
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [(r, "cpu", w) for r in args.renderers for w in args.workers]
+    if cuda and "torch" in args.renderers:
+        rows.append(("torch", "cuda", 0))  # CUDA in the main process: no forked workers
+    context = multiprocessing.get_context("spawn")
+    for image_size in args.image_sizes:
+        for renderer, device, workers in rows:
+            # a fresh process per row, so that its peak RSS is its own
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                job = (renderer, device, image_size, args.images, workers, args.per_shard)
+                r = pool.submit(run, *job).result()
+            print(
+                f"| {renderer} | {device} | {workers} | {image_size} | {r['images_per_s']:.1f} | "
+                f"{r['sources_per_s']:.0f} | {r['sources_per_image']:.1f} | "
+                f"{r['peak_rss_gb']:.2f} | {r['mb_per_image']:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

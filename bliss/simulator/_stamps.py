@@ -1,9 +1,7 @@
 """Numpy helpers of the renderer: stamp sizes, Fourier grids, drawing and pasting stamps."""
 
-from collections.abc import Sequence
 from functools import cache
 
-import galsim
 import numpy as np
 
 from bliss.catalog.shapes import check_shape
@@ -14,8 +12,10 @@ __all__ = [
     "checked_inputs",
     "draw_stamps",
     "frequencies",
+    "galaxy_radius",
     "paste_stamps",
     "pixel_response",
+    "stamp_size",
     "stamp_sizes",
 ]
 
@@ -26,6 +26,25 @@ def stamp_sizes(min_stamp_px: int, max_stamp_px: int) -> np.ndarray:
     high = max_stamp_px if max_stamp_px % 2 else max_stamp_px - 1
     smooth = {3**i * 5**j * 7**k for i in range(8) for j in range(6) for k in range(5)}
     return np.array(sorted({low, high} | {size for size in smooth if low <= size <= high}))
+
+
+def stamp_size(sizes: np.ndarray, radius_px: float | np.ndarray) -> np.ndarray:
+    """The smallest of ``sizes`` holding a disk of ``radius_px`` plus a pixel margin (else the largest)."""
+    index = np.searchsorted(sizes, 2 * np.asarray(radius_px) + 2)
+    return sizes[np.minimum(index, len(sizes) - 1)]
+
+
+def galaxy_radius(params: np.ndarray, disk_radius: float, bulge_radius: float) -> np.ndarray:
+    """Radius (arcsec) holding all but a small fraction of each galaxy's light.
+
+    ``params`` holds the :data:`~bliss.catalog.tile.GALAXY_KEYS` of each galaxy (``n 6``);
+    ``disk_radius`` and ``bulge_radius`` are the radii, in half-light radii, of a round exponential
+    and de Vaucouleurs profile holding all but that fraction. Returns shape ``n``.
+    """
+    disk_frac, _, disk_q, disk_hlr, bulge_q, bulge_hlr = params.T
+    disk = np.where(disk_frac > 0, disk_radius * disk_hlr / np.sqrt(disk_q), 0.0)
+    bulge = np.where(disk_frac < 1, bulge_radius * bulge_hlr / np.sqrt(bulge_q), 0.0)
+    return np.maximum(disk, bulge)
 
 
 @cache
@@ -64,9 +83,12 @@ def checked_inputs(
     is_galaxy: np.ndarray,
     params: np.ndarray,
     offsets: np.ndarray | None,
-    psfs: Sequence[galsim.GSObject],
+    n_psfs: int,
 ) -> tuple[np.ndarray, ...]:
-    """The arrays of :meth:`bliss.simulator.render.GalsimRenderer.render` as numpy, after checking shapes and values."""
+    """The arrays of :meth:`bliss.simulator.render.GalsimRenderer.render` as numpy, after checking shapes and values.
+
+    ``n_psfs`` is the number of PSFs given, one per band.
+    """
     plocs = np.asarray(plocs, dtype=np.float64)
     flux = np.asarray(flux, dtype=np.float64)
     is_galaxy = np.asarray(is_galaxy, dtype=bool)
@@ -77,9 +99,9 @@ def checked_inputs(
     check_shape("galaxy_params", params, f"n {len(GALAXY_KEYS)}", sizes)
     offsets = np.zeros((sizes["c"], 2)) if offsets is None else np.asarray(offsets, dtype=float)
     check_shape("band_offsets_px", offsets, "c 2", sizes)
-    if len(psfs) != sizes["c"]:
+    if n_psfs != sizes["c"]:
         raise BlissValueError(
-            f"got {len(psfs)} PSFs for flux_electrons with c={sizes['c']} bands; pass one PSF "
+            f"got {n_psfs} PSFs for flux_electrons with c={sizes['c']} bands; pass one PSF "
             "per band, in band order."
         )
     for name, values in (("plocs", plocs), ("flux_electrons", flux), ("offsets", offsets)):

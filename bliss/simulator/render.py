@@ -31,8 +31,10 @@ from bliss.simulator._stamps import (
     checked_inputs,
     draw_stamps,
     frequencies,
+    galaxy_radius,
     paste_stamps,
     pixel_response,
+    stamp_size,
     stamp_sizes,
 )
 
@@ -255,7 +257,7 @@ class GalsimRenderer:
                 parameter is out of range.
         """
         plocs, flux, is_galaxy, params, offsets = checked_inputs(
-            plocs, flux_electrons, is_galaxy, galaxy_params, band_offsets_px, psfs
+            plocs, flux_electrons, is_galaxy, galaxy_params, band_offsets_px, len(psfs)
         )
         scale = pixel_scale_arcsec
         if len(image_shape) != 2 or min(image_shape) < 1 or not scale > 0:
@@ -266,8 +268,8 @@ class GalsimRenderer:
         image = np.zeros((len(psfs), *image_shape), dtype=np.float32)
         psf_radius = max((self._psf_radius(psf) for psf in psfs), default=0.0)
         size_px = np.full(len(plocs), self._stamp_size(psf_radius, scale))
-        galaxy_radius = self._galaxy_radius(params[is_galaxy])
-        size_px[is_galaxy] = self._stamp_size(np.hypot(galaxy_radius, psf_radius), scale)
+        galaxy_radii = self._galaxy_radius(params[is_galaxy])
+        size_px[is_galaxy] = self._stamp_size(np.hypot(galaxy_radii, psf_radius), scale)
         # whole-pixel band offsets move stamps; only the fractional part goes into the phase
         offsets_int = np.round(offsets)
         corner = np.floor(plocs).astype(np.int64) - (size_px // 2)[:, None]
@@ -304,16 +306,11 @@ class GalsimRenderer:
 
     def _galaxy_radius(self, params: np.ndarray) -> np.ndarray:
         """Radius (arcsec) holding all but about ``folding_threshold`` of each galaxy's light."""
-        disk_frac, _, disk_q, disk_hlr, bulge_q, bulge_hlr = params.T
-        disk = np.where(disk_frac > 0, self._disk_radius * disk_hlr / np.sqrt(disk_q), 0.0)
-        bulge = np.where(disk_frac < 1, self._bulge_radius * bulge_hlr / np.sqrt(bulge_q), 0.0)
-        return np.maximum(disk, bulge)
+        return galaxy_radius(params, self._disk_radius, self._bulge_radius)
 
     def _stamp_size(self, radius_arcsec: float | np.ndarray, scale: float) -> np.ndarray:
         """Smallest allowed stamp side (odd, px) holding a disk of ``radius_arcsec`` plus margin."""
-        needed = 2 * np.asarray(radius_arcsec) / scale + 2
-        index = np.searchsorted(self._sizes, needed)
-        return self._sizes[np.minimum(index, len(self._sizes) - 1)]
+        return stamp_size(self._sizes, np.asarray(radius_arcsec) / scale)
 
     def _psf_fourier(self, psf: galsim.GSObject, size: int, scale: float) -> np.ndarray:
         """Fourier transform of the pixel-convolved PSF on a real-FFT grid. Shape: ``size m``."""

@@ -7,13 +7,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bliss.catalog import GALAXY_KEYS, TileCatalog
+from bliss.catalog import GALAXY_KEYS, FullCatalog, TileCatalog
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.errors import BlissConfigError
 from bliss.simulator.conditions import ObservingConditions
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
 from bliss.simulator.render import GalsimRenderer, image_psf, moffat_psf
+from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
 from bliss.surveys.base import ObservingSetup
 
 __all__ = ["ImageSimulator"]
@@ -29,7 +30,8 @@ class ImageSimulator:
     Args:
         survey: bands, pixel scale, PSF, sky and zero points.
         prior: the catalog prior (its bands must be the survey's).
-        renderer: the GalSim renderer.
+        renderer: the GalSim renderer (the reference, one image at a time) or the PyTorch one
+            (whole batches, CPU or CUDA).
         conditions: per-image seeing and sky.
         image_size: image side in pixels (square images); a multiple of ``prior.tile_slen``.
         noise: ``"poisson"`` (default), ``"gaussian"`` or ``"none"``.
@@ -53,7 +55,7 @@ class ImageSimulator:
         self,
         survey: ObservingSetup,
         prior: CatalogPrior,
-        renderer: GalsimRenderer,
+        renderer: GalsimRenderer | TorchRenderer,
         conditions: ObservingConditions,
         image_size: int,
         noise: str = "poisson",
@@ -97,6 +99,12 @@ class ImageSimulator:
             )
             for band, img in (psf_images or {}).items()
         }
+        # the same images for TorchRenderer: band index -> (image, FWHM it has)
+        self._psf_arrays = {
+            index: (torch.as_tensor(np.asarray(psf_images[band])), survey.psf_fwhm_arcsec(band))
+            for index, band in enumerate(survey.bands)
+            if band in (psf_images or {})
+        }
 
     @property
     def n_tiles(self) -> int:
@@ -120,6 +128,28 @@ class ImageSimulator:
         n_bands = len(self.survey.bands)
         dither = (2 * torch.rand(n_images, n_bands, 2, generator=generator) - 1) * self.dither_px
         full = padded.to_full_catalog()
+        if isinstance(self.renderer, TorchRenderer):
+            images = self._render_torch(full, conditions, dither, seeds[1])
+        else:
+            images = self._render_galsim(full, conditions, dither, rng)
+        inner = slice(self.margin_tiles, self.margin_tiles + self.n_tiles)
+        return {
+            "images": images,
+            "background": conditions["sky_electrons"].float(),
+            "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float(),
+            "dither_px": dither.float(),
+            "catalog": padded.crop_tiles(inner, inner),
+        }
+
+    def _render_galsim(
+        self,
+        full: FullCatalog,
+        conditions: dict[str, Tensor],
+        dither: Tensor,
+        rng: np.random.Generator,
+    ) -> Tensor:
+        """Noisy images (``b c h w``), one :class:`GalsimRenderer` call per image."""
+        n_images, n_bands = dither.shape[:2]
         offset_px = self.margin_tiles * self.prior.tile_slen
         electrons_per_nmgy = _electrons_per_nmgy(self.magzero)
         images = np.empty((n_images, n_bands, self.image_size, self.image_size), dtype=np.float32)
@@ -149,14 +179,31 @@ class ImageSimulator:
             )
             sky = conditions["sky_electrons"][index].numpy().astype(np.float64)
             images[index] = add_sky_and_noise(clean.astype(np.float64), sky, self.noise, rng)
-        inner = slice(self.margin_tiles, self.margin_tiles + self.n_tiles)
-        return {
-            "images": torch.from_numpy(images),
-            "background": conditions["sky_electrons"].float(),
-            "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float(),
-            "dither_px": dither.float(),
-            "catalog": padded.crop_tiles(inner, inner),
-        }
+        return torch.from_numpy(images)
+
+    def _render_torch(
+        self,
+        full: FullCatalog,
+        conditions: dict[str, Tensor],
+        dither: Tensor,
+        seed: np.random.SeedSequence,
+    ) -> Tensor:
+        """Noisy images (``b c h w``, on the CPU), the whole batch in one :class:`TorchRenderer` call."""
+        electrons_per_nmgy = torch.from_numpy(_electrons_per_nmgy(self.magzero)).float()
+        data = {key: full[key] for key in ("n_sources", "source_type", *GALAXY_KEYS)}
+        data["plocs"] = full["plocs"] - self.margin_tiles * self.prior.tile_slen
+        data["fluxes"] = full["fluxes"] * electrons_per_nmgy
+        clean = self.renderer.render(
+            FullCatalog(self.image_size, self.image_size, data),
+            conditions["psf_fwhm_arcsec"],
+            self.survey.pixel_scale_arcsec,
+            psf_beta=self.survey.psf_beta,
+            psf_images=self._psf_arrays,
+            band_offsets_px=dither if self.dither_px else None,
+        )
+        generator = torch.Generator(clean.device).manual_seed(int(seed.generate_state(1)[0]))
+        sky = conditions["sky_electrons"]
+        return add_sky_and_noise_torch(clean, sky, self.noise, generator).cpu()
 
     def _psf(self, band: str, fwhm_arcsec: float):  # noqa: ANN202 - galsim object
         if band in self.psf_images:

@@ -135,7 +135,17 @@ def test_no_forbidden_imports(path: Path) -> None:
         ("from bliss.simulator.simulate import ImageSimulator", "bliss.data.generate", False),
         ("from bliss.simulator.simulate import ImageSimulator", "bliss.data.cached", True),
         ("from bliss.surveys.base import PsfAndSky", "bliss.simulator.conditions", False),
+        # the PyTorch renderer: a simulator module like render.py (catalog, errors, simulator)
+        ("from bliss.simulator._stamps import frequencies", "bliss.simulator.torch_render", False),
+        ("from bliss.catalog import FullCatalog", "bliss.simulator.torch_render", False),
+        ("from bliss.encoder.layers import ConvBlock", "bliss.simulator.torch_render", True),
+        ("from bliss.data.shards import save_shard", "bliss.simulator.torch_render", True),
+        ("from bliss.simulator.torch_render import TorchRenderer", "bliss.data.cached", True),
         ("from bliss.surveys import ParametricSurvey", "bliss.catalog.io", True),
+        # PSF models (surveys/psfex.py, surveys/sdss/psf.py) feed the simulator, never the reverse
+        ("from bliss.simulator.render import image_psf", "bliss.surveys.psfex", True),
+        ("from bliss.surveys.psfex import PsfexPsf", "bliss.simulator.simulate", False),
+        ("from bliss.surveys.psfex import PsfexPsf", "bliss.main", False),
         ("from ..simulator import prior", "bliss.data.cached", True),
         ("from . import shards", "bliss.data", False),
         ("from bliss import encoder", "bliss.metrics.flux", True),
