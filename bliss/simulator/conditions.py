@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import Tensor
 
 from bliss.errors import BlissConfigError
-from bliss.surveys.base import PsfAndSky
+from bliss.surveys.base import ObservedConditions, PsfAndSky
 
 __all__ = ["ObservingConditions"]
 
@@ -26,8 +26,14 @@ class ObservingConditions:
         fwhm_scale: ``[low, high]``: multiply every band's nominal FWHM by one uniform factor.
         sky_scale: ``[low, high]``: multiply every band's nominal sky by one uniform factor.
         reference_band: band that ``reference_fwhm_arcsec`` refers to.
+        observed: conditions measured on real frames (e.g.
+            :func:`bliss.surveys.sdss.conditions.sdss_observed_conditions`). Each image then
+            takes the PSF images, FWHM and sky of one random row of the table instead of the
+            survey's Moffat and nominal sky; ``fwhm_scale`` dilates that PSF (perturbing the real
+            seeing) and ``sky_scale`` scales that sky. Exclusive with ``reference_fwhm_arcsec``.
 
-    With all ranges ``None`` every image has the survey's nominal conditions.
+    With all ranges ``None`` and no ``observed`` table every image has the survey's nominal
+    conditions.
     """
 
     def __init__(
@@ -37,12 +43,19 @@ class ObservingConditions:
         reference_fwhm_arcsec: Sequence[float] | None = None,
         fwhm_scale: Sequence[float] | None = None,
         sky_scale: Sequence[float] | None = None,
+        observed: ObservedConditions | None = None,
     ) -> None:
-        if reference_fwhm_arcsec is not None and fwhm_scale is not None:
+        if reference_fwhm_arcsec is not None and (fwhm_scale is not None or observed is not None):
             raise BlissConfigError(
-                "simulator.conditions sets both reference_fwhm_arcsec and fwhm_scale; they are "
-                "alternatives, set one of them to null."
+                "simulator.conditions sets reference_fwhm_arcsec together with fwhm_scale or "
+                "observed; the seeing comes from one of them, set reference_fwhm_arcsec to null."
             )
+        if observed is not None and tuple(observed.bands) != tuple(survey.bands):
+            raise BlissConfigError(
+                f"simulator.conditions.observed has bands {list(observed.bands)}, the survey "
+                f"{list(survey.bands)}; read the observed conditions for the survey's bands."
+            )
+        self.observed = observed
         self.bands = tuple(survey.bands)
         if reference_band not in self.bands:
             raise BlissConfigError(
@@ -61,7 +74,9 @@ class ObservingConditions:
         """Draw conditions for ``n_images`` images.
 
         Returns:
-            ``psf_fwhm_arcsec`` and ``sky_electrons``, each of shape ``b c``.
+            ``psf_fwhm_arcsec`` and ``sky_electrons``, each of shape ``b c``; with an
+            ``observed`` table also ``psf_images`` (``b c h w``, each of sum 1) and
+            ``psf_dilation`` (``b``), the factor by which to widen them (FWHM included).
         """
         fwhm_factor = torch.ones(n_images)
         draw = torch.rand(n_images, 2, generator=generator)
@@ -76,6 +91,17 @@ class ObservingConditions:
         if self.sky_scale is not None:
             low, high = self.sky_scale
             sky_factor = low + (high - low) * draw[:, 1]
+        if self.observed is not None:
+            rows = torch.randint(len(self.observed.labels), (n_images,), generator=generator)
+            table = self.observed
+            return {
+                "psf_fwhm_arcsec": rearrange(fwhm_factor, "b -> b 1")
+                * torch.from_numpy(table.psf_fwhm_arcsec[rows.numpy()]),
+                "sky_electrons": rearrange(sky_factor, "b -> b 1")
+                * torch.from_numpy(table.sky_electrons[rows.numpy()]),
+                "psf_images": torch.from_numpy(table.psf_images[rows.numpy()]),
+                "psf_dilation": fwhm_factor,
+            }
         return {
             "psf_fwhm_arcsec": rearrange(fwhm_factor, "b -> b 1") * self.nominal_fwhm,
             "sky_electrons": rearrange(sky_factor, "b -> b 1") * self.nominal_sky,

@@ -84,6 +84,11 @@ class ImageSimulator:
             raise BlissConfigError(
                 f"simulator.noise={noise!r}; expected one of {[m.value for m in NoiseModel]}."
             ) from err
+        if getattr(conditions, "observed", None) is not None and isinstance(renderer, TorchRenderer):
+            raise BlissConfigError(
+                "simulator.conditions.observed (real PSF images per image) needs simulator=galsim; "
+                "the torch renderer takes one PSF image per band."
+            )
         self.survey = survey
         self.prior = prior
         self.renderer = renderer
@@ -161,10 +166,7 @@ class ImageSimulator:
                 [full[key][index, :n_sources].numpy() for key in GALAXY_KEYS], axis=-1
             ).astype(np.float64)
             is_galaxy = full["source_type"][index, :n_sources, 0].numpy() > 0.5
-            psfs = [
-                self._psf(band, float(conditions["psf_fwhm_arcsec"][index, b]))
-                for b, band in enumerate(self.survey.bands)
-            ]
+            psfs = self._image_psfs(conditions, index)
             clean = self.renderer.render(
                 plocs=plocs,
                 flux_electrons=fluxes * electrons_per_nmgy,
@@ -204,6 +206,19 @@ class ImageSimulator:
         generator = torch.Generator(clean.device).manual_seed(int(seed.generate_state(1)[0]))
         sky = conditions["sky_electrons"]
         return add_sky_and_noise_torch(clean, sky, self.noise, generator).cpu()
+
+    def _image_psfs(self, conditions: dict[str, Tensor], index: int) -> list:
+        """The GalSim PSF of every band of image ``index``."""
+        if "psf_images" in conditions:  # observed on a real frame, widened by psf_dilation
+            dilation = float(conditions["psf_dilation"][index])
+            return [
+                image_psf(image.numpy(), self.survey.pixel_scale_arcsec).dilate(dilation)
+                for image in conditions["psf_images"][index]
+            ]
+        return [
+            self._psf(band, float(conditions["psf_fwhm_arcsec"][index, b]))
+            for b, band in enumerate(self.survey.bands)
+        ]
 
     def _psf(self, band: str, fwhm_arcsec: float):  # noqa: ANN202 - galsim object
         if band in self.psf_images:

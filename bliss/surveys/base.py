@@ -11,7 +11,15 @@ from astropy.wcs import WCS
 
 from bliss.errors import BlissValueError
 
-__all__ = ["ImageSource", "ObservingSetup", "PsfAndSky", "PsfModel", "SurveyImage", "psf_images_at"]
+__all__ = [
+    "ImageSource",
+    "ObservedConditions",
+    "ObservingSetup",
+    "PsfAndSky",
+    "PsfModel",
+    "SurveyImage",
+    "psf_images_at",
+]
 
 
 @runtime_checkable
@@ -122,3 +130,43 @@ def psf_images_at(
                 "pixel scale. Build the model with the survey's scale or use a survey preset for it."
             )
     return {band: psf.image(row, col) for band, psf in psfs.items()}
+
+
+@dataclass(frozen=True)
+class ObservedConditions:
+    """PSFs and sky levels measured on real frames: a table for simulations to draw from.
+
+    Each row is one place on one real frame; a simulated image takes one row, so its bands share
+    a moment's seeing and sky as they do on the sky.
+
+    Attributes:
+        bands: band names, in channel order.
+        psf_images: pixel-integrated PSF of each band, sum 1, at the survey's pixel scale.
+            Shape ``n c h w``.
+        psf_fwhm_arcsec: FWHM of the beta = 3.5 Moffat that fits each PSF (what a model trained
+            on Moffat PSFs, and ``PSF_FWHM``, mean). Shape ``n c``.
+        sky_electrons: sky per pixel there. Shape ``n c``.
+        labels: where each row comes from, e.g. ``"94-1-12 r=744 c=1024"``.
+    """
+
+    bands: tuple[str, ...]
+    psf_images: np.ndarray
+    psf_fwhm_arcsec: np.ndarray
+    sky_electrons: np.ndarray
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n, c = self.psf_fwhm_arcsec.shape
+        if (
+            self.psf_images.ndim != 4
+            or self.psf_images.shape[:2] != (n, c)
+            or self.sky_electrons.shape != (n, c)
+            or len(self.labels) != n
+            or c != len(self.bands)
+        ):
+            raise BlissValueError(
+                f"ObservedConditions: psf_images {self.psf_images.shape}, psf_fwhm_arcsec "
+                f"{self.psf_fwhm_arcsec.shape}, sky_electrons {self.sky_electrons.shape}, "
+                f"{len(self.labels)} labels, bands {self.bands}; expected n c h w, n c, n c, n "
+                "and c bands."
+            )

@@ -32,7 +32,14 @@ def test_the_globs_found_the_presets() -> None:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_experiment_composes_and_builds(experiment: str, mode: str, tmp_path: Path) -> None:
-    cfg = compose_config([f"mode={mode}", f"experiment={experiment}"], tmp_path)
+    overrides = [f"mode={mode}", f"experiment={experiment}"]
+    if experiment == "sdss_real":  # the committed cut-outs of one of its real fields
+        overrides += [
+            f"simulator.conditions.observed.data_dir={Path(__file__).parents[1] / 'data' / 'sdss'}",
+            "simulator.conditions.observed.fields=[[94,1,12]]",
+            "simulator.conditions.observed.grid=1",
+        ]
+    cfg = compose_config(overrides, tmp_path)
     assert cfg.mode == mode
     prior = instantiate(cfg.prior)
     assert tuple(prior.bands) == tuple(cfg.survey.bands)

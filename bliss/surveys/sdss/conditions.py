@@ -1,0 +1,83 @@
+"""Observing conditions of real SDSS fields (psField PSFs, sky maps) for training simulations."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bliss.errors import BlissConfigError
+from bliss.surveys.base import ObservedConditions
+from bliss.surveys.sdss._files import (
+    field_dir,
+    find_file,
+    frame_name,
+    photofield_name,
+    psfield_name,
+)
+from bliss.surveys.sdss.frames import SDSS_BANDS, _read_frame, _read_gains
+from bliss.surveys.sdss.psf import SdssPsf
+
+__all__ = ["sdss_observed_conditions"]
+
+
+def sdss_observed_conditions(
+    data_dir: str | Path,
+    fields: Sequence[Sequence[int]],
+    bands: Sequence[str] = SDSS_BANDS,
+    grid: int = 6,
+) -> ObservedConditions:
+    """The psField PSF and the sky of every band at a ``grid x grid`` lattice of places per field.
+
+    The PSF of an SDSS field varies smoothly over its 1489 x 2048 pixels (a low-order
+    polynomial), so a lattice of 6 x 6 places samples it well; each place becomes one row of the
+    table. The sky comes from the frame's sky grid (HDU 2) times the gain.
+
+    Args:
+        data_dir: root of the SDSS files, laid out as for ``survey=sdss_frames``.
+        fields: ``[[run, camcol, field], ...]``.
+        bands: bands, in channel order.
+        grid: places per frame side.
+
+    Raises:
+        BlissConfigError: no fields, or ``grid`` < 1.
+        BlissIOError: a psField, frame or photoField file is missing or damaged (named).
+    """
+    if not fields or grid < 1:
+        raise BlissConfigError(
+            f"simulator.conditions.observed: fields={list(fields)}, grid={grid}; expected at least "
+            "one [run, camcol, field] and grid >= 1."
+        )
+    psf_images, fwhm, sky, labels = [], [], [], []
+    for run, camcol, field in tqdm(fields, desc="observed conditions", unit="field"):
+        folder = field_dir(data_dir, run, camcol, field)
+        gains = _read_gains(
+            find_file([folder.parent, folder], photofield_name(run, camcol), "photoField"),
+            run,
+            camcol,
+            field,
+        )
+        psfield = find_file([folder], psfield_name(run, camcol, field), "psField")
+        psfs, skies = {}, {}
+        for band in bands:
+            psfs[band] = SdssPsf.from_psfield(psfield, band, run=run, camcol=camcol, field=field)
+            path = find_file([folder], frame_name(band, run, camcol, field), "frame")
+            _, header, _, _, sky_counts = _read_frame(path, band, run, camcol, field)
+            skies[band] = sky_counts * gains[band]
+        # cut-outs (tests/data) record where they sit on the full frame the psField describes
+        origin = (int(header.get("CUTROW0", 0)), int(header.get("CUTCOL0", 0)))
+        height, width = skies[bands[0]].shape
+        for row in (np.arange(grid) + 0.5) * height / grid:
+            for col in (np.arange(grid) + 0.5) * width / grid:
+                at = (row + origin[0], col + origin[1])
+                psf_images.append(np.stack([psfs[b].image(*at) for b in bands]))
+                fwhm.append([psfs[b].fwhm_arcsec(*at, method="moffat") for b in bands])
+                sky.append([skies[b][int(row), int(col)] for b in bands])
+                labels.append(f"{run}-{camcol}-{field} r={at[0]:.0f} c={at[1]:.0f}")
+    return ObservedConditions(
+        bands=tuple(bands),
+        psf_images=np.stack(psf_images).astype(np.float32),
+        psf_fwhm_arcsec=np.array(fwhm, dtype=np.float32),
+        sky_electrons=np.array(sky, dtype=np.float32),
+        labels=tuple(labels),
+    )

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from bliss.errors import BlissConfigError, BlissIOError
+from bliss.simulator.conditions import ObservingConditions
+from bliss.surveys import ParametricSurvey
+from bliss.surveys.sdss.conditions import sdss_observed_conditions
+from bliss.surveys.sdss.psf import SdssPsf
+from tests.unit.surveys.conftest import CAMCOL, FIELD, RUN, SDSS_CUTOUTS
+
+BANDS = ("g", "r", "i")
+
+
+@pytest.fixture(scope="module")
+def observed():
+    return sdss_observed_conditions(SDSS_CUTOUTS, [[RUN, CAMCOL, FIELD]], BANDS, grid=2)
+
+
+def test_table_holds_the_psfield_psf_and_frame_sky(observed):
+    assert observed.psf_images.shape[:2] == (4, 3)
+    np.testing.assert_allclose(observed.psf_images.sum(axis=(-2, -1)), 1.0, rtol=1e-5)
+    # the cut-out starts at full-frame pixel (CUTROW0, CUTCOL0); the label gives the place used
+    row, col = (float(v.split("=")[1]) for v in observed.labels[0].split()[1:])
+    psf = SdssPsf.from_psfield(
+        SDSS_CUTOUTS / "94/1/12/psField-000094-1-0012.fit", "r", run=RUN, camcol=CAMCOL, field=FIELD
+    )
+    np.testing.assert_allclose(observed.psf_images[0, 1], psf.image(row, col), atol=1e-6)
+    # Moffat-equivalent FWHM: smaller than the psField width, and plausible SDSS seeing
+    assert np.all(observed.psf_fwhm_arcsec[:, 1] < psf.fwhm_arcsec(row, col))
+    assert np.all((observed.psf_fwhm_arcsec > 0.8) & (observed.psf_fwhm_arcsec < 2.0))
+    # sky in electrons per pixel: r-band SDSS skies are hundreds of electrons
+    assert np.all((observed.sky_electrons[:, 1] > 100) & (observed.sky_electrons[:, 1] < 2000))
+
+
+def test_conditions_draw_rows_of_the_table(observed):
+    survey = ParametricSurvey(
+        "toy", BANDS, "r", 0.396, 3.5, dict.fromkeys(BANDS, 1.3), dict.fromkeys(BANDS, 100.0),
+        dict.fromkeys(BANDS, 28.0),
+    )
+    conditions = ObservingConditions(survey, "r", fwhm_scale=[0.9, 1.1], observed=observed)
+    drawn = conditions.sample(64, torch.Generator().manual_seed(0))
+    assert drawn["psf_images"].shape == (64, 3, *observed.psf_images.shape[-2:])
+    dilation = drawn["psf_dilation"]
+    assert torch.all((dilation >= 0.9) & (dilation <= 1.1)) and dilation.std() > 0.03
+    # every image's FWHM is one table row's, widened by its own dilation
+    base = drawn["psf_fwhm_arcsec"] / dilation[:, None]
+    table = torch.from_numpy(observed.psf_fwhm_arcsec)
+    assert all(torch.isclose(table, b, rtol=1e-5).all(dim=1).any() for b in base)
+    assert len({tuple(b.tolist()) for b in base}) > 1  # several places drawn
+
+
+def test_bad_arguments():
+    with pytest.raises(BlissConfigError, match="at least one"):
+        sdss_observed_conditions(SDSS_CUTOUTS, [], BANDS)
+    with pytest.raises(BlissIOError, match="psField"):
+        sdss_observed_conditions(SDSS_CUTOUTS, [[RUN, CAMCOL, FIELD + 1]], BANDS)
+
+
+def _simulator(observed, renderer):
+    from bliss.simulator.prior import CatalogPrior
+    from bliss.simulator.simulate import ImageSimulator
+
+    survey = ParametricSurvey(
+        "toy", BANDS, "r", 0.396, 3.5, dict.fromkeys(BANDS, 1.3), dict.fromkeys(BANDS, 100.0),
+        dict.fromkeys(BANDS, 28.0),
+    )
+    prior = CatalogPrior(BANDS, "r", 0.396, density_per_arcmin2=200.0)
+    conditions = ObservingConditions(survey, "r", observed=observed)
+    return ImageSimulator(survey, prior, renderer, conditions, image_size=32, noise="none")
+
+
+def test_simulated_images_use_the_observed_psf(observed):
+    from bliss.simulator.render import GalsimRenderer
+
+    simulator = _simulator(observed, GalsimRenderer())
+    drawn = simulator.conditions.sample(2, torch.Generator().manual_seed(1))
+    for band, profile in enumerate(simulator._image_psfs(drawn, 0)):
+        image = profile.drawImage(nx=51, ny=51, scale=0.396).array
+        # within 1 % of the peak (~0.05): GalSim interpolates the image and divides out the pixel
+        np.testing.assert_allclose(image, drawn["psf_images"][0, band].numpy(), atol=5e-4)
+    batch = simulator.simulate(3, seed=5)
+    assert batch["images"].shape == (3, 3, 32, 32) and torch.isfinite(batch["images"]).all()
+    rows = torch.from_numpy(observed.psf_fwhm_arcsec)
+    assert all(torch.isclose(rows, f).all(dim=1).any() for f in batch["psf_fwhm_arcsec"])
+
+
+def test_torch_renderer_refuses_observed_psfs(observed):
+    from bliss.simulator.torch_render import TorchRenderer
+
+    with pytest.raises(BlissConfigError, match="needs simulator=galsim"):
+        _simulator(observed, TorchRenderer())
