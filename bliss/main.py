@@ -75,9 +75,8 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
         print(f"merged {manifest['n_shards']} shards into {cfg.paths.cached_data}/manifest.json")
         return manifest
     simulator = build_simulator(cfg)  # validates every simulator key before any work
-    recipe = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, ["survey", "prior", "simulator"]), resolve=True
-    )
+    # resolved in the whole config: a simulator key may point at e.g. ${paths.root}
+    recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("survey", "prior", "simulator")}
     manifest = generate_shards(
         simulator,
         Path(cfg.paths.cached_data),
