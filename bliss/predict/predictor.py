@@ -30,8 +30,9 @@ class Predictor:
       ``margin_px`` on each side, of which only the central core is kept. Each tile then sees
       the same kind of context it saw in training. A fully convolutional network trained on
       small images behaves differently deep inside a large image, where its receptive field
-      (139 px for the shipped model) no longer reaches an image edge: on 512 x 512 px fields
-      the shipped model's precision fell from 0.96 to 0.42 when run on the whole image at once.
+      (139 px for the shipped model) no longer reaches an image edge: on 512 x 512 px fields an
+      earlier batch-norm model's precision fell from 0.96 to 0.42 when run on the whole image at
+      once (the layer-norm model shipped now gives nearly the same results either way).
     * ``window_px=None``: chunks of ``chunk_px`` extended by half the receptive field, so the
       features are exactly those of a whole-image pass and chunk borders change nothing.
 
