@@ -9,15 +9,23 @@ from bliss.metrics.detection import classification_metrics, compare_counts, dete
 from bliss.metrics.flux import calibration_curve, flux_metrics, interval_coverage
 from bliss.metrics.matching import Matches, match_catalogs, match_full_catalogs
 from bliss.metrics.plots import plot_calibration
+from bliss.metrics.reference import (
+    REFERENCE_BIN_KEYS,
+    ReferenceComparison,
+    compare_with_reference,
+)
 from bliss.metrics.shape import SHAPE_KEYS, circular_abs_diff, shape_metrics
 
 __all__ = [
+    "REFERENCE_BIN_KEYS",
     "SHAPE_KEYS",
+    "ReferenceComparison",
     "Matches",
     "calibration_curve",
     "circular_abs_diff",
     "classification_metrics",
     "compare_counts",
+    "compare_with_reference",
     "detection_metrics",
     "flux_metrics",
     "interval_coverage",

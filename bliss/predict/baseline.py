@@ -66,12 +66,18 @@ def sep_catalog(
     )
     n = len(objects)
     x, y = objects["x"], objects["y"]
-    a, b, theta = objects["a"], objects["b"], objects["theta"]
+    # sep stores theta in float32, so +-pi/2 can land just outside [-pi/2, pi/2] and sep then
+    # rejects the aperture ("invalid aperture parameters": 3 of 2443 objects on SDSS frame
+    # 94-1-12); a degenerate or non-finite a, b would be rejected too, so those get the circle
+    theta = np.clip(objects["theta"].astype(np.float64), -math.pi / 2, math.pi / 2)
+    good_shape = np.isfinite(objects["a"]) & np.isfinite(objects["b"]) & (objects["b"] > 0)
+    a = np.where(good_shape, objects["a"], 1.0).astype(np.float64)
+    b = np.where(good_shape, objects["b"], 1.0).astype(np.float64)
     fluxes = np.zeros((n, len(image.bands)))
     errors = np.zeros((n, len(image.bands)))
     if n:
         kron_radius, _ = sep.kron_radius(data, x, y, a, b, theta, 6.0)
-        small = kron_radius * np.sqrt(a * b) < min_radius_px
+        small = ~good_shape | ~(kron_radius * np.sqrt(a * b) >= min_radius_px)
         kron_radius = np.where(np.isfinite(kron_radius) & (kron_radius > 0), kron_radius, 1.0)
         for c in range(len(image.bands)):
             band_data = np.ascontiguousarray(subtracted[c])

@@ -24,8 +24,15 @@ from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
 from bliss.predict.run import build_predictor
+from bliss.surveys.base import SurveyImage
 
-__all__ = ["evaluate_files", "evaluate_from_config", "expand_inputs", "format_results"]
+__all__ = [
+    "catalog_with_bliss_and_sep",
+    "evaluate_files",
+    "evaluate_from_config",
+    "expand_inputs",
+    "format_results",
+]
 
 _QUANTILES = (0.05, 0.25, 0.75, 0.95)
 
@@ -50,7 +57,13 @@ def expand_inputs(spec: str | Sequence[str] | None, key: str) -> list[Path]:
     return paths
 
 
-def _to_full(sources: dict[str, np.ndarray], height: int, width: int) -> FullCatalog:
+def _to_full(
+    sources: dict[str, np.ndarray],
+    height: int,
+    width: int,
+    quantiles: Sequence[float] = _QUANTILES,
+) -> FullCatalog:
+    """A one-image catalog from predictor-style columns (``row``, ``col``, ``fluxes``, ...)."""
     n = len(sources["row"])
     data = {
         "n_sources": torch.tensor([n]),
@@ -62,7 +75,7 @@ def _to_full(sources: dict[str, np.ndarray], height: int, width: int) -> FullCat
             (np.asarray(sources["prob_galaxy"]) > 0.5).reshape(1, n, 1)
         ).float(),
     }
-    for q in _QUANTILES:
+    for q in quantiles:
         data[f"flux@{q:g}"] = torch.from_numpy(
             np.asarray(sources[f"fluxes@{q:g}"]).reshape(1, n, -1)
         ).float()
@@ -95,6 +108,30 @@ def _metrics(
     }
 
 
+def catalog_with_bliss_and_sep(
+    predictor: Predictor,
+    survey: Any,
+    image: SurveyImage,
+    threshold: float,
+    quantiles: tuple[float, ...] = _QUANTILES,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The bliss catalog (``P(source) > threshold``) and the ``sep`` baseline of one image.
+
+    Returns:
+        ``(bliss, sep)``: predictor-style columns (``row``, ``col`` with the origin at the image
+        corner, ``prob_galaxy``, ``fluxes`` in nmgy, ``fluxes@<q>``).
+    """
+    ours = predictor.predict(image, threshold=threshold, quantiles=quantiles)["sources"]
+    baseline = sep_catalog(
+        image,
+        survey.reference_band,
+        survey.pixel_scale_arcsec,
+        survey.psf_beta,
+        quantiles=quantiles,
+    )
+    return ours, baseline
+
+
 def evaluate_files(
     predictor: Predictor,
     survey: Any,
@@ -122,14 +159,7 @@ def evaluate_files(
     for index, (image_path, truth_path) in enumerate(zip(images, truths, strict=True)):
         image = read_fits_image(image_path, survey, predictor.encoder.bands)
         _, h, w = image.images.shape
-        ours = predictor.predict(image, threshold=threshold, quantiles=_QUANTILES)["sources"]
-        baseline = sep_catalog(
-            image,
-            survey.reference_band,
-            survey.pixel_scale_arcsec,
-            survey.psf_beta,
-            quantiles=_QUANTILES,
-        )
+        ours, baseline = catalog_with_bliss_and_sep(predictor, survey, image, threshold)
         try:
             truth_table = Table.read(truth_path)
         except Exception as err:
@@ -235,8 +265,17 @@ def _plain(value: Any) -> Any:
 
 
 def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
-    """Run ``mode=evaluate`` from the composed config."""
+    """Run ``mode=evaluate`` from the composed config.
+
+    With ``evaluate.reference`` set (``photoobj``), this is
+    :func:`bliss.predict.reference.compare_from_config`: a real frame against a survey
+    pipeline's catalog instead of simulated images against their truth.
+    """
     spec = cfg.evaluate
+    if spec.get("reference") is not None:
+        from bliss.predict.reference import compare_from_config
+
+        return compare_from_config(cfg)
     images = expand_inputs(_plain(spec.input), "evaluate.input")
     truths = expand_inputs(_plain(spec.truth), "evaluate.truth")
     encoder, model_config = load_encoder(spec.checkpoint)

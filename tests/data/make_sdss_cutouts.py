@@ -14,6 +14,9 @@ PSF flux ~1170 nmgy) at about row 454, column 1164 of the r frame. Its r box hol
 * fpM: the spans inside the box, shifted to box coordinates; ``MASKROWS`` / ``MASKCOLS`` = 192.
 * psField: HDUs 0..6 (PSF of the five bands and the per-band summary), unchanged.
 * photoField: the rows of fields 11..13, unchanged.
+* photoObj: the objects whose canonical centre (``OBJC_ROWC``, ``OBJC_COLC``) is in the box, only
+  the columns :func:`bliss.surveys.sdss.photoobj.read_photoobj` reads (plus ``ID``, ``PARENT``),
+  values unchanged (full-frame positions); ``CUTROW0`` / ``CUTCOL0`` in the primary header.
 """
 
 import argparse
@@ -125,6 +128,45 @@ def _crop_plane(hdu: fits.BinTableHDU) -> fits.BinTableHDU:
     return fits.BinTableHDU.from_columns(columns)
 
 
+#: photoObj columns kept in the cut-out
+PHOTOOBJ_COLUMNS = (
+    "OBJID",
+    "ID",
+    "PARENT",
+    "NCHILD",
+    "RESOLVE_STATUS",
+    "OBJC_TYPE",
+    "OBJC_FLAGS",
+    "OBJC_ROWC",
+    "OBJC_COLC",
+    "RA",
+    "DEC",
+    "FLAGS",
+    "FLAGS2",
+    "PSFFLUX",
+    "CMODELFLUX",
+    "MODELFLUX",
+)
+
+
+def crop_photoobj(source: Path, target: Path) -> None:
+    """Keep the photoObj rows centred in the box and the columns the reader needs."""
+    with fits.open(source, memmap=False) as hdus:
+        header = hdus[0].header.copy()
+        header["CUTROW0"] = (ROW0, "row of pixel (0, 0) in the full SDSS frame")
+        header["CUTCOL0"] = (COL0, "column of pixel (0, 0) in the full SDSS frame")
+        table = hdus[1].data
+        rows, cols = table["OBJC_ROWC"], table["OBJC_COLC"]
+        inside = (rows >= ROW0) & (rows < ROW0 + SIZE) & (cols >= COL0) & (cols < COL0 + SIZE)
+        columns = [
+            fits.Column(c.name, c.format, unit=c.unit, dim=c.dim, array=table[c.name][inside])
+            for c in hdus[1].columns
+            if c.name in PHOTOOBJ_COLUMNS
+        ]
+        out = fits.HDUList([fits.PrimaryHDU(header=header), fits.BinTableHDU.from_columns(columns)])
+        out.writeto(target, overwrite=True)
+
+
 def _write_compressed(hdus: fits.HDUList, target: Path, opener) -> None:
     plain = target.with_suffix("")
     hdus.writeto(plain, overwrite=True)
@@ -152,6 +194,8 @@ def main() -> None:
     with fits.open(src_field / name, memmap=False) as hdus:
         end = hdus.fileinfo(7)["hdrLoc"]  # byte-exact copy of HDUs 0..6
     (dst_field / name).write_bytes((src_field / name).read_bytes()[:end])
+    name = f"photoObj-{RUN:06d}-{CAMCOL}-{FIELD:04d}.fits"
+    crop_photoobj(src_field / name, dst_field / name)
     name = f"photoField-{RUN:06d}-{CAMCOL}.fits"
     with fits.open(src_field.parent / name, memmap=False) as hdus:
         table = hdus[1].data

@@ -142,6 +142,21 @@ def test_no_forbidden_imports(path: Path) -> None:
         ("from bliss.data.shards import save_shard", "bliss.simulator.torch_render", True),
         ("from bliss.simulator.torch_render import TorchRenderer", "bliss.data.cached", True),
         ("from bliss.surveys import ParametricSurvey", "bliss.catalog.io", True),
+        # the photoObj reader is survey data access; the comparison with it lives in predict
+        ("from bliss.surveys.sdss.photoobj import read_photoobj", "bliss.predict.reference", False),
+        (
+            "from bliss.metrics.reference import compare_with_reference",
+            "bliss.predict.reference",
+            False,
+        ),
+        ("from bliss.predict.plots import plot_delta_mag", "bliss.metrics.reference", True),
+        ("from bliss.metrics import match_full_catalogs", "bliss.surveys.sdss.photoobj", True),
+        (
+            "from bliss.predict.reference import compare_from_config",
+            "bliss.surveys.sdss.photoobj",
+            True,
+        ),
+        ("from bliss.predict.plots import plot_cutout_grid", "bliss.metrics.detection", True),
         # PSF models (surveys/psfex.py, surveys/sdss/psf.py) feed the simulator, never the reverse
         ("from bliss.simulator.render import image_psf", "bliss.surveys.psfex", True),
         ("from bliss.surveys.psfex import PsfexPsf", "bliss.simulator.simulate", False),

@@ -24,6 +24,7 @@ __all__ = [
     "fpm_name",
     "frame_name",
     "photofield_name",
+    "photoobj_name",
     "psfield_name",
     "read_fits",
 ]
@@ -52,6 +53,11 @@ def fpm_name(band: str, run: int, camcol: int, field: int) -> str:
 def photofield_name(run: int, camcol: int) -> str:
     """``photoField-<run6>-<camcol>.fits``: per-field calibration of a whole run and camcol."""
     return f"photoField-{run:06d}-{camcol}.fits"
+
+
+def photoobj_name(run: int, camcol: int, field: int) -> str:
+    """``photoObj-<run6>-<camcol>-<field4>.fits``: the SDSS pipeline's catalog of one field."""
+    return f"photoObj-{run:06d}-{camcol}-{field:04d}.fits"
 
 
 def field_dir(data_dir: str | Path, run: int, camcol: int, field: int) -> Path:
