@@ -8,14 +8,8 @@ from tqdm import tqdm
 
 from bliss.errors import BlissConfigError
 from bliss.surveys.base import ObservedConditions
-from bliss.surveys.sdss._files import (
-    field_dir,
-    find_file,
-    frame_name,
-    photofield_name,
-    psfield_name,
-)
-from bliss.surveys.sdss.frames import SDSS_BANDS, _read_frame, _read_gains
+from bliss.surveys.sdss._files import field_dir, find_file, frame_name
+from bliss.surveys.sdss.frames import SDSS_BANDS, _read_frame, field_gains_and_psfield
 from bliss.surveys.sdss.psf import SdssPsf
 
 __all__ = ["sdss_observed_conditions"]
@@ -51,13 +45,7 @@ def sdss_observed_conditions(
     psf_images, fwhm, sky, labels = [], [], [], []
     for run, camcol, field in tqdm(fields, desc="observed conditions", unit="field"):
         folder = field_dir(data_dir, run, camcol, field)
-        gains = _read_gains(
-            find_file([folder.parent, folder], photofield_name(run, camcol), "photoField"),
-            run,
-            camcol,
-            field,
-        )
-        psfield = find_file([folder], psfield_name(run, camcol, field), "psField")
+        gains, psfield = field_gains_and_psfield(data_dir, run, camcol, field)
         psfs, skies = {}, {}
         for band in bands:
             psfs[band] = SdssPsf.from_psfield(psfield, band, run=run, camcol=camcol, field=field)

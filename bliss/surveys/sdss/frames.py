@@ -244,13 +244,7 @@ def read_sdss_field(
     bands = _check_arguments(run, camcol, field, bands, align_to, interp_order)
     folder = field_dir(data_dir, run, camcol, field)
     ids = {"RUN": run, "CAMCOL": camcol, "FIELD": field}
-    gains = _read_gains(
-        find_file([folder.parent, folder], photofield_name(run, camcol), "photoField"),
-        run,
-        camcol,
-        field,
-    )
-    psfield = find_file([folder], psfield_name(run, camcol, field), "psField")
+    gains, psfield = field_gains_and_psfield(data_dir, run, camcol, field)
     # find every file before the slow reads, so that a missing one fails at once
     frame_paths = {
         band: find_file([folder], frame_name(band, run, camcol, field), "frame") for band in bands
@@ -314,6 +308,20 @@ def _check_arguments(
             f"interp_order={interp_order!r}; expected 1 (bilinear) or 3 (cubic spline)."
         )
     return bands
+
+
+def field_gains_and_psfield(
+    data_dir: str | Path, run: int, camcol: int, field: int
+) -> tuple[dict[str, float], Path]:
+    """The gain of every band (from photoField) and the psField path of one field."""
+    folder = field_dir(data_dir, run, camcol, field)
+    gains = _read_gains(
+        find_file([folder.parent, folder], photofield_name(run, camcol), "photoField"),
+        run,
+        camcol,
+        field,
+    )
+    return gains, find_file([folder], psfield_name(run, camcol, field), "psField")
 
 
 def _read_gains(path: Path, run: int, camcol: int, field: int) -> dict[str, float]:
