@@ -76,7 +76,10 @@ def run_generate(cfg: DictConfig) -> dict[str, Any]:
         return manifest
     simulator = build_simulator(cfg)  # validates every simulator key before any work
     # resolved in the whole config: a simulator key may point at e.g. ${paths.root}
-    recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("survey", "prior", "simulator")}
+    recipe = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        for key in ("survey", "prior", "simulator")
+    }
     manifest = generate_shards(
         simulator,
         Path(cfg.paths.cached_data),

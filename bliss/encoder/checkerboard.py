@@ -144,7 +144,9 @@ class ContextHead(nn.Module):
         self.current = nn.Conv2d(1, width, 1)
         nn.init.zeros_(self.current.weight)  # starts as a no-op, learns the role of the marker
         nn.init.zeros_(self.current.bias)
-        self.body = nn.Sequential(ConvBlock(width, width, norm=norm), ConvBlock(width, width, norm=norm))
+        self.body = nn.Sequential(
+            ConvBlock(width, width, norm=norm), ConvBlock(width, width, norm=norm)
+        )
         self.head = nn.Conv2d(width, n_params, 1)
 
     def forward(self, features: Tensor, context: Tensor, current: Tensor) -> Tensor:

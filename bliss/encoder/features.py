@@ -49,7 +49,10 @@ class FeatureNet(nn.Module):
         self.width = width
         self.norm = norm
         stem = max(width // 2**n_down, 16)
-        layers: list[nn.Module] = [ConvBlock(in_channels, stem, norm=norm), ConvBlock(stem, stem, norm=norm)]
+        layers: list[nn.Module] = [
+            ConvBlock(in_channels, stem, norm=norm),
+            ConvBlock(stem, stem, norm=norm),
+        ]
         channels = stem
         for stage in range(n_down):
             out = width if stage == n_down - 1 else min(width, channels * 2)

@@ -26,7 +26,9 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         """``b f h w`` in and out."""
-        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(
+            x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
+        )
         return y.permute(0, 3, 1, 2)
 
 

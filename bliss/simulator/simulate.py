@@ -84,7 +84,9 @@ class ImageSimulator:
             raise BlissConfigError(
                 f"simulator.noise={noise!r}; expected one of {[m.value for m in NoiseModel]}."
             ) from err
-        if getattr(conditions, "observed", None) is not None and isinstance(renderer, TorchRenderer):
+        if getattr(conditions, "observed", None) is not None and isinstance(
+            renderer, TorchRenderer
+        ):
             raise BlissConfigError(
                 "simulator.conditions.observed (real PSF images per image) needs simulator=galsim; "
                 "the torch renderer takes one PSF image per band."

@@ -50,7 +50,9 @@ def psf_fwhm_arcsec(
         return fit_moffat_fwhm_arcsec(psf, pixel_scale_arcsec, beta)
     if method == "effective":
         n_eff_px = 1.0 / np.sum((psf / psf.sum()) ** 2)
-        return float(_GAUSSIAN_FWHM_PER_SIGMA * np.sqrt(n_eff_px / (4 * np.pi)) * pixel_scale_arcsec)
+        return float(
+            _GAUSSIAN_FWHM_PER_SIGMA * np.sqrt(n_eff_px / (4 * np.pi)) * pixel_scale_arcsec
+        )
     height, width = psf.shape
     step = 1.0 / _FWHM_OVERSAMPLE
     rows = np.arange(0, height - 1 + step / 2, step)

@@ -35,7 +35,13 @@ def test_table_holds_the_psfield_psf_and_frame_sky(observed):
 
 def test_conditions_draw_rows_of_the_table(observed):
     survey = ParametricSurvey(
-        "toy", BANDS, "r", 0.396, 3.5, dict.fromkeys(BANDS, 1.3), dict.fromkeys(BANDS, 100.0),
+        "toy",
+        BANDS,
+        "r",
+        0.396,
+        3.5,
+        dict.fromkeys(BANDS, 1.3),
+        dict.fromkeys(BANDS, 100.0),
         dict.fromkeys(BANDS, 28.0),
     )
     conditions = ObservingConditions(survey, "r", fwhm_scale=[0.9, 1.1], observed=observed)
@@ -62,7 +68,13 @@ def _simulator(observed, renderer):
     from bliss.simulator.simulate import ImageSimulator
 
     survey = ParametricSurvey(
-        "toy", BANDS, "r", 0.396, 3.5, dict.fromkeys(BANDS, 1.3), dict.fromkeys(BANDS, 100.0),
+        "toy",
+        BANDS,
+        "r",
+        0.396,
+        3.5,
+        dict.fromkeys(BANDS, 1.3),
+        dict.fromkeys(BANDS, 100.0),
         dict.fromkeys(BANDS, 28.0),
     )
     prior = CatalogPrior(BANDS, "r", 0.396, density_per_arcmin2=200.0)
