@@ -20,7 +20,7 @@ from bliss.encoder.checkpoint import load_encoder
 from bliss.errors import BlissConfigError, BlissIOError
 from bliss.metrics import detection_metrics, flux_metrics, interval_coverage, match_full_catalogs
 from bliss.predict.baseline import sep_catalog
-from bliss.predict.plots import plot_detections
+from bliss.predict.plots import plot_detections, save_png
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
 from bliss.predict.run import build_predictor
@@ -249,8 +249,7 @@ def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) ->
     axes.set_xlabel("reference-band magnitude")
     axes.set_ylabel("F1")
     axes.legend()
-    with atomic_path(output / "f1_by_magnitude.png") as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_png(figure, output / "f1_by_magnitude.png")
 
 
 def format_results(results: dict[str, dict], mag_bins: Sequence[float]) -> str:

@@ -1,14 +1,25 @@
 """PNGs: an image with detections overlaid, magnitude differences, and cut-out grids."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bliss.atomic import atomic_path
 
-__all__ = ["plot_cutout_grid", "plot_delta_mag", "plot_detections"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_cutout_grid", "plot_delta_mag", "plot_detections", "save_png"]
 
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+def save_png(figure: "Figure", path: str | Path) -> Path:
+    """Write ``figure`` to ``path`` as a PNG, atomically (never a half-written file)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    return Path(path)
 
 
 def plot_detections(
@@ -72,9 +83,7 @@ def plot_detections(
     axes.set_ylim(h - 0.5, -0.5)
     axes.set_title(title, fontsize=9)
     axes.legend(loc="upper right", fontsize=7)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    return Path(path)
+    return save_png(figure, path)
 
 
 def plot_delta_mag(
@@ -121,9 +130,7 @@ def plot_delta_mag(
     axes.set_ylabel(f"Δmag (catalog − reference), clipped at ±{limit}")
     axes.set_title(title, fontsize=9)
     axes.legend(loc="upper left", fontsize=8)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    return Path(path)
+    return save_png(figure, path)
 
 
 def plot_cutout_grid(
@@ -195,6 +202,4 @@ def plot_cutout_grid(
         f"{name}: {marker} {color}" for name, (_, _, marker, color) in markers.items()
     )
     figure.suptitle(f"{title}\n{legend}; masked pixels shaded", fontsize=8)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    return Path(path)
+    return save_png(figure, path)

@@ -10,6 +10,16 @@ from bliss.surveys.sdss.psf import SdssPsf
 from tests.unit.surveys.conftest import CAMCOL, FIELD, RUN, SDSS_CUTOUTS
 
 BANDS = ("g", "r", "i")
+SURVEY = ParametricSurvey(
+    "toy",
+    BANDS,
+    "r",
+    0.396,
+    3.5,
+    dict.fromkeys(BANDS, 1.3),
+    dict.fromkeys(BANDS, 100.0),
+    dict.fromkeys(BANDS, 28.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +44,7 @@ def test_table_holds_the_psfield_psf_and_frame_sky(observed):
 
 
 def test_conditions_draw_rows_of_the_table(observed):
-    survey = ParametricSurvey(
-        "toy",
-        BANDS,
-        "r",
-        0.396,
-        3.5,
-        dict.fromkeys(BANDS, 1.3),
-        dict.fromkeys(BANDS, 100.0),
-        dict.fromkeys(BANDS, 28.0),
-    )
-    conditions = ObservingConditions(survey, "r", fwhm_scale=[0.9, 1.1], observed=observed)
+    conditions = ObservingConditions(SURVEY, "r", fwhm_scale=[0.9, 1.1], observed=observed)
     drawn = conditions.sample(64, torch.Generator().manual_seed(0))
     assert drawn["psf_images"].shape == (64, 3, *observed.psf_images.shape[-2:])
     dilation = drawn["psf_dilation"]
@@ -67,19 +67,9 @@ def _simulator(observed, renderer):
     from bliss.simulator.prior import CatalogPrior
     from bliss.simulator.simulate import ImageSimulator
 
-    survey = ParametricSurvey(
-        "toy",
-        BANDS,
-        "r",
-        0.396,
-        3.5,
-        dict.fromkeys(BANDS, 1.3),
-        dict.fromkeys(BANDS, 100.0),
-        dict.fromkeys(BANDS, 28.0),
-    )
     prior = CatalogPrior(BANDS, "r", 0.396, density_per_arcmin2=200.0)
-    conditions = ObservingConditions(survey, "r", observed=observed)
-    return ImageSimulator(survey, prior, renderer, conditions, image_size=32, noise="none")
+    conditions = ObservingConditions(SURVEY, "r", observed=observed)
+    return ImageSimulator(SURVEY, prior, renderer, conditions, image_size=32, noise="none")
 
 
 def test_simulated_images_use_the_observed_psf(observed):
