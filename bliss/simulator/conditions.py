@@ -76,7 +76,8 @@ class ObservingConditions:
         Returns:
             ``psf_fwhm_arcsec`` and ``sky_electrons``, each of shape ``b c``; with an
             ``observed`` table also ``psf_images`` (``b c h w``, each of sum 1) and
-            ``psf_dilation`` (``b``), the factor by which to widen them (FWHM included).
+            ``psf_dilation`` (``b``), the factor by which to widen them (FWHM included), and
+            ``observed_row`` (``b``), the table row each image took.
         """
         fwhm_factor = torch.ones(n_images)
         draw = torch.rand(n_images, 2, generator=generator)
@@ -101,6 +102,7 @@ class ObservingConditions:
                 * torch.from_numpy(table.sky_electrons[rows.numpy()]),
                 "psf_images": torch.from_numpy(table.psf_images[rows.numpy()]),
                 "psf_dilation": fwhm_factor,
+                "observed_row": rows,
             }
         return {
             "psf_fwhm_arcsec": rearrange(fwhm_factor, "b -> b 1") * self.nominal_fwhm,

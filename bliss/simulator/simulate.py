@@ -106,6 +106,9 @@ class ImageSimulator:
             )
             for band, img in (psf_images or {}).items()
         }
+        # observed-conditions table (row, band) -> GalSim profile: building one costs more than
+        # rendering an 80 px image, and a table has only a few dozen rows
+        self._observed_profiles: dict[tuple[int, int], object] = {}
         # the same images for TorchRenderer: band index -> (image, FWHM it has)
         self._psf_arrays = {
             index: (torch.as_tensor(np.asarray(psf_images[band])), survey.psf_fwhm_arcsec(band))
@@ -212,15 +215,23 @@ class ImageSimulator:
     def _image_psfs(self, conditions: dict[str, Tensor], index: int) -> list:
         """The GalSim PSF of every band of image ``index``."""
         if "psf_images" in conditions:  # observed on a real frame, widened by psf_dilation
+            row = int(conditions["observed_row"][index])
             dilation = float(conditions["psf_dilation"][index])
             return [
-                image_psf(image.numpy(), self.survey.pixel_scale_arcsec).dilate(dilation)
-                for image in conditions["psf_images"][index]
+                self._observed_psf(row, band, image).dilate(dilation)
+                for band, image in enumerate(conditions["psf_images"][index])
             ]
         return [
             self._psf(band, float(conditions["psf_fwhm_arcsec"][index, b]))
             for b, band in enumerate(self.survey.bands)
         ]
+
+    def _observed_psf(self, row: int, band: int, image: Tensor):  # noqa: ANN202 - galsim object
+        """The interpolated profile of one observed PSF, built once per table row and band."""
+        key = (row, band)
+        if key not in self._observed_profiles:
+            self._observed_profiles[key] = image_psf(image.numpy(), self.survey.pixel_scale_arcsec)
+        return self._observed_profiles[key]
 
     def _psf(self, band: str, fwhm_arcsec: float):  # noqa: ANN202 - galsim object
         if band in self.psf_images:
