@@ -77,7 +77,8 @@ class ImageNormalizer(nn.Module):
         Args:
             images: electrons, sky included. Shape ``b c h w``.
             background: sky, electrons per pixel: ``b c`` (flat) or ``b c h w`` (a map).
-            psf_fwhm_arcsec: PSF FWHM per band. Shape ``b c``.
+            psf_fwhm_arcsec: PSF FWHM per band, arcsec: ``b c`` (one per image) or ``b c h w``
+                (a map, for a PSF that varies over the image; each pixel sees its local value).
 
         Returns:
             Shape ``b f h w`` with ``f = n_channels``.
@@ -88,7 +89,11 @@ class ImageNormalizer(nn.Module):
             background = rearrange(background, "b c -> b c 1 1")
         else:
             check_shape("background", background, "b c h w", sizes)
-        check_shape("psf_fwhm_arcsec", psf_fwhm_arcsec, "b c", sizes)
+        if psf_fwhm_arcsec.ndim == 2:
+            check_shape("psf_fwhm_arcsec", psf_fwhm_arcsec, "b c", sizes)
+            psf_fwhm_arcsec = rearrange(psf_fwhm_arcsec, "b c -> b c 1 1")
+        else:
+            check_shape("psf_fwhm_arcsec", psf_fwhm_arcsec, "b c h w", sizes)
         background = background.clamp(min=1e-3)
         signal = (images - background) / torch.sqrt(background)
         signal = torch.nan_to_num(signal, nan=0.0, posinf=0.0, neginf=0.0)
@@ -101,6 +106,6 @@ class ImageNormalizer(nn.Module):
             h, w = sizes["h"], sizes["w"]
             fwhm = (psf_fwhm_arcsec - self.fwhm_center) / self.fwhm_spread
             sky = torch.log(background.mean(dim=(-2, -1)) / self.sky_center)
-            channels.append(repeat(fwhm, "b c -> b c h w", h=h, w=w))
+            channels.append(fwhm.expand(-1, -1, h, w))
             channels.append(repeat(sky, "b c -> b c h w", h=h, w=w))
         return torch.cat(channels, dim=1)

@@ -116,15 +116,19 @@ class Predictor:
         self.progress = progress
 
     def _padded(self, image: SurveyImage) -> dict[str, Tensor]:
-        """Pad to whole tiles (padding is missing data)."""
+        """Pad to whole tiles (padding is missing data; sky and seeing continue the edge)."""
         _, h, w = image.images.shape
         pad_h, pad_w = (-h) % self.tile_slen, (-w) % self.tile_slen
-        images = np.pad(image.images, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=np.nan)
-        background = np.pad(image.background, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+        padding = ((0, 0), (0, pad_h), (0, pad_w))
+        data = {
+            "images": np.pad(image.images, padding, constant_values=np.nan),
+            "background": np.pad(image.background, padding, mode="edge"),
+            "psf_fwhm_arcsec": image.psf_fwhm_arcsec
+            if image.psf_fwhm_map is None
+            else np.pad(image.psf_fwhm_map, padding, mode="edge"),
+        }
         return {
-            "images": torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
-            "background": torch.from_numpy(np.ascontiguousarray(background, dtype=np.float32)),
-            "psf_fwhm_arcsec": torch.as_tensor(image.psf_fwhm_arcsec, dtype=torch.float32),
+            k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in data.items()
         }
 
     @torch.no_grad()
@@ -146,6 +150,7 @@ class Predictor:
                 )
                 shape = (outer[1] - outer[0], outer[3] - outer[2])
                 groups[shape].append((top, bottom, left, right, outer[0], outer[2]))
+        maps = [key for key, value in data.items() if value.ndim == 3]  # sliced like the image
         n_chunks = sum(len(v) for v in groups.values())
         bar = tqdm(total=n_chunks, desc="predict", unit="chunk", disable=not self.progress)
         for (chunk_h, chunk_w), chunks in groups.items():
@@ -158,9 +163,10 @@ class Predictor:
                             for (_, _, _, _, o_top, o_left) in part
                         ]
                     )
-                    for key in ("images", "background")
+                    for key in maps
                 }
-                batch["psf_fwhm_arcsec"] = data["psf_fwhm_arcsec"].expand(len(part), -1)
+                if "psf_fwhm_arcsec" not in maps:
+                    batch["psf_fwhm_arcsec"] = data["psf_fwhm_arcsec"].expand(len(part), -1)
                 out = self.encoder.tile_features({k: v.to(self.device) for k, v in batch.items()})
                 if features is None:
                     features = out.new_zeros(1, out.shape[1], n_h, n_w)

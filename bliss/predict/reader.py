@@ -4,7 +4,10 @@ One 2-D image HDU per band, ``EXTNAME`` = band name (case-insensitive, any order
 may be empty), in electrons with the sky included. Each image header has a celestial WCS and
 ``MAGZERO`` (AB magnitude of one electron); optionally ``PSF_FWHM`` (arcsec, Moffat) and
 ``PSF_BETA`` (default 3.5). An optional HDU ``<band>_BKG`` holds the sky in electrons per pixel;
-without it the sky is estimated with ``sep``. NaN pixels are missing data.
+without it the sky is estimated with ``sep``. An optional HDU ``<band>_FWHM`` holds a map of the
+PSF FWHM in arcsec where the PSF varies over the image (see
+:func:`~bliss.surveys.moffat.fwhm_map_arcsec`); bands without one use ``PSF_FWHM`` everywhere.
+NaN pixels are missing data.
 """
 
 import warnings
@@ -18,6 +21,8 @@ from bliss.errors import BlissIOError, BlissWarning
 from bliss.surveys.base import ObservingSetup, SurveyImage
 
 __all__ = ["estimate_background", "read_fits_image"]
+
+_AUXILIARY = ("_bkg", "_fwhm")  # EXTNAME suffixes of per-band maps that are not images
 
 
 def estimate_background(image: np.ndarray, box_px: int = 64) -> np.ndarray:
@@ -64,7 +69,7 @@ def read_fits_image(
             if name and hdu.data is not None:
                 found[name.lower()] = hdu
         wanted = {b.lower() for b in bands}
-        image_names = {n for n in found if not n.endswith("_bkg")}
+        image_names = {n for n in found if not n.endswith(_AUXILIARY)}
         missing = sorted(wanted - image_names)
         extra = sorted(image_names - wanted)
         if missing or extra:
@@ -72,7 +77,7 @@ def read_fits_image(
                 f"{path}: image HDUs {sorted(image_names)} do not match the model's bands {list(bands)} "
                 f"(missing {missing}, extra {extra}); give one HDU per band with EXTNAME = band."
             )
-        images, backgrounds, fwhm, magzero = [], [], [], []
+        images, backgrounds, fwhm, magzero, fwhm_maps = [], [], [], [], []
         shape = None
         wcs = None
         for band in bands:
@@ -96,16 +101,10 @@ def read_fits_image(
                 )
             magzero.append(float(header["MAGZERO"]))
             fwhm.append(float(header.get("PSF_FWHM", survey.psf_fwhm_arcsec(band))))
-            bkg_name = f"{band.lower()}_bkg"
-            if bkg_name in found:
-                background = np.asarray(found[bkg_name].data, dtype=np.float32)
-                if background.shape != data.shape:
-                    raise BlissIOError(
-                        f"{path} HDU {found[bkg_name].name}: shape {background.shape} differs from the "
-                        f"image {data.shape}."
-                    )
-            else:
+            background = _auxiliary_map(found, f"{band.lower()}_bkg", data.shape, path)
+            if background is None:
                 background = estimate_background(data)
+            fwhm_maps.append(_auxiliary_map(found, f"{band.lower()}_fwhm", data.shape, path))
             images.append(data)
             backgrounds.append(background)
             if band == survey.reference_band:
@@ -129,7 +128,33 @@ def read_fits_image(
         np.array(fwhm, dtype=np.float32),
         np.array(magzero),
         wcs,
+        psf_fwhm_map=None
+        if all(m is None for m in fwhm_maps)
+        else np.stack(
+            [
+                np.full(stack.shape[1:], f, np.float32) if m is None else m
+                for m, f in zip(fwhm_maps, fwhm, strict=True)
+            ]
+        ),
     )
+
+
+def _auxiliary_map(
+    found: dict[str, fits.ImageHDU], name: str, shape: tuple[int, int], path: Path
+) -> np.ndarray | None:
+    """The ``<band>_BKG`` / ``<band>_FWHM`` map, checked against the image, or None if absent."""
+    if name not in found:
+        return None
+    values = np.asarray(found[name].data, dtype=np.float32)
+    if values.shape != shape:
+        raise BlissIOError(
+            f"{path} HDU {found[name].name}: shape {values.shape} differs from the image {shape}."
+        )
+    if name.endswith("_fwhm") and not (np.isfinite(values).all() and (values > 0).all()):
+        raise BlissIOError(
+            f"{path} HDU {found[name].name}: expected a positive, finite PSF FWHM (arcsec) at every pixel."
+        )
+    return values
 
 
 def _celestial_wcs(header: fits.Header) -> WCS | None:

@@ -65,6 +65,9 @@ class SurveyImage:
         psf_fwhm_arcsec: PSF FWHM per band. Shape ``c``.
         magzero: AB magnitude of one electron per band. Shape ``c``.
         wcs: celestial WCS of the reference band, or None.
+        psf_fwhm_map: PSF FWHM at every pixel, arcsec, where the PSF varies over the image (the
+            encoder then sees the local value), or None: ``psf_fwhm_arcsec`` everywhere.
+            Shape ``c h w``.
     """
 
     path: Path
@@ -74,6 +77,7 @@ class SurveyImage:
     psf_fwhm_arcsec: np.ndarray
     magzero: np.ndarray
     wcs: WCS | None
+    psf_fwhm_map: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -5,17 +5,24 @@
 :class:`~bliss.surveys.psfex.PsfexPsf`, an ``SdssPsf``, a stack of stars) into that Moffat.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import galsim
 import numpy as np
 from astropy.io import fits
-from scipy import ndimage, optimize
+from scipy import interpolate, ndimage, optimize
 
 from bliss.errors import BlissError, BlissIOError, BlissValueError
 from bliss.surveys.base import PsfModel
 
-__all__ = ["FWHM_METHODS", "fit_moffat_fwhm_arcsec", "psf_fwhm_arcsec", "write_psf_header"]
+__all__ = [
+    "FWHM_METHODS",
+    "fit_moffat_fwhm_arcsec",
+    "fwhm_map_arcsec",
+    "psf_fwhm_arcsec",
+    "write_psf_header",
+]
 
 FWHM_METHODS = ("effective", "half_max", "moffat")
 _GAUSSIAN_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -106,6 +113,48 @@ def fit_moffat_fwhm_arcsec(
         residual, bounds=(0.5, float(min(height, width))), method="bounded", options={"xatol": 1e-4}
     )
     return float(result.x * pixel_scale_arcsec)
+
+
+def fwhm_map_arcsec(
+    fwhm_at: Callable[[float, float], float], shape: tuple[int, int], grid: int = 5
+) -> np.ndarray:
+    """A PSF FWHM map of an image from the FWHM at a ``grid x grid`` lattice of places.
+
+    Survey PSF models vary smoothly over a frame (SDSS psField and PSFEx models are low-order
+    polynomials in position), so the FWHM is evaluated at the centres of ``grid x grid`` equal
+    cells and interpolated bilinearly in between (extrapolated linearly in the half cell beyond
+    the outermost centres).
+
+    Args:
+        fwhm_at: FWHM in arcsec at a 0-indexed ``(row, col)`` of the image, e.g.
+            ``lambda r, c: psf.fwhm_arcsec(r, c, method="moffat")``.
+        shape: ``(height, width)`` of the image, pixels.
+        grid: places per side (>= 2).
+
+    Returns:
+        The FWHM at every pixel, arcsec. Shape ``h w`` (float32).
+
+    Raises:
+        BlissValueError: ``grid`` < 2 or an empty ``shape``.
+
+    Example:
+        >>> m = fwhm_map_arcsec(lambda r, c: 1.0 + 0.001 * c, (20, 100), grid=3)
+        >>> round(float(m[7, 0]), 4), round(float(m[7, 99]), 4)
+        (1.0, 1.099)
+    """
+    height, width = (int(n) for n in shape)
+    if grid < 2 or height < 1 or width < 1:
+        raise BlissValueError(
+            f"grid={grid}, shape={shape}; expected grid >= 2 places per side and a non-empty image."
+        )
+    rows = (np.arange(grid) + 0.5) * height / grid - 0.5
+    cols = (np.arange(grid) + 0.5) * width / grid - 0.5
+    values = np.array([[fwhm_at(float(r), float(c)) for c in cols] for r in rows])
+    interpolator = interpolate.RegularGridInterpolator(
+        (rows, cols), values, bounds_error=False, fill_value=None
+    )
+    mesh = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"), axis=-1)
+    return interpolator(mesh).astype(np.float32)
 
 
 def write_psf_header(

@@ -28,6 +28,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from scipy import ndimage
 
 from bliss.errors import BlissIOError, BlissValueError
+from bliss.surveys.moffat import fwhm_map_arcsec
 from bliss.surveys.sdss._files import (
     check_field_ids,
     check_ids,
@@ -171,6 +172,28 @@ class SdssField:
         return np.array(
             [
                 frame.psf.fwhm_arcsec(*self.band_pixel(band, *centre), method="moffat")
+                for band, frame in self.frames.items()
+            ]
+        )
+
+    def psf_fwhm_map(self, grid: int = 5) -> np.ndarray:
+        """PSF FWHM at every reference-grid pixel, arcsec (see :meth:`psf_fwhm_arcsec`). Shape ``c h w``.
+
+        The psField PSF is fitted at a ``grid x grid`` lattice of places and interpolated
+        (:func:`~bliss.surveys.moffat.fwhm_map_arcsec`); across a frame the FWHM varies by
+        ~5-10 % (r band of 94-1-12: 1.28-1.38").
+        """
+        first = next(iter(self.frames.values()))
+        shape = first.electrons.shape
+        return np.stack(
+            [
+                fwhm_map_arcsec(
+                    lambda row, col, band=band, frame=frame: frame.psf.fwhm_arcsec(
+                        *self.band_pixel(band, row, col), method="moffat"
+                    ),
+                    shape,
+                    grid,
+                )
                 for band, frame in self.frames.items()
             ]
         )

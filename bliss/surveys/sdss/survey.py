@@ -25,6 +25,8 @@ class SdssFrameSurvey(ParametricSurvey):
             then writes one catalog per field (see :meth:`for_field`) and ``run`` / ``camcol`` /
             ``field`` are unused [default: None, the one field above].
         mask_planes: fpM mask planes treated as missing data.
+        psf_grid: places per side at which the psField PSF's FWHM is fitted to make the FWHM map
+            the encoder sees (each pixel its local seeing); 1: one value per band, at the centre.
         **preset: the :class:`ParametricSurvey` arguments (bands, zero points, ...), used where a
             frame does not say (e.g. a model's nominal PSF).
     """
@@ -37,6 +39,7 @@ class SdssFrameSurvey(ParametricSurvey):
         field: int,
         fields: Sequence[Sequence[int]] | None = None,
         mask_planes: Sequence[str] = ("INTERP", "SATUR", "CR"),
+        psf_grid: int = 5,
         **preset: str | float | Sequence[str] | Mapping[str, float],
     ) -> None:
         super().__init__(**preset)
@@ -44,6 +47,11 @@ class SdssFrameSurvey(ParametricSurvey):
         self.run, self.camcol, self.field = int(run), int(camcol), int(field)
         self.fields = None if fields is None else [_field_ids(i, f) for i, f in enumerate(fields)]
         self.mask_planes = tuple(mask_planes)
+        if int(psf_grid) < 1:
+            raise BlissConfigError(
+                f"survey.psf_grid={psf_grid}; expected places per side >= 1 (1: one FWHM per band)."
+            )
+        self.psf_grid = int(psf_grid)
 
     def for_field(self, run: int, camcol: int, field: int) -> "SdssFrameSurvey":
         """A copy of this survey that reads the field ``run`` / ``camcol`` / ``field``."""
@@ -54,8 +62,8 @@ class SdssFrameSurvey(ParametricSurvey):
     def load_image(self, bands: tuple[str, ...]) -> SurveyImage:
         """Read the field, aligned to the reference band's pixel grid, in ``bands`` order.
 
-        The PSF FWHM of each band is that of the Moffat fitting the psField PSF at the frame centre;
-        masked pixels are NaN.
+        The PSF FWHM of each band is that of the Moffat fitting the psField PSF at the frame centre,
+        and with ``psf_grid`` > 1 also a map of it over the frame; masked pixels are NaN.
         """
         unknown = [b for b in bands if b not in self.bands]
         if unknown:
@@ -78,6 +86,7 @@ class SdssFrameSurvey(ParametricSurvey):
             psf_fwhm_arcsec=field.psf_fwhm_arcsec().astype("float32"),
             magzero=field.magzero,
             wcs=field.wcs,
+            psf_fwhm_map=field.psf_fwhm_map(self.psf_grid) if self.psf_grid > 1 else None,
         )
 
 

@@ -154,3 +154,36 @@ def test_fluxes_follow_the_image_zero_point(encoder):
 def test_model_magzero_must_match_bands(encoder):
     with pytest.raises(BlissConfigError, match="model_magzero has 3 values"):
         Predictor(encoder, progress=False, model_magzero=[29.0] * 3)
+
+
+def with_fwhm_map(image, fwhm_map):
+    return SurveyImage(
+        image.path,
+        image.bands,
+        image.images,
+        image.background,
+        image.psf_fwhm_arcsec,
+        image.magzero,
+        image.wcs,
+        psf_fwhm_map=fwhm_map,
+    )
+
+
+def test_constant_fwhm_map_equals_one_fwhm_per_band(encoder):
+    image = make_image()
+    flat = with_fwhm_map(image, np.full(image.images.shape, 1.3, np.float32))
+    predictor = Predictor(encoder, window_px=32, margin_px=8, progress=False)
+    assert torch.equal(predictor.tile_features(image), predictor.tile_features(flat))
+
+
+def test_fwhm_map_is_local_and_chunking_invariant(encoder):
+    image = make_image()
+    _, height, width = image.images.shape
+    seeing = np.broadcast_to(np.linspace(1.0, 2.0, width, dtype=np.float32), (5, height, width))
+    varying = with_fwhm_map(image, np.ascontiguousarray(seeing))
+    whole = Predictor(encoder, chunk_px=4096, progress=False).tile_features(varying)
+    chunked = Predictor(encoder, chunk_px=16, batch_chunks=3, progress=False).tile_features(varying)
+    assert torch.allclose(whole, chunked, atol=1e-4, rtol=1e-4)
+    # the seeing reaches the features: they differ from those of one FWHM for the whole image
+    flat = Predictor(encoder, chunk_px=4096, progress=False).tile_features(image)
+    assert not torch.allclose(whole, flat, atol=1e-3)

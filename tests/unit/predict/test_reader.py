@@ -107,3 +107,30 @@ def test_all_zero_image_warns(tmp_path):
         warnings.simplefilter("always")
         read_fits_image(path, SURVEY)
     assert any("empty" in str(w.message) for w in caught)
+
+
+def test_fwhm_map_hdu_is_read_and_other_bands_use_their_header(tmp_path):
+    path = write(tmp_path / "a.fits")
+    seeing = np.linspace(1.0, 2.0, 24, dtype=np.float32)[None].repeat(32, 0)
+    with fits.open(path, mode="append") as hdus:
+        hdus.append(fits.ImageHDU(seeing, name="R_FWHM"))
+    image = read_fits_image(path, SURVEY)
+    assert image.psf_fwhm_map.shape == (2, 32, 24)
+    assert np.array_equal(image.psf_fwhm_map[1], seeing)
+    assert np.all(image.psf_fwhm_map[0] == 1.5)  # g: its PSF_FWHM card everywhere
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [(np.ones((31, 24)), "shape"), (np.zeros((32, 24)), "positive, finite")],
+)
+def test_bad_fwhm_map(tmp_path, values, match):
+    path = write(tmp_path / "a.fits")
+    with fits.open(path, mode="append") as hdus:
+        hdus.append(fits.ImageHDU(values.astype(np.float32), name="g_fwhm"))
+    with pytest.raises(BlissIOError, match=f"HDU G_FWHM.*{match}"):
+        read_fits_image(path, SURVEY)
+
+
+def test_without_fwhm_maps_there_is_no_map(tmp_path):
+    assert read_fits_image(write(tmp_path / "a.fits"), SURVEY).psf_fwhm_map is None

@@ -99,3 +99,9 @@ def test_config_composes_and_checks(tmp_path):
         compare_from_config(compose_config(["mode=evaluate", "evaluate.reference=truth"]))
     with pytest.raises(BlissConfigError, match="survey=sdss_frames"):
         compare_from_config(compose_config(["mode=evaluate", "evaluate.reference=photoobj"]))
+
+
+def test_sdss_frames_give_the_encoder_a_seeing_map(cutout):
+    _, image, _ = cutout
+    assert image.psf_fwhm_map.shape == image.images.shape
+    assert np.allclose(image.psf_fwhm_map.mean(axis=(1, 2)), image.psf_fwhm_arcsec, rtol=0.02)

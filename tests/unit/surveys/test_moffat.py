@@ -10,7 +10,7 @@ from astropy.io import fits
 from bliss.errors import BlissIOError, BlissValueError
 from bliss.predict.reader import read_fits_image
 from bliss.surveys import ParametricSurvey
-from bliss.surveys.moffat import fit_moffat_fwhm_arcsec, write_psf_header
+from bliss.surveys.moffat import fit_moffat_fwhm_arcsec, fwhm_map_arcsec, write_psf_header
 from bliss.surveys.psfex import DECAM_PIXEL_SCALE_ARCSEC, PsfexPsf
 from bliss.surveys.sdss import SdssPsf
 
@@ -89,3 +89,12 @@ def test_write_psf_header_takes_any_psf_model(tmp_path):
     fwhm = write_psf_header(path, sdss)
     assert fwhm == pytest.approx(fit_moffat_fwhm_arcsec(sdss.image(14.5, 14.5), 0.396))
     assert fits.getheader(path)["PSF_FWHM"] == pytest.approx(fwhm, abs=1e-4)
+
+
+def test_fwhm_map_interpolates_the_lattice_and_refuses_one_place():
+    places = []
+    fwhm_map = fwhm_map_arcsec(lambda r, c: places.append((r, c)) or 1.0 + 0.01 * r, (40, 10), 4)
+    assert len(places) == 16 and fwhm_map.shape == (40, 10)
+    assert np.allclose(fwhm_map[:, 3], 1.0 + 0.01 * np.arange(40), atol=1e-5)  # exact for linear
+    with pytest.raises(BlissValueError, match="grid=1"):
+        fwhm_map_arcsec(lambda r, c: 1.0, (40, 10), 1)

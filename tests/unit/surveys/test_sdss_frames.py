@@ -286,3 +286,16 @@ def test_full_field(shared_sdss):
         offset = np.hypot(band_rows[ok] - ref_rows[ok], band_cols[ok] - ref_cols[ok])
         # per band, the median star offset is 0.05..0.15 px (SDSS astrometry, see above)
         assert np.median(offset) < 0.2, band
+
+
+def test_psf_fwhm_map_follows_the_psfield(cutout_field):
+    fwhm_map = cutout_field.psf_fwhm_map(grid=2)
+    assert fwhm_map.shape == (5, 192, 192) and fwhm_map.dtype == np.float32
+    # at a lattice place (the centre of the top-left of 2 x 2 cells) the map is the fit there
+    r_psf = cutout_field.frames["r"].psf
+    at_place = r_psf.fwhm_arcsec(47.5 + 370, 47.5 + 1050, method="moffat")
+    assert fwhm_map[2, 47, 47] == pytest.approx(at_place, rel=0.01)
+    # a 192-px cut-out sees a smooth polynomial PSF: the map varies by well under 5 %
+    assert np.ptp(fwhm_map[2]) < 0.05 * fwhm_map[2].mean()
+    centre = cutout_field.psf_fwhm_arcsec()
+    assert np.allclose(fwhm_map[:, 95:97, 95:97].mean(axis=(1, 2)), centre, rtol=0.01)
