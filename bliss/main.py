@@ -1,4 +1,4 @@
-"""The ``bliss`` command: ``bliss mode=generate|train|predict|evaluate [overrides]``."""
+"""The ``bliss`` command: ``bliss mode=generate|train|predict|evaluate|download [overrides]``."""
 
 import sys
 from collections.abc import Callable
@@ -133,11 +133,35 @@ def run_evaluate(cfg: DictConfig) -> Any:
     return evaluate_from_config(cfg)
 
 
+def run_download(cfg: DictConfig) -> list[Path]:
+    """Fetch the files of ``survey=sdss_frames``'s field(s) into ``survey.data_dir``."""
+    from tqdm import tqdm
+
+    from bliss.surveys.sdss.download import download_sdss_field
+    from bliss.surveys.sdss.survey import SdssFrameSurvey
+
+    survey = instantiate(cfg.survey)
+    if not isinstance(survey, SdssFrameSurvey):
+        raise BlissConfigError(
+            f"mode=download fetches SDSS fields; survey={cfg.survey.name} is not one. Use "
+            "survey=sdss_frames survey.data_dir=DIR survey.run=R survey.camcol=C survey.field=F."
+        )
+    fields = survey.fields or [(survey.run, survey.camcol, survey.field)]
+    paths = []
+    for ids in tqdm(fields, desc="download", unit="field", disable=len(fields) < 2):
+        paths += download_sdss_field(
+            *ids, survey.data_dir, bands=tuple(survey.bands), **cfg.download
+        )
+    print(f"{len(paths)} files of {len(fields)} field(s) in {survey.data_dir}")
+    return paths
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "generate": run_generate,
     "train": run_train,
     "predict": run_predict,
     "evaluate": run_evaluate,
+    "download": run_download,
 }
 
 

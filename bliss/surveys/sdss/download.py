@@ -7,6 +7,7 @@ The DR17 SAS layout, rerun 301 (``<run>`` unpadded, ``<run6>`` zero-padded to 6 
     <base_url>/301/<run>/photoField-<run6>-<camcol>.fits
     <redux_url>/301/<run>/objcs/<camcol>/psField-<run6>-<camcol>-<field4>.fit
     <redux_url>/301/<run>/objcs/<camcol>/fpM-<run6>-<band><camcol>-<field4>.fit.gz
+    <base_url>/301/<run>/<camcol>/photoObj-<run6>-<camcol>-<field4>.fits   (the SDSS catalog)
 
 with ``base_url = https://data.sdss.org/sas/dr17/eboss/photoObj`` and ``redux_url`` its sibling
 ``.../eboss/photo/redux``.
@@ -28,6 +29,7 @@ from bliss.surveys.sdss._files import (
     fpm_name,
     frame_name,
     photofield_name,
+    photoobj_name,
     psfield_name,
 )
 
@@ -48,6 +50,7 @@ def sdss_file_urls(
     bands: tuple[str, ...] = ("u", "g", "r", "i", "z"),
     base_url: str = DEFAULT_BASE_URL,
     redux_url: str | None = None,
+    photoobj: bool = False,
 ) -> dict[str, str]:
     """Where each file of a field lives on the SAS, and where it goes under ``data_dir``.
 
@@ -59,10 +62,12 @@ def sdss_file_urls(
         base_url: the ``photoObj`` root [default: DR17 SAS].
         redux_url: the ``photo/redux`` root [default: ``base_url`` with its last path segment
             replaced by ``photo/redux``].
+        photoobj: also the field's photoObj catalog (for ``evaluate.reference=photoobj``).
 
     Returns:
         Relative path (``<run>/<camcol>/<field>/<name>``, or ``<run>/<camcol>/<name>`` for the
-        photoField) -> URL: one frame and one fpM per band, the psField and the photoField.
+        photoField) -> URL: one frame and one fpM per band, the psField and the photoField (and
+        the photoObj).
 
     Example:
         >>> urls = sdss_file_urls(94, 1, 12, bands=("r",))
@@ -90,6 +95,9 @@ def sdss_file_urls(
     urls[f"{field_prefix}/{name}"] = f"{objcs}/{name}"
     name = photofield_name(run, camcol)
     urls[f"{run}/{camcol}/{name}"] = f"{base_url}/{RERUN}/{run}/{name}"
+    if photoobj:
+        name = photoobj_name(run, camcol, field)
+        urls[f"{field_prefix}/{name}"] = f"{base_url}/{RERUN}/{run}/{camcol}/{name}"
     return urls
 
 
@@ -103,6 +111,7 @@ def download_sdss_field(
     *,
     redux_url: str | None = None,
     timeout_s: float = 60.0,
+    photoobj: bool = False,
 ) -> list[Path]:
     """Fetch the frames, fpM masks, psField and photoField of a field that are not yet on disk.
 
@@ -123,6 +132,8 @@ def download_sdss_field(
         redux_url: the SAS ``photo/redux`` root (psField, fpM) [default: derived from
             ``base_url``, see :func:`sdss_file_urls`].
         timeout_s: network timeout per request, seconds [default: 60].
+        photoobj: also fetch the field's photoObj catalog (the SDSS pipeline's, for
+            ``bliss mode=evaluate evaluate.reference=photoobj``) [default: False].
 
     Returns:
         The local path of every file of the field (downloaded or already there).
@@ -139,7 +150,8 @@ def download_sdss_field(
     data_dir = Path(data_dir)
     field_dir(data_dir, run, camcol, field).mkdir(parents=True, exist_ok=True)
     paths = []
-    for relative, url in sdss_file_urls(run, camcol, field, bands, base_url, redux_url).items():
+    urls = sdss_file_urls(run, camcol, field, bands, base_url, redux_url, photoobj)
+    for relative, url in urls.items():
         path = data_dir / relative
         if not (path.is_file() and _is_complete(path)):
             _fetch(url, path, timeout_s)

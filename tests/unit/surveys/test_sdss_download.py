@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bliss.errors import BlissIOError, BlissValueError
+from bliss.errors import BlissConfigError, BlissIOError, BlissValueError
+from bliss.main import run
 from bliss.surveys.sdss import download_sdss_field, read_sdss_field, sdss_file_urls
+from tests.conftest import compose_config
 from tests.unit.surveys.conftest import CAMCOL, FIELD, RUN, SDSS_CUTOUTS
 
 BANDS = ("g", "r")
@@ -48,10 +50,10 @@ class _Server:
         self.thread.join(timeout=5)
 
 
-def _sas_tree(root: Path) -> Path:
+def _sas_tree(root: Path, bands: tuple[str, ...] = BANDS) -> Path:
     """Copy the cut-outs to where the SAS keeps them: ``root/photoObj/...``, ``root/photo/redux/...``."""
     base = "http://x/photoObj"
-    for relative, url in sdss_file_urls(RUN, CAMCOL, FIELD, BANDS, base).items():
+    for relative, url in sdss_file_urls(RUN, CAMCOL, FIELD, bands, base, photoobj=True).items():
         target = root / url.removeprefix("http://x/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SDSS_CUTOUTS / relative, target)
@@ -152,3 +154,37 @@ def test_bad_ids_are_refused(tmp_path):
         download_sdss_field(RUN, 9, FIELD, tmp_path)
     with pytest.raises(BlissValueError, match="bands=\\['r', 'y'\\]"):
         download_sdss_field(RUN, CAMCOL, FIELD, tmp_path, bands=("r", "y"))
+
+
+def test_photoobj_url_follows_the_dr17_layout():
+    urls = sdss_file_urls(94, 1, 12, photoobj=True)
+    assert urls["94/1/12/photoObj-000094-1-0012.fits"] == (
+        "https://data.sdss.org/sas/dr17/eboss/photoObj/301/94/1/photoObj-000094-1-0012.fits"
+    )
+    assert len(urls) == 13 and len(sdss_file_urls(94, 1, 12)) == 12
+
+
+def test_mode_download_fetches_a_field_ready_for_predict_and_evaluate(tmp_path):
+    with _Server(_sas_tree(tmp_path / "sas", tuple("ugriz"))) as sas:
+        cfg = compose_config(
+            [
+                "mode=download",
+                "survey=sdss_frames",
+                f"survey.data_dir={tmp_path / 'data'}",
+                f"download.base_url={sas.url}/photoObj",
+            ],
+            tmp_path,
+        )
+        paths = run(cfg)
+        assert (
+            len(paths) == len(sas.requests) == 13
+        )  # 5 frames, 5 fpM, psField, photoField, photoObj
+    for path in paths:
+        assert (
+            path.read_bytes() == (SDSS_CUTOUTS / path.relative_to(tmp_path / "data")).read_bytes()
+        )
+
+
+def test_mode_download_needs_sdss_frames(tmp_path):
+    with pytest.raises(BlissConfigError, match="survey=sdss is not one"):
+        run(compose_config(["mode=download"], tmp_path))
