@@ -43,6 +43,58 @@ print(json.dumps({"seconds": elapsed, "n": n, "peak_gb": resource.getrusage(reso
 """
 
 
+def write_frame(directory: Path, height: int, width: int) -> tuple[Path, Path]:
+    """Simulate one `sdss` field, crop it to `height` x `width` px and write it to `directory`.
+
+    Returns:
+        The frame FITS path (one HDU per band, electrons with sky) and a YAML file holding the
+        resolved survey config; ``directory/truth.fits`` holds the catalog, with the sky per band
+        in its ``SKY`` meta.
+    """
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from bliss.main import build_simulator
+    from bliss.simulator.field import write_simulated_field
+
+    size = max(height, width)
+    size += (-size) % 4
+    with initialize_config_module("bliss.conf", version_base="1.3"):
+        cfg = compose(
+            "config", overrides=["mode=predict", f"simulator.image_size={size}", "paths.run_dir=."]
+        )
+    full = directory / "full.fits"
+    write_simulated_field(build_simulator(cfg), 5, full, directory / "truth.fits")
+    from astropy.io import fits
+
+    with fits.open(full) as hdus:  # crop the square field to the frame shape
+        for hdu in hdus[1:]:
+            hdu.data = hdu.data[:height, :width]
+        path = directory / "frame.fits"
+        hdus.writeto(path)
+    survey_yaml = directory / "survey.yaml"
+    survey_yaml.write_text(OmegaConf.to_yaml(cfg.survey, resolve=True))
+    return path, survey_yaml
+
+
+def run_method(which: str, path: Path, checkpoint: str, device: str, survey_yaml: Path) -> dict:
+    """Predict `path` with ``bliss`` or ``sep`` in a fresh subprocess.
+
+    Returns:
+        ``seconds``, ``n`` (sources) and ``peak_gb`` (the subprocess's peak RSS), or
+        ``error`` (the subprocess's last stderr line) when it failed.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, which, str(path), checkpoint, device, str(survey_yaml)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
@@ -51,30 +103,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     import torch
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
 
-    from bliss.main import build_simulator
-    from bliss.simulator.field import write_simulated_field
-
-    size = max(args.height, args.width)
-    size += (-size) % 4
-    with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose(
-            "config", overrides=["mode=predict", f"simulator.image_size={size}", "paths.run_dir=."]
-        )
     with tempfile.TemporaryDirectory() as directory:
-        full = Path(directory) / "full.fits"
-        write_simulated_field(build_simulator(cfg), 5, full, Path(directory) / "truth.fits")
-        from astropy.io import fits
-
-        with fits.open(full) as hdus:  # crop the square field to the frame shape
-            for hdu in hdus[1:]:
-                hdu.data = hdu.data[: args.height, : args.width]
-            path = Path(directory) / "frame.fits"
-            hdus.writeto(path)
-        survey_yaml = Path(directory) / "survey.yaml"
-        survey_yaml.write_text(OmegaConf.to_yaml(cfg.survey, resolve=True))
+        path, survey_yaml = write_frame(Path(directory), args.height, args.width)
         print(
             f"frame {args.height} x {args.width} px x 5 bands; python={sys.version.split()[0]} "
             f"torch={torch.__version__} device={args.device} threads={torch.get_num_threads()}"
@@ -82,25 +113,10 @@ def main() -> None:
         print("| method | seconds | Mpix/s per band | peak RSS GB | sources |")
         print("|---|---|---|---|---|")
         for which in ("bliss", "sep"):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _CHILD,
-                    which,
-                    str(path),
-                    args.checkpoint,
-                    args.device,
-                    str(survey_yaml),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if out.returncode:
-                print(f"| {which} | failed: {out.stderr.strip().splitlines()[-1]} | | | |")
+            r = run_method(which, path, args.checkpoint, args.device, survey_yaml)
+            if "error" in r:
+                print(f"| {which} | failed: {r['error']} | | | |")
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
             mpix = args.height * args.width / 1e6
             print(
                 f"| {which} | {r['seconds']:.2f} | {mpix / r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['n']} |"

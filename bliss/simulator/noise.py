@@ -1,10 +1,32 @@
-"""Sky and detector noise, in electrons."""
+"""Sky and detector noise, in electrons.
 
+Exact Poisson draws per pixel dominate the cost of simulating an image, so
+:func:`add_sky_and_noise` splits each pixel's expected count ``sky + light`` into its two
+independent Poisson parts (a sum of independent Poisson variables is Poisson with the summed
+mean): the sky part, whose mean is the same in every pixel of a band, is drawn by inverting a
+tabulated CDF (~5x faster than a general Poisson sampler); the source part is
+drawn only where a source adds light, by inversion when it is below one electron (most pixels of
+a stamp), else with :meth:`numpy.random.Generator.poisson`. Every draw is exact up to the
+resolution of double-precision uniform variates (2^-53).
+"""
+
+import math
 from enum import StrEnum
+from functools import lru_cache
 
 import numpy as np
+from scipy.special import gammaln
+
+from bliss.catalog.shapes import check_shape
 
 __all__ = ["NoiseModel", "add_sky_and_noise"]
+
+#: means above this many electrons are not tabulated (the tables would exceed ~1e6 entries)
+_MAX_TABLE_MEAN = 5e6
+#: source light below this many electrons per pixel is drawn by inversion, above it by numpy
+_INVERSION_MAX_MEAN = 1.0
+#: inversion steps before the rare rest (probability < 1e-30) goes to numpy's sampler
+_INVERSION_STEPS = 24
 
 
 class NoiseModel(StrEnum):
@@ -21,20 +43,124 @@ def add_sky_and_noise(
     """Add a flat sky per band and draw the observed counts.
 
     Args:
-        image: noise-free source light, electrons. Shape: ``c h w``.
-        sky_electrons: sky level per band, electrons per pixel. Shape: ``c``.
-        noise: the noise model.
+        image: noise-free source light, electrons. Shape: ``c h w`` or ``b c h w``.
+        sky_electrons: sky level per band (and image), electrons per pixel. Shape: ``c`` or
+            ``b c``.
+        noise: the noise model. ``"gaussian"`` draws ``expected + sqrt(expected) * N(0, 1)``.
         rng: random stream (seeded by the caller).
 
     Returns:
-        The observed image in electrons (float32), shape ``c h w``.
+        The observed image in electrons (float32), shaped like ``image``; the expected counts
+        ``max(image + sky, 0)`` for ``noise="none"``.
+
+    Raises:
+        BlissShapeError: ``image`` is not ``c h w`` or ``b c h w``, or ``sky_electrons`` does
+            not match it.
     """
-    expected = image + sky_electrons[:, None, None]
-    np.maximum(expected, 0.0, out=expected)
+    image = np.asarray(image)
+    sky = np.asarray(sky_electrons, dtype=np.float64)
+    pattern = "b c h w" if image.ndim == 4 else "c h w"
+    sizes = check_shape("image", image, pattern)
+    check_shape("sky_electrons", sky, pattern.removesuffix(" h w"), sizes)
     if noise == NoiseModel.POISSON:
-        return rng.poisson(expected).astype(np.float32)
+        counts = np.empty(image.shape, dtype=np.float32)
+        for plane in np.ndindex(sky.shape):
+            _poisson_plane(image[plane], float(sky[plane]), rng, counts[plane])
+        return counts
     if noise == NoiseModel.GAUSSIAN:
-        return (expected + np.sqrt(expected) * rng.standard_normal(expected.shape)).astype(
-            np.float32
-        )
-    return expected.astype(np.float32)
+        expected = np.add(image, sky[..., None, None].astype(np.float32), dtype=np.float32)
+        np.maximum(expected, 0.0, out=expected)
+        observed = rng.standard_normal(expected.shape, dtype=np.float32)
+        observed *= np.sqrt(expected)
+        observed += expected
+        return observed
+    expected = image + sky[..., None, None]
+    return np.maximum(expected, 0.0, out=expected).astype(np.float32)
+
+
+def _poisson_plane(light: np.ndarray, sky: float, rng: np.random.Generator, out: np.ndarray) -> None:
+    """Poisson counts of mean ``max(light + sky, 0)`` (``h w``) into ``out`` (float32, ``h w``)."""
+    light = light.reshape(-1)
+    counts = out.reshape(-1)
+    _sky_counts(max(sky, 0.0), rng, counts)
+    lit = np.flatnonzero(light)
+    if not lit.size:
+        return
+    mean = light[lit].astype(np.float64)
+    faint = (mean > 0) & (mean < _INVERSION_MAX_MEAN)
+    counts[lit[faint]] += _small_poisson(mean[faint], rng)
+    # elsewhere (bright, or negative where rendering rings) draw the whole count afresh: the sky
+    # draw there is dropped, which leaves the other draws independent
+    other = ~faint
+    counts[lit[other]] = rng.poisson(np.maximum(mean[other] + sky, 0.0))
+
+
+def _small_poisson(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson draws of means in ``(0, 1)`` by sequential inversion of the CDF, vectorised."""
+    uniform = rng.random(mean.size)
+    probability = np.exp(-mean)
+    counts = np.zeros(mean.size, dtype=np.float32)
+    open_ = np.flatnonzero(uniform >= probability)  # draws above 0
+    cdf = probability[open_]
+    term = cdf.copy()
+    for k in range(1, _INVERSION_STEPS):
+        if not open_.size:
+            return counts
+        term *= mean[open_] / k
+        cdf += term
+        counts[open_] = k
+        still = uniform[open_] >= cdf
+        open_, cdf, term = open_[still], cdf[still], term[still]
+    # left: rounding of the CDF near 1, or a count >= _INVERSION_STEPS (probability < 1e-30)
+    counts[open_] = rng.poisson(mean[open_])
+    return counts
+
+
+def _sky_counts(mean: float, rng: np.random.Generator, out: np.ndarray) -> None:
+    """Poisson draws of one mean (electrons) into ``out`` (flat float32), by inverting its CDF.
+
+    The table covers ``mean -/+ (12 sqrt(mean) + 30)``, outside which a Poisson variable lies
+    with probability < 1e-19, far below the 2^-53 resolution of the uniform variates. A guide
+    table of >= 16 cells per count (Chen & Asau 1974, see Devroye 1986, III.2.4) gives the count
+    of most uniforms with one lookup; the rest (about 1 in 16) are found by binary search.
+
+    References:
+        Devroye, L. 1986, "Non-Uniform Random Variate Generation", Springer.
+    """
+    if mean <= 0.0:
+        out[:] = 0.0
+        return
+    if mean > _MAX_TABLE_MEAN:
+        out[:] = rng.poisson(mean, out.size)
+        return
+    first, cdf, cell_bits, guide = _sky_table(mean)
+    # 53-bit uniforms as integers, as Generator.random makes them; the top bits pick the cell
+    uniform = rng.bit_generator.random_raw(out.size) >> np.uint64(11)
+    cell = (uniform >> np.uint64(53 - cell_bits)).view(np.int64)
+    np.take(guide, cell, out=out)
+    unsure = np.flatnonzero(out < 0)
+    out[unsure] = first + np.searchsorted(cdf, uniform[unsure].view(np.int64), side="right")
+
+
+@lru_cache(maxsize=64)
+def _sky_table(mean: float) -> tuple[int, np.ndarray, int, np.ndarray]:
+    """Tables of :func:`_sky_counts` for one Poisson mean.
+
+    Returns:
+        The first tabulated count; the CDF from there in units of 2^-53, rounded up (the count
+        of a uniform ``u`` is the number of entries <= ``u``); the number of bits of the guide's
+        cell index; and the count of each cell as float32, or -1 where the cell holds a step of
+        the CDF.
+    """
+    width = 12 * math.sqrt(mean) + 30
+    first = max(0, math.floor(mean - width))
+    values = np.arange(first, math.ceil(mean + width) + 1)
+    cdf = np.cumsum(np.exp(values * math.log(mean) - mean - gammaln(values + 1)))
+    cdf /= cdf[-1]
+    cdf[-1] = 1.0
+    cell_bits = math.ceil(math.log2(16 * len(cdf)))
+    # below[j]: number of CDF values <= j / 2^cell_bits, the smallest count in cell j
+    steps = np.bincount(np.ceil(cdf * 2.0**cell_bits).astype(np.intp), minlength=2**cell_bits + 1)
+    below = np.cumsum(steps)
+    guide = np.where(below[:-1] == below[1:], first + below[:-1], -1).astype(np.float32)
+    return first, np.ceil(cdf * 2.0**53).astype(np.int64), cell_bits, guide

@@ -41,7 +41,7 @@ from bliss.simulator._torch_profiles import (
     moffat_fourier,
     moffat_scale_radius,
 )
-from bliss.simulator.noise import NoiseModel
+from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 
 #: GalSim's ``GSParams.stepk_minimum_hlr``: a stamp holds at least this many half-light radii
 _STEPK_MINIMUM_HLR = 5.0
@@ -343,7 +343,9 @@ def add_sky_and_noise_torch(
 ) -> Tensor:
     """Add a flat sky per image and band and draw the observed counts, on the images' device.
 
-    The torch twin of :func:`bliss.simulator.noise.add_sky_and_noise`.
+    The torch twin of :func:`bliss.simulator.noise.add_sky_and_noise`; on the CPU, Poisson
+    counts come from that function's sampler (about 3x faster than ``torch.poisson``), seeded
+    from ``generator``.
 
     Args:
         images: noise-free source light, electrons. Shape: ``b c h w``.
@@ -367,11 +369,27 @@ def add_sky_and_noise_torch(
         raise BlissValueError(
             f"noise={noise!r}; expected one of {[m.value for m in NoiseModel]}."
         ) from err
+    if model == NoiseModel.POISSON and images.device.type == "cpu":
+        # numpy's exact sampler with a tabulated sky is ~3x faster than torch.poisson on CPU
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        counts = add_sky_and_noise(
+            images.detach().numpy(),
+            sky_electrons.detach().cpu().double().numpy(),
+            model,
+            np.random.default_rng(seed),
+        )
+        return torch.from_numpy(counts)
     sky = rearrange(sky_electrons.to(images), "b c -> b c 1 1")
-    expected = (images + sky).clamp_min_(0.0)
     if model == NoiseModel.POISSON:
-        return torch.poisson(expected, generator=generator)
-    if model == NoiseModel.GAUSSIAN:
-        normal = torch.randn(expected.shape, generator=generator, device=expected.device)
-        return expected + expected.sqrt() * normal
-    return expected
+        return torch.poisson((images + sky).clamp_min_(0.0), generator=generator)
+    observed = torch.empty_like(images, memory_format=torch.contiguous_format)
+    if model == NoiseModel.NONE:
+        return torch.add(images, sky, out=observed).clamp_min_(0.0)
+    # image by image, so that the temporaries stay in cache
+    normal = torch.empty_like(images[0])
+    scale = torch.empty_like(images[0])
+    for image, image_sky, out in zip(images, sky, observed, strict=True):
+        expected = torch.add(image, image_sky, out=out).clamp_min_(0.0)
+        normal.normal_(generator=generator)
+        expected.addcmul_(torch.sqrt(expected, out=scale), normal)
+    return observed

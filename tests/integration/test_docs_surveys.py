@@ -97,7 +97,7 @@ def test_the_survey_snippets_write_valid_predict_inputs(tmp_path, monkeypatch):
     _write_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "surveys.md").read_text(), re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     namespace: dict = {}
     for index, block in enumerate(blocks):
         exec(compile(block, f"docs/surveys.md block {index}", "exec"), namespace)
@@ -114,6 +114,10 @@ def test_the_survey_snippets_write_valid_predict_inputs(tmp_path, monkeypatch):
     psf = PsfexPsf.from_file(PSFEX_FILE, "Y")
     centre = fit_moffat_fwhm_arcsec(psf.image(59.5, 49.5), 0.263)
     np.testing.assert_allclose(tile.psf_fwhm_arcsec, centre, atol=1e-4)
+    # the <band>_FWHM maps: the same fit at every pixel, interpolated from a 5 x 5 lattice
+    assert tile.psf_fwhm_map.shape == tile.images.shape
+    middle = tile.psf_fwhm_map[:, 59:61, 49:51].mean(axis=(1, 2))
+    np.testing.assert_allclose(middle, centre, rtol=0.01)
     assert np.isnan(tile.images).sum() == len(DES_BANDS)  # the one masked pixel per band
 
     lsst = ParametricSurvey("lsst", ["r"], "r", 0.2, 3.5, {"r": 1.0}, {"r": 1.0}, {"r": 1.0})
