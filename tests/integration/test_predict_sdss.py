@@ -32,3 +32,10 @@ def test_predict_reads_sdss_frames_by_run_camcol_field(tmp_path):
     # RA/Dec come from the r-band WCS: run 94 lies on Stripe 82 (Dec within +-1.27 deg)
     assert np.all(np.abs(table["dec"].value) < 1.3)
     assert table.meta["INPUT"].endswith("94/1/12")
+    assert table.meta["CKPT"] == "sdss_real.ckpt"  # survey=sdss_frames picks the real-frame model
+
+
+def test_other_surveys_default_to_the_generalist(tmp_path):
+    cfg = compose_config(["mode=predict"], tmp_path)
+    assert Path(cfg.predict.checkpoint).name == "sdss_generalist.ckpt"
+    assert Path(cfg.evaluate.checkpoint).name == "sdss_generalist.ckpt"
