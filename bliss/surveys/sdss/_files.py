@@ -6,6 +6,9 @@ SDSS names every file after ``run`` (zero-padded to 6 digits), ``camcol`` (1..6)
 for the per-run ``photoField`` table.
 """
 
+import bz2
+import gzip
+import io
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,7 +106,7 @@ def read_fits(path: Path, reader: Callable[[fits.HDUList], T], what: str) -> T:
         with warnings.catch_warnings():
             # astropy only warns on a short file; a truncated download must fail
             warnings.filterwarnings("error", message=".*truncated.*")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdus:
+            with fits.open(_source(path), memmap=False, lazy_load_hdus=False) as hdus:
                 return reader(hdus)
     except BlissError:
         raise
@@ -114,6 +117,17 @@ def read_fits(path: Path, reader: Callable[[fits.HDUList], T], what: str) -> T:
             f"{what} file {path} could not be read ({type(err).__name__}: {err}); expected a "
             "complete SDSS FITS file. Delete it and download it again."
         ) from err
+
+
+def _source(path: Path) -> Path | io.BytesIO:
+    """``path``, or its decompressed bytes for ``.bz2`` / ``.gz``.
+
+    astropy reads a compressed file through a stream that it seeks backwards to reach each HDU,
+    and every backward seek in a bz2 stream decompresses again from the start: decompressing
+    once is ~4x faster for an SDSS frame.
+    """
+    opener = {".bz2": bz2.decompress, ".gz": gzip.decompress}.get(path.suffix)
+    return path if opener is None else io.BytesIO(opener(path.read_bytes()))
 
 
 def check_ids(header: fits.Header, path: Path, expected: dict[str, int], what: str) -> None:

@@ -18,7 +18,9 @@ Counts are ``image / calib[col] + sky``; electrons are counts times the band's `
 photoField row with ``FIELD == field``; its 5-element columns are in u, g, r, i, z order).
 """
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,10 +279,18 @@ def read_sdss_field(
     }
     frames = {}
     # the reference band first: its WCS and shape define the grid of the others
-    for band in (align_to, *(band for band in bands if band != align_to)):
-        path, header, image_nmgy, calib, sky_counts = _read_frame(
-            frame_paths[band], band, run, camcol, field
+    order = (align_to, *(band for band in bands if band != align_to))
+    # decompressing the .bz2 frames dominates the read and releases the GIL: read them in threads
+    with ThreadPoolExecutor(max_workers=min(len(order), os.cpu_count() or 1)) as pool:
+        raw = dict(
+            zip(
+                order,
+                pool.map(lambda b: _read_frame(frame_paths[b], b, run, camcol, field), order),
+                strict=True,
+            )
         )
+    for band in order:
+        path, header, image_nmgy, calib, sky_counts = raw.pop(band)
         wcs = _celestial_wcs(header, path)
         if band == align_to:
             ref_wcs, ref_shape = wcs, image_nmgy.shape
