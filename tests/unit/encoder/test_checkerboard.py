@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from bliss.catalog import TileCatalog
 from bliss.encoder.checkerboard import SCHEDULES, CatalogContext, ContextHead, TilingSchedule
@@ -107,3 +108,26 @@ def test_context_head_shapes() -> None:
     assert torch.equal(head(features, context, ~current), out)
     torch.nn.init.normal_(head.current.weight)
     assert not torch.equal(head(features, context, ~current), head(features, context, current))
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_head_fast_path_matches_the_full_computation_on_the_current_tiles(norm):
+    torch.manual_seed(0)
+    head = ContextHead(12, 5, 16, 7, norm=norm)
+    nn.init.normal_(head.current.weight)  # make the group marker matter
+    head.eval()
+    features, context = torch.randn(2, 12, 9, 10), torch.randn(2, 5, 9, 10)
+    colors = TilingSchedule(4).colors(9, 10)
+    for group in range(4):
+        current = colors == group
+        with torch.no_grad():
+            fast = head(features, context, current)
+            head.training = True  # the full path (its layers stay in eval mode)
+            full = head(features, context, current)
+            head.training = False
+        assert torch.allclose(fast[:, current], full[:, current], atol=1e-5)
+        assert torch.all(fast[:, ~current] == 0)
+    # a K = 2 group is no lattice of every other row and column: computed in full
+    checker = TilingSchedule(2).colors(9, 10) == 1
+    with torch.no_grad():
+        assert torch.all(head(features, context, checker)[:, ~checker] != 0)
