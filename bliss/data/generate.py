@@ -41,11 +41,12 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _init_worker(simulator: ImageSimulator, single_thread: bool = True) -> None:
+def _init_worker(simulator: ImageSimulator) -> None:
     global _SIMULATOR  # one simulator per worker process, built once
     _SIMULATOR = simulator
-    if single_thread:  # only in worker processes: the caller's thread count is not ours to change
-        torch.set_num_threads(1)
+    # one thread per process: a shard is many small tensor ops, whose intra-op threads cost more
+    # than they save, and stall at every op when other jobs share the cores (4x slower measured)
+    torch.set_num_threads(1)
 
 
 def _make_shard(job: tuple[Path, int, int, int, str]) -> int:
@@ -113,7 +114,8 @@ def generate_shards(
         shard_offset: index of the first shard (SLURM arrays split one generation this way).
         total_shards: shards of the whole generation when this run is one task of several
             [default: None, this run is the whole generation].
-        num_workers: worker processes; 0 simulates in this process.
+        num_workers: worker processes; 0 simulates in this process. Either way each process
+            simulates on one thread (torch's thread count is set back afterwards).
         recipe: the composed config of everything that determines shard content (recorded).
         progress: show a progress bar.
         on_shard: called with each finished shard index (used by tests to simulate crashes).
@@ -150,12 +152,15 @@ def generate_shards(
         disable=not progress,
     )
     if num_workers == 0:
-        _init_worker(simulator, single_thread=False)
-        results = map(_make_shard, jobs)
-        for index in results:
-            bar.update()
-            if on_shard:
-                on_shard(index)
+        threads = torch.get_num_threads()  # the caller's: set back when done
+        try:
+            _init_worker(simulator)
+            for index in map(_make_shard, jobs):
+                bar.update()
+                if on_shard:
+                    on_shard(index)
+        finally:
+            torch.set_num_threads(threads)
     else:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(

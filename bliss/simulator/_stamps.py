@@ -3,6 +3,7 @@
 from functools import cache
 
 import numpy as np
+import scipy.fft
 
 from bliss.catalog.shapes import check_shape
 from bliss.catalog.tile import GALAXY_KEYS
@@ -74,7 +75,7 @@ def draw_stamps(
     fourier = phase_row[..., :, None] * phase_col.astype(np.complex64)[..., None, :]
     fourier *= psf
     fourier *= profile[:, None]
-    return np.fft.irfft2(fourier, s=(size, size))
+    return scipy.fft.irfft2(fourier, s=(size, size))  # ~1.5x numpy's on small batched stamps
 
 
 def checked_inputs(
@@ -128,20 +129,26 @@ def checked_inputs(
 
 
 def paste_stamps(
-    image: np.ndarray, stamps: np.ndarray, corner: np.ndarray, offsets_int: np.ndarray
+    images: np.ndarray, stamps: np.ndarray, owner: np.ndarray, top_left: np.ndarray
 ) -> None:
-    """Add stamps (``g c s s``) at ``corner + offsets_int[band]`` to ``image`` (``c h w``)."""
-    height, width = image.shape[1:]
+    """Add stamps (``g c s s``) of images ``owner`` (``g``) at ``top_left`` (``g c 2``) to ``images``.
+
+    ``images`` is ``b c h w``; the parts of stamps outside it are dropped. A stamp whose bands all
+    share one corner is added with one slice, else band by band.
+    """
+    height, width = images.shape[2:]
     size = stamps.shape[-1]
-    same_offset = bool(np.all(offsets_int == offsets_int[0]))
-    bands = [slice(None)] if same_offset else [slice(b, b + 1) for b in range(image.shape[0])]
-    for stamp, (row, col) in zip(stamps, corner, strict=True):
-        for band in bands:
-            top, left = (int(v) for v in (row, col) + offsets_int[band][0])
+    one_corner = np.all(top_left == top_left[:, :1], axis=(1, 2))
+    for index, (image, stamp) in enumerate(zip(owner.tolist(), stamps, strict=True)):
+        if one_corner[index]:
+            corners = [(slice(None), *top_left[index, 0].tolist())]
+        else:
+            corners = [(slice(b, b + 1), *tl) for b, tl in enumerate(top_left[index].tolist())]
+        for band, top, left in corners:
             row_lo, row_hi = max(top, 0), min(top + size, height)
             col_lo, col_hi = max(left, 0), min(left + size, width)
             if row_lo >= row_hi or col_lo >= col_hi:
                 continue
-            image[band, row_lo:row_hi, col_lo:col_hi] += stamp[
+            images[image, band, row_lo:row_hi, col_lo:col_hi] += stamp[
                 band, row_lo - top : row_hi - top, col_lo - left : col_hi - left
             ]

@@ -1,13 +1,13 @@
 """Sky and detector noise, in electrons.
 
 Exact Poisson draws per pixel dominate the cost of simulating an image, so
-:func:`add_sky_and_noise` splits each pixel's expected count ``sky + light`` into its two
-independent Poisson parts (a sum of independent Poisson variables is Poisson with the summed
-mean): the sky part, whose mean is the same in every pixel of a band, is drawn by inverting a
-tabulated CDF (~5x faster than a general Poisson sampler); the source part is
-drawn only where a source adds light, by inversion when it is below one electron (most pixels of
-a stamp), else with :meth:`numpy.random.Generator.poisson`. Every draw is exact up to the
-resolution of double-precision uniform variates (2^-53).
+:func:`add_sky_and_noise` splits each pixel's expected count ``sky + light`` into two independent
+Poisson parts (a sum of independent Poisson variables is Poisson with the summed mean). The sky
+part, whose mean is the same in every pixel of a band, is drawn by inverting a tabulated CDF,
+~5x faster than a general Poisson sampler. The source part is drawn only where a source adds
+light: by inversion where it is below one electron (most pixels of a stamp); elsewhere, and where
+rendering rings below zero, the whole count is drawn with :meth:`numpy.random.Generator.poisson`.
+Every draw is exact up to the resolution of double-precision uniform variates (2^-53).
 """
 
 import math
@@ -15,6 +15,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
+import torch
 from scipy.special import gammaln
 
 from bliss.catalog.shapes import check_shape
@@ -25,7 +26,7 @@ __all__ = ["NoiseModel", "add_sky_and_noise"]
 _MAX_TABLE_MEAN = 5e6
 #: source light below this many electrons per pixel is drawn by inversion, above it by numpy
 _INVERSION_MAX_MEAN = 1.0
-#: inversion steps before the rare rest (probability < 1e-30) goes to numpy's sampler
+#: inversion steps before the rare rest (probability < 1e-23) goes to numpy's sampler
 _INVERSION_STEPS = 24
 
 
@@ -70,7 +71,9 @@ def add_sky_and_noise(
     if noise == NoiseModel.GAUSSIAN:
         expected = np.add(image, sky[..., None, None].astype(np.float32), dtype=np.float32)
         np.maximum(expected, 0.0, out=expected)
-        observed = rng.standard_normal(expected.shape, dtype=np.float32)
+        # torch's normal sampler (vectorised Box-Muller) is ~2.5x numpy's; seeded from rng
+        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        observed = torch.randn(expected.shape, generator=generator).numpy()
         observed *= np.sqrt(expected)
         observed += expected
         return observed
@@ -78,42 +81,52 @@ def add_sky_and_noise(
     return np.maximum(expected, 0.0, out=expected).astype(np.float32)
 
 
-def _poisson_plane(light: np.ndarray, sky: float, rng: np.random.Generator, out: np.ndarray) -> None:
+def _poisson_plane(
+    light: np.ndarray, sky: float, rng: np.random.Generator, out: np.ndarray
+) -> None:
     """Poisson counts of mean ``max(light + sky, 0)`` (``h w``) into ``out`` (float32, ``h w``)."""
     light = light.reshape(-1)
     counts = out.reshape(-1)
     _sky_counts(max(sky, 0.0), rng, counts)
-    lit = np.flatnonzero(light)
+    lit = np.flatnonzero(light != 0)  # on a boolean mask: ~4x faster than on the floats
     if not lit.size:
         return
     mean = light[lit].astype(np.float64)
     faint = (mean > 0) & (mean < _INVERSION_MAX_MEAN)
-    counts[lit[faint]] += _small_poisson(mean[faint], rng)
+    drawn, extra = _small_poisson(mean[faint], rng)
+    counts[lit[faint][drawn]] += extra
     # elsewhere (bright, or negative where rendering rings) draw the whole count afresh: the sky
     # draw there is dropped, which leaves the other draws independent
     other = ~faint
     counts[lit[other]] = rng.poisson(np.maximum(mean[other] + sky, 0.0))
 
 
-def _small_poisson(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Poisson draws of means in ``(0, 1)`` by sequential inversion of the CDF, vectorised."""
+def _small_poisson(mean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson draws of means in ``(0, 1)`` by sequential inversion of the CDF.
+
+    Returns:
+        The indices of the draws above 0 and those draws (float32); the others are 0.
+    """
     uniform = rng.random(mean.size)
-    probability = np.exp(-mean)
-    counts = np.zeros(mean.size, dtype=np.float32)
-    open_ = np.flatnonzero(uniform >= probability)  # draws above 0
-    cdf = probability[open_]
-    term = cdf.copy()
-    for k in range(1, _INVERSION_STEPS):
-        if not open_.size:
-            return counts
-        term *= mean[open_] / k
+    # P(0) = exp(-mean) >= 1 - mean: most uniforms fall below and need no exponential
+    drawn = np.flatnonzero(uniform >= 1.0 - mean)
+    uniform, mean = uniform[drawn], mean[drawn]
+    term = np.exp(-mean)
+    cdf = term.copy()
+    counts = np.zeros(drawn.size, dtype=np.float32)
+    open_ = np.arange(drawn.size)
+    for count in range(1, _INVERSION_STEPS):
+        above = np.flatnonzero(uniform >= cdf)
+        if not above.size:
+            break
+        open_, uniform, mean, cdf, term = (v[above] for v in (open_, uniform, mean, cdf, term))
+        term *= mean / count
         cdf += term
-        counts[open_] = k
-        still = uniform[open_] >= cdf
-        open_, cdf, term = open_[still], cdf[still], term[still]
-    # left: rounding of the CDF near 1, or a count >= _INVERSION_STEPS (probability < 1e-30)
-    counts[open_] = rng.poisson(mean[open_])
-    return counts
+        counts[open_] = count
+    else:  # rounding of the CDF near 1, or a count >= _INVERSION_STEPS (probability < 1e-23)
+        left = uniform >= cdf
+        counts[open_[left]] = rng.poisson(mean[left])
+    return drawn, counts
 
 
 def _sky_counts(mean: float, rng: np.random.Generator, out: np.ndarray) -> None:
@@ -122,7 +135,8 @@ def _sky_counts(mean: float, rng: np.random.Generator, out: np.ndarray) -> None:
     The table covers ``mean -/+ (12 sqrt(mean) + 30)``, outside which a Poisson variable lies
     with probability < 1e-19, far below the 2^-53 resolution of the uniform variates. A guide
     table of >= 16 cells per count (Chen & Asau 1974, see Devroye 1986, III.2.4) gives the count
-    of most uniforms with one lookup; the rest (about 1 in 16) are found by binary search.
+    of most uniforms with one lookup, from 32 random bits; the rest (about 1 in 16) are found by
+    binary search.
 
     References:
         Devroye, L. 1986, "Non-Uniform Random Variate Generation", Springer.
@@ -134,12 +148,21 @@ def _sky_counts(mean: float, rng: np.random.Generator, out: np.ndarray) -> None:
         out[:] = rng.poisson(mean, out.size)
         return
     first, cdf, cell_bits, guide = _sky_table(mean)
-    # 53-bit uniforms as integers, as Generator.random makes them; the top bits pick the cell
-    uniform = rng.bit_generator.random_raw(out.size) >> np.uint64(11)
-    cell = (uniform >> np.uint64(53 - cell_bits)).view(np.int64)
-    np.take(guide, cell, out=out)
+    # a guide cell per 32 random bits (both halves of each 64-bit draw); where the cell holds a
+    # step of the CDF, fresh bits place the uniform inside the cell to 53-bit resolution
+    n_draws = (out.size + 1) // 2
+    bits = rng.integers(0, 2**64, n_draws, dtype=np.uint64)
+    cells = np.empty(out.size, dtype=np.uint64)
+    np.right_shift(bits, np.uint64(64 - cell_bits), out=cells[:n_draws])
+    low = cells[n_draws:]
+    np.right_shift(bits[: len(low)], np.uint64(32 - cell_bits), out=low)
+    low &= np.uint64((1 << cell_bits) - 1)
+    cells = cells.view(np.int64)
+    np.take(guide, cells, out=out)
     unsure = np.flatnonzero(out < 0)
-    out[unsure] = first + np.searchsorted(cdf, uniform[unsure].view(np.int64), side="right")
+    inside = rng.integers(0, 2 ** (53 - cell_bits), unsure.size, dtype=np.int64)
+    uniform = (cells[unsure] << (53 - cell_bits)) | inside
+    out[unsure] = first + np.searchsorted(cdf, uniform, side="right")
 
 
 @lru_cache(maxsize=64)

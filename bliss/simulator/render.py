@@ -169,8 +169,8 @@ class GalsimRenderer:
             a stamp [default: 5e-3].
         maxk_threshold: GalSim's ``maxk_threshold`` [default: 1e-3].
 
-    PSF-dependent work is cached per PSF object (by identity): pass the same objects on every
-    call when the PSF does not change.
+    PSF-dependent work is cached per PSF profile: GalSim profiles compare and hash by value, so
+    equal PSFs built anew for every image (e.g. ``moffat_psf(1.3)``) share the work.
 
     Raises:
         BlissValueError: ``min_stamp_px`` is below 3, there is no odd size between the two stamp
@@ -216,7 +216,7 @@ class GalsimRenderer:
         # light radius (arcsec) of unit-hlr components, holding 1 - folding_threshold of the flux
         self._disk_radius = math.pi / galsim.Exponential(1.0, gsparams=self.gsparams).stepk
         self._bulge_radius = math.pi / galsim.DeVaucouleurs(1.0, gsparams=self.gsparams).stepk
-        # per PSF object (checked by identity, as ids can be reused): radius and Fourier images
+        # per PSF profile (by value; by identity for an unhashable one): radius, Fourier images
         self._psf_cache: dict[tuple, tuple[galsim.GSObject, Any]] = {}
 
     def render(
@@ -286,16 +286,22 @@ class GalsimRenderer:
                 profile[galaxies] = self._galaxy_fourier(params[chosen[galaxies]], size, scale)
             psf_fourier = np.stack([self._psf_fourier(psf, size, scale) for psf in psfs])
             stamps = draw_stamps(profile, flux[chosen], shift, psf_fourier)
-            paste_stamps(image, stamps, corner[chosen], offsets_int)
+            top_left = corner[chosen, None] + offsets_int.astype(np.int64)
+            paste_stamps(image[None], stamps, np.zeros(len(chosen), np.int64), top_left)
         return image
 
     def _psf_cached(self, psf: galsim.GSObject, key: tuple, compute: Callable[[], Any]) -> Any:
-        """``compute()`` for this PSF object and ``key``, remembered between calls."""
-        cached = self._psf_cache.get((id(psf), *key))
-        if cached is None or cached[0] is not psf:
+        """``compute()`` for this PSF profile and ``key``, remembered between calls."""
+        cache_key = (psf, *key)
+        try:
+            cached = self._psf_cache.get(cache_key)
+        except TypeError:  # unhashable: by identity (the entry keeps the object, and its id, alive)
+            cache_key = (id(psf), *key)
+            cached = self._psf_cache.get(cache_key)
+        if cached is None:
             if len(self._psf_cache) >= _PSF_CACHE_SIZE:
                 self._psf_cache.clear()
-            cached = self._psf_cache[(id(psf), *key)] = (psf, compute())
+            cached = self._psf_cache[cache_key] = (psf, compute())
         return cached[1]
 
     def _psf_radius(self, psf: galsim.GSObject) -> float:

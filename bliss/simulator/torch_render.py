@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+import scipy.fft
 import torch
 from einops import rearrange
 from scipy.special import gammaincinv
@@ -28,6 +29,7 @@ from bliss.simulator._stamps import (
     checked_inputs,
     frequencies,
     galaxy_radius,
+    paste_stamps,
     pixel_response,
     stamp_size,
 )
@@ -172,13 +174,18 @@ class TorchRenderer:
         top_left = corner[:, None] + offsets_int[owner]  # N c 2: whole-pixel offsets move stamps
         bottom_right = top_left + size_px[:, None, None]
         visible = np.all((bottom_right.max(1) > 0) & (top_left.min(1) < shape), axis=1)
-        # the canvas: the image plus a border holding every visible stamp; (before, after) x axis
+        # the canvas: on the CPU the images, as stamps are clipped while pasted; elsewhere the
+        # images plus a border holding every visible stamp; (before, after) x axis
+        on_cpu = torch.device(device).type == "cpu"
         pad = np.zeros((2, 2), dtype=np.int64)
-        if visible.any():
+        if visible.any() and not on_cpu:
             pad[0] = np.maximum(-top_left[visible].min((0, 1)), 0)
             pad[1] = np.maximum(bottom_right[visible].max((0, 1)) - shape, 0)
         canvas_shape = (shape + pad.sum(0)).tolist()
-        canvas = torch.zeros(sizes["b"], sizes["c"], *canvas_shape, device=device)
+        if on_cpu:
+            canvas = _numpy_backed(np.zeros((sizes["b"], sizes["c"], *canvas_shape), np.float32))
+        else:
+            canvas = torch.zeros(sizes["b"], sizes["c"], *canvas_shape, device=device)
         fraction = offsets.numpy() - offsets_int
         # images observed in the same conditions share their PSFs' Fourier transforms
         psfs, psf_index = self._distinct_psfs(fwhm, psf_beta, psf_images)
@@ -201,7 +208,12 @@ class TorchRenderer:
                     torch.as_tensor(shift, device=device),
                     psf[torch.as_tensor(psf_index[owner[part]], device=device)],
                 )
-                _paste(canvas, stamps, owner[part], top_left[part] + pad[0])
+                if on_cpu:  # slices of numpy views: several times faster than index_add_
+                    paste_stamps(canvas.numpy(), stamps.numpy(), owner[part], top_left[part])
+                else:
+                    _paste(canvas, stamps, owner[part], top_left[part] + pad[0])
+        if on_cpu:
+            return canvas
         (top, left), (height, width) = pad[0].tolist(), shape.tolist()
         return canvas[..., top : top + height, left : left + width].contiguous()
 
@@ -324,7 +336,19 @@ def _draw_stamps(profile: Tensor, flux: Tensor, shift: Tensor, psf: Tensor) -> T
     fourier = phase_row[..., :, None] * (flux[..., None] * phase_col)[..., None, :]
     fourier *= psf
     fourier *= profile[:, None]
+    if fourier.device.type == "cpu":  # scipy's pocketfft: 1.5-3x torch's on small stamps
+        stamps = scipy.fft.irfft2(fourier.numpy(), s=(size, size), workers=torch.get_num_threads())
+        return torch.from_numpy(stamps)
     return torch.fft.irfft2(fourier, s=(size, size))
+
+
+def _numpy_backed(array: np.ndarray) -> Tensor:
+    """A CPU tensor sharing the memory of a new numpy array.
+
+    numpy asks Linux for transparent huge pages for large arrays and torch does not, which makes
+    the first touch of an image batch's memory ~4x cheaper (~0.35 ms per 256 x 256 x 5 image).
+    """
+    return torch.from_numpy(array)
 
 
 def _paste(canvas: Tensor, stamps: Tensor, owner: np.ndarray, top_left: np.ndarray) -> None:
@@ -382,14 +406,17 @@ def add_sky_and_noise_torch(
     sky = rearrange(sky_electrons.to(images), "b c -> b c 1 1")
     if model == NoiseModel.POISSON:
         return torch.poisson((images + sky).clamp_min_(0.0), generator=generator)
-    observed = torch.empty_like(images, memory_format=torch.contiguous_format)
+    on_cpu = images.device.type == "cpu"
+    if on_cpu:
+        observed = _numpy_backed(np.empty(images.shape, images.detach().numpy().dtype))
+    else:
+        observed = torch.empty_like(images, memory_format=torch.contiguous_format)
     if model == NoiseModel.NONE:
         return torch.add(images, sky, out=observed).clamp_min_(0.0)
-    # image by image, so that the temporaries stay in cache
-    normal = torch.empty_like(images[0])
-    scale = torch.empty_like(images[0])
-    for image, image_sky, out in zip(images, sky, observed, strict=True):
+    # image by image on the CPU, where the temporaries then stay in cache (2x faster)
+    pieces = zip(images, sky, observed, strict=True) if on_cpu else [(images, sky, observed)]
+    for image, image_sky, out in pieces:
         expected = torch.add(image, image_sky, out=out).clamp_min_(0.0)
-        normal.normal_(generator=generator)
-        expected.addcmul_(torch.sqrt(expected, out=scale), normal)
+        normal = torch.randn(expected.shape, generator=generator, device=expected.device)
+        expected.addcmul_(expected.sqrt(), normal)
     return observed

@@ -157,6 +157,20 @@ def test_psf_cache_follows_the_psf_object(renderer):
     assert second_moments(wide)[0] > 2 * second_moments(narrow)[0]
 
 
+def test_equal_psfs_share_the_cached_psf_work():
+    renderer = GalsimRenderer()
+    first = render(renderer, [24.0, 24.0], [1e4], [moffat_psf(1.3)])
+    n_entries = len(renderer._psf_cache)
+    again = render(renderer, [24.0, 24.0], [1e4], [moffat_psf(1.3)])  # an equal, new object
+    assert np.array_equal(first, again)
+    assert len(renderer._psf_cache) == n_entries
+    image = image_psf(moffat_psf(1.3).drawImage(nx=25, ny=25, scale=SCALE).array, SCALE)
+    render(renderer, [24.0, 24.0], [1e4], [image.dilate(1.1)])
+    n_entries = len(renderer._psf_cache)
+    render(renderer, [24.0, 24.0], [1e4], [image.dilate(1.1)])
+    assert len(renderer._psf_cache) == n_entries
+
+
 def test_undersampled_psf_warns():
     with pytest.warns(BlissWarning, match="Nyquist"):
         render(GalsimRenderer(), [24.0, 24.0], [1.0], [moffat_psf(0.6)])

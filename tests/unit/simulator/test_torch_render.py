@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from bliss.catalog import GALAXY_KEYS, FullCatalog
 from bliss.errors import BlissShapeError, BlissValueError
 from bliss.main import build_simulator
+from bliss.simulator._stamps import paste_stamps
 from bliss.simulator._torch_profiles import devaucouleurs_fourier, moffat_fourier
 from bliss.simulator.conditions import ObservingConditions
 from bliss.simulator.prior import CatalogPrior
@@ -25,7 +26,7 @@ from bliss.simulator.render import (
     moffat_psf,
 )
 from bliss.simulator.simulate import ImageSimulator
-from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
+from bliss.simulator.torch_render import TorchRenderer, _paste, add_sky_and_noise_torch
 from bliss.surveys import ParametricSurvey
 from tests.conftest import compose_config
 from tests.unit.simulator.test_render import centroid, galsim_reference, second_moments
@@ -239,6 +240,22 @@ def test_empty_catalog_renders_zeros():
     image = TorchRenderer().render(catalog, torch.full((2, 3), 1.3), SCALE)
     assert image.shape == (2, 3, 16, 24)
     assert not image.any()
+
+
+def test_cpu_paste_matches_the_padded_canvas_paste():
+    # the CPU clips stamps as it adds slices; other devices index a canvas with a border
+    rng = np.random.default_rng(2)
+    n_stamps, n_images, n_bands, height, width, size = 40, 3, 2, 20, 24, 7
+    owner = rng.integers(0, n_images, n_stamps)
+    top_left = rng.integers(-size + 1, [height, width], (n_stamps, 1, 2)).repeat(n_bands, 1)
+    top_left[:10, 1] += 1  # bands of one stamp at different corners (a whole-pixel dither)
+    stamps = torch.rand(n_stamps, n_bands, size, size)
+    images = np.zeros((n_images, n_bands, height, width), dtype=np.float32)
+    paste_stamps(images, stamps.numpy(), owner, top_left)
+    canvas = torch.zeros(n_images, n_bands, height + 2 * size, width + 2 * size)
+    _paste(canvas, stamps, owner, top_left + size)
+    assert images.any()
+    assert torch.allclose(torch.from_numpy(images), canvas[..., size:-size, size:-size], atol=1e-5)
 
 
 @pytest.mark.parametrize("noise", ["poisson", "gaussian"])
