@@ -15,12 +15,15 @@ image, SDSS-like sky, zero points and PSF widths, CPU):
       `bliss.main.predict` (survey reader + Lightning `Trainer.predict`) against
       `bench_predict.run_method("bliss", ...)` with the shipped checkpoint, on the same pixels.
 Every measurement runs in a fresh process, so its peak RSS is its own; reference and ours
-alternate, so a background load hits both. Prints one markdown table with ratios and targets.
+alternate, so a background load hits both. Prints one markdown table with ratios and targets, then
+versions and load averages; images per CPU-second (CPU time of the measured process, all threads)
+are printed too, since wall-clock rates move with other jobs on the machine.
 
 The reference runs from its own Python 3.12 venv (default ~/.cache/bliss-bench/bliss-toolkit-0.4.2),
 created here when missing: `pip install bliss-toolkit==0.4.2 torch==2.7.1 torchvision==0.22.1
 "numpy<2" scikit-learn`. bliss-toolkit needs torchvision<0.23, hence torch 2.7.x; on Linux PyPI
-only has the CUDA build of it (about 0.8 GB plus 2.7 GB of nvidia-* wheels, ~4.5 GB installed).
+only has the CUDA build of it (0.8 GB plus 2.7 GB of nvidia-* wheels; the venv takes 6.1 GB and
+installing took 21 minutes on the 2-core machine under load).
 Offline it also needs files it would otherwise download or read from a cluster, which this script
 writes under the work directory:
   - colour models (`paths.sdss/color_models/{star,gal}_gmm_nmgy.pkl`): scikit-learn Gaussian
@@ -29,10 +32,10 @@ writes under the work directory:
     `frame-{band}` (HDU0 sky-subtracted nanomaggies with WCS, HDU1 calibration, HDU2 sky grid)
     holding the frame `bench_predict.write_frame` simulates, `psField` (HDU6 PSF parameters with
     this repo's per-band FWHM), `photoField` (gains) and empty `fpM` masks;
-  - a randomly initialised reference encoder state dict (prediction time does not depend on the
-    weights).
-and the overrides `surveys.sdss.fields=[94/1/12]`, `surveys.sdss.align_to_band=null` (its
-prediction path cannot align a multi-band frame: it indexes one WCS list per band),
+  - a randomly initialised reference encoder state dict (its prediction time does not depend on
+    the weights: the network runs on every tile either way).
+and the overrides `surveys.sdss.fields=[94/1/12]`, `surveys.sdss.align_to_band=null` (with an
+alignment band its frame reader hands `reproject` a list of WCSs per band and fails),
 `decoder.with_dither=false` (dithering needs an alignment band), `predict.device=cpu`,
 `predict.trainer.accelerator=cpu`.
 """
@@ -106,6 +109,30 @@ def _peak_rss_gb() -> float:
     )
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+
+
+def _import_targets(node) -> None:
+    """Import the module of every `_target_` below `node`, so that timing excludes imports."""
+    import importlib
+
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and "." in target:
+            importlib.import_module(target.rsplit(".", 1)[0])
+        for value in node.values():
+            _import_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            _import_targets(value)
+
+
 def _driver_setup(workdir: Path, _params: dict) -> dict:
     """Colour models from this repo's colour samples, and random encoder weights."""
     import pickle
@@ -144,7 +171,7 @@ def _driver_generate(workdir: Path, params: dict) -> dict:
 
     from bliss.main import generate_one_file
 
-    cfg = _reference_config(workdir, ["generate.n_processes=1"])
+    cfg = _reference_config(workdir, ["generate.n_processes=1", *params["overrides"]])
     gen = cfg.generate
     Path(gen.cached_data_path).mkdir(parents=True, exist_ok=True)
     with open_dict(gen):
@@ -152,14 +179,15 @@ def _driver_generate(workdir: Path, params: dict) -> dict:
     generate_one_file(gen, 0)  # warm-up: imports, survey files, GalSim tables
     with open_dict(gen):
         gen.n_batches_per_file = params["batches"]
-    start = time.perf_counter()
+    cpu_start, start = _cpu_seconds(), time.perf_counter()
     generate_one_file(gen, 1)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     path = next(Path(gen.cached_data_path).glob("dataset_1_size_*.pt"))
     data = torch.load(path, weights_only=False)
     n_sources = sum(int(d["tile_catalog"]["n_sources"].sum()) for d in data)
     return {
         "images_per_s": len(data) / elapsed,
+        "images_per_cpu_s": len(data) / cpu,
         "sources_per_image": n_sources / len(data),
         "image_px": list(data[0]["images"].shape),
         "mb_per_image": path.stat().st_size / len(data) / 1e6,
@@ -181,7 +209,7 @@ def _driver_train(workdir: Path, params: dict) -> dict:
     if len(data) < params["batch"]:
         raise RuntimeError(f"{files[-1]} holds {len(data)} images; need {params['batch']}")
     batch = default_collate(data)
-    cfg = _reference_config(workdir, [])
+    cfg = _reference_config(workdir, params["overrides"])
     torch.manual_seed(0)
     encoder = instantiate(cfg.encoder)
     encoder.train()
@@ -193,12 +221,13 @@ def _driver_train(workdir: Path, params: dict) -> dict:
         optimizer.step()
 
     step()  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(params["steps"]):
         step()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "images_per_s": params["steps"] * params["batch"] / elapsed,
+        "images_per_cpu_s": params["steps"] * params["batch"] / cpu,
         "s_per_step": elapsed / params["steps"],
         "params": sum(p.numel() for p in encoder.parameters()),
         "image_px": list(batch["images"].shape),
@@ -206,7 +235,7 @@ def _driver_train(workdir: Path, params: dict) -> dict:
     }
 
 
-def _driver_predict(workdir: Path, _params: dict) -> dict:
+def _driver_predict(workdir: Path, params: dict) -> dict:
     """`bliss.main.predict` on the SDSS-format frame, on the CPU, timed end to end."""
     from bliss.main import predict
 
@@ -221,13 +250,19 @@ def _driver_predict(workdir: Path, _params: dict) -> dict:
             "+predict.trainer.enable_progress_bar=false",
             "+predict.trainer.enable_model_summary=false",
             "surveys.sdss.load_image_data=true",
+            *params["overrides"],
         ],
     )
+    from omegaconf import OmegaConf
+
+    begin = time.perf_counter()
+    _import_targets(OmegaConf.to_container(cfg.predict, resolve=True))  # as bench_predict does
     start = time.perf_counter()
     catalogs = predict(cfg.predict)
     elapsed = time.perf_counter() - start
     return {
         "seconds": elapsed,
+        "import_s": start - begin,
         "n": sum(int(c["n_sources"].sum()) for c in catalogs.values()),
         "peak_rss_gb": _peak_rss_gb(),
     }
@@ -252,16 +287,18 @@ def _run_driver(task: str, workdir: str, params: str) -> None:
 
 
 def _find_python312(explicit: str | None) -> str:
+    """A Python 3.12 interpreter that runs (pyenv shims may exist but refuse to)."""
     candidates = [explicit] if explicit else []
-    candidates.append(shutil.which("python3.12"))
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     candidates += sorted(glob.glob(str(pyenv / "versions" / "3.12*" / "bin" / "python3.12")))
+    candidates.append(shutil.which("python3.12"))
+    check = "import sys; assert sys.version_info[:2] == (3, 12)"
     for candidate in candidates:
-        if candidate and shutil.which(candidate):
+        if candidate and shutil.which(candidate) and _quiet([candidate, "-c", check]) == 0:
             return candidate
     raise SystemExit(
-        "no Python 3.12 found (bliss-toolkit 0.4.2 requires >=3.12); pass --python PATH "
-        "or install one (e.g. `pyenv install 3.12`)."
+        "no working Python 3.12 found (bliss-toolkit 0.4.2 requires >=3.12; its torch pin has "
+        "wheels for 3.12); pass --python PATH or install one (e.g. `pyenv install 3.12`)."
     )
 
 
@@ -292,8 +329,11 @@ def _quiet(command: list[str]) -> int:
     return subprocess.run(command, capture_output=True, check=False).returncode
 
 
-def run_reference(executable: Path, task: str, workdir: Path, params: dict) -> dict:
+def run_reference(
+    executable: Path, task: str, workdir: Path, params: dict, overrides: list[str] = ()
+) -> dict:
     """One reference task in a fresh process of the reference venv; its log goes to workdir."""
+    params = {**params, "overrides": list(overrides)}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     command = [str(executable), str(Path(__file__).resolve()), "--driver", task]
     out = subprocess.run(
@@ -320,6 +360,18 @@ def _in_fresh_process(function, *args) -> dict:
             return pool.submit(function, *args).result()
         except Exception as err:  # report it in the table, keep the other rows
             return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _generate(renderer: str, n_images: int) -> dict:
+    """`bench_generate.run`: 256 px, CPU, one worker process, Poisson noise, shards of 50."""
+    import inspect
+
+    import bench_generate
+
+    kwargs = {"device": "cpu", "image_size": 256, "n_images": n_images, "workers": 1}
+    if "noise" in inspect.signature(bench_generate.run).parameters:
+        kwargs["noise"] = "poisson"
+    return bench_generate.run(renderer, per_shard=50, **kwargs)
 
 
 def write_reference_inputs(workdir: Path) -> tuple[Path, Path]:
@@ -457,7 +509,7 @@ def _value(result: dict | None, key: str, fmt: str) -> str:
         return "not run"
     if "error" in result:
         return f"failed: {result['error'][:80]}"
-    return format(result[key], fmt)
+    return format(result[key], fmt) if key in result else "n/a"
 
 
 def _row(
@@ -469,124 +521,63 @@ def _row(
     ratio: str = "",
     target: str = "",
 ) -> list[str]:
-    """``ratio``: "faster" (ours / ref), "seconds" (ref / ours), "share" (ours / ref) or ""."""
-    both = ref and ours and "error" not in ref and "error" not in ours
+    """One table row.
+
+    ``ratio``: "faster" (ours / ref), "seconds" (ref / ours), "share" (ours / ref) or "".
+    ``target``: ">= Nx" / "<= Nx" on the ratio, "comparable" (ratio within 1.5x either way) or
+    "<= N GB" on our value.
+    """
+    ok_ref = ref is not None and key in ref
+    ok_ours = ours is not None and key in ours
     shown, met = "", ""
-    if both and ratio:
+    if ok_ref and ok_ours and ratio:
         value = ref[key] / ours[key] if ratio == "seconds" else ours[key] / ref[key]
         shown = f"{value:.1f}x" if ratio in ("faster", "seconds") else f"{value:.2f}x"
-        if target.startswith(">="):
-            met = "yes" if value >= float(target[2:].strip().rstrip("x")) else "no"
-        elif target.startswith("<="):
-            met = "yes" if value <= float(target[2:].strip().rstrip("x")) else "no"
-    if target.startswith("<=") and target.endswith("GB") and ours and "error" not in ours:
+        if target.endswith("x") and target[:2] in (">=", "<="):
+            bound = float(target[2:-1])
+            met = "yes" if (value >= bound if target[:2] == ">=" else value <= bound) else "no"
+        elif target == "comparable":  # within a factor 1.5
+            met = "yes" if 1 / 1.5 <= value <= 1.5 else "no"
+    if target.startswith("<=") and target.endswith("GB") and ok_ours:
         met = "yes" if ours[key] <= float(target[2:-2]) else "no"
+    if target and not met:
+        met = "n/a"
     return [label, _value(ref, key, fmt), _value(ours, key, fmt), shown, target, met]
 
 
+# label, reference result, our result, key, format, ratio kind, target (see `_row`)
+TABLE = [
+    ("generation, images/s, GalSim", "ref_generate", "gen_galsim", "images_per_s", ".2f", "faster", ">= 10x"),
+    ("generation, images/s, torch renderer", "ref_generate", "gen_torch", "images_per_s", ".2f", "faster", ">= 50x"),
+    ("generation, images/CPU-s, GalSim", "ref_generate", "gen_galsim", "images_per_cpu_s", ".2f", "faster", ""),
+    ("generation, images/CPU-s, torch renderer", "ref_generate", "gen_torch", "images_per_cpu_s", ".2f", "faster", ""),
+    ("generation, peak RSS GB, GalSim", "ref_generate", "gen_galsim", "peak_rss_gb", ".2f", "share", ""),
+    ("generation, peak RSS GB, torch renderer", "ref_generate", "gen_torch", "peak_rss_gb", ".2f", "share", ""),
+    ("generation, sources/image (GalSim)", "ref_generate", "gen_galsim", "sources_per_image", ".1f", "", ""),
+    ("training, encoder parameters (M)", "ref_train", "train", "params_m", ".2f", "share", "comparable"),
+    ("training, images/s (batch 16, 256 px)", "ref_train", "train", "images_per_s", ".3f", "faster", ">= 2x"),
+    ("training, images/CPU-s", "ref_train", "train", "images_per_cpu_s", ".3f", "faster", ""),
+    ("training, peak RSS GB", "ref_train", "train", "peak_rss_gb", ".2f", "share", "<= 0.5x"),
+    ("predict 2048 x 1489 px x 5 bands, seconds", "ref_predict", "predict", "seconds", ".1f", "seconds", ">= 5x"),
+    ("predict, peak RSS GB", "ref_predict", "predict", "peak_rss_gb", ".2f", "share", "<= 3 GB"),
+    ("predict, detections (reference: random weights)", "ref_predict", "predict", "n", "d", "", ""),
+]  # fmt: skip
+
+
 def print_table(results: dict) -> None:
-    get = results.get
+    for key in ("ref_train", "train"):  # parameters in millions
+        if "params" in results.get(key, {}):
+            results[key]["params_m"] = results[key]["params"] / 1e6
     rows = [
-        ["measurement", "bliss-toolkit 0.4.2", "bliss (this repo)", "ratio", "target", "met?"],
-        _row(
-            "generation, images/s, GalSim",
-            get("ref_generate"),
-            get("gen_galsim"),
-            "images_per_s",
-            ".2f",
-            "faster",
-            ">= 10x",
-        ),
-        _row(
-            "generation, images/s, torch renderer",
-            get("ref_generate"),
-            get("gen_torch"),
-            "images_per_s",
-            ".2f",
-            "faster",
-            ">= 50x",
-        ),
-        _row(
-            "generation, peak RSS GB, GalSim",
-            get("ref_generate"),
-            get("gen_galsim"),
-            "peak_rss_gb",
-            ".2f",
-            "share",
-        ),
-        _row(
-            "generation, peak RSS GB, torch renderer",
-            get("ref_generate"),
-            get("gen_torch"),
-            "peak_rss_gb",
-            ".2f",
-            "share",
-        ),
-        _row(
-            "generation, sources/image (GalSim)",
-            get("ref_generate"),
-            get("gen_galsim"),
-            "sources_per_image",
-            ".1f",
-        ),
-        _row(
-            "training, encoder parameters (M)",
-            _scaled(get("ref_train"), "params", 1e-6),
-            _scaled(get("train"), "params", 1e-6),
-            "params",
-            ".2f",
-            "share",
-            "comparable",
-        ),
-        _row(
-            "training, images/s (batch 16, 256 px)",
-            get("ref_train"),
-            get("train"),
-            "images_per_s",
-            ".3f",
-            "faster",
-            ">= 2x",
-        ),
-        _row(
-            "training, peak RSS GB",
-            get("ref_train"),
-            get("train"),
-            "peak_rss_gb",
-            ".2f",
-            "share",
-            "<= 0.5x",
-        ),
-        _row(
-            "predict 2048 x 1489 px x 5 bands, seconds",
-            get("ref_predict"),
-            get("predict"),
-            "seconds",
-            ".1f",
-            "seconds",
-            ">= 5x",
-        ),
-        _row(
-            "predict, peak RSS GB",
-            get("ref_predict"),
-            get("predict"),
-            "peak_rss_gb",
-            ".2f",
-            "share",
-            "<= 3 GB",
-        ),
-        _row("predict, detections", get("ref_predict"), get("predict"), "n", "d"),
+        _row(label, results.get(ref), results.get(ours), key, fmt, ratio, target)
+        for label, ref, ours, key, fmt, ratio, target in TABLE
+        if ref in results or ours in results
     ]
-    rows = [r for r in rows if r[1] != "not run" or r[2] != "not run"]
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows[1:]:
+    header = ["measurement", "bliss-toolkit 0.4.2", "bliss (this repo)", "ratio", "target", "met?"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
         print("| " + " | ".join(row) + " |")
-
-
-def _scaled(result: dict | None, key: str, factor: float) -> dict | None:
-    if result is None or "error" in result:
-        return result
-    return {**result, key: result[key] * factor}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -608,72 +599,39 @@ def main() -> None:
     parser.add_argument(
         "--train-width", type=int, help="our feature width [default: closest parameter count]"
     )
+    parser.add_argument(
+        "--reference-overrides",
+        nargs="+",
+        default=[],
+        help="Hydra overrides for every reference task",
+    )
     parser.add_argument("--checkpoint", help="our model for predict [default: the shipped one]")
     args = parser.parse_args()
-    tasks = args.only or ["generate", "train", "predict"]
     load_before = os.getloadavg()
-
-    import bench_generate
-    import bench_predict
-    import bench_train
     import torch
 
     executable = None if args.skip_reference else ensure_reference(args.venv, args.python)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_reference_"))
-    workdir = workdir.resolve()
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_reference_"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     frame, survey_yaml = write_reference_inputs(workdir)
-    results, versions = {}, {}
+    versions = {}
     if executable:
         versions = run_reference(executable, "setup", workdir, {})
         if "error" in versions:
             raise SystemExit(f"reference setup failed: {versions['error']} (see {workdir})")
-
-    if "generate" in tasks:
-        if executable:
-            print("reference: generate", flush=True)
-            results["ref_generate"] = run_reference(
-                executable, "generate", workdir, {"batches": args.gen_batches}
-            )
-        for renderer in ("galsim", "torch"):
-            print(f"ours: generate ({renderer})", flush=True)
-            results[f"gen_{renderer}"] = _in_fresh_process(
-                bench_generate.run, renderer, "cpu", 256, args.gen_images, 1, 50
-            )
-
-    if "train" in tasks:
-        width = args.train_width
-        if executable:
-            if not list((workdir / "cached").glob("dataset_*_size_*.pt")):
-                run_reference(executable, "generate", workdir, {"batches": 2})
-            print("reference: train", flush=True)
-            results["ref_train"] = run_reference(
-                executable, "train", workdir, {"batch": TRAIN_BATCH, "steps": args.train_steps}
-            )
-            if width is None and "error" not in results["ref_train"]:
-                width = _closest_width(results["ref_train"]["params"])[0]
-        overrides = [f"encoder.features.width={width}"] if width else []
-        print(f"ours: train {' '.join(overrides)}", flush=True)
-        results["train"] = _in_fresh_process(
-            bench_train.measure, TRAIN_IMAGE_PX, TRAIN_BATCH, args.train_steps, "cpu", overrides
-        )
-        results["train_overrides"] = overrides
-
-    if "predict" in tasks:
-        if executable:
-            print("reference: predict", flush=True)
-            results["ref_predict"] = run_reference(executable, "predict", workdir, {})
-        print("ours: predict", flush=True)
-        checkpoint = args.checkpoint or str(bench_predict.DEFAULT_CKPT)
-        results["predict"] = bench_predict.run_method(
-            "bliss", frame, checkpoint, "cpu", survey_yaml
-        )
+    results = measure_all(args, executable, workdir, frame, survey_yaml)
+    (workdir / "results.json").write_text(json.dumps({**results, "reference": versions}))
+    load_after = os.getloadavg()
 
     print()
     print_table(results)
     if results.get("train_overrides"):
         print(f"\nour training config: {' '.join(results['train_overrides'])}")
-    load_after = os.getloadavg()
+    loads = ", ".join(
+        f"{key} {r['load']:.1f}"
+        for key, r in results.items()
+        if isinstance(r, dict) and "load" in r
+    )
     reference = (
         f"reference: python={versions['python']} torch={versions['torch']} "
         f"numpy={versions['numpy']} scikit-learn={versions['sklearn']}; "
@@ -683,12 +641,72 @@ def main() -> None:
     print(
         f"\ncpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
         f"ours: python={sys.version.split()[0]} torch={torch.__version__}; {reference}"
-        f"load average (1/5/15 min) before {_load(load_before)}, after {_load(load_after)}"
+        f"load average (1/5/15 min) before {_load(load_before)}, after {_load(load_after)}; "
+        f"1-min load when each measurement ended: {loads}"
     )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"inputs and reference logs kept in {workdir}")
+
+
+def measure_all(
+    args: argparse.Namespace,
+    executable: Path | None,
+    workdir: Path,
+    frame: Path,
+    survey_yaml: Path,
+) -> dict:
+    """Reference and ours in turn, each measurement in a fresh process."""
+    import bench_predict
+    import bench_train
+
+    tasks = args.only or ["generate", "train", "predict"]
+    extra = args.reference_overrides
+    results = {}
+
+    def record(key: str, run, *run_args) -> dict:
+        print(f"{key} ...", end=" ", flush=True)
+        start = time.perf_counter()
+        result = run(*run_args)
+        result.setdefault("load", os.getloadavg()[0])
+        print(f"{time.perf_counter() - start:.0f} s", flush=True)
+        results[key] = result
+        return result
+
+    if "generate" in tasks:
+        if executable:
+            params = {"batches": args.gen_batches}
+            record("ref_generate", run_reference, executable, "generate", workdir, params, extra)
+        for renderer in ("galsim", "torch"):
+            record(f"gen_{renderer}", _in_fresh_process, _generate, renderer, args.gen_images)
+
+    if "train" in tasks:
+        width = args.train_width
+        if executable:
+            if not list((workdir / "cached").glob("dataset_*_size_*.pt")):
+                run_reference(executable, "generate", workdir, {"batches": 2}, extra)
+            params = {"batch": TRAIN_BATCH, "steps": args.train_steps}
+            reference = record(
+                "ref_train", run_reference, executable, "train", workdir, params, extra
+            )
+            if width is None and "error" not in reference:
+                width = _closest_width(reference["params"])[0]
+        overrides = [f"encoder.features.width={width}"] if width else []
+        job = (TRAIN_IMAGE_PX, TRAIN_BATCH, args.train_steps, "cpu", overrides)
+        record("train", _in_fresh_process, bench_train.measure, *job)
+        results["train_overrides"] = overrides
+
+    if "predict" in tasks:
+        if executable:
+            record("ref_predict", run_reference, executable, "predict", workdir, {}, extra)
+        checkpoint = args.checkpoint or str(bench_predict.DEFAULT_CKPT)
+        ours = record(
+            "predict", bench_predict.run_method, "bliss", frame, checkpoint, "cpu", survey_yaml
+        )
+        if "peak_gb" in ours:
+            ours["peak_rss_gb"] = ours.pop("peak_gb")
+    return results
 
 
 def _load(values: tuple[float, float, float]) -> str:
