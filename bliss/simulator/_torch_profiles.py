@@ -132,7 +132,7 @@ def image_fourier(image: Tensor, dilation: Tensor, freq_row: Tensor, freq_col: T
     """Fourier transform of a unit-sum, pixel-integrated PSF image, dilated, without the pixel.
 
     Args:
-        image: the PSF image, centred on its middle. Shape: ``h w``.
+        image: the PSF image, centred on its middle: ``h w``, or one per dilation (``u h w``).
         dilation: factors to dilate it by (flux preserved). Shape: ``u``.
         freq_row: row frequencies, cycles per pixel. Shape: ``s``.
         freq_col: column frequencies, cycles per pixel. Shape: ``m``.
@@ -141,7 +141,7 @@ def image_fourier(image: Tensor, dilation: Tensor, freq_row: Tensor, freq_col: T
         The transform; the image is band-limited (sinc interpolated), so frequencies beyond its
         Nyquist limit are 0. Shape: ``u s m``.
     """
-    height, width = image.shape
+    height, width = image.shape[-2:]
     row = torch.arange(height, device=image.device) - (height - 1) / 2
     col = torch.arange(width, device=image.device) - (width - 1) / 2
     f_row = dilation[:, None] * freq_row  # u s, cycles per image pixel

@@ -84,13 +84,6 @@ class ImageSimulator:
             raise BlissConfigError(
                 f"simulator.noise={noise!r}; expected one of {[m.value for m in NoiseModel]}."
             ) from err
-        if getattr(conditions, "observed", None) is not None and isinstance(
-            renderer, TorchRenderer
-        ):
-            raise BlissConfigError(
-                "simulator.conditions.observed (real PSF images per image) needs simulator=galsim; "
-                "the torch renderer takes one PSF image per band."
-            )
         self.survey = survey
         self.prior = prior
         self.renderer = renderer
@@ -207,6 +200,9 @@ class ImageSimulator:
             psf_beta=self.survey.psf_beta,
             psf_images=self._psf_arrays,
             band_offsets_px=dither if self.dither_px else None,
+            image_psfs=(conditions["psf_images"], conditions["psf_dilation"])
+            if "psf_images" in conditions
+            else None,
         )
         generator = torch.Generator(clean.device).manual_seed(int(seed.generate_state(1)[0]))
         sky = conditions["sky_electrons"]

@@ -115,6 +115,7 @@ class TorchRenderer:
         psf_beta: float = 3.5,
         psf_images: Mapping[int, tuple[Tensor, float]] | None = None,
         band_offsets_px: Tensor | None = None,
+        image_psfs: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Draw every source of every image in every band.
 
@@ -136,6 +137,10 @@ class TorchRenderer:
                 [default: none].
             band_offsets_px: a ``(row, col)`` shift added to every position in each band of each
                 image, e.g. a sub-pixel dither [default: none]. Shape: ``b c 2``.
+            image_psfs: a PSF image for every image and band (``b c h w``, unit sum, pixel
+                integrated, at this pixel scale; e.g. observed on real frames) and the factor by
+                which each image's PSFs are dilated (``b``). They replace the Moffat profiles and
+                ``psf_images``; ``psf_fwhm_arcsec`` is then only their label [default: none].
 
         Returns:
             The noise-free, sky-free images on the rendering device. Shape: ``b c h w`` (float32).
@@ -162,9 +167,16 @@ class TorchRenderer:
             )
         owner, plocs, flux, is_galaxy, params = self._sources(catalog, offsets)
         psf_images = _checked_psf_images(psf_images, sizes["c"])
+        if image_psfs is not None:
+            image_psfs = _checked_image_psfs(image_psfs, sizes)
         shape = np.array([catalog.height_px, catalog.width_px])
         # per-source bookkeeping in numpy on the CPU; the Fourier work runs on `device`
-        psf_radius = self._psf_radius(fwhm, psf_beta, psf_images, pixel_scale_arcsec)
+        if image_psfs is None:
+            psf_radius = self._psf_radius(fwhm, psf_beta, psf_images, pixel_scale_arcsec)
+        else:  # an image PSF extends to the image's edge, dilated with the PSF
+            images, dilation = image_psfs
+            half_width = max(images.shape[-2:]) / 2 * pixel_scale_arcsec
+            psf_radius = (half_width * dilation)[:, None].expand(-1, sizes["c"])
         psf_radius = psf_radius.amax(1).numpy()[owner]
         radius = psf_radius.copy()
         radius[is_galaxy] = np.hypot(psf_radius[is_galaxy], self._galaxy_radius(params[is_galaxy]))
@@ -188,9 +200,17 @@ class TorchRenderer:
             canvas = torch.zeros(sizes["b"], sizes["c"], *canvas_shape, device=device)
         fraction = offsets.numpy() - offsets_int
         # images observed in the same conditions share their PSFs' Fourier transforms
-        psfs, psf_index = self._distinct_psfs(fwhm, psf_beta, psf_images)
+        if image_psfs is None:
+            psfs, psf_index = self._distinct_psfs(fwhm, psf_beta, psf_images)
+        else:  # one PSF per image and band
+            psf_index = np.arange(sizes["b"] * sizes["c"]).reshape(sizes["b"], sizes["c"])
         for size in np.unique(size_px[visible]).tolist():
-            psf = self._psf_fourier(psfs, psf_beta, psf_images, size, pixel_scale_arcsec, device)
+            if image_psfs is None:
+                psf = self._psf_fourier(
+                    psfs, psf_beta, psf_images, size, pixel_scale_arcsec, device
+                )
+            else:
+                psf = _image_psf_fourier(*image_psfs, size, device)
             chosen = np.flatnonzero(visible & (size_px == size))
             chunk = max(1, _CHUNK_ELEMENTS // (sizes["c"] * size * (size // 2 + 1)))
             for start in range(0, len(chosen), chunk):
@@ -301,6 +321,33 @@ class TorchRenderer:
                 transform = image_fourier(image.to(device), dilation, freq_row, freq_col)
                 fourier[chosen] = transform.to(torch.complex64)
         return fourier * torch.as_tensor(pixel_response(size), device=device).float()
+
+
+def _image_psf_fourier(images: Tensor, dilation: Tensor, size: int, device: torch.device) -> Tensor:
+    """Fourier transforms of every image's PSF in every band, pixel included. Shape ``(b c) size m``."""
+    freq_row, freq_col = (torch.as_tensor(f, device=device) for f in frequencies(size))
+    b, c = images.shape[:2]
+    flat = rearrange(images, "b c h w -> (b c) h w").to(device)
+    transform = image_fourier(flat, dilation.repeat_interleave(c).to(device), freq_row, freq_col)
+    return (
+        transform.to(torch.complex64) * torch.as_tensor(pixel_response(size), device=device).float()
+    )
+
+
+def _checked_image_psfs(
+    image_psfs: tuple[Tensor, Tensor], sizes: dict[str, int]
+) -> tuple[Tensor, Tensor]:
+    """``image_psfs`` of :meth:`TorchRenderer.render` as (unit-sum float64 images, dilations), checked."""
+    images, dilation = image_psfs
+    check_shape("image_psfs[0]", images, "b c h w", {"b": sizes["b"], "c": sizes["c"]})
+    check_shape("image_psfs[1]", dilation, "b", {"b": sizes["b"]})
+    images, dilation = images.detach().cpu().double(), dilation.detach().cpu().double()
+    total = images.sum(dim=(-2, -1), keepdim=True)
+    if not (torch.isfinite(images).all() and (total > 0).all() and (dilation > 0).all()):
+        raise BlissValueError(
+            "image_psfs: expected finite PSF images with positive sums and positive dilations."
+        )
+    return images / total, dilation
 
 
 def _checked_psf_images(

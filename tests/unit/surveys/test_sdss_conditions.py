@@ -87,8 +87,20 @@ def test_simulated_images_use_the_observed_psf(observed):
     assert all(torch.isclose(rows, f).all(dim=1).any() for f in batch["psf_fwhm_arcsec"])
 
 
-def test_torch_renderer_refuses_observed_psfs(observed):
+def test_torch_renderer_draws_the_observed_psfs_as_galsim_does(observed):
+    from bliss.simulator.render import GalsimRenderer
     from bliss.simulator.torch_render import TorchRenderer
 
-    with pytest.raises(BlissConfigError, match="needs simulator=galsim"):
-        _simulator(observed, TorchRenderer())
+    images = []
+    for renderer in (GalsimRenderer(), TorchRenderer()):
+        simulator = _simulator(observed, renderer)
+        simulator.conditions = ObservingConditions(
+            SURVEY, "r", fwhm_scale=[0.8, 1.3], observed=observed
+        )
+        images.append(simulator.simulate(4, seed=3)["images"])
+    galsim, torch_images = images
+    flux = galsim.sum(dim=(-2, -1))
+    # GalSim interpolates the PSF image (quintic), the torch renderer band-limits it (sinc):
+    # measured 2e-4 in total flux and 0.5 % in summed |residual| over ~6 sources per image
+    assert torch.allclose(torch_images.sum(dim=(-2, -1)), flux, rtol=1e-3)
+    assert torch.all((torch_images - galsim).abs().sum(dim=(-2, -1)) < 0.01 * flux)
