@@ -32,7 +32,8 @@ class Predictor:
       small images behaves differently deep inside a large image, where its receptive field
       (139 px for the shipped model) no longer reaches an image edge: on 512 x 512 px fields an
       earlier batch-norm model's precision fell from 0.96 to 0.42 when run on the whole image at
-      once (the layer-norm model shipped now gives nearly the same results either way).
+      once. The layer-norm model shipped now does not depend on it: windows of 80 (its training
+      size), 144 and 272 px give the same quality-gate metrics within 0.001.
     * ``window_px=None``: chunks of ``chunk_px`` extended by half the receptive field, so the
       features are exactly those of a whole-image pass and chunk borders change nothing.
 
