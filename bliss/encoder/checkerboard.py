@@ -120,7 +120,9 @@ class ContextHead(nn.Module):
     network never has to infer a tile's role from its position; a network that does (for
     example from how far the image edges are) breaks on images larger than its training images.
     Two 3 x 3 convolutions mix each tile with its 8 neighbours; a 1 x 1 convolution gives the
-    parameters.
+    parameters. That last convolution always runs in float32, also under mixed-precision autocast
+    (``trainer.precision=bf16-mixed``): bfloat16 keeps 8 bits of mantissa, which would round a
+    log-flux mean near 5 to steps of 0.03 (3 % in flux).
 
     Args:
         feature_width: channels of the feature extractor.
@@ -161,7 +163,7 @@ class ContextHead(nn.Module):
         mixed = self.features(features) + self.context(context) + self.current(marker)
         offset = None if self.training else _lattice_offset(current)
         if offset is None:
-            return rearrange(self.head(self.body(mixed)), "b p ht wt -> b ht wt p")
+            return rearrange(self._params(self.body(mixed)), "b p ht wt -> b ht wt p")
         first, second = self.body
         conv, *rest = second
         row, col = offset
@@ -170,9 +172,13 @@ class ContextHead(nn.Module):
         for layer in rest:
             hidden = layer(hidden)
         b, _, n_h, n_w = mixed.shape
-        out = hidden.new_zeros(b, self.head.out_channels, n_h, n_w)
-        out[..., row::2, col::2] = self.head(hidden)
+        out = mixed.new_zeros(b, self.head.out_channels, n_h, n_w, dtype=torch.float32)
+        out[..., row::2, col::2] = self._params(hidden)
         return rearrange(out, "b p ht wt -> b ht wt p")
+
+    def _params(self, hidden: Tensor) -> Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float())
 
 
 def _lattice_offset(current: Tensor) -> tuple[int, int] | None:

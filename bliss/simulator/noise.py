@@ -158,7 +158,7 @@ def _sky_counts(mean: float, rng: np.random.Generator, out: np.ndarray) -> None:
     np.right_shift(bits[: len(low)], np.uint64(32 - cell_bits), out=low)
     low &= np.uint64((1 << cell_bits) - 1)
     cells = cells.view(np.int64)
-    np.take(guide, cells, out=out)
+    np.take(guide, cells, out=out, mode="clip")  # "raise" buffers `out`: 1.5x slower
     unsure = np.flatnonzero(out < 0)
     inside = rng.integers(0, 2 ** (53 - cell_bits), unsure.size, dtype=np.int64)
     uniform = (cells[unsure] << (53 - cell_bits)) | inside
