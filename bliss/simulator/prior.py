@@ -152,6 +152,29 @@ class CatalogPrior:
         n_sources = torch.poisson(rate, generator=generator).clamp(max=self.max_sources).long()
         slots = torch.arange(self.max_sources)
         is_on = slots < rearrange(n_sources, "b ht wt -> b ht wt 1")
+        # draw attributes for the present sources only: at survey densities ~1 % of the slots
+        # hold one, and drawing every slot cost more than rendering the images
+        sources = self._sample_sources(int(is_on.sum()), generator)
+        data: dict[str, Tensor] = {"n_sources": n_sources}
+        for key, values in sources.items():
+            data[key] = values.new_zeros(*shape, values.shape[-1])
+            data[key][is_on] = values
+        if self.max_sources == 1:
+            return TileCatalog(self.tile_slen, data)
+        # slots ordered by decreasing reference flux, as TileCatalog requires
+        ref_flux = data["fluxes"][..., self.reference_index]
+        order = torch.sort(-torch.where(is_on, ref_flux, -1.0), dim=-1, stable=True).indices
+        return TileCatalog(
+            self.tile_slen,
+            {
+                k: v if k == "n_sources" else torch.gather(v, 3, order.unsqueeze(-1).expand_as(v))
+                for k, v in data.items()
+            },
+        )
+
+    def _sample_sources(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """Attributes of ``n`` sources: ``locs`` (``n 2``), ``fluxes`` (``n c``), the rest ``n 1``."""
+        shape = (n,)
         locs = torch.rand(*shape, 2, generator=generator)
         is_galaxy = torch.rand(shape, generator=generator) < self.prob_galaxy
         ref_flux = torch.where(
@@ -159,40 +182,25 @@ class CatalogPrior:
             _sample_power_law(shape, self.galaxy_flux, generator),
             _sample_power_law(shape, self.star_flux, generator),
         )
-        fluxes = self._sample_fluxes(ref_flux, is_galaxy, generator)
-        galaxy = self._sample_galaxy_shapes(shape, generator)
-        data = {
-            "n_sources": n_sources,
+        galaxy = rearrange(is_galaxy.float(), "n -> n 1")
+        shapes = self._sample_galaxy_shapes(shape, generator)
+        return {
             "locs": locs,
-            "source_type": rearrange(is_galaxy.float(), "... -> ... 1"),
-            "fluxes": fluxes,
-            **galaxy,
+            "source_type": galaxy,
+            "fluxes": self._sample_fluxes(ref_flux, is_galaxy, generator),
+            **{key: shapes[key] * galaxy for key in GALAXY_KEYS},
         }
-        for key in ("source_type", *GALAXY_KEYS):
-            data[key] = data[key] * rearrange(is_galaxy.float(), "... -> ... 1")
-        on = rearrange(is_on, "... -> ... 1")
-        data = {k: (v if k == "n_sources" else torch.where(on, v, 0)) for k, v in data.items()}
-        # slots ordered by decreasing reference flux, as TileCatalog requires
-        catalog = TileCatalog(self.tile_slen, data)
-        order = torch.sort(-torch.where(is_on, ref_flux, -1.0), dim=-1, stable=True).indices
-        return TileCatalog(
-            self.tile_slen,
-            {
-                k: v if k == "n_sources" else torch.gather(v, 3, order.unsqueeze(-1).expand_as(v))
-                for k, v in catalog.items()
-            },
-        )
 
     def _sample_fluxes(
         self, ref_flux: Tensor, is_galaxy: Tensor, generator: torch.Generator
     ) -> Tensor:
-        """Fluxes in every band from the reference flux and colours. Shape ``b ht wt m c``."""
+        """Fluxes in every band from the reference flux and colours. Shape ``... c``."""
         n_bands = len(self.bands)
         latent = torch.randn(*ref_flux.shape, 1, generator=generator)
         scatter = torch.randn(*ref_flux.shape, n_bands, generator=generator)
         table = torch.where(
             rearrange(is_galaxy, "... -> ... 1 1"), self.galaxy_colors, self.star_colors
-        )  # b ht wt m 3 c
+        )  # ... 3 c
         mean, slope, spread = table.unbind(-2)
         color = mean + slope * latent + spread * scatter
         color[..., self.reference_index] = 0.0
@@ -201,7 +209,7 @@ class CatalogPrior:
     def _sample_galaxy_shapes(
         self, shape: tuple[int, ...], generator: torch.Generator
     ) -> dict[str, Tensor]:
-        """Bulge + disk parameters, each ``b ht wt m 1``."""
+        """Bulge + disk parameters, each ``... 1`` for ``shape`` ``...``."""
         config = self.galaxy_shape
         q_min = config["q_min"]
 

@@ -329,7 +329,8 @@ def test_simulator_with_a_psf_image_matches_the_galsim_simulator():
     assert reference.sum() > 1e3  # sources were drawn
     assert (ours - reference).abs().sum() < 0.01 * reference.sum()
     moffat = simulate(TorchRenderer(), None)  # the image (beta 2.5) was used in r, and only there
-    assert torch.equal(moffat[:, 0], ours[:, 0])
+    # g matches up to stamp truncation: stamps are sized for the widest PSF of all bands
+    assert (moffat[:, 0] - ours[:, 0]).abs().sum() < 1e-3 * ours[:, 0].sum()
     assert (moffat[:, 1] - ours[:, 1]).abs().sum() > 0.05 * ours[:, 1].sum()
 
 
