@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.serialization import config as serialization_config
 
 from bliss.atomic import atomic_path
 from bliss.catalog import TileCatalog
@@ -64,7 +65,10 @@ def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> None:
     for key, value in catalog.items():
         payload[_CATALOG_PREFIX + key] = value.contiguous()
     payload["meta"] = {**meta, "tile_slen": catalog.tile_slen}
-    atomic_write_bytes(path, lambda stream: torch.save(payload, stream))
+    # torch.load never checks the zip's CRC-32s (a flipped byte loads silently, tested), so
+    # computing them only cost time: ~0.35 ms per 256 px 5-band image
+    with serialization_config.patch({"save.compute_crc32": False}):
+        atomic_write_bytes(path, lambda stream: torch.save(payload, stream))
 
 
 def load_shard(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from scipy.special import gammaln
 
 from bliss.catalog.shapes import check_shape
+from bliss.errors import BlissValueError
 
 __all__ = ["NoiseModel", "add_sky_and_noise"]
 
@@ -39,7 +40,11 @@ class NoiseModel(StrEnum):
 
 
 def add_sky_and_noise(
-    image: np.ndarray, sky_electrons: np.ndarray, noise: NoiseModel, rng: np.random.Generator
+    image: np.ndarray,
+    sky_electrons: np.ndarray,
+    noise: NoiseModel,
+    rng: np.random.Generator,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add a flat sky per band and draw the observed counts.
 
@@ -49,10 +54,13 @@ def add_sky_and_noise(
             ``b c``.
         noise: the noise model. ``"gaussian"`` draws ``expected + sqrt(expected) * N(0, 1)``.
         rng: random stream (seeded by the caller).
+        out: where to write the result (float32, shaped like ``image``); it may be ``image``
+            itself. Writing into memory already in use saves the first-touch page faults of a
+            fresh array, ~0.5 ms per 256 x 256 plane on a virtual machine [default: a new array].
 
     Returns:
-        The observed image in electrons (float32), shaped like ``image``; the expected counts
-        ``max(image + sky, 0)`` for ``noise="none"``.
+        The observed image in electrons (float32), shaped like ``image`` (``out`` if given); the
+        expected counts ``max(image + sky, 0)`` for ``noise="none"``.
 
     Raises:
         BlissShapeError: ``image`` is not ``c h w`` or ``b c h w``, or ``sky_electrons`` does
@@ -63,35 +71,41 @@ def add_sky_and_noise(
     pattern = "b c h w" if image.ndim == 4 else "c h w"
     sizes = check_shape("image", image, pattern)
     check_shape("sky_electrons", sky, pattern.removesuffix(" h w"), sizes)
+    if out is None:
+        out = np.empty(image.shape, dtype=np.float32)
+    elif out.shape != image.shape or out.dtype != np.float32:
+        raise BlissValueError(
+            f"out is {out.dtype} {out.shape}; expected float32 {image.shape} like the image."
+        )
     if noise == NoiseModel.POISSON:
-        counts = np.empty(image.shape, dtype=np.float32)
         for plane in np.ndindex(sky.shape):
-            _poisson_plane(image[plane], float(sky[plane]), rng, counts[plane])
-        return counts
+            _poisson_plane(image[plane], float(sky[plane]), rng, out[plane])
+        return out
+    np.add(image, sky[..., None, None], out=out, casting="same_kind")
+    np.maximum(out, 0.0, out=out)
     if noise == NoiseModel.GAUSSIAN:
-        expected = np.add(image, sky[..., None, None].astype(np.float32), dtype=np.float32)
-        np.maximum(expected, 0.0, out=expected)
         # torch's normal sampler (vectorised Box-Muller) is ~2.5x numpy's; seeded from rng
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        observed = torch.randn(expected.shape, generator=generator).numpy()
-        observed *= np.sqrt(expected)
-        observed += expected
-        return observed
-    expected = image + sky[..., None, None]
-    return np.maximum(expected, 0.0, out=expected).astype(np.float32)
+        normal = torch.randn(out.shape, generator=generator).numpy()
+        normal *= np.sqrt(out)
+        out += normal
+    return out
 
 
 def _poisson_plane(
     light: np.ndarray, sky: float, rng: np.random.Generator, out: np.ndarray
 ) -> None:
-    """Poisson counts of mean ``max(light + sky, 0)`` (``h w``) into ``out`` (float32, ``h w``)."""
+    """Poisson counts of mean ``max(light + sky, 0)`` (``h w``) into ``out`` (float32, ``h w``).
+
+    ``out`` may be ``light``: the light is read before the counts are written.
+    """
     light = light.reshape(-1)
     counts = out.reshape(-1)
-    _sky_counts(max(sky, 0.0), rng, counts)
     lit = np.flatnonzero(light != 0)  # on a boolean mask: ~4x faster than on the floats
+    mean = light[lit].astype(np.float64)
+    _sky_counts(max(sky, 0.0), rng, counts)
     if not lit.size:
         return
-    mean = light[lit].astype(np.float64)
     faint = (mean > 0) & (mean < _INVERSION_MAX_MEAN)
     drawn, extra = _small_poisson(mean[faint], rng)
     counts[lit[faint][drawn]] += extra

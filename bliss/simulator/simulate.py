@@ -206,7 +206,8 @@ class ImageSimulator:
         )
         generator = torch.Generator(clean.device).manual_seed(int(seed.generate_state(1)[0]))
         sky = conditions["sky_electrons"]
-        return add_sky_and_noise_torch(clean, sky, self.noise, generator).cpu()
+        # the renderer's canvas is ours: drawing the noise in place spares a fresh array
+        return add_sky_and_noise_torch(clean, sky, self.noise, generator, inplace=True).cpu()
 
     def _image_psfs(self, conditions: dict[str, Tensor], index: int) -> list:
         """The GalSim PSF of every band of image ``index``."""
