@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from bliss.errors import BlissShapeError
+from bliss.errors import BlissShapeError, BlissValueError
 from bliss.simulator.noise import NoiseModel, _sky_counts, _small_poisson, add_sky_and_noise
 from bliss.simulator.torch_render import add_sky_and_noise_torch
 
@@ -102,6 +102,43 @@ def test_noise_is_reproducible_from_the_seed(noise):
         images, torch.from_numpy(sky), noise, torch.Generator().manual_seed(1)
     )
     assert torch.equal(torch_first, torch_again)
+
+
+@pytest.mark.parametrize("noise", ["poisson", "gaussian", "none"])
+def test_noise_drawn_in_place_equals_noise_into_a_new_array(noise):
+    """Drawing into the light's own memory must read every light value before overwriting it."""
+    rng = np.random.default_rng(0)
+    light = (rng.exponential(3.0, (2, 3, 16, 16)) * (rng.random((2, 3, 16, 16)) < 0.5)).astype(
+        np.float32
+    )
+    light[0, 0, :2] = -0.5  # ringing below zero takes numpy's sampler
+    sky = np.full((2, 3), 40.0)
+    fresh = add_sky_and_noise(light, sky, noise, np.random.default_rng(5))
+    buffer = light.copy()
+    inplace = add_sky_and_noise(buffer, sky, noise, np.random.default_rng(5), out=buffer)
+    assert inplace is buffer
+    assert np.array_equal(fresh, inplace)
+    images = torch.from_numpy(light)
+    expected = add_sky_and_noise_torch(
+        images, torch.from_numpy(sky), noise, torch.Generator().manual_seed(2)
+    )
+    canvas = images.clone()
+    drawn = add_sky_and_noise_torch(
+        canvas, torch.from_numpy(sky), noise, torch.Generator().manual_seed(2), inplace=True
+    )
+    assert drawn is canvas
+    assert torch.equal(expected, drawn)
+
+
+def test_noise_out_must_be_float32_like_the_image():
+    with pytest.raises(BlissValueError, match="out is float64"):
+        add_sky_and_noise(
+            np.zeros((2, 4, 4)),
+            np.ones(2),
+            "poisson",
+            np.random.default_rng(0),
+            out=np.zeros((2, 4, 4)),
+        )
 
 
 def test_sky_must_match_the_image_bands():
