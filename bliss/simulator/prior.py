@@ -44,6 +44,13 @@ class CatalogPrior:
         galaxy_colors: same for galaxies.
         galaxy_shape: ``{disk_hlr_arcsec: {median, sigma, min, max}, bulge_hlr_arcsec: {...},
             q_min}``; ``sigma`` is the standard deviation of the natural log.
+        corner_fraction: share of sources placed within ``corner_px`` (in row and column) of one
+            of their tile's corners, each a point four tiles share [default: 0, positions
+            uniform]. A training device, not a claim about the sky: uniform positions put a
+            source that close to a corner once in ~1600, too rarely for the checkerboard's last
+            group to learn to claim a source that its three neighbours split between them and
+            left.
+        corner_px: see ``corner_fraction`` [default: 0.05].
 
     Example:
         >>> prior = CatalogPrior(["g", "r"], "r", 0.396, density_per_arcmin2=2000.0,
@@ -68,6 +75,8 @@ class CatalogPrior:
         star_colors: Mapping[str, Mapping[str, float]] | None = None,
         galaxy_colors: Mapping[str, Mapping[str, float]] | None = None,
         galaxy_shape: Mapping | None = None,
+        corner_fraction: float = 0.0,
+        corner_px: float = 0.05,
     ) -> None:
         self.bands = tuple(bands)
         if reference_band not in self.bands:
@@ -106,6 +115,16 @@ class CatalogPrior:
             else self._color_table("prior.galaxy_colors", galaxy_colors)
         )
         self.galaxy_shape = _check_shape_config(galaxy_shape or {})
+        if not 0 <= corner_fraction <= 1:
+            raise BlissConfigError(
+                f"prior.corner_fraction={corner_fraction}; expected a share in [0, 1]."
+            )
+        if not 0 < corner_px <= tile_slen:
+            raise BlissConfigError(
+                f"prior.corner_px={corner_px}; expected a distance in (0, tile_slen={tile_slen}] px."
+            )
+        self.corner_fraction = corner_fraction
+        self.corner_px = corner_px
 
     def _color_table(self, key: str, colors: Mapping[str, Mapping[str, float]]) -> Tensor:
         """Colour parameters as a tensor ``3 c`` (mean, slope, scatter) in channel order."""
@@ -176,6 +195,12 @@ class CatalogPrior:
         """Attributes of ``n`` sources: ``locs`` (``n 2``), ``fluxes`` (``n c``), the rest ``n 1``."""
         shape = (n,)
         locs = torch.rand(*shape, 2, generator=generator)
+        if self.corner_fraction:
+            cornered = torch.rand(shape, generator=generator) < self.corner_fraction
+            # any of the tile's four corners, (0, corner_px] inside it (locs stay in [0, 1))
+            corner = torch.randint(0, 2, (n, 2), generator=generator).float()
+            inset = (1.0 - torch.rand(n, 2, generator=generator)) * self.corner_px / self.tile_slen
+            locs = torch.where(cornered[:, None], corner + (1.0 - 2.0 * corner) * inset, locs)
         is_galaxy = torch.rand(shape, generator=generator) < self.prob_galaxy
         ref_flux = torch.where(
             is_galaxy,

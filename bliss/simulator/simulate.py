@@ -178,7 +178,7 @@ class ImageSimulator:
                 else None,
             )
             sky = conditions["sky_electrons"][index].numpy().astype(np.float64)
-            images[index] = add_sky_and_noise(clean.astype(np.float64), sky, self.noise, rng)
+            add_sky_and_noise(clean, sky, self.noise, rng, out=images[index])
         return torch.from_numpy(images)
 
     def _render_torch(

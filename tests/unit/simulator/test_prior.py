@@ -195,6 +195,28 @@ def test_empty_slots_are_zero_and_slots_sorted_by_reference_flux(prior_cfg):
     assert int((catalog["n_sources"] == 3).sum()) > 100  # the ordering was exercised
 
 
+def test_corner_fraction_puts_that_share_at_the_four_corners(prior_cfg):
+    share, corner_px = 0.2, 0.05
+    prior = _prior(
+        prior_cfg, density_per_arcmin2=_density(0.7), corner_fraction=share, corner_px=corner_px
+    )
+    catalog = _draw(prior)
+    locs = catalog["locs"][catalog.is_on_mask].double()
+    n = len(locs)
+    assert float(locs.min()) >= 0.0 and float(locs.max()) < 1.0
+    to_edge = torch.minimum(locs, 1 - locs) * TILE_SLEN  # px from the nearest edge, per axis
+    near = (to_edge <= corner_px).all(-1)
+    # uniform sources land that close with probability (2 * 0.05 / 4)^2 = 6e-4
+    expected = share + (1 - share) * (2 * corner_px / TILE_SLEN) ** 2
+    assert float(near.double().mean()) == pytest.approx(
+        expected, abs=5 * math.sqrt(expected * (1 - expected) / n)
+    )
+    # each of the four corners takes a quarter of them
+    corners = (locs[near] > 0.5).long() @ torch.tensor([2, 1])
+    quarters = torch.bincount(corners, minlength=4).double() / int(near.sum())
+    assert float((quarters - 0.25).abs().max()) < 5 * math.sqrt(0.25 * 0.75 / int(near.sum()))
+
+
 def test_same_seed_gives_identical_draws(prior_cfg):
     prior = _prior(prior_cfg, density_per_arcmin2=_density(1.0), max_sources=2)
     first = prior.sample(2, 8, 8, torch.Generator().manual_seed(7))
@@ -217,6 +239,8 @@ def test_same_seed_gives_identical_draws(prior_cfg):
         ({"galaxy_flux": {"min_nmgy": 9.0, "max_nmgy": 1.0, "alpha": 0.5}}, "prior.galaxy_flux"),
         ({"star_flux": {"min_nmgy": 1.0, "max_nmgy": 9.0, "alpha": -0.5}}, "prior.star_flux.alpha"),
         ({"galaxy_shape": {"q_min": 0.0}}, "prior.galaxy_shape.q_min"),
+        ({"corner_fraction": 1.5}, "prior.corner_fraction"),
+        ({"corner_px": 0.0}, "prior.corner_px"),
     ],
 )
 def test_bad_values_raise_config_errors_naming_the_key(prior_cfg, overrides, key):
