@@ -1,7 +1,6 @@
 """The encoder: no information leaks through the checkerboard, it can learn, and it fails loudly."""
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,15 +13,6 @@ from tests.conftest import compose_config
 
 IMAGE_PX = 16  # 4 x 4 tiles of 4 px
 N_BANDS = 5  # sdss
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """A few-kB network is ~10x slower when two threads fight over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _encoder(tmp_path, *overrides: str) -> Encoder:  # noqa: ANN001

@@ -1,20 +1,9 @@
 """Stem activation checkpointing and bfloat16 mixed precision leave the training maths intact."""
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 
 from bliss.encoder.features import FeatureNet
 from tests.unit.encoder.test_encoder import _encoder, _random_batch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _gradients(net: FeatureNet, x: torch.Tensor) -> list[torch.Tensor]:
