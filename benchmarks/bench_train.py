@@ -48,7 +48,9 @@ def measure(
     n_params = sum(p.numel() for p in encoder.parameters())
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
-        raise SystemExit(f"trainer.precision={precision!r}; this benchmark runs 32-true or bf16-mixed.")
+        raise SystemExit(
+            f"trainer.precision={precision!r}; this benchmark runs 32-true or bf16-mixed."
+        )
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def step() -> None:
