@@ -1,6 +1,6 @@
 """Quality gate: the shipped model against the `sep` baseline on fresh simulated SDSS fields.
 
-Usage: python benchmarks/bench_quality_gate.py [--checkpoint PATH] [--n-fields 20] [--out DIR]
+Usage: python benchmarks/bench_quality_gate.py [--checkpoint PATH] [--n-fields 80] [--out DIR]
 
 Simulates two sets of 512 x 512 px 5-band `sdss` fields with a seed never used in training
 (~100 sources per field, r from 16 to 23, half galaxies, PSF FWHM in the headers): one at the
@@ -8,6 +8,11 @@ survey's nominal seeing and sky, one where each field draws its own seeing (FWHM
 sky (x0.6-1.5). Prints bliss vs sep side by side and checks the gate:
 F1 >= sep + 0.10 overall and above sep in the two faintest bins, star/galaxy accuracy >= 0.9,
 r-band 90 % interval coverage in [0.85, 0.95].
+
+80 fields per set (~8000 sources) by default: the binomial standard error of the star/galaxy
+accuracy is then 0.003, against 0.007 with 20 fields, when the shipped model clears the 0.9
+threshold by ~0.01. With 20 fields the verdict hung on which fields were drawn (0.907 on one
+draw, 0.896 on another).
 """
 
 import argparse
@@ -77,7 +82,7 @@ def gate(results: dict) -> list[tuple[str, bool]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
-    parser.add_argument("--n-fields", type=int, default=20)
+    parser.add_argument("--n-fields", type=int, default=80)
     parser.add_argument("--out", default="outputs/quality_gate")
     args = parser.parse_args()
     print(
