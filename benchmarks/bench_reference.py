@@ -700,7 +700,11 @@ def measure_all(
             )
             if width is None and "error" not in reference:
                 width = _closest_width(reference["params"])[0]
-        overrides = [f"encoder.features.width={width}"] if width else []
+        # the memory-saving option a user training a model this wide would turn on
+        overrides = [
+            *([f"encoder.features.width={width}"] if width else []),
+            "encoder.features.checkpoint_stem=true",
+        ]
         job = (TRAIN_IMAGE_PX, TRAIN_BATCH, args.train_steps, "cpu", overrides)
         record("train", _in_fresh_process, bench_train.measure, *job)
         results["train_overrides"] = overrides
