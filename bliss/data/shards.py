@@ -7,8 +7,10 @@ index, seed, tile_slen, bands). It is written to a temporary name and renamed, s
 disk is always complete.
 """
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,37 @@ def task_manifest_path(directory: Path, first: int, last: int) -> Path:
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-        write(stream)
-        stream.flush()
-        os.fsync(stream.fileno())
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    Raises:
+        BlissIOError: the disk filled up; nothing was written at ``path``.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except (OSError, RuntimeError) as err:
+        if not _out_of_space(err):
+            raise
+        free_mb = shutil.disk_usage(path.parent).free / 1e6
+        raise BlissIOError(
+            f"no space left on the device holding {path.parent} ({free_mb:.0f} MB free) while "
+            f"writing {path.name}; nothing was written there. Free some space or point "
+            "paths.cached_data at a larger disk, then re-run: complete shards are kept."
+        ) from err
+
+
+def _out_of_space(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception it was raised from is ENOSPC (torch wraps it)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """Shard generation: manifest, resume, crash safety, determinism and corrupt-file errors."""
 
+import errno
 import json
 
 import pytest
@@ -120,6 +121,33 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path):
     with pytest.raises(_Crash):
         atomic_write_bytes(target, half_then_fail)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_full_disk_is_an_io_error_and_leaves_no_file(tmp_path, wrapped):
+    """torch.save reports ENOSPC as a RuntimeError raised while handling the OSError."""
+    target = tmp_path / "shard_000000.pt"
+
+    def fill_the_disk(stream):
+        stream.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            if wrapped:
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+            raise
+
+    with pytest.raises(BlissIOError, match="no space left on the device holding"):
+        atomic_write_bytes(target, fill_the_disk)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_pass_through_unchanged(tmp_path):
+    def refuse(stream):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError):
+        atomic_write_bytes(tmp_path / "x.pt", refuse)
 
 
 def test_a_truncated_shard_is_an_io_error_naming_the_file(simulator, tmp_path):
