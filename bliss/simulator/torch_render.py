@@ -461,7 +461,8 @@ def add_sky_and_noise_torch(
         return images if inplace else torch.from_numpy(counts)
     sky = rearrange(sky_electrons.to(images), "b c -> b c 1 1")
     if model == NoiseModel.POISSON:
-        return torch.poisson((images + sky).clamp_min_(0.0), generator=generator)
+        counts = torch.poisson((images + sky).clamp_min_(0.0), generator=generator)
+        return images.copy_(counts) if inplace else counts
     on_cpu = images.device.type == "cpu"
     if inplace:
         observed = images
