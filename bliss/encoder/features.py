@@ -101,12 +101,5 @@ class FeatureNet(nn.Module):
             )
         if not (self.checkpoint_stem and self.training and torch.is_grad_enabled()):
             return self.net(x)
-        x = checkpoint(self._stem, x, use_reentrant=False)
-        for layer in self.net[self._n_stem :]:
-            x = layer(x)
-        return x
-
-    def _stem(self, x: Tensor) -> Tensor:
-        for layer in self.net[: self._n_stem]:
-            x = layer(x)
-        return x
+        x = checkpoint(self.net[: self._n_stem], x, use_reentrant=False)
+        return self.net[self._n_stem :](x)

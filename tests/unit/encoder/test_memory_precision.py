@@ -56,15 +56,15 @@ def test_bf16_autocast_keeps_posterior_parameters_float32(tmp_path) -> None:
     batch = _random_batch()
     torch.manual_seed(1)
     full = encoder.nll(batch)
-    features = encoder.tile_features(batch)
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = encoder.nll(batch)
-        truth_tiles = torch.ones(*features.shape[-2:], dtype=torch.bool)
+        features = encoder.tile_features(batch)
+        b, _, n_h, n_w = features.shape
         params = encoder.head(
-            encoder.tile_features(batch).float(),
-            torch.zeros(features.shape[0], encoder.context.n_channels, *features.shape[-2:]),
-            truth_tiles,
+            features,
+            torch.zeros(b, encoder.context.n_channels, n_h, n_w),
+            torch.ones(n_h, n_w, dtype=torch.bool),  # every tile in the current group
         )
     assert params.dtype == torch.float32
     assert mixed.dtype == torch.float32
