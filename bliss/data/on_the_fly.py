@@ -5,12 +5,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bliss.data.generate import shard_seed
 from bliss.simulator.simulate import ImageSimulator
 
 __all__ = ["SimulatedDataModule"]
+
+#: a batch key is ``(epoch << EPOCH_SHIFT) + index``, so epochs never share a seed
+EPOCH_SHIFT = 20
 
 
 def _flatten(batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -19,25 +22,53 @@ def _flatten(batch: dict[str, Any]) -> dict[str, Tensor]:
     return out
 
 
-class _SimulatedBatches(IterableDataset):
-    """``n_batches`` whole batches; batch ``i`` of stream ``stream`` has a fixed seed."""
+class _SimulatedBatches(Dataset):
+    """Whole simulated batches; the batch of key ``key`` in stream ``stream`` has a fixed seed.
+
+    Args:
+        on_device: leave the images where the renderer made them (a CUDA renderer's GPU), for
+            a loader in the training process; else they come back on the CPU.
+    """
 
     def __init__(
-        self, simulator: ImageSimulator, batch_size: int, n_batches: int, seed: int, stream: int
+        self,
+        simulator: ImageSimulator,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        on_device: bool = False,
     ) -> None:
         self.simulator = simulator
         self.batch_size = batch_size
-        self.n_batches = n_batches
         self.seed = seed
         self.stream = stream
+        self.on_device = on_device
+
+    def __getitem__(self, key: int) -> dict[str, Tensor]:
+        seed = shard_seed(self.seed, (self.stream << 40) + key)
+        batch = self.simulator.simulate(self.batch_size, seed=seed, on_device=self.on_device)
+        return _flatten(batch)
+
+
+class _BatchKeys(Sampler[int]):
+    """Keys of the batches of one epoch: ``n_batches`` fresh ones per epoch, or the same ones.
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch, in the main process,
+    before the loader hands keys to its workers.
+    """
+
+    def __init__(self, n_batches: int, fresh_each_epoch: bool) -> None:
+        self.n_batches = n_batches
+        self.fresh_each_epoch = fresh_each_epoch
         self.epoch = 0
 
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        for index in range(worker, self.n_batches, n_workers):
-            seed = shard_seed(self.seed, (self.stream << 40) + (self.epoch << 20) + index)
-            yield _flatten(self.simulator.simulate(self.batch_size, seed=seed))
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's batches."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        first = (self.epoch << EPOCH_SHIFT) if self.fresh_each_epoch else 0
+        return iter(range(first, first + self.n_batches))
 
     def __len__(self) -> int:
         return self.n_batches
@@ -46,12 +77,16 @@ class _SimulatedBatches(IterableDataset):
 class SimulatedDataModule(pl.LightningDataModule):
     """Train on freshly simulated batches every epoch; validate on a fixed simulated set.
 
+    With a CUDA renderer (``simulator.renderer.device=cuda``) and no loader workers, batches are
+    rendered on the GPU and stay there; with workers, those start by ``spawn`` (CUDA cannot run
+    in a forked process) and hand over CPU batches, pinned when training on a GPU.
+
     Args:
         simulator: the image simulator.
         batch_size: images per batch.
         batches_per_epoch: training batches per epoch.
         val_batches: validation (and test) batches, the same every epoch.
-        seed: base seed; train, val and test use disjoint seed streams.
+        seed: base seed; train, val and test use disjoint seed streams, and so do ranks.
         num_workers: loader processes.
     """
 
@@ -65,26 +100,43 @@ class SimulatedDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.train_set = _SimulatedBatches(simulator, batch_size, batches_per_epoch, seed, stream=1)
-        self.val_set = _SimulatedBatches(simulator, batch_size, val_batches, seed, stream=2)
-        self.test_set = _SimulatedBatches(simulator, batch_size, val_batches, seed, stream=3)
+        on_device = num_workers == 0
+        self.train_set = _SimulatedBatches(simulator, batch_size, seed, 1, on_device)
+        self.val_set = _SimulatedBatches(simulator, batch_size, seed, 2, on_device)
+        self.test_set = _SimulatedBatches(simulator, batch_size, seed, 3, on_device)
+        self.batches_per_epoch = batches_per_epoch
+        self.val_batches = val_batches
         self.num_workers = num_workers
+        self._renders_on_cuda = simulator.render_device.type == "cuda"
 
-    def _loader(self, dataset: _SimulatedBatches) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
+    def _loader(self, dataset: _SimulatedBatches, n_batches: int, fresh: bool) -> DataLoader:
+        options: dict[str, Any] = {}
+        if self.num_workers:
+            options["persistent_workers"] = True
+            if self._renders_on_cuda:
+                options["multiprocessing_context"] = "spawn"
+        training_on_cuda = (
+            self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        )
+        return DataLoader(
+            dataset,
+            batch_size=None,  # the dataset yields whole batches
+            sampler=_BatchKeys(n_batches, fresh),
+            num_workers=self.num_workers,
+            pin_memory=training_on_cuda and not (dataset.on_device and self._renders_on_cuda),
+            **options,
+        )
 
     def train_dataloader(self) -> DataLoader:
-        """Fresh batches: the epoch number enters the seed."""
+        """Fresh batches every epoch; every rank draws its own."""
         if self.trainer is not None:
-            self.train_set.epoch = self.trainer.current_epoch
-            rank = self.trainer.global_rank
-            self.train_set.stream = 1 + 16 * rank  # ranks draw different images
-        return self._loader(self.train_set)
+            self.train_set.stream = 1 + 16 * self.trainer.global_rank
+        return self._loader(self.train_set, self.batches_per_epoch, fresh=True)
 
     def val_dataloader(self) -> DataLoader:
         """The fixed validation batches."""
-        return self._loader(self.val_set)
+        return self._loader(self.val_set, self.val_batches, fresh=False)
 
     def test_dataloader(self) -> DataLoader:
         """The fixed test batches."""
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.val_batches, fresh=False)

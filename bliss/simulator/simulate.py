@@ -114,8 +114,22 @@ class ImageSimulator:
         """Tiles per image side."""
         return self.image_size // self.prior.tile_slen
 
-    def simulate(self, n_images: int, seed: int) -> dict[str, Tensor | TileCatalog]:
+    @property
+    def render_device(self) -> torch.device:
+        """Where images are rendered: the torch renderer's device, else the CPU."""
+        device = getattr(self.renderer, "device", None)
+        return torch.device("cpu") if device is None else device
+
+    def simulate(
+        self, n_images: int, seed: int, on_device: bool = False
+    ) -> dict[str, Tensor | TileCatalog]:
         """Simulate ``n_images`` images from one integer seed.
+
+        Args:
+            n_images: images in the batch.
+            seed: the batch's seed; the same seed gives the same batch.
+            on_device: return everything on :attr:`render_device` (a CUDA renderer's GPU), as
+                on-the-fly training wants, instead of the CPU, as shards want.
 
         Returns:
             ``images`` (``b c h w``, electrons, sky included), ``background`` (``b c``, electrons
@@ -136,12 +150,13 @@ class ImageSimulator:
         else:
             images = self._render_galsim(full, conditions, dither, rng)
         inner = slice(self.margin_tiles, self.margin_tiles + self.n_tiles)
+        device = self.render_device if on_device else torch.device("cpu")
         return {
-            "images": images,
-            "background": conditions["sky_electrons"].float(),
-            "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float(),
-            "dither_px": dither.float(),
-            "catalog": padded.crop_tiles(inner, inner),
+            "images": images.to(device),
+            "background": conditions["sky_electrons"].float().to(device),
+            "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float().to(device),
+            "dither_px": dither.float().to(device),
+            "catalog": padded.crop_tiles(inner, inner).to(device),
         }
 
     def _render_galsim(
@@ -188,7 +203,7 @@ class ImageSimulator:
         dither: Tensor,
         seed: np.random.SeedSequence,
     ) -> Tensor:
-        """Noisy images (``b c h w``, on the CPU), the whole batch in one :class:`TorchRenderer` call."""
+        """Noisy images (``b c h w``, on the rendering device), the whole batch in one :class:`TorchRenderer` call."""
         electrons_per_nmgy = torch.from_numpy(_electrons_per_nmgy(self.magzero)).float()
         data = {key: full[key] for key in ("n_sources", "source_type", *GALAXY_KEYS)}
         data["plocs"] = full["plocs"] - self.margin_tiles * self.prior.tile_slen
@@ -207,7 +222,7 @@ class ImageSimulator:
         generator = torch.Generator(clean.device).manual_seed(int(seed.generate_state(1)[0]))
         sky = conditions["sky_electrons"]
         # the renderer's canvas is ours: drawing the noise in place spares a fresh array
-        return add_sky_and_noise_torch(clean, sky, self.noise, generator, inplace=True).cpu()
+        return add_sky_and_noise_torch(clean, sky, self.noise, generator, inplace=True)
 
     def _image_psfs(self, conditions: dict[str, Tensor], index: int) -> list:
         """The GalSim PSF of every band of image ``index``."""

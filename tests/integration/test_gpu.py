@@ -95,3 +95,48 @@ def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
     assert all(
         torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
     )
+
+
+def test_cuda_renderer_batches_stay_on_the_gpu_only_when_asked(tmp_path: Path) -> None:
+    from bliss.main import build_simulator
+
+    overrides = ["mode=train", *TINY_OVERRIDES, "simulator=torch"]
+    cpu = build_simulator(compose_config(overrides, tmp_path))
+    simulator = build_simulator(
+        compose_config([*overrides, "simulator.renderer.device=cuda"], tmp_path)
+    )
+    assert simulator.render_device.type == "cuda"
+    batch = simulator.simulate(2, seed=0, on_device=True)
+    assert batch["images"].is_cuda and batch["catalog"]["locs"].is_cuda
+    assert batch["background"].is_cuda
+    shard_batch = simulator.simulate(2, seed=0)  # what generation writes
+    assert not shard_batch["images"].is_cuda
+    # the same catalog; CUDA and CPU draw different noise, so compare the light only
+    reference = cpu.simulate(2, seed=0)
+    assert torch.equal(shard_batch["catalog"]["n_sources"], reference["catalog"]["n_sources"])
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_on_the_fly_training_with_the_cuda_renderer(tmp_path: Path, num_workers: int) -> None:
+    cfg = compose_config(
+        [
+            "mode=train",
+            *TINY_OVERRIDES,
+            "simulator=torch",
+            "simulator.renderer.device=cuda",
+            "train.data=simulate",
+            "train.simulate.batches_per_epoch=2",
+            "train.simulate.val_batches=1",
+            f"train.simulate.num_workers={num_workers}",  # 1: a spawned worker renders on CUDA
+            "trainer.accelerator=gpu",
+            "trainer.devices=1",
+            "trainer.max_steps=3",
+            "train.test_after_fit=false",
+        ],
+        tmp_path,
+    )
+    run(cfg)
+    checkpoint = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert checkpoint["global_step"] == 3
