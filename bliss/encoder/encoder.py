@@ -53,6 +53,9 @@ class Encoder(pl.LightningModule):
         match_dist_px: matching distance for validation metrics, pixels.
         mag_bins: reference-band magnitude bin edges for validation metrics.
         compile_features: wrap the feature extractor in ``torch.compile``.
+        channels_last: keep convolution weights and activations in the ``b h w f`` memory
+            layout, which GPU tensor cores and oneDNN prefer. On this repo's 2-core CPU it moved
+            training by -5 to +8 %; it is for GPUs. The numbers are the same either way.
 
     Example:
         >>> from hydra import compose, initialize_config_module
@@ -87,6 +90,7 @@ class Encoder(pl.LightningModule):
         match_dist_px: float = 1.0,
         mag_bins: Sequence[float] = (16, 19, 20, 21, 22, 23),
         compile_features: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.bands = tuple(bands)
@@ -121,6 +125,8 @@ class Encoder(pl.LightningModule):
         self.threshold = threshold
         self.match_dist_px = match_dist_px
         self.mag_bins = list(mag_bins)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
         # not a submodule attribute: registering it would store every feature weight twice
         feature_fn = torch.compile(self.features) if compile_features else self.features
         object.__setattr__(self, "_feature_fn", feature_fn)
@@ -131,9 +137,8 @@ class Encoder(pl.LightningModule):
         """Per-tile features of a batch. Shape ``b f ht wt``."""
         images = batch["images"]
         check_shape("images", images, "b c h w", {"c": len(self.bands)})
-        return self._feature_fn(
-            self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"])
-        )
+        normalised = self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"])
+        return self._feature_fn(normalised.contiguous(memory_format=self.memory_format))
 
     def group_params(
         self, features: Tensor, catalog: TileCatalog, known: Tensor, current: Tensor

@@ -73,3 +73,24 @@ def test_bf16_autocast_keeps_posterior_parameters_float32(tmp_path) -> None:
     assert abs(mixed.item() - full.item()) < 0.01 * abs(full.item())
     mixed.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in encoder.parameters())
+
+
+def test_channels_last_changes_the_layout_not_the_numbers(tmp_path) -> None:
+    plain = _encoder(tmp_path).train()
+    last = _encoder(tmp_path, "encoder.channels_last=true").train()
+    last.load_state_dict(plain.state_dict())
+    conv = last.features.net[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    batch = _random_batch()
+    features = last.tile_features(batch)
+    assert features.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(features, plain.tile_features(batch), rtol=1e-4, atol=1e-5)
+    torch.manual_seed(1)
+    loss_plain = plain.nll(batch)
+    loss_plain.backward()
+    torch.manual_seed(1)
+    loss_last = last.nll(batch)
+    loss_last.backward()
+    torch.testing.assert_close(loss_last, loss_plain, rtol=1e-5, atol=1e-4)
+    for a, b in zip(last.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
