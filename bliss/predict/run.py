@@ -108,6 +108,7 @@ def build_predictor(
         device=spec.device,
         progress=progress,
         model_magzero=_model_magzero(model_config, encoder.bands),
+        precision=spec.get("precision", "32-true"),
     )
 
 

@@ -9,6 +9,7 @@ import torch
 import bliss
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.encoder.checkpoint import load_encoder
+from bliss.errors import BlissConfigError
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
 from bliss.simulator.render import GalsimRenderer, moffat_psf
@@ -114,3 +115,19 @@ def test_no_detections_on_missing_pixels(predictor):
     rows = predictor.predict(image)["sources"]
     inside = (rows["row"] > 101) & (rows["row"] < 179) & (rows["col"] > 61) & (rows["col"] < 199)
     assert not inside.any()
+
+
+def test_bf16_prediction_agrees_with_float32(predictor):
+    """bfloat16 features (8-bit mantissa) move positions and fluxes far less than their errors."""
+    image = read_fits_image(SAMPLE, SDSS)
+    window = predictor.chunk_px + 2 * predictor.margin_px
+    bf16 = Predictor(predictor.encoder, window_px=window, progress=False, precision="bf16-mixed")
+    full, half = predictor.predict(image)["sources"], bf16.predict(image)["sources"]
+    assert 20 <= len(full["row"]) == len(half["row"])
+    np.testing.assert_allclose(half["row"], full["row"], atol=0.05)
+    np.testing.assert_allclose(half["col"], full["col"], atol=0.05)
+    np.testing.assert_allclose(half["fluxes"][:, 2], full["fluxes"][:, 2], rtol=0.02)
+    np.testing.assert_allclose(half["prob_source"], full["prob_source"], atol=0.02)
+    assert not np.array_equal(half["fluxes"], full["fluxes"])  # bfloat16 did run
+    with pytest.raises(BlissConfigError, match="predict.precision"):
+        Predictor(predictor.encoder, window_px=window, precision="fp16")
