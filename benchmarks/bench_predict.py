@@ -1,6 +1,7 @@
 """Prediction throughput and peak memory for a full 2048 x 1489 5-band SDSS-sized frame, vs `sep`.
 
 Usage: python benchmarks/bench_predict.py [--checkpoint PATH] [--height 1489 --width 2048]
+       [--device cpu|cuda] [--precision 32-true|bf16-mixed]
 
 The frame is simulated once (default `sdss` preset and prior) and written to a temporary FITS
 file; bliss and sep each run in a fresh subprocess so their peak RSS is measured separately.
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 import bliss  # registers resolvers
 from bliss.predict.reader import read_fits_image
 which, path, checkpoint, device = sys.argv[1:5]
+precision = sys.argv[6] if len(sys.argv) > 6 else "32-true"
 survey = instantiate(OmegaConf.load(sys.argv[5]))
 begin = time.perf_counter()
 if which == "bliss":  # imports once per process (torch, Lightning): timed apart
@@ -38,7 +40,10 @@ if which == "bliss":
     encoder, config = load_encoder(checkpoint)
     image = read_fits_image(path, survey, encoder.bands)
     window = int(config["simulator"]["image_size"])
-    predictor = Predictor(encoder, window_px=window, batch_chunks=16, device=device, progress=False)
+    predictor = Predictor(
+        encoder, window_px=window, batch_chunks=16, device=device, progress=False,
+        precision=precision,
+    )
     n = len(predictor.predict(image)["sources"]["row"])
 else:
     image = read_fits_image(path, survey)
@@ -83,15 +88,22 @@ def write_frame(directory: Path, height: int, width: int) -> tuple[Path, Path]:
     return path, survey_yaml
 
 
-def run_method(which: str, path: Path, checkpoint: str, device: str, survey_yaml: Path) -> dict:
-    """Predict `path` with ``bliss`` or ``sep`` in a fresh subprocess.
+def run_method(
+    which: str,
+    path: Path,
+    checkpoint: str,
+    device: str,
+    survey_yaml: Path,
+    precision: str = "32-true",
+) -> dict:
+    """Predict `path` with ``bliss`` (``precision``: ``predict.precision``) or ``sep`` in a fresh subprocess.
 
     Returns:
         ``seconds``, ``n`` (sources) and ``peak_gb`` (the subprocess's peak RSS), or
         ``error`` (the subprocess's last stderr line) when it failed.
     """
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, which, str(path), checkpoint, device, str(survey_yaml)],
+        [sys.executable, "-c", _CHILD, which, str(path), checkpoint, device, str(survey_yaml), precision],
         capture_output=True,
         text=True,
         check=False,
@@ -107,6 +119,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1489)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     args = parser.parse_args()
     import torch
 
@@ -114,12 +127,13 @@ def main() -> None:
         path, survey_yaml = write_frame(Path(directory), args.height, args.width)
         print(
             f"frame {args.height} x {args.width} px x 5 bands; python={sys.version.split()[0]} "
-            f"torch={torch.__version__} device={args.device} threads={torch.get_num_threads()}"
+            f"torch={torch.__version__} device={args.device} precision={args.precision} "
+            f"threads={torch.get_num_threads()}"
         )
         print("| method | seconds | Mpix/s per band | peak RSS GB | sources | imports s |")
         print("|---|---|---|---|---|---|")
         for which in ("bliss", "sep"):
-            r = run_method(which, path, args.checkpoint, args.device, survey_yaml)
+            r = run_method(which, path, args.checkpoint, args.device, survey_yaml, args.precision)
             if "error" in r:
                 print(f"| {which} | failed: {r['error']} | | | | |")
                 continue

@@ -15,16 +15,28 @@ from hydra.utils import instantiate
 
 
 def measure(
-    image_size: int, batch_size: int, steps: int, device: str, overrides: list[str]
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    device: str,
+    overrides: list[str],
+    count_flops: bool = False,
 ) -> dict:
     """Time `steps` AdamW steps (after one warm-up) on one simulated batch.
 
     ``trainer.precision`` is honoured as Lightning would: ``bf16-mixed`` runs the forward pass
     under bfloat16 autocast (parameters, gradients and optimizer state stay float32).
 
+    Args:
+        count_flops: also count the floating-point operations of one step (forward and
+            backward; convolutions and matrix products, as `torch.utils.flop_counter` counts
+            them) in an extra, untimed step. Not with ``encoder.compile_features=true``, whose
+            compiled kernels the counter cannot see.
+
     Returns:
         ``images_per_s``, ``images_per_cpu_s`` (per second of this process's CPU time, all
-        threads), ``s_per_step``, ``params`` (encoder parameter count) and ``peak_rss_gb``.
+        threads), ``s_per_step``, ``params`` (encoder parameter count), ``peak_rss_gb``,
+        ``peak_gpu_gb`` on CUDA, and ``flops_per_step`` when counted.
     """
     with initialize_config_module("bliss.conf", version_base="1.3"):
         cfg = compose(
@@ -61,8 +73,16 @@ def measure(
         optimizer.step()
 
     step()  # warm-up
+    flops = None
+    if count_flops and not cfg.encoder.get("compile_features"):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
     if device == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
@@ -76,6 +96,8 @@ def measure(
         "params": n_params,
         "precision": precision,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+        "flops_per_step": flops,
     }
 
 

@@ -50,8 +50,8 @@ class Predictor:
         progress: show a progress bar over windows.
         precision: ``"32-true"``, or ``"bf16-mixed"`` to run the feature extractor (nearly all
             of the work) under bfloat16 autocast, for GPUs with bfloat16 tensor cores; the
-            features are stored and the posterior computed in float32. On this repo's 2-core CPU
-            it was no faster.
+            features are stored and the posterior computed in float32. On this repo's 2-core
+            CPU (AVX-512 BF16) a 2048 x 1489 px frame took 5.4 s instead of 6.2 s.
         model_magzero: zero point of each of the encoder's bands in its training data (AB mag of
             one electron). The network measures fluxes in that calibration; an image whose
             ``MAGZERO`` differs (every real SDSS frame) gets its fluxes rescaled to nanomaggies with
