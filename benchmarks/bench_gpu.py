@@ -112,7 +112,9 @@ def step_matrix(args: argparse.Namespace, peaks: tuple[float, float] | None) -> 
                     f"{1e3 * r['s_per_step']:.1f} | {tflops:.2f} | {share} | {gpu_gb} |"
                 )
     if flops:
-        rows.append(f"\n{flops / 1e9:.1f} GFLOP per step ({flops / args.batch_size / 1e9:.2f} per image)")
+        rows.append(
+            f"\n{flops / 1e9:.1f} GFLOP per step ({flops / args.batch_size / 1e9:.2f} per image)"
+        )
     return rows
 
 
@@ -228,7 +230,12 @@ def _profile(args: argparse.Namespace) -> list[str]:
     with initialize_config_module("bliss.conf", version_base="1.3"):
         cfg = compose(
             "config",
-            overrides=["mode=train", *MODEL, f"simulator.image_size={args.image_size}", *args.overrides],
+            overrides=[
+                "mode=train",
+                *MODEL,
+                f"simulator.image_size={args.image_size}",
+                *args.overrides,
+            ],
         )
     batch = build_simulator(cfg).simulate(args.batch_size, seed=0)
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -273,7 +280,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image-size", type=int, default=80)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on CPU"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--fit-steps", type=int, default=300)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

@@ -103,7 +103,17 @@ def run_method(
         ``error`` (the subprocess's last stderr line) when it failed.
     """
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, which, str(path), checkpoint, device, str(survey_yaml), precision],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            which,
+            str(path),
+            checkpoint,
+            device,
+            str(survey_yaml),
+            precision,
+        ],
         capture_output=True,
         text=True,
         check=False,
