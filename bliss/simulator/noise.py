@@ -21,7 +21,7 @@ from scipy.special import gammaln
 from bliss.catalog.shapes import check_shape
 from bliss.errors import BlissValueError
 
-__all__ = ["NoiseModel", "add_sky_and_noise"]
+__all__ = ["NoiseModel", "add_sky_and_noise", "gaussian_counts_"]
 
 #: means above this many electrons are not tabulated (the tables would exceed ~1e6 entries)
 _MAX_TABLE_MEAN = 5e6
@@ -86,10 +86,18 @@ def add_sky_and_noise(
     if noise == NoiseModel.GAUSSIAN:
         # torch's normal sampler (vectorised Box-Muller) is ~2.5x numpy's; seeded from rng
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        normal = torch.randn(out.shape, generator=generator).numpy()
-        normal *= np.sqrt(out)
-        out += normal
+        gaussian_counts_(torch.from_numpy(out), generator)
     return out
+
+
+def gaussian_counts_(expected: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Expected counts (>= 0) -> ``expected + sqrt(expected) * N(0, 1)``, in place.
+
+    The Gaussian approximation of Poisson counts, for every renderer; ``generator`` is on the
+    tensor's device.
+    """
+    normal = torch.randn(expected.shape, generator=generator, device=expected.device)
+    return expected.addcmul_(expected.sqrt(), normal)
 
 
 def _poisson_plane(

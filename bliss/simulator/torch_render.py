@@ -43,7 +43,7 @@ from bliss.simulator._torch_profiles import (
     moffat_fourier,
     moffat_scale_radius,
 )
-from bliss.simulator.noise import NoiseModel, add_sky_and_noise
+from bliss.simulator.noise import NoiseModel, add_sky_and_noise, gaussian_counts_
 
 #: GalSim's ``GSParams.stepk_minimum_hlr``: a stamp holds at least this many half-light radii
 _STEPK_MINIMUM_HLR = 5.0
@@ -475,7 +475,5 @@ def add_sky_and_noise_torch(
     # image by image on the CPU, where the temporaries then stay in cache (2x faster)
     pieces = zip(images, sky, observed, strict=True) if on_cpu else [(images, sky, observed)]
     for image, image_sky, out in pieces:
-        expected = torch.add(image, image_sky, out=out).clamp_min_(0.0)
-        normal = torch.randn(expected.shape, generator=generator, device=expected.device)
-        expected.addcmul_(expected.sqrt(), normal)
+        gaussian_counts_(torch.add(image, image_sky, out=out).clamp_min_(0.0), generator)
     return observed
