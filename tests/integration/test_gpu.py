@@ -2,12 +2,17 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from bliss.main import run
+from bliss.encoder.checkpoint import load_encoder
+from bliss.main import build_simulator, run
+from bliss.predict.predictor import Predictor
+from bliss.predict.reader import read_fits_image
 from tests.conftest import TINY_OVERRIDES, compose_config
+from tests.integration.test_shipped_model import MODEL, SAMPLE, SDSS
 
 pytestmark = pytest.mark.gpu
 
@@ -98,8 +103,6 @@ def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
 
 
 def test_cuda_renderer_batches_stay_on_the_gpu_only_when_asked(tmp_path: Path) -> None:
-    from bliss.main import build_simulator
-
     overrides = ["mode=train", *TINY_OVERRIDES, "simulator=torch"]
     cpu = build_simulator(compose_config(overrides, tmp_path))
     simulator = build_simulator(
@@ -140,3 +143,30 @@ def test_on_the_fly_training_with_the_cuda_renderer(tmp_path: Path, num_workers:
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     assert checkpoint["global_step"] == 3
+
+
+def test_channels_last_survives_the_move_to_cuda(tmp_path: Path) -> None:
+    cfg = compose_config(["mode=train", "experiment=debug", "encoder.channels_last=true"], tmp_path)
+    encoder = instantiate(cfg.encoder).to("cuda").train()
+    weight = encoder.features.net[0][0].weight
+    assert weight.is_cuda and weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = encoder.nll(_batch(torch.device("cuda")))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in encoder.parameters())
+
+
+def test_bf16_prediction_on_cuda_agrees_with_float32_on_the_cpu() -> None:
+    image = read_fits_image(SAMPLE, SDSS)
+    results = {}
+    for device, precision in (("cpu", "32-true"), ("cuda", "bf16-mixed")):
+        encoder, config = load_encoder(MODEL)
+        window = config["simulator"]["image_size"]
+        predictor = Predictor(
+            encoder, window_px=window, device=device, precision=precision, progress=False
+        )
+        results[device] = predictor.predict(image)["sources"]
+    cpu, cuda = results["cpu"], results["cuda"]
+    assert len(cpu["row"]) == len(cuda["row"]) >= 20
+    np.testing.assert_allclose(cuda["row"], cpu["row"], atol=0.05)
+    np.testing.assert_allclose(cuda["fluxes"][:, 2], cpu["fluxes"][:, 2], rtol=0.02)
