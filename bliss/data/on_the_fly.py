@@ -1,5 +1,6 @@
 """Batches simulated while training, so no cache is needed."""
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,12 +55,19 @@ class _BatchKeys(Sampler[int]):
     """Keys of the batches of one epoch: ``n_batches`` fresh ones per epoch, or the same ones.
 
     Lightning calls :meth:`set_epoch` at the start of every training epoch, in the main process,
-    before the loader hands keys to its workers.
+    before the loader hands keys to its workers. With ``num_replicas`` ranks, rank ``rank`` takes
+    every ``num_replicas``-th key from its own position, so ranks share no batch; every rank gets
+    ``ceil(n_batches / num_replicas)`` keys (a rank that ran out of batches early would leave the
+    others waiting for it in the gradient all-reduce).
     """
 
-    def __init__(self, n_batches: int, fresh_each_epoch: bool) -> None:
+    def __init__(
+        self, n_batches: int, fresh_each_epoch: bool, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         self.n_batches = n_batches
         self.fresh_each_epoch = fresh_each_epoch
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,10 +76,12 @@ class _BatchKeys(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         first = (self.epoch << EPOCH_SHIFT) if self.fresh_each_epoch else 0
-        return iter(range(first, first + self.n_batches))
+        return iter(
+            range(first + self.rank, first + len(self) * self.num_replicas, self.num_replicas)
+        )
 
     def __len__(self) -> int:
-        return self.n_batches
+        return math.ceil(self.n_batches / self.num_replicas)
 
 
 class SimulatedDataModule(pl.LightningDataModule):
@@ -84,9 +94,9 @@ class SimulatedDataModule(pl.LightningDataModule):
     Args:
         simulator: the image simulator.
         batch_size: images per batch.
-        batches_per_epoch: training batches per epoch.
+        batches_per_epoch: training batches per epoch (all ranks together).
         val_batches: validation (and test) batches, the same every epoch.
-        seed: base seed; train, val and test use disjoint seed streams, and so do ranks.
+        seed: base seed; train, val and test use disjoint seed streams.
         num_workers: loader processes.
     """
 
@@ -115,28 +125,27 @@ class SimulatedDataModule(pl.LightningDataModule):
             options["persistent_workers"] = True
             if self._renders_on_cuda:
                 options["multiprocessing_context"] = "spawn"
-        training_on_cuda = (
-            self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        )
+        world, rank, training_on_cuda = 1, 0, False
+        if self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+            training_on_cuda = self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=None,  # the dataset yields whole batches
-            sampler=_BatchKeys(n_batches, fresh),
+            sampler=_BatchKeys(n_batches, fresh, world, rank),
             num_workers=self.num_workers,
             pin_memory=training_on_cuda and not (dataset.on_device and self._renders_on_cuda),
             **options,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Fresh batches every epoch; every rank draws its own."""
-        if self.trainer is not None:
-            self.train_set.stream = 1 + 16 * self.trainer.global_rank
+        """Fresh batches every epoch, ``batches_per_epoch`` in all, split over the ranks."""
         return self._loader(self.train_set, self.batches_per_epoch, fresh=True)
 
     def val_dataloader(self) -> DataLoader:
-        """The fixed validation batches."""
+        """The fixed validation batches, split over the ranks."""
         return self._loader(self.val_set, self.val_batches, fresh=False)
 
     def test_dataloader(self) -> DataLoader:
-        """The fixed test batches."""
+        """The fixed test batches, split over the ranks."""
         return self._loader(self.test_set, self.val_batches, fresh=False)

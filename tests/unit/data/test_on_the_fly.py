@@ -61,3 +61,16 @@ def test_batches_are_reproducible_and_independent_of_workers(simulator: ImageSim
     first = _fit(simulator)
     assert _fit(simulator) == first
     assert _fit(simulator, num_workers=1) == first
+
+
+def test_ranks_draw_disjoint_batches_of_equal_number() -> None:
+    from bliss.data.on_the_fly import _BatchKeys
+
+    for n_batches, fresh in ((5, True), (4, False), (1, False)):
+        keys = [_BatchKeys(n_batches, fresh, num_replicas=2, rank=r) for r in (0, 1)]
+        for sampler in keys:
+            sampler.set_epoch(3)
+        drawn = [list(k) for k in keys]
+        assert len(drawn[0]) == len(drawn[1]) == len(keys[0]) == -(-n_batches // 2)
+        assert not set(drawn[0]) & set(drawn[1])
+        assert (min(drawn[0]) >> 20 == 3) == fresh  # the epoch enters training keys only
