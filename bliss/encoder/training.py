@@ -1,5 +1,6 @@
 """``bliss mode=train``: fit the encoder, keep the best and last checkpoints, then test."""
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
 from bliss.errors import BlissConfigError, BlissWarning
 
-__all__ = ["build_datamodule", "train"]
+__all__ = ["build_datamodule", "last_checkpoint", "train"]
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -57,6 +58,14 @@ def _load_initial_weights(encoder: pl.LightningModule, path: str) -> None:
         )
 
 
+def last_checkpoint(cfg: DictConfig) -> str | None:
+    """The ``last.ckpt`` that the checkpoint callback keeps in this run's directory, if any."""
+    callback = (cfg.get("callbacks") or {}).get("checkpoint")
+    directory = Path(callback.dirpath) if callback else Path(cfg.paths.run_dir) / "checkpoints"
+    last = directory / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
 def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
     """Fit the encoder described by ``cfg`` and return the final metrics.
 
@@ -71,16 +80,20 @@ def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> 
     """
     pl.seed_everything(cfg.seed, workers=True)
     init_weights = cfg.train.get("init_weights")
-    if cfg.train.resume and init_weights:
+    resume = cfg.train.resume
+    if resume == "auto":
+        resume = last_checkpoint(cfg)
+        if resume is not None:  # a requeued or re-run job: continue it, fine-tune or not
+            print(f"train.resume=auto: continuing from {resume}", file=sys.stderr)
+            init_weights = None
+    elif resume and init_weights:
         raise BlissConfigError(
             "train.resume and train.init_weights are both set; resume continues a run (step, "
             "optimizer, schedule), init_weights starts a new run from trained weights. Set one."
         )
-    for key in ("resume", "init_weights"):
-        if cfg.train.get(key):
-            check_compatible(
-                read_checkpoint(cfg.train[key])["bliss_config"], cfg.encoder, cfg.train[key]
-            )
+    for path in (resume, init_weights):
+        if path:
+            check_compatible(read_checkpoint(path)["bliss_config"], cfg.encoder, path)
     if datamodule is None:
         datamodule = build_datamodule(cfg)
     encoder = instantiate(cfg.encoder)
@@ -93,7 +106,7 @@ def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None] or False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
-    trainer.fit(encoder, datamodule=datamodule, ckpt_path=cfg.train.resume)
+    trainer.fit(encoder, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.train.test_after_fit and not cfg.trainer.get("fast_dev_run"):
         checkpoint = trainer.checkpoint_callback

@@ -1,5 +1,6 @@
 """The ``bliss`` console command, run as a user runs it (a few seconds per call)."""
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -103,11 +104,26 @@ def test_a_bad_prior_value_fails_before_any_shard(tmp_path):
     assert not _cached(tmp_path).exists()
 
 
-def test_multirun_runs_one_job_per_seed(tmp_path):
+SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "basic",
+        # submitit's local executor: the SLURM launcher's code path, in local processes
+        pytest.param(
+            "submitit_local",
+            marks=pytest.mark.skipif(not SUBMITIT, reason="hydra-submitit-launcher missing"),
+        ),
+    ],
+)
+def test_multirun_runs_one_job_per_seed(tmp_path, launcher):
     # each seed gets its own shard directory: one directory holds one seed's shards
     result = _bliss(
         tmp_path,
         "-m",
+        f"hydra/launcher={launcher}",
         "mode=generate",
         "seed=1,2",
         *TINY_OVERRIDES,
@@ -118,7 +134,11 @@ def test_multirun_runs_one_job_per_seed(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+    sweep = tmp_path / "sweep"
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    if launcher == "submitit_local":  # two submitit jobs ran, each with its own log
+        assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2
     seeds = []
     for seed in (1, 2):
         manifest = read_manifest(tmp_path / f"cached_seed{seed}")

@@ -80,6 +80,36 @@ def test_resume_continues_global_step(
     )
 
 
+def test_auto_resume_continues_a_job_rerun_in_its_run_dir(
+    root: Path, trained: tuple[Path, dict], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A requeued SLURM job runs again with the same overrides and run directory."""
+    last, _ = trained
+    run_dir = tmp_path / "requeued"
+    overrides = [*TRAIN, "train.test_after_fit=false", f"paths.run_dir={run_dir}"]
+
+    def restored() -> bool:  # Lightning's own record of loading a checkpoint
+        found = any("Restored all states" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        return found
+
+    caplog.set_level("INFO")
+    run(compose_config(overrides, root))  # train.resume=auto is the default: a fresh start
+    assert not restored()
+    assert _load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    run(compose_config([*overrides, "trainer.max_steps=4"], root))  # the job runs again
+    assert restored()
+    assert _load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
+    # a fine-tune that was requeued continues too, rather than starting over from init_weights
+    run(compose_config([*overrides, "trainer.max_steps=6", f"train.init_weights={last}"], root))
+    assert restored()
+    assert _load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+    # train.resume=null starts afresh even where a run left its checkpoints
+    run(compose_config([*overrides, "train.resume=null"], root))
+    assert not restored()
+    assert _load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
 def test_resume_with_other_factor_set_fails(root: Path, trained: tuple[Path, dict]) -> None:
     last, _ = trained
     cfg = compose_config(

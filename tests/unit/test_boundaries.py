@@ -27,6 +27,9 @@ ALLOWED: dict[str, set[str] | str] = {
     "main": EVERYTHING,
     "bliss": EVERYTHING,  # bliss/__init__.py: re-exports (except main, below)
     "conf": set(),
+    # SLURM submission: checks a job's config (launch), and the launcher that runs them
+    "launch": {"errors"},
+    "slurm_launcher": {"launch"},
     # `python -m bliss.sample_data.make_sample` regenerates the shipped field: a CLI like main
     "sample_data": EVERYTHING,
 }
