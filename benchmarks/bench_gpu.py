@@ -220,37 +220,15 @@ def fit_utilisation(args: argparse.Namespace) -> list[str]:
 
 
 def _profile(args: argparse.Namespace) -> list[str]:
+    import bench_train
     import torch
-    from hydra import compose, initialize_config_module
-    from hydra.utils import instantiate
     from torch.profiler import ProfilerActivity, profile
 
-    from bliss.main import build_simulator
-
-    with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "mode=train",
-                *MODEL,
-                f"simulator.image_size={args.image_size}",
-                *args.overrides,
-            ],
-        )
-    batch = build_simulator(cfg).simulate(args.batch_size, seed=0)
-    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    inputs.update({f"catalog/{k}": v for k, v in batch["catalog"].items()})
-    inputs = {k: v.to(args.device) for k, v in inputs.items()}
-    encoder = instantiate(cfg.encoder).to(args.device)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3)
+    overrides = [*MODEL, *args.overrides, "trainer.precision=bf16-mixed"]
+    _, encoder, inputs, train_step = bench_train.training_setup(
+        args.image_size, args.batch_size, args.device, overrides
+    )
     autocast = torch.autocast(args.device, dtype=torch.bfloat16)
-
-    def train_step() -> None:
-        optimizer.zero_grad()
-        with autocast:
-            loss = encoder.nll(inputs)
-        loss.backward()
-        optimizer.step()
 
     def infer() -> None:
         with torch.no_grad(), autocast:

@@ -14,29 +14,14 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 
-def measure(
-    image_size: int,
-    batch_size: int,
-    steps: int,
-    device: str,
-    overrides: list[str],
-    count_flops: bool = False,
-) -> dict:
-    """Time `steps` AdamW steps (after one warm-up) on one simulated batch.
+def training_setup(image_size: int, batch_size: int, device: str, overrides: list[str]) -> tuple:
+    """The composed config, an encoder, one simulated batch and the step function to time.
 
     ``trainer.precision`` is honoured as Lightning would: ``bf16-mixed`` runs the forward pass
     under bfloat16 autocast (parameters, gradients and optimizer state stay float32).
 
-    Args:
-        count_flops: also count the floating-point operations of one step (forward and
-            backward; convolutions and matrix products, as `torch.utils.flop_counter` counts
-            them) in an extra, untimed step. Not with ``encoder.compile_features=true``, whose
-            compiled kernels the counter cannot see.
-
     Returns:
-        ``images_per_s``, ``images_per_cpu_s`` (per second of this process's CPU time, all
-        threads), ``s_per_step``, ``params`` (encoder parameter count), ``peak_rss_gb``,
-        ``peak_gpu_gb`` on CUDA, and ``flops_per_step`` when counted.
+        ``(cfg, encoder, inputs, step)``; ``step()`` is one AdamW step on the batch.
     """
     with initialize_config_module("bliss.conf", version_base="1.3"):
         cfg = compose(
@@ -50,14 +35,12 @@ def measure(
         )
     from bliss.main import build_simulator
 
-    simulator = build_simulator(cfg)
-    batch = simulator.simulate(batch_size, seed=0)
+    batch = build_simulator(cfg).simulate(batch_size, seed=0)
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     inputs.update({f"catalog/{k}": v for k, v in batch["catalog"].items()})
     inputs = {k: v.to(device) for k, v in inputs.items()}
     encoder = instantiate(cfg.encoder).to(device)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3)
-    n_params = sum(p.numel() for p in encoder.parameters())
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise SystemExit(
@@ -72,6 +55,33 @@ def measure(
         loss.backward()
         optimizer.step()
 
+    return cfg, encoder, inputs, step
+
+
+def measure(
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    device: str,
+    overrides: list[str],
+    count_flops: bool = False,
+) -> dict:
+    """Time `steps` AdamW steps (after one warm-up) on one simulated batch (:func:`training_setup`).
+
+    Args:
+        count_flops: also count the floating-point operations of one step (forward and
+            backward; convolutions and matrix products, as `torch.utils.flop_counter` counts
+            them) in an extra, untimed step. Not with ``encoder.compile_features=true``, whose
+            compiled kernels the counter cannot see.
+
+    Returns:
+        ``images_per_s``, ``images_per_cpu_s`` (per second of this process's CPU time, all
+        threads), ``s_per_step``, ``params`` (encoder parameter count), ``precision``,
+        ``peak_rss_gb``, ``peak_gpu_gb`` on CUDA, and ``flops_per_step`` when counted.
+    """
+    cfg, encoder, _, step = training_setup(image_size, batch_size, device, overrides)
+    n_params = sum(p.numel() for p in encoder.parameters())
+    precision = str(cfg.trainer.precision)
     step()  # warm-up
     flops = None
     if count_flops and not cfg.encoder.get("compile_features"):

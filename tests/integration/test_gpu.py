@@ -78,8 +78,8 @@ def test_bf16_autocast_forward_is_finite(tmp_path: Path) -> None:
     assert torch.isfinite(params).all()
 
 
-def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
-    run(compose_config(["mode=generate", *TINY_OVERRIDES], tmp_path))
+def _train_three_steps_on_the_gpu(tmp_path: Path, overrides: list[str]) -> dict:
+    """``bliss mode=train`` for 3 steps on the GPU; returns the last checkpoint."""
     cfg = compose_config(
         [
             "mode=train",
@@ -87,8 +87,8 @@ def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
             "trainer.accelerator=gpu",
             "trainer.devices=1",
             "trainer.max_steps=3",
-            "trainer.precision=bf16-mixed",
             "train.test_after_fit=false",
+            *overrides,
         ],
         tmp_path,
     )
@@ -97,6 +97,12 @@ def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     assert checkpoint["global_step"] == 3
+    return checkpoint
+
+
+def test_few_training_steps_on_gpu(tmp_path: Path) -> None:
+    run(compose_config(["mode=generate", *TINY_OVERRIDES], tmp_path))
+    checkpoint = _train_three_steps_on_the_gpu(tmp_path, ["trainer.precision=bf16-mixed"])
     assert all(
         torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
     )
@@ -121,28 +127,17 @@ def test_cuda_renderer_batches_stay_on_the_gpu_only_when_asked(tmp_path: Path) -
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_on_the_fly_training_with_the_cuda_renderer(tmp_path: Path, num_workers: int) -> None:
-    cfg = compose_config(
+    _train_three_steps_on_the_gpu(
+        tmp_path,
         [
-            "mode=train",
-            *TINY_OVERRIDES,
             "simulator=torch",
             "simulator.renderer.device=cuda",
             "train.data=simulate",
             "train.simulate.batches_per_epoch=2",
             "train.simulate.val_batches=1",
             f"train.simulate.num_workers={num_workers}",  # 1: a spawned worker renders on CUDA
-            "trainer.accelerator=gpu",
-            "trainer.devices=1",
-            "trainer.max_steps=3",
-            "train.test_after_fit=false",
         ],
-        tmp_path,
     )
-    run(cfg)
-    checkpoint = torch.load(
-        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert checkpoint["global_step"] == 3
 
 
 def test_channels_last_survives_the_move_to_cuda(tmp_path: Path) -> None:
