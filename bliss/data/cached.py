@@ -138,7 +138,8 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
         split_fractions: ``{val, test}`` fractions of the shards (rounded up).
         augment: rotate / flip training examples.
         seed: base seed of the shuffles.
-        pin_memory: pin batches (useful on CUDA).
+        pin_memory: pin batches in page-locked memory, so the copy to the GPU runs
+            asynchronously; ``"auto"``: when the trainer runs on CUDA.
         oriented_keys: catalog keys that turn with the image.
     """
 
@@ -150,7 +151,7 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
         split_fractions: Mapping[str, float] | None = None,
         augment: bool = True,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         oriented_keys: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -160,6 +161,8 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
         self.split_fractions = dict(split_fractions or {"val": 0.1, "test": 0.1})
         self.augment = augment
         self.seed = seed
+        if pin_memory not in (True, False, "auto"):
+            raise BlissConfigError(f"data.pin_memory={pin_memory!r}; expected true, false or auto.")
         self.pin_memory = pin_memory
         self.oriented_keys = oriented_keys
         self.datasets: dict[str, ShardDataset] = {}
@@ -183,9 +186,10 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.datasets[split]
-        world, rank = 1, 0
+        world, rank, on_cuda = 1, 0, False
         if self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
+            on_cuda = self.trainer.strategy.root_device.type == "cuda"
         sampler = ShardBlockSampler(
             dataset.sizes, shuffle=split == "train", seed=self.seed, num_replicas=world, rank=rank
         )
@@ -194,7 +198,7 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=on_cuda if self.pin_memory == "auto" else self.pin_memory,
             persistent_workers=self.num_workers > 0,
             drop_last=split == "train",
         )

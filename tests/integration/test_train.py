@@ -184,7 +184,11 @@ def test_datamodule_splits_shards_by_trainer_rank(root: Path) -> None:
     for rank in range(2):
         datamodule = instantiate(cfg.data)
         datamodule.setup()
-        datamodule.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        datamodule.trainer = SimpleNamespace(
+            world_size=2,
+            global_rank=rank,
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        )
         for split in ("train", "val", "test"):
             sampler = getattr(datamodule, f"{split}_dataloader")().sampler
             assert isinstance(sampler, ShardBlockSampler)

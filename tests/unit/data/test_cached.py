@@ -131,3 +131,23 @@ def test_shuffled_order_visits_one_shard_at_a_time():
 def test_bad_rank_is_a_value_error():
     with pytest.raises(BlissValueError, match="rank=2"):
         ShardBlockSampler(SIZES, num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "pinned"),
+    [("auto", "cpu", False), ("auto", "cuda", True), (False, "cuda", False), (True, "cpu", True)],
+)
+def test_pin_memory_auto_follows_the_trainer_device(simulator, tmp_path, setting, device, pinned):
+    from types import SimpleNamespace
+
+    make_shards(simulator, tmp_path, n_shards=5, images_per_shard=1)
+    module = _setup(tmp_path, pin_memory=setting)
+    module.trainer = SimpleNamespace(  # only what the loaders read
+        world_size=1, global_rank=0, strategy=SimpleNamespace(root_device=torch.device(device))
+    )
+    assert module.train_dataloader().pin_memory is pinned
+
+
+def test_bad_pin_memory_is_named(tmp_path):
+    with pytest.raises(BlissConfigError, match="data.pin_memory='yes'"):
+        CachedSimulatedDataModule(str(tmp_path), pin_memory="yes")
