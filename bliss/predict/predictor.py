@@ -250,10 +250,18 @@ class Predictor:
         return {"sources": sources, "samples": samples}
 
     def _flux_scale(self, image: SurveyImage) -> Tensor | None:
-        """Per-band factor from the training calibration's nanomaggies to the image's."""
-        if self.model_magzero is None:
+        """Per-band factor from the model's fluxes to the image's nanomaggies.
+
+        The training calibration's nanomaggies become the image's (zero points), times the
+        image's aperture correction when it has one.
+        """
+        scale = np.ones(len(image.bands))
+        if self.model_magzero is not None:
+            scale *= 10.0 ** (0.4 * (self.model_magzero - np.asarray(image.magzero, float)))
+        if image.aperture_correction is not None:
+            scale *= np.asarray(image.aperture_correction, float)
+        if self.model_magzero is None and image.aperture_correction is None:
             return None
-        scale = 10.0 ** (0.4 * (self.model_magzero - np.asarray(image.magzero, float)))
         return torch.as_tensor(scale, dtype=torch.float32, device=self.device)
 
 

@@ -64,6 +64,9 @@ def predict_file(
         image = read_fits_image(input_path, survey, predictor.encoder.bands)
     result = predictor.predict(image, threshold=threshold, n_samples=n_samples)
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": len(result["sources"]["row"])}
+    if image.aperture_correction is not None:  # applied to the fluxes: record it
+        for band, factor in zip(image.bands, image.aperture_correction, strict=True):
+            meta[f"APCOR_{band.upper()}"] = round(float(factor), 5)
     table = catalog_table(result["sources"], image.bands, image.wcs, meta)
     written = {"catalog": write_table(table, output)}
     if n_samples:

@@ -68,6 +68,10 @@ class SurveyImage:
         psf_fwhm_map: PSF FWHM at every pixel, arcsec, where the PSF varies over the image (the
             encoder then sees the local value), or None: ``psf_fwhm_arcsec`` everywhere.
             Shape ``c h w``.
+        aperture_correction: per band, the factor by which fluxes measured against the image's
+            PSF model fall short of the total (the light of real stars outside that model, e.g.
+            :mod:`bliss.surveys.sdss.aperture`); the predictor multiplies its fluxes by it.
+            None: 1. Shape ``c``.
     """
 
     path: Path
@@ -78,6 +82,7 @@ class SurveyImage:
     magzero: np.ndarray
     wcs: WCS | None
     psf_fwhm_map: np.ndarray | None = None
+    aperture_correction: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -1,13 +1,17 @@
 """``survey=sdss_frames``: the SDSS survey whose images are real frames read by run/camcol/field."""
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bliss.errors import BlissConfigError, BlissValueError
+import numpy as np
+
+from bliss.errors import BlissConfigError, BlissValueError, BlissWarning
 from bliss.surveys.base import SurveyImage
 from bliss.surveys.parametric import ParametricSurvey
-from bliss.surveys.sdss.frames import read_sdss_field
+from bliss.surveys.sdss.aperture import MIN_STARS, aperture_correction
+from bliss.surveys.sdss.frames import SdssField, read_sdss_field
 
 __all__ = ["SdssFrameSurvey"]
 
@@ -27,6 +31,9 @@ class SdssFrameSurvey(ParametricSurvey):
         mask_planes: fpM mask planes treated as missing data.
         psf_grid: places per side at which the psField PSF's FWHM is fitted to make the FWHM map
             the encoder sees (each pixel its local seeing); 1: one value per band, at the centre.
+        aperture_correction: measure each band's aperture correction on the frame's own stars
+            (:mod:`bliss.surveys.sdss.aperture`) and apply it to the fluxes, as PHOTO does for
+            ``psfMag``; models trained on psField PSFs miss the light of real stars' wings.
         **preset: the :class:`ParametricSurvey` arguments (bands, zero points, ...), used where a
             frame does not say (e.g. a model's nominal PSF).
     """
@@ -40,6 +47,7 @@ class SdssFrameSurvey(ParametricSurvey):
         fields: Sequence[Sequence[int]] | None = None,
         mask_planes: Sequence[str] = ("INTERP", "SATUR", "CR"),
         psf_grid: int = 5,
+        aperture_correction: bool = True,
         **preset: str | float | Sequence[str] | Mapping[str, float],
     ) -> None:
         super().__init__(**preset)
@@ -52,6 +60,7 @@ class SdssFrameSurvey(ParametricSurvey):
                 f"survey.psf_grid={psf_grid}; expected places per side >= 1 (1: one FWHM per band)."
             )
         self.psf_grid = int(psf_grid)
+        self.aperture_correction = bool(aperture_correction)
 
     def for_field(self, run: int, camcol: int, field: int) -> "SdssFrameSurvey":
         """A copy of this survey that reads the field ``run`` / ``camcol`` / ``field``."""
@@ -87,7 +96,36 @@ class SdssFrameSurvey(ParametricSurvey):
             magzero=field.magzero,
             wcs=field.wcs,
             psf_fwhm_map=field.psf_fwhm_map(self.psf_grid) if self.psf_grid > 1 else None,
+            aperture_correction=self._aperture_corrections(field)
+            if self.aperture_correction
+            else None,
         )
+
+    def _aperture_corrections(self, field: SdssField) -> np.ndarray:
+        """Each band's aperture correction, measured on the field's stars. Shape ``c``."""
+        corrections = [
+            aperture_correction(
+                field.images[index],
+                field.background[index],
+                lambda row, col, band=band: field.psf_image(band, row, col),
+                self.pixel_scale_arcsec,
+            )
+            for index, band in enumerate(field.bands)
+        ]
+        short = [
+            f"{band} ({c.n_stars})"
+            for band, c in zip(field.bands, corrections, strict=True)
+            if c.n_stars < MIN_STARS
+        ]
+        if short:
+            warnings.warn(
+                f"SDSS field {self.run}-{self.camcol}-{self.field}: too few stars for an aperture "
+                f"correction in bands {', '.join(short)} (bright, isolated and unmasked; "
+                f"{MIN_STARS} needed); fluxes in those bands are not corrected.",
+                BlissWarning,
+                stacklevel=3,
+            )
+        return np.array([c.factor for c in corrections])
 
 
 def _field_ids(position: int, ids: Sequence[int]) -> tuple[int, int, int]:
