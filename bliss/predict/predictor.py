@@ -48,6 +48,10 @@ class Predictor:
         batch_chunks: windows of equal shape per forward pass (bounds memory).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: show a progress bar over windows.
+        aperture_correction: multiply fluxes by the image's aperture correction when it has
+            one (:attr:`SurveyImage.aperture_correction`). Only right for a model trained on the
+            PSF model that correction refers to (the psField PSFs of real SDSS frames, as
+            ``experiment=sdss_real``); a model trained on Moffat PSFs measures against those.
         precision: ``"32-true"``, or ``"bf16-mixed"`` to run the feature extractor (nearly all
             of the work) under bfloat16 autocast, for GPUs with bfloat16 tensor cores; the
             features are stored and the posterior computed in float32. On this repo's 2-core
@@ -82,6 +86,7 @@ class Predictor:
         device: str = "auto",
         progress: bool = True,
         model_magzero: Sequence[float] | None = None,
+        aperture_correction: bool = True,
         precision: str = "32-true",
     ) -> None:
         tile = encoder.tile_slen
@@ -95,6 +100,7 @@ class Predictor:
                 f"{len(encoder.bands)} bands {encoder.bands}."
             )
         self.model_magzero = None if model_magzero is None else np.asarray(model_magzero, float)
+        self.aperture_correction = aperture_correction
         if batch_chunks < 1:
             raise BlissConfigError(
                 f"predict.batch_chunks={batch_chunks}; expected an integer >= 1."
@@ -255,14 +261,19 @@ class Predictor:
         The training calibration's nanomaggies become the image's (zero points), times the
         image's aperture correction when it has one.
         """
+        correct = self.applies_aperture_correction(image)
+        if self.model_magzero is None and not correct:
+            return None
         scale = np.ones(len(image.bands))
         if self.model_magzero is not None:
             scale *= 10.0 ** (0.4 * (self.model_magzero - np.asarray(image.magzero, float)))
-        if image.aperture_correction is not None:
+        if correct:
             scale *= np.asarray(image.aperture_correction, float)
-        if self.model_magzero is None and image.aperture_correction is None:
-            return None
         return torch.as_tensor(scale, dtype=torch.float32, device=self.device)
+
+    def applies_aperture_correction(self, image: SurveyImage) -> bool:
+        """Whether :meth:`predict` multiplies this image's fluxes by its aperture correction."""
+        return self.aperture_correction and image.aperture_correction is not None
 
 
 def _rescale_fluxes(columns: dict[str, Tensor], scale: Tensor | None) -> dict[str, Tensor]:

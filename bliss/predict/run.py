@@ -64,7 +64,7 @@ def predict_file(
         image = read_fits_image(input_path, survey, predictor.encoder.bands)
     result = predictor.predict(image, threshold=threshold, n_samples=n_samples)
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": len(result["sources"]["row"])}
-    if image.aperture_correction is not None:  # applied to the fluxes: record it
+    if predictor.applies_aperture_correction(image):  # record what scaled the fluxes
         for band, factor in zip(image.bands, image.aperture_correction, strict=True):
             meta[f"APCOR_{band.upper()}"] = round(float(factor), 5)
     table = catalog_table(result["sources"], image.bands, image.wcs, meta)
@@ -111,8 +111,17 @@ def build_predictor(
         device=spec.device,
         progress=progress,
         model_magzero=_model_magzero(model_config, encoder.bands),
+        # a frame's aperture correction is measured against its psField PSFs: it is right for
+        # models trained on those (experiment=sdss_real), not for Moffat-trained ones
+        aperture_correction=_trained_on_observed_psfs(model_config),
         precision=spec.get("precision", "32-true"),
     )
+
+
+def _trained_on_observed_psfs(model_config: dict[str, Any]) -> bool:
+    """Whether the model's training images were drawn with PSFs observed on real frames."""
+    conditions = model_config.get("simulator", {}).get("conditions") or {}
+    return conditions.get("observed") is not None
 
 
 def _model_magzero(model_config: dict[str, Any], bands: Sequence[str]) -> list[float] | None:

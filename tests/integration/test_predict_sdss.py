@@ -40,6 +40,21 @@ def test_predict_reads_sdss_frames_by_run_camcol_field(tmp_path):
     assert [float(table.meta[f"APCOR_{band}"]) for band in "UGRIZ"] == [1.0] * 5  # none applied
 
 
+def test_moffat_trained_models_take_no_psfield_aperture_correction(tmp_path):
+    output = tmp_path / "cat.fits"
+    overrides = [
+        "mode=predict",
+        "survey=sdss_frames",
+        f"survey.data_dir={DATA}",
+        f"predict.output={output}",
+        "predict.plot=false",
+        "predict.checkpoint=${pkg_path:models/sdss_generalist.ckpt}",
+    ]
+    with pytest.warns(BlissWarning, match="too few stars"):
+        run(compose_config(overrides, tmp_path))
+    assert not any(key.startswith("APCOR") for key in QTable.read(output).meta)
+
+
 def test_other_surveys_default_to_the_generalist(tmp_path):
     cfg = compose_config(["mode=predict"], tmp_path)
     assert Path(cfg.predict.checkpoint).name == "sdss_generalist.ckpt"

@@ -151,6 +151,22 @@ def test_fluxes_follow_the_image_zero_point(encoder):
     assert not np.allclose(moved["sources"]["fluxes"], reference["sources"]["fluxes"])
 
 
+def test_aperture_correction_scales_fluxes_only_when_the_model_takes_it(encoder):
+    image = make_image()
+    reference = Predictor(encoder, progress=False).predict(image, threshold=0.01)["sources"]
+    factors = np.array([1.0, 1.02, 1.045, 1.05, 1.04])
+    image.aperture_correction = factors
+    corrected = Predictor(encoder, progress=False).predict(image, threshold=0.01)["sources"]
+    declined = Predictor(encoder, progress=False, aperture_correction=False)
+    assert len(reference["row"]) > 0
+    for key in ("fluxes", "fluxes@0.05", "fluxes@0.95"):
+        np.testing.assert_allclose(corrected[key], reference[key] * factors, rtol=1e-5)
+    np.testing.assert_array_equal(corrected["prob_source"], reference["prob_source"])
+    untouched = declined.predict(image, threshold=0.01)["sources"]["fluxes"]
+    np.testing.assert_array_equal(untouched, reference["fluxes"])
+    assert declined.applies_aperture_correction(image) is False
+
+
 def test_model_magzero_must_match_bands(encoder):
     with pytest.raises(BlissConfigError, match="model_magzero has 3 values"):
         Predictor(encoder, progress=False, model_magzero=[29.0] * 3)
