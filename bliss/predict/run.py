@@ -148,6 +148,12 @@ def load_model_and_survey(cfg: DictConfig) -> tuple[Any, dict[str, Any], Any]:
             f"checkpoint {spec.checkpoint} is for bands {list(encoder.bands)} but survey={cfg.survey.name} "
             f"has {list(survey.bands)}; pick the matching survey or checkpoint."
         )
+    observed = ((model_config.get("simulator") or {}).get("conditions") or {}).get("observed")
+    halo = (observed or {}).get("halo")
+    if halo is not None and getattr(survey, "psf_halo", False) is None:
+        survey.psf_halo = dict(
+            halo
+        )  # the model's training PSFs: measure aperture corrections on them
     return encoder, model_config, survey
 
 

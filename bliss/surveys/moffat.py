@@ -18,6 +18,7 @@ from bliss.surveys.base import PsfModel
 
 __all__ = [
     "FWHM_METHODS",
+    "add_halo",
     "fit_moffat_fwhm_arcsec",
     "fwhm_map_arcsec",
     "psf_fwhm_arcsec",
@@ -220,3 +221,46 @@ def write_psf_header(
             f"{image_path} could not be updated as a FITS file ({err}); check it is a writable FITS image."
         ) from err
     return fwhm
+
+
+def add_halo(
+    psf: np.ndarray,
+    fraction: float,
+    fwhm_arcsec: float,
+    beta: float,
+    pixel_scale_arcsec: float,
+) -> np.ndarray:
+    """``(1 - fraction) psf + fraction halo``: a PSF image with a broad Moffat halo added.
+
+    PSF models fitted to a survey's stars (SDSS's psField KL PSFs) describe the core and leave out
+    the faint, wide wings that real stars have; a halo carrying a few percent of the light puts
+    them back, so that simulated stars look like real ones out to the stamp's edge.
+
+    Args:
+        psf: the PSF, sum 1, centred on its middle pixel. Shape ``h w``.
+        fraction: share of the light in the halo, in [0, 1).
+        fwhm_arcsec: the halo's FWHM.
+        beta: the halo's Moffat index (> 1.1; ~2 for seeing halos).
+        pixel_scale_arcsec: pixel side.
+
+    Returns:
+        The PSF with its halo, sum 1, same shape and dtype. The halo is drawn pixel-integrated
+        on the same stamp and normalised there: its light beyond the stamp is not drawn.
+
+    Raises:
+        BlissValueError: ``fraction``, ``fwhm_arcsec`` or ``beta`` out of range.
+    """
+    if not 0.0 <= fraction < 1.0 or fwhm_arcsec <= 0 or beta <= 1.1:
+        raise BlissValueError(
+            f"PSF halo fraction={fraction}, fwhm_arcsec={fwhm_arcsec}, beta={beta}; expected a "
+            "fraction in [0, 1), a positive FWHM and beta > 1.1."
+        )
+    height, width = psf.shape
+    halo = (
+        galsim.Moffat(beta=beta, fwhm=fwhm_arcsec)
+        .drawImage(nx=width, ny=height, scale=pixel_scale_arcsec)
+        .array.astype(np.float64)
+    )
+    core = np.asarray(psf, dtype=np.float64)
+    mixed = (1.0 - fraction) * core / core.sum() + fraction * halo / halo.sum()
+    return mixed.astype(psf.dtype)

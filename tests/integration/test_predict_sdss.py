@@ -59,3 +59,15 @@ def test_other_surveys_default_to_the_generalist(tmp_path):
     cfg = compose_config(["mode=predict"], tmp_path)
     assert Path(cfg.predict.checkpoint).name == "sdss_generalist.ckpt"
     assert Path(cfg.evaluate.checkpoint).name == "sdss_generalist.ckpt"
+
+
+def test_aperture_corrections_use_the_halo_the_model_was_trained_with(tmp_path):
+    from bliss.predict.run import load_model_and_survey
+
+    overrides = ["mode=predict", "survey=sdss_frames", f"survey.data_dir={DATA}"]
+    _, config, survey = load_model_and_survey(compose_config(overrides, tmp_path))
+    halo = config["simulator"]["conditions"]["observed"]["halo"]
+    assert survey.psf_halo == halo == {"fraction": 0.06, "fwhm_arcsec": 12.0, "beta": 2.0}
+    generalist = "predict.checkpoint=${pkg_path:models/sdss_generalist.ckpt}"
+    _, _, survey = load_model_and_survey(compose_config([*overrides, generalist], tmp_path))
+    assert survey.psf_halo is None

@@ -1,6 +1,6 @@
 """Observing conditions of real SDSS fields (psField PSFs, sky maps) for training simulations."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +8,10 @@ from tqdm import tqdm
 
 from bliss.errors import BlissConfigError
 from bliss.surveys.base import ObservedConditions
+from bliss.surveys.moffat import add_halo
 from bliss.surveys.sdss._files import field_dir, find_file, frame_name
 from bliss.surveys.sdss.frames import SDSS_BANDS, _read_frame, field_gains_and_psfield
-from bliss.surveys.sdss.psf import SdssPsf
+from bliss.surveys.sdss.psf import SDSS_PIXEL_SCALE_ARCSEC, SdssPsf
 
 __all__ = ["sdss_observed_conditions"]
 
@@ -20,6 +21,7 @@ def sdss_observed_conditions(
     fields: Sequence[Sequence[int]],
     bands: Sequence[str] = SDSS_BANDS,
     grid: int = 6,
+    halo: Mapping[str, float] | None = None,
 ) -> ObservedConditions:
     """The psField PSF and the sky of every band at a ``grid x grid`` lattice of places per field.
 
@@ -32,6 +34,9 @@ def sdss_observed_conditions(
         fields: ``[[run, camcol, field], ...]``.
         bands: bands, in channel order.
         grid: places per frame side.
+        halo: ``{fraction, fwhm_arcsec, beta}`` of a Moffat halo added to every psField PSF
+            (:func:`bliss.surveys.moffat.add_halo`): real SDSS stars carry ~5 % of their light
+            in wings the psField PSF lacks. The FWHM labels stay those of the psField core.
 
     Raises:
         BlissConfigError: no fields, or ``grid`` < 1.
@@ -58,7 +63,13 @@ def sdss_observed_conditions(
         for row in (np.arange(grid) + 0.5) * height / grid:
             for col in (np.arange(grid) + 0.5) * width / grid:
                 at = (row + origin[0], col + origin[1])
-                psf_images.append(np.stack([psfs[b].image(*at) for b in bands]))
+                images = [psfs[b].image(*at) for b in bands]
+                if halo is not None:
+                    images = [
+                        add_halo(p, pixel_scale_arcsec=SDSS_PIXEL_SCALE_ARCSEC, **halo)
+                        for p in images
+                    ]
+                psf_images.append(np.stack(images))
                 fwhm.append([psfs[b].fwhm_arcsec(*at, method="moffat") for b in bands])
                 sky.append([skies[b][int(row), int(col)] for b in bands])
                 labels.append(f"{run}-{camcol}-{field} r={at[0]:.0f} c={at[1]:.0f}")

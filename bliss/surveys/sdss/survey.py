@@ -9,6 +9,7 @@ import numpy as np
 
 from bliss.errors import BlissConfigError, BlissValueError, BlissWarning
 from bliss.surveys.base import SurveyImage
+from bliss.surveys.moffat import add_halo
 from bliss.surveys.parametric import ParametricSurvey
 from bliss.surveys.sdss.aperture import MIN_STARS, aperture_correction
 from bliss.surveys.sdss.frames import SdssField, read_sdss_field
@@ -34,6 +35,10 @@ class SdssFrameSurvey(ParametricSurvey):
         aperture_correction: measure each band's aperture correction on the frame's own stars
             (:mod:`bliss.surveys.sdss.aperture`) and apply it to the fluxes, as PHOTO does for
             ``psfMag``; models trained on psField PSFs miss the light of real stars' wings.
+        psf_halo: ``{fraction, fwhm_arcsec, beta}`` of the halo the model's training PSFs had
+            (:func:`bliss.surveys.moffat.add_halo`); the aperture correction is then measured
+            against the psField PSF with that halo. ``mode=predict`` sets it from the model's
+            training config (``simulator.conditions.observed.halo``) when it is null.
         **preset: the :class:`ParametricSurvey` arguments (bands, zero points, ...), used where a
             frame does not say (e.g. a model's nominal PSF).
     """
@@ -48,6 +53,7 @@ class SdssFrameSurvey(ParametricSurvey):
         mask_planes: Sequence[str] = ("INTERP", "SATUR", "CR"),
         psf_grid: int = 5,
         aperture_correction: bool = True,
+        psf_halo: Mapping[str, float] | None = None,
         **preset: str | float | Sequence[str] | Mapping[str, float],
     ) -> None:
         super().__init__(**preset)
@@ -61,6 +67,7 @@ class SdssFrameSurvey(ParametricSurvey):
             )
         self.psf_grid = int(psf_grid)
         self.aperture_correction = bool(aperture_correction)
+        self.psf_halo = None if psf_halo is None else dict(psf_halo)
 
     def for_field(self, run: int, camcol: int, field: int) -> "SdssFrameSurvey":
         """A copy of this survey that reads the field ``run`` / ``camcol`` / ``field``."""
@@ -107,7 +114,7 @@ class SdssFrameSurvey(ParametricSurvey):
             aperture_correction(
                 field.images[index],
                 field.background[index],
-                lambda row, col, band=band: field.psf_image(band, row, col),
+                lambda row, col, band=band: self._model_psf(field, band, row, col),
                 self.pixel_scale_arcsec,
             )
             for index, band in enumerate(field.bands)
@@ -126,6 +133,13 @@ class SdssFrameSurvey(ParametricSurvey):
                 stacklevel=3,
             )
         return np.array([c.factor for c in corrections])
+
+    def _model_psf(self, field: SdssField, band: str, row: float, col: float) -> np.ndarray:
+        """The PSF the model was trained on at a pixel: the psField PSF, with its halo if any."""
+        psf = field.psf_image(band, row, col)
+        if self.psf_halo is None:
+            return psf
+        return add_halo(psf, pixel_scale_arcsec=self.pixel_scale_arcsec, **self.psf_halo)
 
 
 def _field_ids(position: int, ids: Sequence[int]) -> tuple[int, int, int]:

@@ -10,7 +10,12 @@ from astropy.io import fits
 from bliss.errors import BlissIOError, BlissValueError
 from bliss.predict.reader import read_fits_image
 from bliss.surveys import ParametricSurvey
-from bliss.surveys.moffat import fit_moffat_fwhm_arcsec, fwhm_map_arcsec, write_psf_header
+from bliss.surveys.moffat import (
+    add_halo,
+    fit_moffat_fwhm_arcsec,
+    fwhm_map_arcsec,
+    write_psf_header,
+)
 from bliss.surveys.psfex import DECAM_PIXEL_SCALE_ARCSEC, PsfexPsf
 from bliss.surveys.sdss import SdssPsf
 
@@ -98,3 +103,23 @@ def test_fwhm_map_interpolates_the_lattice_and_refuses_one_place():
     assert np.allclose(fwhm_map[:, 3], 1.0 + 0.01 * np.arange(40), atol=1e-5)  # exact for linear
     with pytest.raises(BlissValueError, match="grid=1"):
         fwhm_map_arcsec(lambda r, c: 1.0, (40, 10), 1)
+
+
+def test_add_halo_moves_light_into_the_wings() -> None:
+    point = np.zeros((51, 51), dtype=np.float32)
+    point[25, 25] = 1.0
+    assert np.array_equal(add_halo(point, 0.0, 12.0, 2.0, 0.396), point)
+    haloed = add_halo(point, 0.06, 12.0, 2.0, 0.396)
+    assert haloed.dtype == np.float32 and haloed.sum() == pytest.approx(1.0, abs=1e-6)
+    assert haloed[25, 25] == pytest.approx(0.94, abs=0.002)  # the halo is too broad to add much
+    rows, cols = np.indices(haloed.shape) - 25
+    beyond_3_arcsec = haloed[np.hypot(rows, cols) * 0.396 > 3.0].sum()
+    assert 0.03 < beyond_3_arcsec < 0.06  # most of the halo's light lies beyond the core
+
+
+@pytest.mark.parametrize(
+    ("fraction", "fwhm", "beta"), [(1.0, 12.0, 2.0), (0.1, 0.0, 2.0), (0.1, 8.0, 1.0)]
+)
+def test_add_halo_rejects_bad_parameters(fraction: float, fwhm: float, beta: float) -> None:
+    with pytest.raises(BlissValueError, match="PSF halo fraction"):
+        add_halo(np.ones((5, 5)) / 25, fraction, fwhm, beta, 0.396)

@@ -5,6 +5,7 @@ import torch
 from bliss.errors import BlissConfigError, BlissIOError
 from bliss.simulator.conditions import ObservingConditions
 from bliss.surveys import ParametricSurvey
+from bliss.surveys.moffat import add_halo
 from bliss.surveys.sdss.conditions import sdss_observed_conditions
 from bliss.surveys.sdss.psf import SdssPsf
 from tests.unit.surveys.conftest import CAMCOL, FIELD, RUN, SDSS_CUTOUTS
@@ -104,3 +105,18 @@ def test_torch_renderer_draws_the_observed_psfs_as_galsim_does(observed):
     # measured 2e-4 in total flux and 0.5 % in summed |residual| over ~6 sources per image
     assert torch.allclose(torch_images.sum(dim=(-2, -1)), flux, rtol=1e-3)
     assert torch.all((torch_images - galsim).abs().sum(dim=(-2, -1)) < 0.01 * flux)
+
+
+def test_a_halo_widens_the_psfs_but_not_their_fwhm_labels(observed):
+    halo = {"fraction": 0.06, "fwhm_arcsec": 12.0, "beta": 2.0}
+    haloed = sdss_observed_conditions(
+        SDSS_CUTOUTS, [[RUN, CAMCOL, FIELD]], BANDS, grid=2, halo=halo
+    )
+    np.testing.assert_array_equal(haloed.psf_fwhm_arcsec, observed.psf_fwhm_arcsec)
+    np.testing.assert_allclose(haloed.psf_images.sum(axis=(-2, -1)), 1.0, rtol=1e-5)
+    expected = add_halo(observed.psf_images[0, 1], pixel_scale_arcsec=0.396, **halo)
+    np.testing.assert_allclose(haloed.psf_images[0, 1], expected, atol=1e-7)
+    # 6 % of the light moves from the core to the wings
+    center = observed.psf_images.shape[-1] // 2
+    peak_ratio = haloed.psf_images[..., center, center] / observed.psf_images[..., center, center]
+    assert np.all((peak_ratio > 0.93) & (peak_ratio < 0.95))
