@@ -111,8 +111,8 @@ def build_predictor(
         device=spec.device,
         progress=progress,
         model_magzero=_model_magzero(model_config, encoder.bands),
-        # a frame's aperture correction is measured against its psField PSFs: it is right for
-        # models trained on those (experiment=sdss_real), not for Moffat-trained ones
+        # a frame's aperture correction is measured against its psField PSFs (with the model's
+        # halo): right for models trained on those (experiment=sdss_real), not on Moffat PSFs
         aperture_correction=_trained_on_observed_psfs(model_config),
         precision=spec.get("precision", "32-true"),
     )
@@ -151,9 +151,8 @@ def load_model_and_survey(cfg: DictConfig) -> tuple[Any, dict[str, Any], Any]:
     observed = ((model_config.get("simulator") or {}).get("conditions") or {}).get("observed")
     halo = (observed or {}).get("halo")
     if halo is not None and getattr(survey, "psf_halo", False) is None:
-        survey.psf_halo = dict(
-            halo
-        )  # the model's training PSFs: measure aperture corrections on them
+        # measure the aperture corrections against the PSFs the model was trained on
+        survey.psf_halo = dict(halo)
     return encoder, model_config, survey
 
 

@@ -6,7 +6,8 @@ its core. Real stars put more light in their wings than the psField's KL reconst
 PSF), so such a model reports 4-5 % too little flux, 0.05 mag fainter than PHOTO's ``psfMag``,
 which PHOTO calibrates to the flux in a 7.43" radius aperture. This module measures the same
 correction PHOTO applies, from the frame's own stars: the median ratio of the 7.43" aperture flux
-to the psField-PSF fit of bright, isolated, unmasked point sources.
+to the PSF fit of bright, isolated, unmasked point sources, where the PSF is the one the model was
+trained on (the psField PSF, plus the halo of ``simulator.conditions.observed.halo`` if any).
 
 References:
     Stoughton, C. et al. 2002, AJ 123, 485, section 4.4.5.2 (PSF magnitudes and their aperture
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 __all__ = ["ApertureCorrection", "aperture_correction", "find_point_sources"]
 
@@ -32,7 +34,7 @@ MIN_STARS = 5
 
 @dataclass(frozen=True)
 class ApertureCorrection:
-    """Multiply fluxes measured with the psField PSF by ``factor`` (1: no correction).
+    """Multiply fluxes measured against the PSF model by ``factor`` (1: no correction).
 
     Attributes:
         factor: median aperture flux over PSF-fit flux of the stars used.
@@ -89,9 +91,12 @@ def find_point_sources(
     height, width = light.shape
     margin = aperture + 2
     inside = (rows > margin) & (rows < height - margin) & (cols > margin) & (cols < width - margin)
-    distances = np.hypot(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :])
-    np.fill_diagonal(distances, np.inf)
-    isolated = distances.min(axis=1) > isolation_arcsec / pixel_scale_arcsec
+    positions = np.stack([rows, cols], axis=-1)
+    if len(positions) > 1:
+        nearest, _ = cKDTree(positions).query(positions, k=2)  # [:, 0] is the source itself
+        isolated = nearest[:, 1] > isolation_arcsec / pixel_scale_arcsec
+    else:
+        isolated = np.ones(len(positions), dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         concentration = inner / outer
     keep = (
@@ -113,7 +118,7 @@ def aperture_correction(
     pixel_scale_arcsec: float,
     stars: np.ndarray | None = None,
 ) -> ApertureCorrection:
-    """The flux correction of one band: median of 7.43" aperture flux / psField-PSF fit flux.
+    """The flux correction of one band: median of 7.43" aperture flux / PSF-model fit flux.
 
     Args:
         image: electrons with the sky, NaN where masked. Shape ``h w``.
