@@ -23,7 +23,7 @@ from bliss.predict.baseline import sep_catalog
 from bliss.predict.plots import plot_detections, save_png
 from bliss.predict.predictor import Predictor
 from bliss.predict.reader import read_fits_image
-from bliss.predict.run import build_predictor
+from bliss.predict.run import build_predictor, match_survey_to_model
 from bliss.surveys.base import SurveyImage
 
 __all__ = [
@@ -279,6 +279,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
     truths = expand_inputs(_plain(spec.truth), "evaluate.truth")
     encoder, model_config = load_encoder(spec.checkpoint)
     survey = instantiate(cfg.survey)
+    match_survey_to_model(survey, model_config)
     predictor = build_predictor(cfg.predict, encoder, model_config, progress=False)
     results = evaluate_files(
         predictor,

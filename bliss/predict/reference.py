@@ -34,7 +34,7 @@ from bliss.predict.disagreements import list_disagreements, plot_disagreements
 from bliss.predict.evaluate import _to_full, catalog_with_bliss_and_sep
 from bliss.predict.plots import plot_delta_mag, plot_detections
 from bliss.predict.predictor import Predictor
-from bliss.predict.run import build_predictor
+from bliss.predict.run import build_predictor, match_survey_to_model
 from bliss.surveys.base import ImageSource, SurveyImage
 
 __all__ = [
@@ -272,6 +272,7 @@ def compare_from_config(cfg: DictConfig) -> dict[str, Any]:
             f"checkpoint {spec.checkpoint} is for bands {list(encoder.bands)} but "
             f"survey={cfg.survey.name} has {list(survey.bands)}; pick the matching checkpoint."
         )
+    match_survey_to_model(survey, model_config)
     image = survey.load_image(tuple(encoder.bands))
     reference = read_photoobj(
         path,

@@ -20,6 +20,7 @@ from bliss.surveys.base import ImageSource
 
 __all__ = [
     "build_predictor",
+    "match_survey_to_model",
     "git_sha",
     "load_model_and_survey",
     "predict_file",
@@ -148,12 +149,23 @@ def load_model_and_survey(cfg: DictConfig) -> tuple[Any, dict[str, Any], Any]:
             f"checkpoint {spec.checkpoint} is for bands {list(encoder.bands)} but survey={cfg.survey.name} "
             f"has {list(survey.bands)}; pick the matching survey or checkpoint."
         )
+    match_survey_to_model(survey, model_config)
+    return encoder, model_config, survey
+
+
+def match_survey_to_model(survey: Any, model_config: dict[str, Any]) -> None:
+    """Measure a real frame's aperture corrections against the PSFs the model was trained on.
+
+    A model trained on psField PSFs with a halo (``simulator.conditions.observed.halo``) gets
+    that halo in ``survey.psf_halo`` (unless set); a model trained on parametric PSFs takes no
+    aperture correction, so none is measured.
+    """
     observed = ((model_config.get("simulator") or {}).get("conditions") or {}).get("observed")
     halo = (observed or {}).get("halo")
     if halo is not None and getattr(survey, "psf_halo", False) is None:
-        # measure the aperture corrections against the PSFs the model was trained on
         survey.psf_halo = dict(halo)
-    return encoder, model_config, survey
+    if observed is None and getattr(survey, "aperture_correction", False):
+        survey.aperture_correction = False
 
 
 def table_meta(checkpoint: str | Path, config_yaml: str) -> dict[str, Any]:
