@@ -9,7 +9,16 @@ from tests.conftest import compose_config
 DATA = Path(__file__).parents[1] / "data" / "sdss"
 
 
-def test_evaluate_against_photoobj_on_the_cutout(tmp_path):
+def test_evaluate_against_photoobj_on_the_cutout(tmp_path, monkeypatch):
+    from bliss.surveys.sdss.survey import SdssFrameSurvey
+
+    loaded = []  # the survey as it reads the frame: set up for the model, as mode=predict does
+    original = SdssFrameSurvey.load_image
+    monkeypatch.setattr(
+        SdssFrameSurvey,
+        "load_image",
+        lambda self, bands: loaded.append(dict(self.psf_halo or {})) or original(self, bands),
+    )
     output = tmp_path / "evaluate"
     cfg = compose_config(
         [
@@ -24,6 +33,7 @@ def test_evaluate_against_photoobj_on_the_cutout(tmp_path):
         tmp_path,
     )
     results = run(cfg)
+    assert loaded == [{"fraction": 0.06, "fwhm_arcsec": 12.0, "beta": 2.0}]  # sdss_real's halo
     # the cut-out's bright isolated star (r = 14.8) is found by both catalogs
     for name in ("bliss", "sep"):
         assert results[name]["per_bin"][0]["mag_lo"] == 14.0
