@@ -114,15 +114,14 @@ def build_predictor(
         model_magzero=_model_magzero(model_config, encoder.bands),
         # a frame's aperture correction is measured against its psField PSFs (with the model's
         # halo): right for models trained on those (experiment=sdss_real), not on Moffat PSFs
-        aperture_correction=_trained_on_observed_psfs(model_config),
+        aperture_correction=_observed_conditions(model_config) is not None,
         precision=spec.get("precision", "32-true"),
     )
 
 
-def _trained_on_observed_psfs(model_config: dict[str, Any]) -> bool:
-    """Whether the model's training images were drawn with PSFs observed on real frames."""
-    conditions = model_config.get("simulator", {}).get("conditions") or {}
-    return conditions.get("observed") is not None
+def _observed_conditions(model_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The observed PSFs and skies the model was trained on (``simulator.conditions.observed``)."""
+    return ((model_config.get("simulator") or {}).get("conditions") or {}).get("observed")
 
 
 def _model_magzero(model_config: dict[str, Any], bands: Sequence[str]) -> list[float] | None:
@@ -160,7 +159,7 @@ def match_survey_to_model(survey: Any, model_config: dict[str, Any]) -> None:
     that halo in ``survey.psf_halo`` (unless set); a model trained on parametric PSFs takes no
     aperture correction, so none is measured.
     """
-    observed = ((model_config.get("simulator") or {}).get("conditions") or {}).get("observed")
+    observed = _observed_conditions(model_config)
     halo = (observed or {}).get("halo")
     if halo is not None and getattr(survey, "psf_halo", False) is None:
         survey.psf_halo = dict(halo)
