@@ -27,14 +27,12 @@ time over wall time x cores, and the share of peak is printed only with `--peak-
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -42,6 +40,8 @@ import pytorch_lightning as pl
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:  # bench_train, also in spawned processes
     sys.path.insert(0, str(BENCH_DIR))
+
+from bench_reference import in_fresh_process  # noqa: E402 - found through BENCH_DIR
 
 #: dense (no sparsity) tensor-core peaks, TFLOP/s: (BF16, TF32), from NVIDIA's data sheets;
 #: the first name found in `torch.cuda.get_device_name()` wins
@@ -62,14 +62,6 @@ def peak_tflops(device_name: str) -> tuple[float, float] | None:
         if name in device_name:
             return peaks
     return None
-
-
-def _fresh(function, *args):  # noqa: ANN001, ANN202 - any picklable function and arguments
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return pool.submit(function, *args).result()
-        except Exception as err:  # report it in the table, keep the other rows
-            return {"error": f"{type(err).__name__}: {str(err)[:200]}"}
 
 
 def _step(args: argparse.Namespace, overrides: list[str], count_flops: bool) -> dict:
@@ -98,7 +90,7 @@ def step_matrix(args: argparse.Namespace, peaks: tuple[float, float] | None) -> 
                     f"encoder.channels_last={str(channels_last).lower()}",
                     f"encoder.compile_features={str(compiled).lower()}",
                 ]
-                r = _fresh(_step, args, overrides, flops is None)
+                r = in_fresh_process(_step, args, overrides, flops is None)
                 if "error" in r:
                     rows.append(f"| {precision} | {channels_last} | {compiled} | {r['error']} |")
                     continue
@@ -199,7 +191,7 @@ def fit_utilisation(args: argparse.Namespace) -> list[str]:
         sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
         clock_path = os.path.join(tmp, "clock.json")
-        result = _fresh(_fit, args, clock_path, os.path.join(tmp, "run"))
+        result = in_fresh_process(_fit, args, clock_path, os.path.join(tmp, "run"))
         stop.set()
         if "error" in result:
             return [f"on-the-fly fit failed: {result['error']}"]
@@ -285,7 +277,7 @@ def main() -> None:
         print()
         print("\n".join(fit_utilisation(args)))
     if not args.skip_profile:
-        lines = _fresh(_profile, args)
+        lines = in_fresh_process(_profile, args)
         print("\n".join(lines) if isinstance(lines, list) else f"profile failed: {lines['error']}")
 
 

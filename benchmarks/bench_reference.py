@@ -351,7 +351,9 @@ def run_reference(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _in_fresh_process(function, *args) -> dict:
+def in_fresh_process(function, *args):  # noqa: ANN001, ANN201 - any picklable function
+    """``function(*args)`` in a fresh spawned process (its own peak memory, its own kernels);
+    an exception comes back as ``{"error": ...}`` so one failed row does not end a benchmark."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -687,7 +689,7 @@ def measure_all(
             params = {"batches": args.gen_batches}
             record("ref_generate", run_reference, executable, "generate", workdir, params, extra)
         for renderer in ("galsim", "torch"):
-            record(f"gen_{renderer}", _in_fresh_process, _generate, renderer, args.gen_images)
+            record(f"gen_{renderer}", in_fresh_process, _generate, renderer, args.gen_images)
 
     if "train" in tasks:
         width = args.train_width
@@ -706,11 +708,11 @@ def measure_all(
             "encoder.features.checkpoint_stem=true",
         ]
         job = (TRAIN_IMAGE_PX, TRAIN_BATCH, args.train_steps, "cpu", overrides)
-        record("train", _in_fresh_process, bench_train.measure, *job)
+        record("train", in_fresh_process, bench_train.measure, *job)
         results["train_overrides"] = overrides
         if args.train_bf16:  # the reference trains in float32; bf16 is our option on top
             bf16 = (*job[:-1], [*overrides, "trainer.precision=bf16-mixed"])
-            record("train_bf16", _in_fresh_process, bench_train.measure, *bf16)
+            record("train_bf16", in_fresh_process, bench_train.measure, *bf16)
 
     if "predict" in tasks:
         if executable:
