@@ -22,7 +22,7 @@ import sep
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["ApertureCorrection", "aperture_correction", "find_point_sources"]
+__all__ = ["ApertureCorrection", "aperture_correction", "find_point_sources", "sky_subtracted"]
 
 #: PHOTO's aperture for PSF magnitudes, arcsec
 PHOTO_APERTURE_ARCSEC = 7.43
@@ -48,7 +48,8 @@ class ApertureCorrection:
 
 
 def find_point_sources(
-    image: np.ndarray,
+    light: np.ndarray,
+    masked: np.ndarray,
     sky: np.ndarray,
     pixel_scale_arcsec: float,
     psf_concentration: float,
@@ -58,7 +59,8 @@ def find_point_sources(
     """Bright, isolated, unmasked, star-like sources of one band, as ``(row, col)`` pixels.
 
     Args:
-        image: electrons with the sky, NaN where masked. Shape ``h w``.
+        light: electrons above the sky, 0 where masked (:func:`sky_subtracted`). Shape ``h w``.
+        masked: missing pixels. Shape ``h w`` (bool).
         sky: sky electrons per pixel. Shape ``h w``.
         pixel_scale_arcsec: pixel side.
         psf_concentration: fraction of the PSF's 7.43" light within 3"; a source is star-like
@@ -70,9 +72,6 @@ def find_point_sources(
     Returns:
         Positions. Shape ``n 2``.
     """
-    light = np.ascontiguousarray(image - sky, dtype=np.float64)
-    masked = ~np.isfinite(light)
-    light[masked] = 0.0
     noise = np.sqrt(np.clip(np.where(masked, 0.0, sky), 1.0, None))
     sep.set_extract_pixstack(max(300_000, light.size))  # a globular cluster fills sep's default
     sep.set_sub_object_limit(4096)
@@ -131,13 +130,11 @@ def aperture_correction(
     Returns:
         The correction; ``factor`` 1 when fewer than :data:`MIN_STARS` stars qualify.
     """
-    light = np.ascontiguousarray(image - sky, dtype=np.float64)
-    light[~np.isfinite(light)] = 0.0
+    light, masked = sky_subtracted(image, sky)
     if stars is None:
         h, w = light.shape
-        stars = find_point_sources(
-            image, sky, pixel_scale_arcsec, _concentration(psf(h / 2, w / 2), pixel_scale_arcsec)
-        )
+        concentration = _concentration(psf(h / 2, w / 2), pixel_scale_arcsec)
+        stars = find_point_sources(light, masked, sky, pixel_scale_arcsec, concentration)
     ratios = []
     aperture = PHOTO_APERTURE_ARCSEC / pixel_scale_arcsec
     for row, col in stars:
@@ -149,6 +146,14 @@ def aperture_correction(
         return ApertureCorrection(1.0, len(ratios), float("nan"))
     low, median, high = np.percentile(ratios, [25, 50, 75])
     return ApertureCorrection(float(median), len(ratios), float((high - low) / 2))
+
+
+def sky_subtracted(image: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Electrons above the sky (float64, 0 where masked) and the mask of missing pixels."""
+    light = np.ascontiguousarray(image - sky, dtype=np.float64)
+    masked = ~np.isfinite(light)
+    light[masked] = 0.0
+    return light, masked
 
 
 def _concentration(psf: np.ndarray, pixel_scale_arcsec: float) -> float:
