@@ -32,8 +32,8 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from bliss.cli.generate import build_simulator
 from bliss.data.generate import generate_shards
-from bliss.main import build_simulator
 
 
 def _cpu_seconds() -> float:

@@ -127,7 +127,7 @@ class StepClock(pl.Callback):
 def _fit(args: argparse.Namespace, clock_path: str, run_dir: str) -> dict:
     from hydra import compose, initialize_config_module
 
-    from bliss.main import run
+    from bliss.cli.main import run
 
     overrides = [
         "mode=train",

@@ -24,7 +24,7 @@ import json, resource, sys, time
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 import bliss  # registers resolvers
-from bliss.predict.reader import read_fits_image
+from bliss.surveys.fits_reader import read_fits_image
 which, path, checkpoint, device = sys.argv[1:5]
 precision = sys.argv[6] if len(sys.argv) > 6 else "32-true"
 survey = instantiate(OmegaConf.load(sys.argv[5]))
@@ -34,7 +34,7 @@ if which == "bliss":  # imports once per process (torch, Lightning): timed apart
     from bliss.encoder.checkpoint import load_encoder
     from bliss.predict.predictor import Predictor
 else:
-    from bliss.predict.baseline import sep_catalog
+    from bliss.evaluate.baseline import sep_catalog
 start = time.perf_counter()
 if which == "bliss":
     encoder, config = load_encoder(checkpoint)
@@ -44,10 +44,10 @@ if which == "bliss":
         encoder, window_px=window, batch_chunks=16, device=device, progress=False,
         precision=precision,
     )
-    n = len(predictor.predict(image)["sources"]["row"])
+    n = int(predictor.predict(image)["n_sources"][0])
 else:
     image = read_fits_image(path, survey)
-    n = len(sep_catalog(image, survey.reference_band, survey.pixel_scale_arcsec)["row"])
+    n = len(sep_catalog(image, survey.reference_band, survey.pixel_scale_arcsec)["plocs"][0])
 elapsed = time.perf_counter() - start
 peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 print(json.dumps({"seconds": elapsed, "import_s": start - begin, "n": n, "peak_gb": peak_gb}))
@@ -65,7 +65,7 @@ def write_frame(directory: Path, height: int, width: int) -> tuple[Path, Path]:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from bliss.main import build_simulator
+    from bliss.cli.generate import build_simulator
     from bliss.simulator.field import write_simulated_field
 
     size = max(height, width)

@@ -24,9 +24,9 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
-from bliss.main import build_simulator
-from bliss.predict.evaluate import evaluate_files, format_results
+from bliss.evaluate.truth import evaluate_files, format_results
 from bliss.predict.predictor import Predictor
 from bliss.simulator.field import write_simulated_field
 

@@ -33,7 +33,7 @@ def training_setup(image_size: int, batch_size: int, device: str, overrides: lis
                 *overrides,
             ],
         )
-    from bliss.main import build_simulator
+    from bliss.cli.generate import build_simulator
 
     batch = build_simulator(cfg).simulate(batch_size, seed=0)
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}

@@ -57,3 +57,28 @@ def compose_config(overrides: list[str] | None = None, tmp_path=None) -> DictCon
 def tiny_cfg(tmp_path) -> DictConfig:  # noqa: ANN001
     """A tiny CPU config: 16 x 16 px images, 3 shards of 2 images, 2 training steps."""
     return compose_config(["mode=generate", *TINY_OVERRIDES], tmp_path)
+
+
+def catalog_columns(catalog) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """A one-image FullCatalog's keys as numpy arrays (``n``, or ``n d``), plus ``row`` / ``col``."""
+    assert catalog.batch_size == 1
+    n = int(catalog["n_sources"][0])
+    out = {k: v[0, :n].numpy() for k, v in catalog.items() if k != "n_sources"}
+    out = {k: v[:, 0] if v.ndim == 2 and v.shape[1] == 1 else v for k, v in out.items()}
+    out["row"], out["col"] = out["plocs"][:, 0], out["plocs"][:, 1]
+    return out
+
+
+def one_image_catalog(columns: dict, height: int, width: int):  # noqa: ANN201
+    """A one-image FullCatalog from numpy columns (``row``, ``col`` and ``n`` / ``n d`` others)."""
+    from bliss.catalog import FullCatalog
+
+    n = len(columns["row"])
+    data = {
+        "n_sources": torch.tensor([n]),
+        "plocs": torch.from_numpy(np.stack([columns["row"], columns["col"]], -1)).float()[None],
+    }
+    for key, value in columns.items():
+        if key not in ("row", "col"):
+            data[key] = torch.from_numpy(np.asarray(value, float).reshape(n, -1)).float()[None]
+    return FullCatalog(height, width, data)

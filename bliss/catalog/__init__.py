@@ -12,7 +12,16 @@ Standard per-source keys (``d`` in brackets): ``locs`` [2] (tile catalogs, fract
 may add any other key with shape ``b ht wt m d``.
 """
 
-from bliss.catalog.full import FullCatalog
+from bliss.catalog.full import FullCatalog, concat_full_catalogs
+from bliss.catalog.io import catalog_to_table, table_to_full_catalog, write_table
 from bliss.catalog.tile import GALAXY_KEYS, TileCatalog
 
-__all__ = ["GALAXY_KEYS", "FullCatalog", "TileCatalog"]
+__all__ = [
+    "GALAXY_KEYS",
+    "FullCatalog",
+    "TileCatalog",
+    "catalog_to_table",
+    "concat_full_catalogs",
+    "table_to_full_catalog",
+    "write_table",
+]

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bliss.catalog.batch import flatten_catalog
 from bliss.data.generate import shard_seed
 from bliss.simulator.simulate import ImageSimulator
 
@@ -19,7 +20,7 @@ EPOCH_SHIFT = 20
 
 def _flatten(batch: dict[str, Any]) -> dict[str, Tensor]:
     out = {k: v for k, v in batch.items() if isinstance(v, Tensor)}
-    out.update({f"catalog/{k}": v for k, v in batch["catalog"].items()})
+    out.update(flatten_catalog(batch["catalog"]))
     return out
 
 

@@ -20,6 +20,7 @@ from torch.utils.serialization import config as serialization_config
 
 from bliss.atomic import atomic_path
 from bliss.catalog import TileCatalog
+from bliss.catalog.batch import CATALOG_PREFIX
 from bliss.errors import BlissIOError
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 #: folder of the per-task manifests of a generation split over several jobs
 TASKS_DIR = "tasks"
-_CATALOG_PREFIX = "catalog/"
 _REQUIRED = ("images", "background", "psf_fwhm_arcsec", "meta")
 
 
@@ -91,7 +91,7 @@ def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> None:
     }
     catalog: TileCatalog = batch["catalog"]
     for key, value in catalog.items():
-        payload[_CATALOG_PREFIX + key] = value.contiguous()
+        payload[CATALOG_PREFIX + key] = value.contiguous()
     payload["meta"] = {**meta, "tile_slen": catalog.tile_slen}
     # torch.load never checks the zip's CRC-32s (a flipped byte loads silently, tested), so
     # computing them only cost time: ~0.35 ms per 256 px 5-band image
@@ -120,7 +120,7 @@ def load_shard(path: Path) -> dict[str, Any]:
     missing = (
         [key for key in _REQUIRED if key not in payload] if isinstance(payload, dict) else _REQUIRED
     )
-    if missing or not any(str(k).startswith(_CATALOG_PREFIX) for k in payload):
+    if missing or not any(str(k).startswith(CATALOG_PREFIX) for k in payload):
         raise BlissIOError(
             f"{path} is not a bliss shard: it lacks {list(missing) or ['catalog/*']}; point "
             "paths.cached_data at a directory made by `bliss mode=generate`."
@@ -133,9 +133,9 @@ def catalog_from_shard(
 ) -> TileCatalog:
     """The tile catalog of some images of a loaded shard."""
     data = {
-        key[len(_CATALOG_PREFIX) :]: value[index]
+        key[len(CATALOG_PREFIX) :]: value[index]
         for key, value in payload.items()
-        if key.startswith(_CATALOG_PREFIX)
+        if key.startswith(CATALOG_PREFIX)
     }
     return TileCatalog(payload["meta"]["tile_slen"], data)
 

@@ -15,6 +15,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
+from bliss.catalog.batch import CATALOG_PREFIX, catalog_key
+
 __all__ = ["DEFAULT_ORIENTED_KEYS", "Orientation", "flip_cols", "rotate90"]
 
 
@@ -31,7 +33,6 @@ DEFAULT_ORIENTED_KEYS: dict[str, Orientation] = {
     "ellipticity": Orientation.SPIN2,
 }
 
-_CAT = "catalog/"
 
 
 def _turn(value: Tensor, kind: Orientation, angle: float, mirror: bool) -> Tensor:
@@ -49,15 +50,15 @@ def _turn(value: Tensor, kind: Orientation, angle: float, mirror: bool) -> Tenso
 def _oriented(
     item: dict[str, Tensor], keys: Mapping[str, Orientation], angle: float, mirror: bool
 ) -> None:
-    galaxy = item.get(_CAT + "source_type")
+    galaxy = item.get(catalog_key("source_type"))
     for key, kind in keys.items():
-        if _CAT + key not in item:
+        if catalog_key(key) not in item:
             continue
-        value = item[_CAT + key]
+        value = item[catalog_key(key)]
         turned = _turn(value, Orientation(kind), angle, mirror)
         if kind == Orientation.POSITION_ANGLE and galaxy is not None:
             turned = torch.where(galaxy > 0.5, turned, value)
-        item[_CAT + key] = turned
+        item[catalog_key(key)] = turned
 
 
 def rotate90(
@@ -73,13 +74,13 @@ def rotate90(
         if key in out and out[key].ndim == 3:
             out[key] = torch.rot90(out[key], 1, dims=(-2, -1))
     for key, value in item.items():
-        if key.startswith(_CAT):
+        if key.startswith(CATALOG_PREFIX):
             out[key] = torch.rot90(value, 1, dims=(0, 1))
-    if _CAT + "locs" in out:
-        rows, cols = out[_CAT + "locs"].unbind(-1)
+    if catalog_key("locs") in out:
+        rows, cols = out[catalog_key("locs")].unbind(-1)
         locs = torch.stack([1.0 - cols, rows], dim=-1)
         on = _on_mask(out)
-        out[_CAT + "locs"] = torch.where(on, locs.clamp(max=1.0 - 1e-6), 0.0)
+        out[catalog_key("locs")] = torch.where(on, locs.clamp(max=1.0 - 1e-6), 0.0)
     _oriented(out, oriented_keys, -math.pi / 2, mirror=False)
     return out
 
@@ -93,18 +94,18 @@ def flip_cols(
         if key in out and out[key].ndim == 3:
             out[key] = torch.flip(out[key], dims=(-1,))
     for key, value in item.items():
-        if key.startswith(_CAT):
+        if key.startswith(CATALOG_PREFIX):
             out[key] = torch.flip(value, dims=(1,))
-    if _CAT + "locs" in out:
-        rows, cols = out[_CAT + "locs"].unbind(-1)
+    if catalog_key("locs") in out:
+        rows, cols = out[catalog_key("locs")].unbind(-1)
         locs = torch.stack([rows, 1.0 - cols], dim=-1)
-        out[_CAT + "locs"] = torch.where(_on_mask(out), locs.clamp(max=1.0 - 1e-6), 0.0)
+        out[catalog_key("locs")] = torch.where(_on_mask(out), locs.clamp(max=1.0 - 1e-6), 0.0)
     _oriented(out, oriented_keys, 0.0, mirror=True)
     return out
 
 
 def _on_mask(item: dict[str, Tensor]) -> Tensor:
     """Which slots hold a source. Shape: ``ht wt m 1``."""
-    n_sources = item[_CAT + "n_sources"]
-    max_sources = item[_CAT + "locs"].shape[-2]
+    n_sources = item[catalog_key("n_sources")]
+    max_sources = item[catalog_key("locs")].shape[-2]
     return (torch.arange(max_sources) < n_sources.unsqueeze(-1)).unsqueeze(-1)

@@ -1,6 +1,7 @@
 """Self-describing checkpoints: every checkpoint carries the config that built its encoder."""
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_compatible(
-    checkpoint_config: dict[str, Any], encoder_config: Any, path: str | Path
+    checkpoint_config: dict[str, Any], encoder_config: Mapping[str, Any], path: str | Path
 ) -> None:
-    """Raise if a checkpoint's bands or posterior factors differ from the configured encoder."""
+    """Raise if a checkpoint's bands or posterior factors differ from the configured encoder.
+
+    Args:
+        checkpoint_config: the config recorded in the checkpoint.
+        encoder_config: the ``encoder`` section of the run's config, resolved to plain types.
+        path: the checkpoint, for the message.
+    """
     saved = checkpoint_config["encoder"]
-    wanted = OmegaConf.to_container(encoder_config, resolve=True)
+    wanted = encoder_config
     saved_factors = sorted(saved["posterior"]["factors"])
     wanted_factors = sorted(wanted["posterior"]["factors"])
     if saved_factors != wanted_factors:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from bliss.catalog import TileCatalog
+from bliss.catalog.batch import unflatten_catalog
 from bliss.catalog.shapes import check_shape
 from bliss.encoder.checkerboard import CatalogContext, ContextHead, TilingSchedule
 from bliss.encoder.features import FeatureNet
@@ -19,13 +20,12 @@ from bliss.posterior.variational import VariationalPosterior
 
 __all__ = ["Encoder", "catalog_from_batch"]
 
-_CAT = "catalog/"
 
 
 def catalog_from_batch(batch: dict[str, Tensor], tile_slen: int) -> TileCatalog:
     """The true tile catalog stored in a batch under ``catalog/<key>``."""
     return TileCatalog(
-        tile_slen, {k[len(_CAT) :]: v for k, v in batch.items() if k.startswith(_CAT)}
+        tile_slen, unflatten_catalog(batch)
     )
 
 
@@ -60,13 +60,14 @@ class Encoder(pl.LightningModule):
     Example:
         >>> from hydra import compose, initialize_config_module
         >>> from hydra.utils import instantiate
-        >>> from bliss.main import build_simulator
+        >>> from bliss.catalog.batch import flatten_catalog
+        >>> from bliss.cli.generate import build_simulator
         >>> with initialize_config_module("bliss.conf", version_base="1.3"):
         ...     cfg = compose("config", overrides=["mode=train", "experiment=debug"])
         >>> encoder = instantiate(cfg.encoder)
         >>> batch = build_simulator(cfg).simulate(2, seed=0)
         >>> inputs = {k: v for k, v in batch.items() if k != "catalog"}
-        >>> inputs.update({f"catalog/{k}": v for k, v in batch["catalog"].items()})
+        >>> inputs.update(flatten_catalog(batch["catalog"]))
         >>> bool(encoder.nll(inputs) > 0)
         True
         >>> catalog, params = encoder.infer(inputs, sample=True)

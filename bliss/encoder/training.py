@@ -1,48 +1,51 @@
-"""``bliss mode=train``: fit the encoder, keep the best and last checkpoints, then test."""
+"""Fitting the encoder: checks of the data and checkpoints, then Lightning's fit and test.
 
-import sys
+The trainer, the data and the encoder are built by :mod:`bliss.cli.train` from the config;
+this module takes them as objects.
+"""
+
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
-from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
+from bliss.encoder.checkpoint import read_checkpoint
 from bliss.errors import BlissConfigError, BlissWarning
 
-__all__ = ["build_datamodule", "last_checkpoint", "train"]
+__all__ = ["check_shards_fit", "fit", "last_checkpoint", "load_initial_weights"]
 
 
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    """The cached-shard or on-the-fly DataModule chosen by ``train.data``."""
-    if cfg.train.data == "cached":
-        datamodule = instantiate(cfg.data)
-        datamodule.setup()
-        saved = datamodule.manifest.get("config", {}).get("survey", {}).get("bands")
-        if saved is not None and list(saved) != list(cfg.survey.bands):
-            raise BlissConfigError(
-                f"shards in {cfg.data.cached_data} have bands {saved} but the encoder is built for "
-                f"survey.bands={list(cfg.survey.bands)}; generate shards for this survey or change survey."
-            )
-        images = datamodule.manifest.get("config", {}).get("simulator", {}).get("image_size")
-        if images is not None and images % cfg.prior.tile_slen:
-            raise BlissConfigError(
-                f"shard images of {images} px are not whole {cfg.prior.tile_slen}-px tiles."
-            )
-        return datamodule
-    if cfg.train.data == "simulate":
-        # the encoder package may not import the simulator: `bliss.main` builds this DataModule
+def check_shards_fit(
+    manifest: Mapping[str, Any], bands: Sequence[str], tile_slen: int, cached_data: str | Path
+) -> None:
+    """Raise if cached shards were generated for other bands or in images of partial tiles.
+
+    Args:
+        manifest: the shards' ``manifest.json`` (its ``config`` records the generation).
+        bands: the encoder's bands (``survey.bands``).
+        tile_slen: the tile side, pixels (``prior.tile_slen``).
+        cached_data: the shard directory, for the message.
+    """
+    recipe = manifest.get("config", {})
+    saved = recipe.get("survey", {}).get("bands")
+    if saved is not None and list(saved) != list(bands):
         raise BlissConfigError(
-            "train.data=simulate needs the simulated DataModule built by `bliss.main.run_train`; "
-            "pass it to `train(cfg, datamodule)`."
+            f"shards in {cached_data} have bands {saved} but the encoder is built for "
+            f"survey.bands={list(bands)}; generate shards for this survey or change survey."
         )
-    raise BlissConfigError(f"train.data={cfg.train.data!r}; expected `cached` or `simulate`.")
+    images = recipe.get("simulator", {}).get("image_size")
+    if images is not None and images % tile_slen:
+        raise BlissConfigError(f"shard images of {images} px are not whole {tile_slen}-px tiles.")
 
 
-def _load_initial_weights(encoder: pl.LightningModule, path: str) -> None:
-    """Load a checkpoint's weights; modules the checkpoint lacks keep their fresh initialisation."""
+def load_initial_weights(encoder: pl.LightningModule, path: str | Path) -> None:
+    """Load a checkpoint's weights; modules the checkpoint lacks keep their fresh initialisation.
+
+    Raises:
+        BlissConfigError: the checkpoint holds weights this encoder does not have.
+    """
     result = encoder.load_state_dict(read_checkpoint(path)["state_dict"], strict=False)
     if result.unexpected_keys:
         raise BlissConfigError(
@@ -58,57 +61,36 @@ def _load_initial_weights(encoder: pl.LightningModule, path: str) -> None:
         )
 
 
-def last_checkpoint(cfg: DictConfig) -> str | None:
-    """The ``last.ckpt`` that the checkpoint callback keeps in this run's directory, if any."""
-    callback = (cfg.get("callbacks") or {}).get("checkpoint")
-    directory = Path(callback.dirpath) if callback else Path(cfg.paths.run_dir) / "checkpoints"
-    last = directory / "last.ckpt"
+def last_checkpoint(directory: str | Path) -> str | None:
+    """The ``last.ckpt`` that the checkpoint callback keeps in ``directory``, if any."""
+    last = Path(directory) / "last.ckpt"
     return str(last) if last.is_file() else None
 
 
-def train(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
-    """Fit the encoder described by ``cfg`` and return the final metrics.
+def fit(
+    encoder: pl.LightningModule,
+    trainer: pl.Trainer,
+    datamodule: pl.LightningDataModule,
+    *,
+    resume: str | None = None,
+    test_after_fit: bool = True,
+) -> dict[str, float]:
+    """Fit ``encoder`` (continuing ``resume`` if given), then test the best checkpoint.
 
     Args:
-        cfg: the composed run config.
-        datamodule: the data to fit [default: the cached shards of ``cfg.data``].
+        encoder: the encoder (already holding ``train.init_weights``' weights when fine-tuning).
+        trainer: the Lightning trainer, with its callbacks and loggers.
+        datamodule: the data.
+        resume: a checkpoint to continue (step, optimizer, schedule), or None.
+        test_after_fit: run the test set on the best checkpoint afterwards (skipped under
+            ``fast_dev_run``).
 
-    Raises:
-        BlissConfigError: the data do not fit the encoder, ``train.resume`` or
-            ``train.init_weights`` is a checkpoint of a different factor set or band list, or both
-            are set.
+    Returns:
+        The trainer's final metrics, with the test metrics.
     """
-    pl.seed_everything(cfg.seed, workers=True)
-    init_weights = cfg.train.get("init_weights")
-    resume = cfg.train.resume
-    if resume == "auto":
-        resume = last_checkpoint(cfg)
-        if resume is not None:  # a requeued or re-run job: continue it, fine-tune or not
-            print(f"train.resume=auto: continuing from {resume}", file=sys.stderr)
-            init_weights = None
-    elif resume and init_weights:
-        raise BlissConfigError(
-            "train.resume and train.init_weights are both set; resume continues a run (step, "
-            "optimizer, schedule), init_weights starts a new run from trained weights. Set one."
-        )
-    for path in (resume, init_weights):
-        if path:
-            check_compatible(read_checkpoint(path)["bliss_config"], cfg.encoder, path)
-    if datamodule is None:
-        datamodule = build_datamodule(cfg)
-    encoder = instantiate(cfg.encoder)
-    if init_weights:  # fine-tuning: trained weights, fresh optimizer and schedule
-        _load_initial_weights(encoder, init_weights)
-    record = OmegaConf.to_container(cfg, resolve=True)
-    # entries set to null (e.g. by the debug preset) are switched off
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(RecordConfig(record))
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None] or False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
     trainer.fit(encoder, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.train.test_after_fit and not cfg.trainer.get("fast_dev_run"):
+    if test_after_fit and not trainer.fast_dev_run:
         checkpoint = trainer.checkpoint_callback
         best = (
             checkpoint.best_model_path

@@ -53,13 +53,14 @@ def detection_metrics(
     Returns:
         A dict of plain Python numbers and lists:
 
-        * ``n_true``, ``n_est``, ``n_matched`` (int); ``precision = n_matched / n_est``,
-          ``recall = n_matched / n_true``, ``f1`` (float, 0.0 when undefined);
-        * ``classification_accuracy`` (float), only when both catalogs have ``source_type``
-          (see :func:`classification_metrics`);
-        * with ``mag_bins``: ``mag_bins`` (the edges) and ``per_bin``, a dict of lists with one
-          entry per bin: ``n_true``, ``n_true_matched``, ``recall`` (binned by true magnitude),
-          ``n_est``, ``n_est_matched``, ``precision`` (binned by estimated magnitude) and ``f1``.
+            * ``n_true``, ``n_est``, ``n_matched`` (int); ``precision = n_matched / n_est``,
+              ``recall = n_matched / n_true``, ``f1`` (float, 0.0 when undefined);
+            * ``classification_accuracy`` (float), only when both catalogs have
+              ``source_type`` (see :func:`classification_metrics`);
+            * with ``mag_bins``: ``mag_bins`` (the edges) and ``per_bin``, a dict of lists with
+              one entry per bin: ``n_true``, ``n_true_matched``, ``recall`` (binned by true
+              magnitude), ``n_est``, ``n_est_matched``, ``precision`` (binned by estimated
+              magnitude) and ``f1``.
 
     Raises:
         BlissValueError: the matches do not fit the catalogs, ``mag_bins`` is not increasing,

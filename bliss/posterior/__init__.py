@@ -1,1 +1,27 @@
-"""posterior."""
+"""The variational posterior over tile catalogs: one factor per catalog key."""
+
+from bliss.posterior.factors import (
+    BernoulliFactor,
+    CountFactor,
+    Factor,
+    Gate,
+    LogitNormalFactor,
+    LogNormalFactor,
+    NormalFactor,
+    PositionAngleFactor,
+    TruncatedNormalFactor,
+)
+from bliss.posterior.variational import VariationalPosterior
+
+__all__ = [
+    "BernoulliFactor",
+    "CountFactor",
+    "Factor",
+    "Gate",
+    "LogNormalFactor",
+    "LogitNormalFactor",
+    "NormalFactor",
+    "PositionAngleFactor",
+    "TruncatedNormalFactor",
+    "VariationalPosterior",
+]

@@ -3,18 +3,17 @@
 ``predict.input`` names several inputs when it is a list or a glob (``'data/*.fits'``), and so
 does ``survey.fields`` with ``survey=sdss_frames``. Each input gets a name, from which its
 outputs in the ``predict.output`` directory are named: the file name without ``.fits`` /
-``.fit`` / ``.fts`` (and ``.fz`` / ``.gz`` / ``.bz2``), or ``sdss-<run6>-<camcol>-<field4>``.
+``.fit`` / ``.fts`` (and ``.fz`` / ``.gz`` / ``.bz2``), or the name the survey gives its own
+image (:meth:`bliss.protocols.ImageSource.inputs`, e.g. ``sdss-<run6>-<camcol>-<field4>``).
 """
 
 import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, ListConfig
 
 from bliss.errors import BlissConfigError
+from bliss.protocols import ImageSource, Survey
 
 __all__ = ["MERGED_NAME", "PredictInput", "has_several_inputs", "input_name", "resolve_inputs"]
 
@@ -31,33 +30,37 @@ class PredictInput:
     Attributes:
         name: stem of its output files (unique among the inputs of a run).
         label: how messages name it (the path, or the SDSS field and its folder).
-        path: the FITS file, or None for an SDSS field.
-        field: ``(run, camcol, field)`` for an SDSS field, else None.
+        path: the FITS file, or None for an image the survey finds itself.
+        ids: what :meth:`~bliss.protocols.ImageSource.for_field` takes for such an image (e.g.
+            ``(run, camcol, field)``), else None.
     """
 
     name: str
     label: str
     path: Path | None = None
-    field: tuple[int, int, int] | None = None
+    ids: tuple[int, ...] | None = None
 
 
-def has_several_inputs(cfg: DictConfig) -> bool:
-    """Whether ``cfg`` asks to catalog several inputs into the ``predict.output`` directory.
+def has_several_inputs(spec: str | Path | Sequence[str], survey: Survey) -> bool:
+    """Whether ``predict.input`` (``spec``) and the survey ask to catalog several inputs.
+
+    Args:
+        spec: ``predict.input``: a file, a glob or a list.
+        survey: the survey; one that finds its own images lists them in ``inputs()``.
 
     Raises:
-        BlissConfigError: ``survey=sdss_frames`` with ``predict.input`` a list or a glob (that
-            survey reads its images by run / camcol / field).
+        BlissConfigError: a survey that finds its own images (e.g. ``survey=sdss_frames``) with
+            ``predict.input`` a list or a glob.
     """
-    spec = cfg.predict.input
-    listed = isinstance(spec, ListConfig | list | tuple) or glob.has_magic(str(spec))
-    if "fields" in cfg.survey:  # a survey that reads its own images, e.g. sdss_frames
+    listed = not isinstance(spec, str | Path) or glob.has_magic(str(spec))
+    if isinstance(survey, ImageSource):
         if listed:
             raise BlissConfigError(
-                f"predict.input={spec} but survey={cfg.survey.name} reads its images by run, camcol "
-                "and field and ignores predict.input; list the fields instead, e.g. "
+                f"predict.input={spec} but survey={survey.name} reads its own images and ignores "
+                "predict.input; list them in the survey instead, e.g. "
                 "survey.fields=[[94,1,12],[94,1,13]]."
             )
-        return cfg.survey.fields is not None
+        return bool(survey.inputs())
     return listed
 
 
@@ -72,8 +75,8 @@ def input_name(path: str | Path) -> str:
     return name
 
 
-def resolve_inputs(spec: Any, survey: Any) -> list[PredictInput]:
-    """The inputs of a run with several: files of ``predict.input``, or ``survey.fields``.
+def resolve_inputs(spec: str | Path | Sequence[str], survey: Survey) -> list[PredictInput]:
+    """The inputs of a run with several: files of ``predict.input``, or the survey's own.
 
     A list item that is a glob expands to its sorted matches; one that matches nothing stays as
     an input that fails (the run reports it and goes on). Repeated files are cataloged once.
@@ -81,15 +84,8 @@ def resolve_inputs(spec: Any, survey: Any) -> list[PredictInput]:
     Raises:
         BlissConfigError: no input at all, or two inputs would write the same catalog name.
     """
-    if getattr(survey, "fields", None):
-        inputs = [
-            PredictInput(
-                f"sdss-{run:06d}-{camcol}-{field:04d}",
-                f"SDSS run {run} camcol {camcol} field {field} ({survey.data_dir}/{run}/{camcol}/{field})",
-                field=(run, camcol, field),
-            )
-            for run, camcol, field in dict.fromkeys(survey.fields)
-        ]
+    if isinstance(survey, ImageSource) and survey.inputs():
+        inputs = [PredictInput(i.name, i.label, ids=i.ids) for i in survey.inputs()]
     else:
         items = [spec] if isinstance(spec, str | Path) else list(spec)
         paths: list[Path] = []

@@ -2,7 +2,7 @@
 
 Lightning's distributed sampler hands every rank (``trainer.devices`` x ``trainer.num_nodes``) a
 disjoint share of the inputs; each predict step catalogs one input with
-:func:`bliss.predict.run.predict_file` into the ``predict.output`` directory:
+:func:`bliss.predict.cataloging.predict_file` into the ``predict.output`` directory:
 
 * ``<name>.<format>``: the catalog, its meta as in single-file mode plus ``FPRINT``;
 * ``<name>_samples.<format>`` (``predict.n_samples > 0``) and ``<name>.png`` (``predict.plot``);
@@ -15,6 +15,7 @@ Rank 0 then refreshes ``merged.parquet`` (see :mod:`bliss.predict.merge`). An in
 be read is reported and the others go on; the run raises at the end, listing every failure.
 """
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -25,45 +26,24 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from bliss.atomic import atomic_path
+from bliss.catalog.io import CATALOG_FORMATS
+from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError, BlissIOError
-from bliss.predict.inputs import PredictInput, resolve_inputs
+from bliss.predict.cataloging import predict_file
+from bliss.predict.inputs import PredictInput
 from bliss.predict.merge import read_records, write_merged_catalog
-from bliss.predict.predictor import Predictor
-from bliss.predict.run import build_predictor, load_model_and_survey, predict_file, table_meta
+from bliss.predict.predictor import Predictor, PredictorSettings, build_predictor
+from bliss.protocols import ImageSource, ModelConditions, Survey
 
-__all__ = [
-    "CATALOG_FORMATS",
-    "CatalogSettings",
-    "InputCataloger",
-    "catalog_fingerprint",
-    "catalog_input",
-    "predict_inputs_from_config",
-]
+__all__ = ["CatalogSettings", "InputCataloger", "catalog_input", "predict_inputs"]
 
 _log = logging.getLogger(__name__)
 
-#: ``predict.format`` -> file extension of each input's catalog
-CATALOG_FORMATS = {"fits": ".fits", "parquet": ".parquet", "ecsv": ".ecsv", "csv": ".csv"}
-#: keys that say where results go or how fast they come, not what they are
-_NOT_IN_FINGERPRINT = {
-    "predict": {"input", "output", "plot", "device", "batch_chunks", "format", "checkpoint"},
-    "survey": {"run", "camcol", "field", "fields", "data_dir"},
-}
-
-
-def catalog_fingerprint(cfg: DictConfig, checkpoint_hash: str) -> str:
-    """A short hash of everything that determines a catalog's rows: model, predict and survey."""
-    recipe: dict[str, Any] = {"checkpoint": checkpoint_hash}
-    for section, skip in _NOT_IN_FINGERPRINT.items():
-        values = OmegaConf.to_container(cfg[section], resolve=True)
-        recipe[section] = {k: v for k, v in values.items() if k not in skip}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+_SUFFIXES = {suffix for suffix, _ in CATALOG_FORMATS.values()}
 
 
 @dataclass
@@ -77,6 +57,24 @@ class CatalogSettings:
     plot: bool
     meta: dict[str, Any]
     fingerprint: str
+    seed: int = 0
+
+    def sample_seed(self, name: str) -> int:
+        """The seed of input ``name``'s posterior samples: the same on any rank, in any order."""
+        digest = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    def __post_init__(self) -> None:
+        if self.output_dir.suffix.lower() in {*_SUFFIXES, ".fit"} or self.output_dir.is_file():
+            raise BlissConfigError(
+                f"predict.output={self.output_dir} names a file, but predict.input names several "
+                "inputs; give a directory for their catalogs, e.g. predict.output=catalogs/."
+            )
+        if self.suffix not in _SUFFIXES:
+            raise BlissConfigError(
+                f"catalog suffix {self.suffix!r}; expected one of {sorted(_SUFFIXES)} "
+                f"(predict.format one of {sorted(CATALOG_FORMATS)})."
+            )
 
     def files(self, name: str) -> list[str]:
         """Output files of input ``name``, the catalog first."""
@@ -90,7 +88,7 @@ class CatalogSettings:
 
 def catalog_input(
     predictor: Predictor,
-    survey: Any,
+    survey: Survey,
     item: PredictInput,
     settings: CatalogSettings,
     rank: int = 0,
@@ -115,10 +113,11 @@ def catalog_input(
             )
         if all((settings.output_dir / name).exists() for name in files):
             return {"status": "skipped", "n_sources": int(record["n_sources"])}
-    if item.field is not None:
-        survey = survey.for_field(*item.field)
+    if item.ids is not None and isinstance(survey, ImageSource):
+        survey = survey.for_field(*item.ids)
     elif glob.has_magic(str(item.path)) and not item.path.exists():
         raise BlissIOError(f"predict.input pattern {item.path} matches no file.")
+    torch.manual_seed(settings.sample_seed(item.name))
     result = predict_file(
         predictor,
         survey,
@@ -149,8 +148,8 @@ class InputCataloger(pl.LightningModule):
 
     Args:
         encoder: the trained encoder (moved to each rank's device by Lightning).
-        model_config: the config recorded in its checkpoint.
-        predictor_spec: the ``predict`` config section (window, margins, batch size).
+        model: what the model assumes about its images (from its checkpoint).
+        predictor_settings: how the predictor cuts images (its ``device`` is this rank's).
         inputs: every input of the run.
         survey: the survey (a per-field copy is read for SDSS fields).
         settings: where and how to write.
@@ -158,17 +157,17 @@ class InputCataloger(pl.LightningModule):
 
     def __init__(
         self,
-        encoder: Any,
-        model_config: dict[str, Any],
-        predictor_spec: DictConfig,
+        encoder: Encoder,
+        model: ModelConditions,
+        predictor_settings: PredictorSettings,
         inputs: list[PredictInput],
-        survey: Any,
+        survey: Survey,
         settings: CatalogSettings,
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.model_config = model_config
-        self.predictor_spec = predictor_spec
+        self.model = model
+        self.predictor_settings = predictor_settings
         self.inputs = inputs
         self.survey = survey
         self.settings = settings
@@ -177,8 +176,8 @@ class InputCataloger(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         """Build the predictor on this rank's device."""
-        spec = OmegaConf.merge(self.predictor_spec, {"device": str(self.device)})
-        self._predictor = build_predictor(spec, self.encoder, self.model_config, progress=False)
+        settings = dataclasses.replace(self.predictor_settings, device=str(self.device))
+        self._predictor = build_predictor(settings, self.encoder, self.model, progress=False)
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any] | None:
         """Catalog one input; a failure is recorded, not raised, so the other inputs go on."""
@@ -237,63 +236,26 @@ def _complete(
     return result
 
 
-def _trainer(cfg: DictConfig) -> pl.Trainer:
-    """``cfg.trainer`` for prediction: no logger or checkpoints, Lightning's distributed sampler."""
-    overrides: dict[str, Any] = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "use_distributed_sampler": True,
-    }
-    device = str(cfg.predict.device)
-    if device != "auto":
-        overrides["accelerator"] = "cpu" if device == "cpu" else "gpu"
-    return instantiate(cfg.trainer, **overrides)
+def predict_inputs(
+    trainer: pl.Trainer,
+    module: InputCataloger,
+) -> dict[str, Any]:
+    """Catalog every input of ``module`` with ``trainer`` (see the module docstring).
 
-
-def _settings(cfg: DictConfig, meta: dict[str, Any], fingerprint: str) -> CatalogSettings:
-    spec = cfg.predict
-    output_dir = Path(spec.output)
-    if output_dir.suffix.lower() in {*CATALOG_FORMATS.values(), ".fit"} or output_dir.is_file():
-        raise BlissConfigError(
-            f"predict.output={output_dir} names a file, but predict.input names several inputs; "
-            "give a directory for their catalogs, e.g. predict.output=catalogs/."
-        )
-    if spec.format not in CATALOG_FORMATS:
-        raise BlissConfigError(
-            f"predict.format={spec.format!r}; expected one of {sorted(CATALOG_FORMATS)}."
-        )
-    return CatalogSettings(
-        output_dir,
-        CATALOG_FORMATS[spec.format],
-        spec.threshold,
-        spec.n_samples,
-        spec.plot,
-        meta,
-        fingerprint,
-    )
-
-
-def predict_inputs_from_config(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``mode=predict`` over several inputs (see the module docstring).
+    Args:
+        trainer: a Lightning trainer for prediction (no logger or checkpoints, Lightning's
+            distributed sampler), whose ranks share the inputs.
+        module: the cataloger, with the inputs and where and how to write them.
 
     Returns:
         ``inputs`` (one status per input: ``done``, ``skipped`` or ``failed``), ``merged`` (the
         Parquet dataset, on rank 0) and ``n_sources`` (its rows).
 
     Raises:
-        BlissConfigError: ``predict.output`` is a file name or ``predict.format`` is unknown.
         BlissIOError: after every other input is done, on rank 0, when some input failed; the
             message lists each with its reason.
     """
-    encoder, model_config, survey = load_model_and_survey(cfg)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    meta = table_meta(cfg.predict.checkpoint, config_yaml)
-    settings = _settings(cfg, meta, catalog_fingerprint(cfg, meta["CKPTHASH"]))
-    inputs = resolve_inputs(cfg.predict.input, survey)
-    with atomic_path(settings.output_dir / f"config-{meta['CFGHASH']}.yaml") as tmp:
-        tmp.write_text(config_yaml)
-    module = InputCataloger(encoder, model_config, cfg.predict, inputs, survey, settings)
-    trainer = _trainer(cfg)
+    inputs, settings = module.inputs, module.settings
     # Lightning's sampler refuses a rank without inputs: pad with indices predict_step skips
     loader = DataLoader(range(max(len(inputs), trainer.world_size)), batch_size=1, shuffle=False)
     trainer.predict(module, dataloaders=loader, return_predictions=False)

@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 from astropy.table import QTable
 
+from bliss.catalog.io import write_table
 from bliss.predict.inputs import MERGED_NAME
-from bliss.predict.table import write_table
 
 __all__ = ["PART_NAME", "read_records", "write_merged_catalog"]
 

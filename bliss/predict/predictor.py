@@ -1,20 +1,22 @@
-"""Images of any size -> posterior catalogs, chunk by chunk."""
+"""Images of any size -> posterior catalogs (:class:`~bliss.catalog.FullCatalog`), chunk by chunk."""
 
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from bliss.catalog import TileCatalog
+from bliss.catalog import FullCatalog, TileCatalog
+from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
-from bliss.surveys.base import SurveyImage
+from bliss.protocols import ModelConditions, SurveyImage
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "PredictorSettings", "build_predictor"]
 
 FLUX_KEY = "fluxes"  # catalog key of the per-band fluxes, nanomaggies
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -71,14 +73,14 @@ class Predictor:
         >>> sky = np.full((5, 40, 30), 100.0, dtype=np.float32)
         >>> image = SurveyImage(None, tuple("ugriz"), sky + 50.0, sky, np.full(5, 1.3), np.full(5, 29.0), None)
         >>> predictor = Predictor(encoder, window_px=32, progress=False)
-        >>> result = predictor.predict(image, threshold=0.5)
-        >>> sorted(result["sources"])[:4]
+        >>> catalog = predictor.predict(image, threshold=0.5)
+        >>> sorted(catalog.keys())[:4]
         ['beta_rad', 'beta_rad@0.05', 'beta_rad@0.95', 'bulge_hlr_arcsec']
     """
 
     def __init__(
         self,
-        encoder: Any,
+        encoder: Encoder,
         window_px: int | None = None,
         margin_px: int = 8,
         chunk_px: int = 512,
@@ -208,37 +210,63 @@ class Predictor:
         self,
         image: SurveyImage,
         threshold: float = 0.5,
-        n_samples: int = 0,
         quantiles: tuple[float, ...] = (0.05, 0.95),
-    ) -> dict[str, Any]:
-        """Catalog an image.
+    ) -> FullCatalog:
+        """Catalog an image: the point estimate of every slot with ``P(source) > threshold``.
 
         Args:
             image: the input.
-            threshold: report slots with ``P(source) > threshold``.
-            n_samples: number of joint posterior sample catalogs to draw as well.
+            threshold: report slots with ``P(source) > threshold``. Later checkerboard colour
+                groups are conditioned on the earlier groups' decisions, so ``prob_source`` and
+                the other columns of their sources depend on it.
             quantiles: posterior quantiles reported for every slot factor.
 
         Returns:
-            ``sources``: per-source numpy columns (``row``, ``col`` in pixels with the origin at the
-            image corner, ``prob_source``, ``prob_galaxy``, one column per catalog key point
-            estimate, ``<key>@<q>`` quantiles); ``samples``: a list of such column dicts (point
-            columns only), one per joint sample.
+            A one-image catalog (``b = 1``): ``plocs`` (pixels, ``(row, col)``, origin at the
+            image corner), ``prob_source``, ``prob_galaxy`` (when the posterior has a type
+            factor), one key per slot factor (point estimate; ``fluxes`` in the image's
+            nanomaggies) and ``<key>@<q>`` quantiles. Shape of each key: ``1 n d``.
+
+        Raises:
+            BlissConfigError: ``threshold`` is not in (0, 1).
+        """
+        return self.predict_and_sample(image, threshold, 0, quantiles)[0]
+
+    @torch.no_grad()
+    def sample(self, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
+        """Draw ``n_samples`` joint posterior catalogs of an image.
+
+        Each is like :meth:`predict`'s, with the drawn value of every key and ``source_type``
+        instead of probabilities.
+        """
+        return self.predict_and_sample(image, n_samples=n_samples)[1]
+
+    @torch.no_grad()
+    def predict_and_sample(
+        self,
+        image: SurveyImage,
+        threshold: float = 0.5,
+        n_samples: int = 0,
+        quantiles: tuple[float, ...] = (0.05, 0.95),
+    ) -> tuple[FullCatalog, list[FullCatalog]]:
+        """:meth:`predict` and :meth:`sample` of one image, computing its features once.
+
+        Raises:
+            BlissConfigError: ``threshold`` is not in (0, 1) or ``n_samples`` is negative.
         """
         if not 0 < threshold < 1:
             raise BlissConfigError(
                 f"predict.threshold={threshold}; expected a probability in (0, 1)."
             )
+        if n_samples < 0:
+            raise BlissConfigError(f"predict.n_samples={n_samples}; expected an integer >= 0.")
         features = self.tile_features(image)
         estimate, params = self.encoder.infer_from_features(
             features, sample=False, threshold=threshold
         )
-        _, h, w = image.images.shape
         posterior = self.encoder.posterior
         split = posterior.split(params)
-        columns: dict[str, Tensor] = {
-            "prob_source": posterior.prob_source(params),
-        }
+        columns: dict[str, Tensor] = {"prob_source": posterior.prob_source(params)}
         galaxy = posterior.prob_galaxy(params)
         if galaxy is not None:
             columns["prob_galaxy"] = galaxy
@@ -247,13 +275,13 @@ class Predictor:
             for q in quantiles:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         flux_scale = self._flux_scale(image)
-        sources = _rows(estimate, _rescale_fluxes(columns, flux_scale), h, w)
+        catalog = _full_catalog(estimate, _rescale_fluxes(columns, flux_scale), image)
         samples = []
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(features, sample=True)
             drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
-            samples.append(_rows(draw, _rescale_fluxes(drawn, flux_scale), h, w))
-        return {"sources": sources, "samples": samples}
+            samples.append(_full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image))
+        return catalog, samples
 
     def _flux_scale(self, image: SurveyImage) -> Tensor | None:
         """Per-band factor from the model's fluxes to the image's nanomaggies.
@@ -286,15 +314,76 @@ def _rescale_fluxes(columns: dict[str, Tensor], scale: Tensor | None) -> dict[st
     }
 
 
-def _rows(
-    catalog: TileCatalog, columns: dict[str, Tensor], height: int, width: int
-) -> dict[str, np.ndarray]:
-    """Per-source columns of the slots that are on, inside the (unpadded) image."""
+def _full_catalog(
+    catalog: TileCatalog, columns: dict[str, Tensor], image: SurveyImage
+) -> FullCatalog:
+    """The slots that are on and inside the (unpadded) image, as a one-image catalog.
+
+    Shapes:
+        ``columns``: ``b ht wt m`` or ``b ht wt m d`` each; the result's keys ``1 n d``.
+    """
+    _, height, width = image.images.shape
     on = catalog.is_on_mask
     plocs = catalog.plocs()[on]
     inside = (plocs[:, 0] < height) & (plocs[:, 1] < width)
-    rows = {"row": plocs[inside, 0], "col": plocs[inside, 1]}
+    data = {"plocs": plocs[inside]}
     for key, value in columns.items():
-        selected = value[on]
-        rows[key] = selected[inside]
-    return {k: v.cpu().numpy() for k, v in rows.items()}
+        selected = value[on][inside]
+        data[key] = selected.unsqueeze(-1) if selected.ndim == 1 else selected.flatten(1)
+    n_sources = torch.tensor([int(inside.sum())])
+    return FullCatalog(
+        height,
+        width,
+        {"n_sources": n_sources, **{k: v.cpu().unsqueeze(0) for k, v in data.items()}},
+    )
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """How the predictor cuts an image (the ``predict`` config's window keys, see :class:`Predictor`).
+
+    ``window_px="auto"`` is the image size the model was trained on.
+    """
+
+    window_px: int | Literal["auto"] | None = "auto"
+    margin_px: int = 8
+    chunk_px: int = 512
+    batch_chunks: int = 4
+    device: str = "auto"
+    precision: str = "32-true"
+
+
+def build_predictor(
+    settings: PredictorSettings,
+    encoder: Encoder,
+    model: ModelConditions,
+    progress: bool = True,
+) -> Predictor:
+    """The :class:`Predictor` of a loaded model.
+
+    A frame's aperture correction is measured against its observed PSFs (with the model's halo):
+    right for models trained on those (``experiment=sdss_real``), not on parametric PSFs.
+
+    Raises:
+        BlissConfigError: ``window_px="auto"`` but the model records no training image size.
+    """
+    window = settings.window_px
+    if window == "auto":
+        if model.image_size_px is None:
+            raise BlissConfigError(
+                "predict.window_px=auto but the checkpoint records no simulator.image_size; set "
+                "predict.window_px to the model's training image size."
+            )
+        window = model.image_size_px
+    return Predictor(
+        encoder,
+        window_px=window,
+        margin_px=settings.margin_px,
+        chunk_px=settings.chunk_px,
+        batch_chunks=settings.batch_chunks,
+        device=settings.device,
+        progress=progress,
+        model_magzero=model.magzero,
+        aperture_correction=model.observed_psfs,
+        precision=settings.precision,
+    )

@@ -1,1 +1,44 @@
-"""simulator."""
+"""The forward model: a catalog prior, renderers (GalSim, PyTorch) and the noise of a survey.
+
+Names are imported on first use, so that e.g. the PyTorch renderer loads without GalSim.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bliss.simulator.conditions import ObservingConditions
+    from bliss.simulator.field import simple_wcs, write_simulated_field
+    from bliss.simulator.noise import NoiseModel
+    from bliss.simulator.prior import CatalogPrior
+    from bliss.simulator.render import GalsimRenderer
+    from bliss.simulator.simulate import ImageSimulator
+    from bliss.simulator.torch_render import TorchRenderer
+
+#: public name -> its module, imported on first use (importing the package stays cheap)
+_EXPORTS = {
+    "CatalogPrior": "bliss.simulator.prior",
+    "GalsimRenderer": "bliss.simulator.render",
+    "ImageSimulator": "bliss.simulator.simulate",
+    "NoiseModel": "bliss.simulator.noise",
+    "ObservingConditions": "bliss.simulator.conditions",
+    "TorchRenderer": "bliss.simulator.torch_render",
+    "simple_wcs": "bliss.simulator.field",
+    "write_simulated_field": "bliss.simulator.field",
+}
+__all__ = [
+    "CatalogPrior",
+    "GalsimRenderer",
+    "ImageSimulator",
+    "NoiseModel",
+    "ObservingConditions",
+    "TorchRenderer",
+    "simple_wcs",
+    "write_simulated_field",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import Tensor
 
 from bliss.errors import BlissConfigError
-from bliss.surveys.base import ObservedConditions, PsfAndSky
+from bliss.protocols import ObservedConditions, PsfAndSky
 
 __all__ = ["ObservingConditions"]
 

@@ -8,7 +8,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from bliss.atomic import atomic_path
-from bliss.catalog.io import full_catalog_to_table
+from bliss.catalog.io import catalog_to_table
 from bliss.simulator.simulate import ImageSimulator
 
 __all__ = ["simple_wcs", "write_simulated_field"]
@@ -78,7 +78,7 @@ def write_simulated_field(
     image_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(image_path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
-    truth = full_catalog_to_table(batch["catalog"].to_full_catalog(), 0, survey.bands)
+    truth = catalog_to_table(batch["catalog"].to_full_catalog(), survey.bands)
     truth.meta["SEED"] = seed
     truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in batch["psf_fwhm_arcsec"][0].tolist())
     truth.meta["SKY"] = ",".join(f"{v:.1f}" for v in batch["background"][0].tolist())

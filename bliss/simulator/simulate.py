@@ -10,12 +10,12 @@ from torch import Tensor
 from bliss.catalog import GALAXY_KEYS, FullCatalog, TileCatalog
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.errors import BlissConfigError
+from bliss.protocols import ObservingSetup
 from bliss.simulator.conditions import ObservingConditions
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
 from bliss.simulator.render import GalsimRenderer, image_psf, moffat_psf
 from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
-from bliss.surveys.base import ObservingSetup
 
 __all__ = ["ImageSimulator"]
 

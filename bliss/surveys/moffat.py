@@ -1,7 +1,7 @@
 """Moffat equivalents of PSF models, and writing them as the ``PSF_FWHM`` / ``PSF_BETA`` cards.
 
 ``bliss mode=predict`` describes each band's PSF by a circular Moffat (``PSF_FWHM`` in arcsec and
-``PSF_BETA``, see :mod:`bliss.predict.reader`). These functions turn a PSF image or model (a
+``PSF_BETA``, see :mod:`bliss.surveys.fits_reader`). These functions turn a PSF image or model (a
 :class:`~bliss.surveys.psfex.PsfexPsf`, an ``SdssPsf``, a stack of stars) into that Moffat.
 """
 
@@ -14,7 +14,7 @@ from astropy.io import fits
 from scipy import interpolate, ndimage, optimize
 
 from bliss.errors import BlissError, BlissIOError, BlissValueError
-from bliss.surveys.base import PsfModel
+from bliss.protocols import PsfModel
 
 __all__ = [
     "FWHM_METHODS",

@@ -1,8 +1,11 @@
 """Surveys described by a few numbers per band (the ``survey=sdss|des|lsst`` presets)."""
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Self
 
 from bliss.errors import BlissConfigError
+from bliss.protocols import ModelConditions, SurveyImage
 
 __all__ = ["ParametricSurvey"]
 
@@ -87,6 +90,21 @@ class ParametricSurvey:
     def band_index(self, band: str) -> int:
         """Channel index of ``band``."""
         return self.bands.index(band)
+
+    def read_image(self, path: str | Path, bands: tuple[str, ...] | None = None) -> SurveyImage:
+        """Read a FITS file in the input contract (:mod:`bliss.surveys.fits_reader`).
+
+        Args:
+            path: the FITS file.
+            bands: the model's bands, in its channel order [default: the survey's].
+        """
+        from bliss.surveys.fits_reader import read_fits_image
+
+        return read_fits_image(path, self, bands)
+
+    def for_model(self, model: ModelConditions) -> Self:
+        """This survey for a model: a parametric survey has nothing to adapt, so ``self``."""
+        return self
 
     def psf_fwhm_arcsec(self, band: str) -> float:
         """PSF FWHM in ``band``, arcsec."""

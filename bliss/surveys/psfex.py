@@ -42,7 +42,7 @@ _CONTEXT_KEYS += ("POLSCAL1", "POLSCAL2", "POLGRP1", "POLGRP2")
 class PsfexPsf:
     """The position-dependent PSFEx PSF of one band of one image (a CCD or a coadd tile).
 
-    It has the methods of :class:`bliss.surveys.sdss.SdssPsf` (:class:`bliss.surveys.base.PsfModel`):
+    It has the methods of :class:`bliss.surveys.sdss.SdssPsf` (:class:`bliss.protocols.PsfModel`):
     positions are 0-indexed ``(row, col)`` pixels of the image the model was fitted on, i.e.
     ``X_IMAGE = col + 1`` and ``Y_IMAGE = row + 1``.
 

@@ -11,8 +11,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from bliss.predict.reader import read_fits_image
 from bliss.surveys import ParametricSurvey
+from bliss.surveys.fits_reader import read_fits_image
 from bliss.surveys.moffat import fit_moffat_fwhm_arcsec
 from bliss.surveys.psfex import PsfexPsf
 

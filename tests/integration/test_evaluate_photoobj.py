@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from bliss.main import run
+from bliss.cli.main import run
 from tests.conftest import compose_config
 
 DATA = Path(__file__).parents[1] / "data" / "sdss"

@@ -7,11 +7,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from bliss.cli.generate import build_simulator
+from bliss.cli.main import run
 from bliss.encoder.checkpoint import load_encoder
-from bliss.main import build_simulator, run
 from bliss.predict.predictor import Predictor
-from bliss.predict.reader import read_fits_image
-from tests.conftest import TINY_OVERRIDES, compose_config
+from bliss.surveys.fits_reader import read_fits_image
+from tests.conftest import TINY_OVERRIDES, catalog_columns, compose_config
 from tests.integration.test_shipped_model import MODEL, SAMPLE, SDSS
 
 pytestmark = pytest.mark.gpu
@@ -160,7 +161,7 @@ def test_bf16_prediction_on_cuda_agrees_with_float32_on_the_cpu() -> None:
         predictor = Predictor(
             encoder, window_px=window, device=device, precision=precision, progress=False
         )
-        results[device] = predictor.predict(image)["sources"]
+        results[device] = catalog_columns(predictor.predict(image))
     cpu, cuda = results["cpu"], results["cuda"]
     assert len(cpu["row"]) == len(cuda["row"]) >= 20
     np.testing.assert_allclose(cuda["row"], cpu["row"], atol=0.05)

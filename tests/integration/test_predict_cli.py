@@ -22,7 +22,7 @@ def predicted(tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "bliss.main",
+            "bliss.cli.main",
             "mode=predict",
             f"paths.root={root}",
             f"hydra.run.dir={root}/hydra",
@@ -65,7 +65,7 @@ def test_n_samples_writes_joint_samples(tmp_path):
         [
             sys.executable,
             "-m",
-            "bliss.main",
+            "bliss.cli.main",
             "mode=predict",
             f"paths.root={tmp_path}",
             f"hydra.run.dir={tmp_path}/hydra",
@@ -89,7 +89,7 @@ def test_checkpoint_for_other_bands_is_refused(tmp_path):
         [
             sys.executable,
             "-m",
-            "bliss.main",
+            "bliss.cli.main",
             "mode=predict",
             "survey=des",
             f"paths.root={tmp_path}",

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from astropy.table import QTable
 
+from bliss.cli.generate import build_simulator
+from bliss.cli.main import run
 from bliss.errors import BlissConfigError, BlissIOError
-from bliss.main import build_simulator, run
 from bliss.simulator.field import write_simulated_field
 from tests.conftest import compose_config
 

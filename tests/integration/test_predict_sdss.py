@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from astropy.table import QTable
 
+from bliss.cli.main import run
 from bliss.errors import BlissWarning
-from bliss.main import run
 from tests.conftest import compose_config
 
 DATA = Path(__file__).parents[1] / "data" / "sdss"
@@ -64,13 +64,15 @@ def test_other_surveys_default_to_the_generalist(tmp_path):
 
 
 def test_aperture_corrections_use_the_halo_the_model_was_trained_with(tmp_path):
-    from bliss.predict.run import load_model_and_survey
+    from bliss.cli.model import load_model_and_survey
 
     overrides = ["mode=predict", "survey=sdss_frames", f"survey.data_dir={DATA}"]
-    _, config, survey = load_model_and_survey(compose_config(overrides, tmp_path))
-    halo = config["simulator"]["conditions"]["observed"]["halo"]
-    assert survey.psf_halo == halo == {"fraction": 0.06, "fwhm_arcsec": 12.0, "beta": 2.0}
+    cfg = compose_config(overrides, tmp_path)
+    _, model, survey = load_model_and_survey(cfg.predict.checkpoint, cfg.survey)
+    assert model.observed_psfs and survey.aperture_correction
+    assert survey.psf_halo == model.psf_halo == {"fraction": 0.06, "fwhm_arcsec": 12.0, "beta": 2.0}
     generalist = "predict.checkpoint=${pkg_path:models/sdss_generalist.ckpt}"
-    _, _, survey = load_model_and_survey(compose_config([*overrides, generalist], tmp_path))
+    cfg = compose_config([*overrides, generalist], tmp_path)
+    _, _, survey = load_model_and_survey(cfg.predict.checkpoint, cfg.survey)
     assert survey.psf_halo is None
     assert survey.aperture_correction is False  # a Moffat-trained model takes none

@@ -11,10 +11,11 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.encoder.checkpoint import load_encoder
 from bliss.errors import BlissConfigError
 from bliss.predict.predictor import Predictor
-from bliss.predict.reader import read_fits_image
+from bliss.protocols import SurveyImage
 from bliss.simulator.render import GalsimRenderer, moffat_psf
 from bliss.surveys import ParametricSurvey
-from bliss.surveys.base import SurveyImage
+from bliss.surveys.fits_reader import read_fits_image
+from tests.conftest import catalog_columns
 
 MODEL = Path(bliss.__file__).parent / "models" / "sdss_generalist.ckpt"
 SAMPLE = Path(bliss.__file__).parent / "sample_data" / "sdss_sample.fits"
@@ -70,11 +71,13 @@ def star_image(
     )
 
 
-def _counts_near(result: dict, row: float, col: float) -> tuple[int, list[int]]:
-    def count(catalog: dict) -> int:
-        return int((np.hypot(catalog["row"] - row, catalog["col"] - col) < 3.0).sum())
+def _counts_near(result: tuple, row: float, col: float) -> tuple[int, list[int]]:
+    def count(catalog) -> int:
+        columns = catalog_columns(catalog)
+        return int((np.hypot(columns["row"] - row, columns["col"] - col) < 3.0).sum())
 
-    return count(result["sources"]), [count(sample) for sample in result["samples"]]
+    point, samples = result
+    return count(point), [count(sample) for sample in samples]
 
 
 def test_star_on_a_tile_border_is_counted_once(predictor):
@@ -83,7 +86,7 @@ def test_star_on_a_tile_border_is_counted_once(predictor):
     # 1 and 2: 39 / 1 / 0 and 35 / 2 / 3).
     torch.manual_seed(0)
     point, samples = _counts_near(
-        predictor.predict(star_image(24.0, 26.0), n_samples=40), 24.0, 26.0
+        predictor.predict_and_sample(star_image(24.0, 26.0), n_samples=40), 24.0, 26.0
     )
     assert point == 1
     assert samples.count(1) >= 33
@@ -97,14 +100,14 @@ def test_star_on_a_tile_corner_is_rarely_counted_twice(predictor):
     # draws). Measured with seed 0, its joint samples hold it once in 26 of 40 draws, miss it in
     # 13 and count it twice in 1 (torch seeds 1 and 2: 34 / 6 / 0 and 26 / 13 / 1).
     torch.manual_seed(0)
-    _, samples = _counts_near(predictor.predict(star_image(24.0, 24.0), n_samples=40), 24.0, 24.0)
+    _, samples = _counts_near(predictor.predict_and_sample(star_image(24.0, 24.0), n_samples=40), 24.0, 24.0)
     assert max(samples) <= 2
     assert samples.count(2) <= 3
     assert samples.count(1) >= 20
 
 
 def test_bright_star_position_within_half_a_pixel(predictor):
-    rows = predictor.predict(star_image(20.3, 27.8))["sources"]
+    rows = catalog_columns(predictor.predict(star_image(20.3, 27.8)))
     distance = np.hypot(rows["row"] - 20.3, rows["col"] - 27.8).min()
     assert distance < 0.5
 
@@ -112,7 +115,7 @@ def test_bright_star_position_within_half_a_pixel(predictor):
 def test_no_detections_on_missing_pixels(predictor):
     image = read_fits_image(SAMPLE, SDSS)
     image.images[:, 100:180, 60:200] = np.nan
-    rows = predictor.predict(image)["sources"]
+    rows = catalog_columns(predictor.predict(image))
     inside = (rows["row"] > 101) & (rows["row"] < 179) & (rows["col"] > 61) & (rows["col"] < 199)
     assert not inside.any()
 
@@ -122,7 +125,7 @@ def test_bf16_prediction_agrees_with_float32(predictor):
     image = read_fits_image(SAMPLE, SDSS)
     window = predictor.chunk_px + 2 * predictor.margin_px
     bf16 = Predictor(predictor.encoder, window_px=window, progress=False, precision="bf16-mixed")
-    full, half = predictor.predict(image)["sources"], bf16.predict(image)["sources"]
+    full, half = catalog_columns(predictor.predict(image)), catalog_columns(bf16.predict(image))
     assert 20 <= len(full["row"]) == len(half["row"])
     np.testing.assert_allclose(half["row"], full["row"], atol=0.05)
     np.testing.assert_allclose(half["col"], full["col"], atol=0.05)

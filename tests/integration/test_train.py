@@ -10,10 +10,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from bliss.cli.main import run
 from bliss.data.samplers import ShardBlockSampler
 from bliss.encoder.checkpoint import CONFIG_KEY, load_encoder
 from bliss.errors import BlissConfigError
-from bliss.main import run
 from tests.conftest import TINY_OVERRIDES, compose_config
 
 TRAIN = ["mode=train", *TINY_OVERRIDES]
@@ -201,7 +201,7 @@ def test_datamodule_splits_shards_by_trainer_rank(root: Path) -> None:
 def test_ddp_sim_two_cpu_processes(root: Path, tmp_path: Path) -> None:
     """``trainer=ddp_sim``: two gloo processes launched by Lightning from the CLI."""
     script = Path(sys.executable).parent / "bliss"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "bliss.main"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bliss.cli.main"]
     run_dir = tmp_path / "ddp"
     command += [
         "mode=train",

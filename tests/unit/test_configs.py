@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 import bliss
+from bliss.cli.generate import build_simulator
+from bliss.cli.main import MODES, run
 from bliss.errors import BlissConfigError
-from bliss.main import MODES, build_simulator, run
 from tests.conftest import compose_config
 
 CONF = Path(bliss.__file__).parent / "conf"

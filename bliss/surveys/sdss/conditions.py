@@ -7,7 +7,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bliss.errors import BlissConfigError
-from bliss.surveys.base import ObservedConditions
+from bliss.protocols import ObservedConditions
 from bliss.surveys.moffat import add_halo
 from bliss.surveys.sdss._files import field_dir, find_file, frame_name
 from bliss.surveys.sdss.frames import SDSS_BANDS, _read_frame, field_gains_and_psfield

@@ -19,14 +19,13 @@ photoField row with ``FIELD == field``; its 5-element columns are in u, g, r, i,
 """
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from scipy import ndimage
 
 from bliss.errors import BlissIOError, BlissValueError
@@ -45,6 +44,7 @@ from bliss.surveys.sdss._files import (
 from bliss.surveys.sdss.align import check_overlap, map_pixels, pixel_grid_map, resample_band
 from bliss.surveys.sdss.masks import DEFAULT_MASK_PLANES, read_fpm_mask
 from bliss.surveys.sdss.psf import SdssPsf
+from bliss.surveys.wcs import celestial_wcs
 
 __all__ = ["SDSS_BANDS", "SdssField", "SdssFrame", "read_sdss_field"]
 
@@ -416,16 +416,9 @@ def _read_frame(
 
 
 def _celestial_wcs(header: fits.Header, path: Path) -> WCS:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            wcs = WCS(header).celestial
-        except Exception as err:  # astropy raises several types for malformed WCS keywords
-            raise BlissIOError(
-                f"frame file {path}: the header has no valid WCS ({err}); expected a TAN WCS."
-            ) from err
-    if not wcs.has_celestial:
+    wcs = celestial_wcs(header)
+    if wcs is None:  # the bands are aligned through their WCSs: a frame without one is unusable
         raise BlissIOError(
-            f"frame file {path}: the header has no celestial WCS; expected a TAN WCS."
+            f"frame file {path}: the header has no valid celestial WCS; expected a TAN WCS."
         )
     return wcs

@@ -4,11 +4,12 @@ import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 from bliss.errors import BlissConfigError, BlissValueError, BlissWarning
-from bliss.surveys.base import SurveyImage
+from bliss.protocols import InputName, ModelConditions, SurveyImage
 from bliss.surveys.moffat import add_halo
 from bliss.surveys.parametric import ParametricSurvey
 from bliss.surveys.sdss.aperture import MIN_STARS, aperture_correction
@@ -37,7 +38,7 @@ class SdssFrameSurvey(ParametricSurvey):
             ``psfMag``; models trained on psField PSFs miss the light of real stars' wings.
         psf_halo: ``{fraction, fwhm_arcsec, beta}`` of the halo the model's training PSFs had
             (:func:`bliss.surveys.moffat.add_halo`); the aperture correction is then measured
-            against the psField PSF with that halo. ``mode=predict`` sets it from the model's
+            against the psField PSF with that halo. :meth:`for_model` sets it from the model's
             training config (``simulator.conditions.observed.halo``) when it is null.
         **preset: the :class:`ParametricSurvey` arguments (bands, zero points, ...), used where a
             frame does not say (e.g. a model's nominal PSF).
@@ -69,7 +70,33 @@ class SdssFrameSurvey(ParametricSurvey):
         self.aperture_correction = bool(aperture_correction)
         self.psf_halo = None if psf_halo is None else dict(psf_halo)
 
-    def for_field(self, run: int, camcol: int, field: int) -> "SdssFrameSurvey":
+    def for_model(self, model: ModelConditions) -> Self:
+        """A copy whose aperture corrections are measured against the model's training PSFs.
+
+        A model trained on psField PSFs with a halo gets that halo in :attr:`psf_halo` (unless
+        set); a model trained on parametric PSFs takes no aperture correction, so none is
+        measured.
+        """
+        adapted = copy.copy(self)
+        if model.psf_halo is not None and adapted.psf_halo is None:
+            adapted.psf_halo = dict(model.psf_halo)
+        if not model.observed_psfs:
+            adapted.aperture_correction = False
+        return adapted
+
+    def inputs(self) -> list[InputName]:
+        """The fields of ``survey.fields`` (repeats once), named ``sdss-<run6>-<camcol>-<field4>``."""
+        return [
+            InputName(
+                f"sdss-{run:06d}-{camcol}-{field:04d}",
+                f"SDSS run {run} camcol {camcol} field {field} "
+                f"({self.data_dir}/{run}/{camcol}/{field})",
+                (run, camcol, field),
+            )
+            for run, camcol, field in dict.fromkeys(self.fields or [])
+        ]
+
+    def for_field(self, run: int, camcol: int, field: int) -> Self:
         """A copy of this survey that reads the field ``run`` / ``camcol`` / ``field``."""
         one = copy.copy(self)
         one.run, one.camcol, one.field, one.fields = int(run), int(camcol), int(field), None

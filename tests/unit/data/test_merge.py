@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from bliss.cli.main import run
 from bliss.data.cached import SPLITS_NAME
 from bliss.data.merge import merge_task_manifests
 from bliss.data.shards import MANIFEST_NAME, read_manifest, shard_path, task_manifest_path
 from bliss.errors import BlissConfigError, BlissIOError
-from bliss.main import run
 from tests.conftest import TINY_OVERRIDES, compose_config
 from tests.unit.data.conftest import make_shards
 

@@ -224,7 +224,7 @@ def test_infer_samples_differ_between_draws(tmp_path) -> None:
 
 
 def test_overfits_one_batch(tmp_path) -> None:
-    from bliss.main import build_simulator
+    from bliss.cli.generate import build_simulator
 
     cfg = compose_config(
         [

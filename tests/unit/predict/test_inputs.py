@@ -4,12 +4,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from bliss.errors import BlissConfigError
 from bliss.predict.inputs import has_several_inputs, input_name, resolve_inputs
 from tests.conftest import compose_config
 
 PLAIN = SimpleNamespace()  # a survey that does not read its own images
+
+
+def _several(cfg):
+    spec = cfg.predict.input
+    spec = OmegaConf.to_container(spec) if OmegaConf.is_list(spec) else spec
+    return has_several_inputs(spec, instantiate(cfg.survey))
 
 
 @pytest.mark.parametrize(
@@ -25,13 +33,13 @@ PLAIN = SimpleNamespace()  # a survey that does not read its own images
 )
 def test_several_inputs_are_a_list_a_glob_or_sdss_fields(overrides, several, tmp_path):
     cfg = compose_config(["mode=predict", *overrides], tmp_path)
-    assert has_several_inputs(cfg) is several
+    assert _several(cfg) is several
 
 
 def test_sdss_frames_with_a_file_glob_is_refused(tmp_path):
     cfg = compose_config(["mode=predict", "survey=sdss_frames", "predict.input=d/*.fits"], tmp_path)
     with pytest.raises(BlissConfigError, match="survey.fields"):
-        has_several_inputs(cfg)
+        _several(cfg)
 
 
 @pytest.mark.parametrize(
@@ -61,8 +69,10 @@ def test_two_inputs_with_one_name_are_refused(tmp_path):
         resolve_inputs([str(tmp_path / "x" / "f.fits"), str(tmp_path / "y" / "f.fits")], PLAIN)
 
 
-def test_sdss_fields_are_named_like_sdss_files():
-    survey = SimpleNamespace(fields=[(94, 1, 12), (94, 1, 12), (1000, 6, 3)], data_dir=Path("s"))
-    inputs = resolve_inputs("ignored.fits", survey)
+def test_sdss_fields_are_named_like_sdss_files(tmp_path):
+    overrides = ["mode=predict", "survey=sdss_frames", "survey.data_dir=s"]
+    cfg = compose_config([*overrides, "survey.fields=[[94,1,12],[94,1,12],[1000,6,3]]"], tmp_path)
+    inputs = resolve_inputs("ignored.fits", instantiate(cfg.survey))
     assert [item.name for item in inputs] == ["sdss-000094-1-0012", "sdss-001000-6-0003"]
-    assert inputs[1].field == (1000, 6, 3) and inputs[1].path is None
+    assert inputs[1].ids == (1000, 6, 3) and inputs[1].path is None
+    assert inputs[1].label.endswith(f"({Path('s')}/1000/6/3)")

@@ -3,10 +3,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from bliss.catalog.io import catalog_to_table, write_table
 from bliss.errors import BlissConfigError
 from bliss.predict.predictor import Predictor
-from bliss.predict.table import catalog_table, write_table
-from bliss.surveys.base import SurveyImage
+from bliss.protocols import SurveyImage
+from tests.conftest import catalog_columns as rows
 from tests.conftest import compose_config
 
 
@@ -47,10 +48,10 @@ def test_chunking_does_not_change_features_or_rows(encoder):
     assert torch.allclose(f_whole, f_chunked, atol=1e-4, rtol=1e-4)
     # an untrained network's P(source) hovers near 0.5: threshold at its median so that about
     # half of the tiles report a source and the row-by-row comparison means something
-    probs = whole.predict(image, threshold=1e-6)["sources"]["prob_source"]
+    probs = rows(whole.predict(image, threshold=1e-6))["prob_source"]
     threshold = float(np.median(probs))
-    rows_whole = whole.predict(image, threshold=threshold)["sources"]
-    rows_chunked = chunked.predict(image, threshold=threshold)["sources"]
+    rows_whole = rows(whole.predict(image, threshold=threshold))
+    rows_chunked = rows(chunked.predict(image, threshold=threshold))
     assert len(rows_whole["row"]) == len(rows_chunked["row"]) > 0
     assert np.allclose(rows_whole["row"], rows_chunked["row"], atol=1e-4)
     assert np.allclose(rows_whole["fluxes"], rows_chunked["fluxes"], rtol=1e-3)
@@ -87,8 +88,8 @@ def test_bad_window(encoder):
 
 def test_image_not_multiple_of_tile_is_padded_and_rows_stay_inside(encoder):
     image = make_image(height=37, width=29)
-    rows = Predictor(encoder, chunk_px=16, progress=False).predict(image, threshold=0.1)["sources"]
-    assert (rows["row"] < 37).all() and (rows["col"] < 29).all()
+    found = rows(Predictor(encoder, chunk_px=16, progress=False).predict(image, threshold=0.1))
+    assert (found["row"] < 37).all() and (found["col"] < 29).all()
 
 
 def test_nan_pixels_are_missing_data(encoder):
@@ -99,18 +100,24 @@ def test_nan_pixels_are_missing_data(encoder):
 
 
 def test_samples_have_the_same_columns_as_points(encoder):
-    result = Predictor(encoder, progress=False).predict(make_image(), n_samples=2)
-    assert len(result["samples"]) == 2
-    assert {"row", "col", "fluxes", "source_type"} <= set(result["samples"][0])
+    predictor = Predictor(encoder, progress=False)
+    catalog, samples = predictor.predict_and_sample(make_image(), n_samples=2)
+    assert len(samples) == 2
+    assert {"plocs", "fluxes", "source_type"} <= set(samples[0].keys())
+    assert {"plocs", "fluxes", "prob_source", "prob_galaxy"} <= set(catalog.keys())
+    assert len(predictor.sample(make_image(), 3)) == 3
+    with pytest.raises(BlissConfigError, match="n_samples"):
+        predictor.sample(make_image(), -1)
 
 
 def test_contract_columns_and_units(encoder, tmp_path):
-    result = Predictor(encoder, progress=False).predict(make_image(), threshold=0.01)
+    catalog = Predictor(encoder, progress=False).predict(make_image(), threshold=0.01)
     from bliss.simulator.field import simple_wcs
 
-    table = catalog_table(
-        result["sources"], ("u", "g", "r", "i", "z"), simple_wcs(72, 52, 0.396), {"BLISSVER": "x"}
+    table = catalog_to_table(
+        catalog, ("u", "g", "r", "i", "z"), wcs=simple_wcs(72, 52, 0.396), meta={"BLISSVER": "x"}
     )
+    np.testing.assert_allclose(table["x"].value, rows(catalog)["col"] - 0.5)
     for band in "ugriz":
         for suffix in ("", "_lo", "_hi"):
             assert table[f"flux_{band}{suffix}"].unit == "nmgy"
@@ -138,31 +145,29 @@ def test_fluxes_follow_the_image_zero_point(encoder):
     """The network measures in its training calibration; a brighter zero point means more nmgy."""
     image = make_image()
     same = Predictor(encoder, progress=False, model_magzero=[29.0] * 5)
-    reference = same.predict(image, threshold=0.01, n_samples=1)
+    reference = rows(same.predict_and_sample(image, threshold=0.01, n_samples=1)[0])
     image.magzero[:] = [29.0, 29.0, 30.0, 29.0, 28.5]  # r: 1 mag fainter per electron
-    moved = same.predict(image, threshold=0.01, n_samples=1)
+    moved = rows(same.predict_and_sample(image, threshold=0.01, n_samples=1)[0])
     expected = 10 ** (0.4 * (29.0 - image.magzero))
-    assert len(reference["sources"]["row"]) > 0
+    assert len(reference["row"]) > 0
     for key in ("fluxes", "fluxes@0.05", "fluxes@0.95"):
-        np.testing.assert_allclose(
-            moved["sources"][key], reference["sources"][key] * expected, rtol=1e-5
-        )
-    np.testing.assert_array_equal(moved["sources"]["row"], reference["sources"]["row"])
-    assert not np.allclose(moved["sources"]["fluxes"], reference["sources"]["fluxes"])
+        np.testing.assert_allclose(moved[key], reference[key] * expected, rtol=1e-5)
+    np.testing.assert_array_equal(moved["row"], reference["row"])
+    assert not np.allclose(moved["fluxes"], reference["fluxes"])
 
 
 def test_aperture_correction_scales_fluxes_only_when_the_model_takes_it(encoder):
     image = make_image()
-    reference = Predictor(encoder, progress=False).predict(image, threshold=0.01)["sources"]
+    reference = rows(Predictor(encoder, progress=False).predict(image, threshold=0.01))
     factors = np.array([1.0, 1.02, 1.045, 1.05, 1.04])
     image.aperture_correction = factors
-    corrected = Predictor(encoder, progress=False).predict(image, threshold=0.01)["sources"]
+    corrected = rows(Predictor(encoder, progress=False).predict(image, threshold=0.01))
     declined = Predictor(encoder, progress=False, aperture_correction=False)
     assert len(reference["row"]) > 0
     for key in ("fluxes", "fluxes@0.05", "fluxes@0.95"):
         np.testing.assert_allclose(corrected[key], reference[key] * factors, rtol=1e-5)
     np.testing.assert_array_equal(corrected["prob_source"], reference["prob_source"])
-    untouched = declined.predict(image, threshold=0.01)["sources"]["fluxes"]
+    untouched = rows(declined.predict(image, threshold=0.01))["fluxes"]
     np.testing.assert_array_equal(untouched, reference["fluxes"])
     assert declined.applies_aperture_correction(image) is False
 

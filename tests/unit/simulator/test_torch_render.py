@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bliss.catalog import GALAXY_KEYS, FullCatalog
+from bliss.cli.generate import build_simulator
 from bliss.errors import BlissShapeError, BlissValueError
-from bliss.main import build_simulator
 from bliss.simulator._stamps import paste_stamps
 from bliss.simulator._torch_profiles import devaucouleurs_fourier, moffat_fourier
 from bliss.simulator.conditions import ObservingConditions

@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 
 from bliss.errors import BlissIOError, BlissValueError
-from bliss.predict.reader import read_fits_image
 from bliss.surveys import ParametricSurvey
+from bliss.surveys.fits_reader import read_fits_image
 from bliss.surveys.moffat import (
     add_halo,
     fit_moffat_fwhm_arcsec,

@@ -9,11 +9,12 @@ from astropy.io import fits
 
 from bliss.catalog import GALAXY_KEYS, TileCatalog
 from bliss.errors import BlissIOError, BlissValueError
+from bliss.protocols import PsfModel
 from bliss.simulator.conditions import ObservingConditions
 from bliss.simulator.prior import CatalogPrior
 from bliss.simulator.render import GalsimRenderer, image_psf
 from bliss.simulator.simulate import ImageSimulator
-from bliss.surveys import ParametricSurvey, PsfModel
+from bliss.surveys import ParametricSurvey
 from bliss.surveys.base import psf_images_at
 from bliss.surveys.psfex import DECAM_PIXEL_SCALE_ARCSEC, PsfexPsf
 from bliss.surveys.sdss import SdssPsf
@@ -258,7 +259,7 @@ def test_a_simulated_star_has_the_psfex_shape(psf, monkeypatch):
 
 def test_simulator_psf_images_accepts_a_psfex_file(psf, tmp_path):
     """``simulator.psf_images={Y: model.psf}``: the model at its polynomial origin is used."""
-    from bliss.main import build_simulator
+    from bliss.cli.generate import build_simulator
     from tests.conftest import compose_config
 
     overrides = ["mode=generate", "survey=des", "simulator.image_size=16"]

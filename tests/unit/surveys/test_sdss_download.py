@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bliss.cli.main import run
 from bliss.errors import BlissConfigError, BlissIOError, BlissValueError
-from bliss.main import run
 from bliss.surveys.sdss import download_sdss_field, read_sdss_field, sdss_file_urls
 from tests.conftest import compose_config
 from tests.unit.surveys.conftest import CAMCOL, FIELD, RUN, SDSS_CUTOUTS

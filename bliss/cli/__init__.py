@@ -1,0 +1,1 @@
+"""The composition layer: the ``bliss`` command and one module per mode; the only config reader."""

@@ -1,0 +1,48 @@
+"""Load the model, build the survey, check that their bands agree: once, for predict and evaluate."""
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from bliss.encoder.encoder import Encoder
+from bliss.errors import BlissConfigError
+from bliss.predict.model import model_conditions
+from bliss.predict.predictor import PredictorSettings
+from bliss.protocols import ModelConditions, Survey
+
+__all__ = ["load_model_and_survey", "predictor_settings"]
+
+
+def load_model_and_survey(
+    checkpoint: str | Path, survey_config: DictConfig
+) -> tuple[Encoder, ModelConditions, Survey]:
+    """The checkpoint's encoder, what it assumes of its images, and the survey adapted to it.
+
+    Raises:
+        BlissConfigError: the survey's bands differ from the model's (names and order).
+    """
+    from bliss.encoder.checkpoint import load_encoder
+
+    encoder, model_config = load_encoder(checkpoint)
+    survey = instantiate(survey_config)
+    if tuple(encoder.bands) != tuple(survey.bands):
+        raise BlissConfigError(
+            f"checkpoint {checkpoint} is for bands {list(encoder.bands)} but "
+            f"survey={survey_config.name} has {list(survey.bands)}; pick the matching survey or "
+            "checkpoint."
+        )
+    model = model_conditions(tuple(encoder.bands), model_config)
+    return encoder, model, survey.for_model(model)
+
+
+def predictor_settings(spec: DictConfig) -> PredictorSettings:
+    """The ``predict`` section's window keys."""
+    return PredictorSettings(
+        window_px=spec.window_px,
+        margin_px=spec.margin_px,
+        chunk_px=spec.chunk_px,
+        batch_chunks=spec.batch_chunks,
+        device=spec.device,
+        precision=spec.get("precision", "32-true"),
+    )

@@ -1,0 +1,120 @@
+"""``bliss mode=predict``: a FITS image (or many, or SDSS fields) in, catalogs (and PNGs) out."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bliss.cli.model import load_model_and_survey, predictor_settings
+from bliss.encoder.encoder import Encoder
+from bliss.errors import BlissConfigError
+from bliss.protocols import ModelConditions, Survey
+
+__all__ = ["catalog_fingerprint", "run_predict"]
+
+#: keys that say where results go or how fast they come, not what they are
+_NOT_IN_FINGERPRINT = {
+    "predict": {"input", "output", "plot", "device", "batch_chunks", "format", "checkpoint"},
+    "survey": {"run", "camcol", "field", "fields", "data_dir"},
+}
+
+
+def catalog_fingerprint(cfg: DictConfig, checkpoint_hash: str) -> str:
+    """A short hash of everything that determines a catalog's rows: model, predict and survey."""
+    recipe: dict[str, Any] = {"checkpoint": checkpoint_hash}
+    for section, skip in _NOT_IN_FINGERPRINT.items():
+        values = OmegaConf.to_container(cfg[section], resolve=True)
+        recipe[section] = {k: v for k, v in values.items() if k not in skip}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_spec(cfg: DictConfig) -> Any:
+    spec = cfg.predict.input
+    return OmegaConf.to_container(spec) if OmegaConf.is_list(spec) else spec
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``mode=predict``: one input, or several into the ``predict.output`` directory.
+
+    Raises:
+        BlissConfigError: ``predict.n_samples`` is negative, the survey's bands differ from the
+            model's, or (several inputs) ``predict.output`` names a file or ``predict.format``
+            is unknown.
+    """
+    from bliss.predict.inputs import has_several_inputs
+    from bliss.predict.provenance import table_meta
+
+    spec = cfg.predict
+    if spec.n_samples < 0:
+        raise BlissConfigError(f"predict.n_samples={spec.n_samples}; expected an integer >= 0.")
+    encoder, model, survey = load_model_and_survey(spec.checkpoint, cfg.survey)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    meta = table_meta(spec.checkpoint, config_yaml)
+    if has_several_inputs(_input_spec(cfg), survey):
+        return _predict_many(cfg, encoder, model, survey, meta, config_yaml)
+    from bliss.predict.cataloging import predict_file
+    from bliss.predict.predictor import build_predictor
+
+    predictor = build_predictor(predictor_settings(spec), encoder, model)
+    torch.manual_seed(cfg.seed)  # the posterior samples are reproducible from the seed
+    result = predict_file(
+        predictor,
+        survey,
+        spec.input,
+        spec.output,
+        threshold=spec.threshold,
+        n_samples=spec.n_samples,
+        plot=spec.plot,
+        meta=meta,
+    )
+    Path(spec.output).with_suffix(".config.yaml").write_text(config_yaml)
+    print(f"{len(result['table'])} sources -> {spec.output}")
+    return result
+
+
+def _predict_many(
+    cfg: DictConfig,
+    encoder: Encoder,
+    model: ModelConditions,
+    survey: Survey,
+    meta: dict[str, Any],
+    config_yaml: str,
+) -> dict[str, Any]:
+    """Several inputs, shared by the ranks of a Lightning predict loop (:mod:`bliss.predict.loop`)."""
+    from bliss.atomic import atomic_path
+    from bliss.catalog.io import CATALOG_FORMATS
+    from bliss.predict.inputs import resolve_inputs
+    from bliss.predict.loop import CatalogSettings, InputCataloger, predict_inputs
+
+    spec = cfg.predict
+    if spec.format not in CATALOG_FORMATS:
+        raise BlissConfigError(
+            f"predict.format={spec.format!r}; expected one of {sorted(CATALOG_FORMATS)}."
+        )
+    settings = CatalogSettings(
+        Path(spec.output),
+        CATALOG_FORMATS[spec.format][0],
+        spec.threshold,
+        spec.n_samples,
+        spec.plot,
+        meta,
+        catalog_fingerprint(cfg, meta["CKPTHASH"]),
+        seed=cfg.seed,
+    )
+    inputs = resolve_inputs(_input_spec(cfg), survey)
+    with atomic_path(settings.output_dir / f"config-{meta['CFGHASH']}.yaml") as tmp:
+        tmp.write_text(config_yaml)
+    module = InputCataloger(encoder, model, predictor_settings(spec), inputs, survey, settings)
+    overrides: dict[str, Any] = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "use_distributed_sampler": True,
+    }
+    device = str(spec.device)
+    if device != "auto":
+        overrides["accelerator"] = "cpu" if device == "cpu" else "gpu"
+    return predict_inputs(instantiate(cfg.trainer, **overrides), module)
