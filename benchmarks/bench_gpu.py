@@ -142,6 +142,7 @@ def _fit(args: argparse.Namespace, clock_path: str, run_dir: str) -> dict:
         "trainer.limit_val_batches=0",
         "++trainer.enable_checkpointing=false",
         "callbacks.checkpoint=null",
+        "callbacks.best_checkpoint=null",
         "trainer.precision=bf16-mixed",
         "trainer.enable_progress_bar=false",
         "train.test_after_fit=false",

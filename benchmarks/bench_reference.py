@@ -167,9 +167,8 @@ def _driver_setup(workdir: Path, _params: dict) -> dict:
 def _driver_generate(workdir: Path, params: dict) -> dict:
     """`generate_one_file`: one warm-up file of one batch, then a timed file of n batches."""
     import torch
-    from omegaconf import open_dict
-
     from bliss.main import generate_one_file
+    from omegaconf import open_dict
 
     cfg = _reference_config(workdir, ["generate.n_processes=1", *params["overrides"]])
     gen = cfg.generate

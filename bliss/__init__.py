@@ -1,5 +1,6 @@
 """BLISS: the Bayesian Light Source Separator."""
 
+import hashlib
 from importlib.metadata import PackageNotFoundError, version
 
 from omegaconf import OmegaConf
@@ -20,3 +21,19 @@ OmegaConf.register_new_resolver(
     lambda relative: str(__import__("pathlib").Path(__file__).parent / relative),
     replace=True,
 )
+
+
+def _run_name(mode: str, experiment: str | None, overrides: str, timestamp: str) -> str:
+    """A run directory's name: for training, the same command names the same directory.
+
+    ``<experiment>-<8 hex digits of the sorted command-line overrides>``, so that running the
+    same ``bliss mode=train ...`` again after a crash, a kill or a timeout continues that run
+    (``train.resume=auto``); other modes get a new ``<date>_<time>`` directory each time.
+    """
+    if mode != "train":
+        return timestamp
+    return f"{experiment or 'train'}-{hashlib.sha256(overrides.encode()).hexdigest()[:8]}"
+
+
+# `${run_name:...}` in hydra.run.dir (bliss/conf/config.yaml)
+OmegaConf.register_new_resolver("run_name", _run_name, replace=True)

@@ -195,8 +195,14 @@ class Survey(ObservingSetup, Protocol):
 
     name: str
 
-    def read_image(self, path: str | Path, bands: tuple[str, ...]) -> SurveyImage:
-        """Read a FITS file in the input contract, in the model's band order."""
+    def read_image(
+        self, path: str | Path, bands: tuple[str, ...], *, sky: str = "included"
+    ) -> SurveyImage:
+        """Read a FITS file in the input contract, in the model's band order.
+
+        ``sky`` says whether its pixels hold the sky (``"included"``) or not (``"subtracted"``:
+        the reader adds a sky back, since images are cataloged with the sky included).
+        """
         ...
 
     def for_model(self, model: ModelConditions) -> Self:

@@ -35,7 +35,9 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     images = expand_inputs(_plain(spec.input), "evaluate.input")
     truths = expand_inputs(_plain(spec.truth), "evaluate.truth")
     encoder, model, survey = load_model_and_survey(spec.checkpoint, cfg.survey)
-    predictor = build_predictor(predictor_settings(cfg.predict), encoder, model, progress=False)
+    predictor = build_predictor(
+        predictor_settings(cfg.predict), encoder, model, progress=False, survey=survey
+    )
     results = evaluate_files(
         predictor,
         survey,
@@ -45,6 +47,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         match_dist_px=spec.match_dist_px,
         mag_bins=list(spec.mag_bins),
         output=Path(spec.output),
+        sky=spec.get("sky", "included"),
     )
     print(format_results(results, list(spec.mag_bins)))
     return results
@@ -87,7 +90,9 @@ def _compare_with_photoobj(cfg: DictConfig) -> dict[str, Any]:
         ids=(survey.run, survey.camcol, survey.field),
     )
     reference["maybe_cr"] = photo_flag(reference, "MAYBE_CR")
-    predictor = build_predictor(predictor_settings(cfg.predict), encoder, model, progress=False)
+    predictor = build_predictor(
+        predictor_settings(cfg.predict), encoder, model, progress=False, survey=survey
+    )
     results = compare_image_with_reference(
         predictor,
         survey,

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bliss.errors import BlissConfigError, BlissError
 
-__all__ = ["MODES", "cli", "run"]
+__all__ = ["MODES", "cli", "report", "run"]
 
 
 def _generate(cfg: DictConfig) -> Any:
@@ -72,16 +72,35 @@ def run(cfg: DictConfig) -> Any:
             f"mode={mode!r} is not a bliss mode; expected one of {sorted(MODES)}, e.g. "
             "`bliss mode=generate`."
         )
+    from bliss.cli.runs import link_latest
+
+    link_latest(cfg)
     return MODES[mode](cfg)
+
+
+def report(cfg: DictConfig) -> int:
+    """Run ``cfg`` and turn its end into an exit status and at most one line on stderr.
+
+    Returns:
+        0 on success; 1 after a :class:`~bliss.errors.BlissError` (its message says what to
+        fix); 130 (the shell's code for SIGINT) after Ctrl-C, which leaves nothing half-written.
+    """
+    try:
+        run(cfg)
+    except BlissError as err:
+        print(f"bliss: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bliss: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except BlissError as err:  # a user-facing problem: the message says what to fix
-        print(f"bliss: error: {type(err).__name__}: {err}", file=sys.stderr)
-        sys.exit(1)
+    status = report(cfg)
+    if status:
+        sys.exit(status)
 
 
 def cli() -> None:

@@ -45,4 +45,5 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         batch_chunks=spec.batch_chunks,
         device=spec.device,
         precision=spec.get("precision", "32-true"),
+        psf_photometry=spec.get("psf_photometry", True),
     )

@@ -11,14 +11,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from bliss.cli.model import load_model_and_survey, predictor_settings
 from bliss.encoder.encoder import Encoder
-from bliss.errors import BlissConfigError
+from bliss.errors import BlissConfigError, BlissIOError
 from bliss.protocols import ModelConditions, Survey
 
 __all__ = ["catalog_fingerprint", "run_predict"]
 
 #: keys that say where results go or how fast they come, not what they are
 _NOT_IN_FINGERPRINT = {
-    "predict": {"input", "output", "plot", "device", "batch_chunks", "format", "checkpoint"},
+    "predict": {
+        "input",
+        "output",
+        "plot",
+        "check_images",
+        "device",
+        "batch_chunks",
+        "format",
+        "checkpoint",
+    },
     "survey": {"run", "camcol", "field", "fields", "data_dir"},
 }
 
@@ -55,25 +64,61 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = table_meta(spec.checkpoint, config_yaml)
     if has_several_inputs(_input_spec(cfg), survey):
+        _check_many_supported(spec)
         return _predict_many(cfg, encoder, model, survey, meta, config_yaml)
+    from bliss.atomic import atomic_path, remove_stale_temporaries
     from bliss.predict.cataloging import predict_file
     from bliss.predict.predictor import build_predictor
 
-    predictor = build_predictor(predictor_settings(spec), encoder, model)
+    output = Path(spec.output)
+    # what a killed run of this output left: its catalog's, samples' and PNGs' temporary files
+    remove_stale_temporaries(output.parent, stem=output.stem)
+    predictor = build_predictor(predictor_settings(spec), encoder, model, survey=survey)
     torch.manual_seed(cfg.seed)  # the posterior samples are reproducible from the seed
-    result = predict_file(
-        predictor,
-        survey,
-        spec.input,
-        spec.output,
-        threshold=spec.threshold,
-        n_samples=spec.n_samples,
-        plot=spec.plot,
-        meta=meta,
-    )
-    Path(spec.output).with_suffix(".config.yaml").write_text(config_yaml)
+    try:
+        result = predict_file(
+            predictor,
+            survey,
+            spec.input,
+            spec.output,
+            threshold=spec.threshold,
+            n_samples=spec.n_samples,
+            plot=spec.plot,
+            meta=meta,
+            sky=spec.sky,
+            check_images=spec.check_images,
+        )
+        with atomic_path(output.with_suffix(".config.yaml")) as tmp:
+            tmp.write_text(config_yaml)
+    except BlissIOError:
+        raise
+    except OSError as err:  # a full disk, a read-only or vanished directory
+        raise BlissIOError(
+            f"writing the outputs of predict.input={spec.input} to {output.parent} failed "
+            f"({err}); files already there are unchanged (each is written whole or not at all). "
+            "Free some space or choose another predict.output, then re-run."
+        ) from err
     print(f"{len(result['table'])} sources -> {spec.output}")
     return result
+
+
+def _check_many_supported(spec: DictConfig) -> None:
+    """Refuse the single-input options the many-input loop does not pass on yet.
+
+    Raises:
+        BlissConfigError: ``predict.sky`` is not ``included`` or ``predict.check_images`` is set.
+    """
+    unsupported = []
+    if spec.sky != "included":
+        unsupported.append(f"predict.sky={spec.sky}")
+    if spec.check_images:
+        unsupported.append("predict.check_images=true")
+    if unsupported:
+        raise BlissConfigError(
+            f"{' and '.join(unsupported)} work with one input at a time for now; the many-input "
+            "loop (bliss.predict.loop) does not pass them on. Catalog each file with its own "
+            "`bliss mode=predict predict.input=FILE predict.output=FILE.fits`."
+        )
 
 
 def _predict_many(
@@ -106,8 +151,14 @@ def _predict_many(
         seed=cfg.seed,
     )
     inputs = resolve_inputs(_input_spec(cfg), survey)
-    with atomic_path(settings.output_dir / f"config-{meta['CFGHASH']}.yaml") as tmp:
-        tmp.write_text(config_yaml)
+    try:
+        with atomic_path(settings.output_dir / f"config-{meta['CFGHASH']}.yaml") as tmp:
+            tmp.write_text(config_yaml)
+    except OSError as err:
+        raise BlissIOError(
+            f"cannot write into predict.output={settings.output_dir} ({err}); free some space "
+            "or choose another directory."
+        ) from err
     module = InputCataloger(encoder, model, predictor_settings(spec), inputs, survey, settings)
     overrides: dict[str, Any] = {
         "logger": False,

@@ -1,4 +1,11 @@
-"""``bliss mode=train``: build the data, the encoder and the trainer from the config, then fit."""
+"""``bliss mode=train``: check the settings, build data, encoder and trainer, then fit.
+
+Every check that can fail runs before the first training step: the settings
+(:func:`bliss.encoder.preflight.check_training_settings`), the shards (sizes and checksums of
+every one, the recipe they were generated with), the checkpoint a run resumes. Rerunning the
+same command continues its run: Hydra names the run directory after the command
+(``bliss/conf/config.yaml``) and ``train.resume=auto`` finds its ``checkpoints/last.ckpt``.
+"""
 
 import sys
 from pathlib import Path
@@ -7,26 +14,54 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from bliss.errors import BlissConfigError
 
 __all__ = ["build_datamodule", "run_train"]
+
+_RECIPE = ("survey", "prior", "simulator")
+
+
+def _say(message: str) -> None:
+    """A line for the user, from the first process only (DDP runs this module in each)."""
+    if rank_zero_only.rank == 0:
+        print(message, file=sys.stderr)
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     """The cached-shard or on-the-fly DataModule chosen by ``train.data``.
 
     Raises:
-        BlissConfigError: ``train.data`` is unknown, or the shards do not fit the encoder.
+        BlissConfigError: ``train.data`` is unknown, or the shards were generated for another
+            config (bands, tiles, or any survey / prior / simulator key).
+        BlissIOError: a shard is missing, or its size or checksum differ from the manifest.
     """
     if cfg.train.data == "cached":
-        from bliss.encoder.training import check_shards_fit
+        from bliss.encoder.preflight import check_shards_fit
 
         datamodule = instantiate(cfg.data)
         datamodule.setup()
+        recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _RECIPE}
         check_shards_fit(
-            datamodule.manifest, cfg.survey.bands, cfg.prior.tile_slen, cfg.data.cached_data
+            datamodule.manifest,
+            cfg.survey.bands,
+            cfg.prior.tile_slen,
+            cfg.data.cached_data,
+            recipe=recipe,
         )
+        checked = datamodule.verification
+        if checked:
+            what = "sizes and CRC-32s" if datamodule.verify == "checksums" else "sizes"
+            _say(
+                f"checked {checked['n_shards']} shards ({checked['bytes'] / 1e6:.1f} MB) in "
+                f"{cfg.data.cached_data}: {what} match ({checked['seconds']:.2f} s)"
+            )
+            if checked["unverified"]:
+                _say(
+                    f"{checked['unverified']} shards have no recorded checksum (an older bliss "
+                    "made them): regenerate them to have them checked"
+                )
         return datamodule
     if cfg.train.data == "simulate":
         from bliss.cli.generate import build_simulator
@@ -49,36 +84,96 @@ def _checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(callback.dirpath) if callback else Path(cfg.paths.run_dir) / "checkpoints"
 
 
-def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the encoder described by ``cfg`` and return the final metrics.
+def _check_settings(cfg: DictConfig) -> None:
+    from bliss.encoder.preflight import check_training_settings
 
-    Raises:
-        BlissConfigError: the data do not fit the encoder, ``train.resume`` or
-            ``train.init_weights`` is a checkpoint of a different factor set or band list, or both
-            are set.
+    callback = (cfg.get("callbacks") or {}).get("checkpoint")
+    scheduler = cfg.encoder.get("scheduler")
+    check_training_settings(
+        batch_size=cfg.data.batch_size,
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=cfg.trainer.max_epochs,
+        optimizer=OmegaConf.to_container(cfg.encoder.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(scheduler, resolve=True) if scheduler else None,
+        every_n_train_steps=callback.get("every_n_train_steps") if callback else None,
+    )
+
+
+def _resume_plan(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """The checkpoint to continue and the weights to start from, said to the user.
+
+    ``train.resume=auto`` continues this run directory's ``last.ckpt`` (a rerun of the same
+    command, a requeued SLURM job); ``null`` starts afresh, moving the directory's earlier
+    checkpoints and logs aside; a path continues that checkpoint.
     """
-    from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
-    from bliss.encoder.training import fit, last_checkpoint, load_initial_weights
+    from bliss.encoder.training import archive_run_outputs, last_checkpoint
 
-    # the simulator is built before seeding, as it always was: the same seed, the same batches
-    datamodule = build_datamodule(cfg) if cfg.train.data == "simulate" else None
-    pl.seed_everything(cfg.seed, workers=True)
+    run_dir, resume = Path(cfg.paths.run_dir), cfg.train.resume
     init_weights = cfg.train.get("init_weights")
-    resume = cfg.train.resume
     if resume == "auto":
         resume = last_checkpoint(_checkpoint_dir(cfg))
-        if resume is not None:  # a requeued or re-run job: continue it, fine-tune or not
-            print(f"train.resume=auto: continuing from {resume}", file=sys.stderr)
-            init_weights = None
+        if resume is not None:  # a rerun or requeued job: continue it, fine-tune or not
+            return resume, None
     elif resume and init_weights:
         raise BlissConfigError(
             "train.resume and train.init_weights are both set; resume continues a run (step, "
             "optimizer, schedule), init_weights starts a new run from trained weights. Set one."
         )
+    if resume:
+        return resume, init_weights
+    moved = archive_run_outputs(run_dir) if rank_zero_only.rank == 0 else None
+    how = "train.resume=null: starting afresh" if cfg.train.resume is None else "a new run"
+    _say(
+        f"{how} in {run_dir}"
+        + (f"; the earlier run's checkpoints and logs were moved to {moved}" if moved else "")
+    )
+    if moved and init_weights:  # e.g. a diverged run restarted from its own previous.ckpt
+        weights = Path(init_weights).resolve()
+        if weights.is_relative_to(run_dir.resolve()) and not weights.exists():
+            init_weights = str(moved / weights.relative_to(run_dir.resolve()))
+    return None, init_weights
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the encoder described by ``cfg`` and return the final metrics.
+
+    Raises:
+        BlissConfigError: a training setting is invalid, the data do not fit the encoder or
+            hold fewer images than one batch, ``train.resume`` or ``train.init_weights`` is a
+            checkpoint of a different factor set, band list or optimizer, or both are set.
+        BlissIOError: a shard or checkpoint is missing or damaged.
+    """
+    from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
+    from bliss.encoder.preflight import check_enough_images, check_resumable
+    from bliss.encoder.training import checkpoint_summary, fit, load_initial_weights
+
+    _check_settings(cfg)
+    # the simulator is built before seeding, as it always was: the same seed, the same batches
+    datamodule = build_datamodule(cfg) if cfg.train.data == "simulate" else None
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    resume, init_weights = _resume_plan(cfg)
     encoder_config = OmegaConf.to_container(cfg.encoder, resolve=True)
-    for path in (resume, init_weights):
-        if path:
-            check_compatible(read_checkpoint(path)["bliss_config"], encoder_config, path)
+    if resume:
+        saved = read_checkpoint(resume)
+        check_compatible(saved["bliss_config"], encoder_config, resume)
+        check_resumable(saved["bliss_config"]["encoder"], encoder_config, resume)
+        step, max_steps = int(saved.get("global_step", 0)), cfg.trainer.max_steps
+        if 0 < max_steps <= step:
+            _say(
+                f"the run in {cfg.paths.run_dir} is complete ({resume}: step {step} of "
+                f"trainer.max_steps={max_steps}); nothing to train. train.resume=null starts it "
+                "afresh, a larger trainer.max_steps continues it."
+            )
+            return {"global_step": float(step)}
+        _say(
+            f"train.resume={cfg.train.resume}: continuing from {resume} (step {step}) in "
+            f"{cfg.paths.run_dir}; train.resume=null starts afresh"
+        )
+        del saved
+    if init_weights:
+        check_compatible(
+            read_checkpoint(init_weights)["bliss_config"], encoder_config, init_weights
+        )
     if datamodule is None:
         datamodule = build_datamodule(cfg)
     encoder = instantiate(cfg.encoder)
@@ -90,7 +185,22 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(RecordConfig(record))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None] or False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    if cfg.train.data == "cached":
+        check_enough_images(
+            len(datamodule.datasets["train"]),
+            cfg.data.batch_size,
+            trainer.world_size,
+            cfg.data.cached_data,
+        )
     Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
-    return fit(
-        encoder, trainer, datamodule, resume=resume, test_after_fit=cfg.train.test_after_fit
+    summary: list[str] = []
+    metrics = fit(
+        encoder,
+        trainer,
+        datamodule,
+        resume=resume,
+        test_after_fit=cfg.train.test_after_fit,
+        on_fitted=lambda fitted: summary.append(checkpoint_summary(fitted)),
     )
+    _say(summary[0])  # last: the line to look for after the test table
+    return metrics

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bliss.data.cached import CachedSimulatedDataModule, ShardDataset
     from bliss.data.generate import generate_shards
+    from bliss.data.integrity import verify_shards
     from bliss.data.merge import merge_task_manifests
     from bliss.data.on_the_fly import SimulatedDataModule
     from bliss.data.shards import load_shard, read_manifest, save_shard
@@ -26,6 +27,7 @@ _EXPORTS = {
     "read_manifest": "bliss.data.shards",
     "rotate90": "bliss.data.transforms",
     "save_shard": "bliss.data.shards",
+    "verify_shards": "bliss.data.integrity",
 }
 __all__ = [
     "CachedSimulatedDataModule",
@@ -38,6 +40,7 @@ __all__ = [
     "read_manifest",
     "rotate90",
     "save_shard",
+    "verify_shards",
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from bliss.data.integrity import verify_shards
 from bliss.data.samplers import ShardBlockSampler
 from bliss.data.shards import load_shard, read_manifest
 from bliss.data.transforms import DEFAULT_ORIENTED_KEYS, Orientation, flip_cols, rotate90
@@ -22,6 +23,7 @@ __all__ = ["SPLITS_NAME", "CachedSimulatedDataModule", "ShardDataset", "assign_s
 
 SPLITS_NAME = "splits.json"
 _SPLITS = ("train", "val", "test")
+_VERIFY = ("checksums", "sizes")
 
 
 class ShardDataset(Dataset):
@@ -36,6 +38,8 @@ class ShardDataset(Dataset):
         augment: apply a random rotation by a multiple of 90 degrees and a random flip.
         cache_shards: shards kept in memory per process [default: 2].
         oriented_keys: catalog keys that turn with the image (see :mod:`bliss.data.transforms`).
+        records: each shard's manifest entry; its size and CRC-32 are checked when the shard is
+            loaded [default: none, no check].
     """
 
     def __init__(
@@ -45,9 +49,11 @@ class ShardDataset(Dataset):
         augment: bool = False,
         cache_shards: int = 2,
         oriented_keys: Mapping[str, str] | None = None,
+        records: list[Mapping[str, Any]] | None = None,
     ) -> None:
         self.files = [Path(f) for f in files]
         self.sizes = list(sizes)
+        self.records = list(records) if records is not None else None
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.augment = augment
         self.cache_shards = cache_shards
@@ -63,7 +69,9 @@ class ShardDataset(Dataset):
         if shard in self._cache:
             self._cache.move_to_end(shard)
             return self._cache[shard]
-        payload = load_shard(self.files[shard])
+        payload = load_shard(
+            self.files[shard], dict(self.records[shard]) if self.records is not None else None
+        )
         n_images = payload["images"].shape[0]
         if n_images != self.sizes[shard]:
             raise BlissIOError(
@@ -141,6 +149,9 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
         pin_memory: pin batches in page-locked memory, so the copy to the GPU runs
             asynchronously; ``"auto"``: when the trainer runs on CUDA.
         oriented_keys: catalog keys that turn with the image.
+        verify: the pre-flight pass of :meth:`setup` over every shard of the three splits:
+            ``checksums`` (size and CRC-32: reads every byte, ~2 GB/s) or ``sizes``. Each shard's
+            checksum is checked again whenever it is loaded.
     """
 
     def __init__(
@@ -153,6 +164,7 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool | str = "auto",
         oriented_keys: Mapping[str, str] | None = None,
+        verify: str = "checksums",
     ) -> None:
         super().__init__()
         self.directory = Path(cached_data)
@@ -165,23 +177,35 @@ class CachedSimulatedDataModule(pl.LightningDataModule):
             raise BlissConfigError(f"data.pin_memory={pin_memory!r}; expected true, false or auto.")
         self.pin_memory = pin_memory
         self.oriented_keys = oriented_keys
+        if verify not in _VERIFY:
+            raise BlissConfigError(f"data.verify={verify!r}; expected one of {list(_VERIFY)}.")
+        self.verify = verify
         self.datasets: dict[str, ShardDataset] = {}
         self.manifest: dict[str, Any] = {}
+        #: what the pre-flight pass checked (see :func:`bliss.data.integrity.verify_shards`)
+        self.verification: dict[str, Any] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the manifest and build the three split datasets."""
+        """Read the manifest, check every shard it lists, build the three split datasets.
+
+        Raises:
+            BlissIOError: no manifest, or a shard is missing or damaged (all are listed).
+        """
         if self.datasets:
             return
         self.manifest = read_manifest(self.directory)
-        sizes = {s["file"]: s["n_images"] for s in self.manifest["shards"]}
-        splits = assign_splits(self.directory, list(sizes), self.split_fractions)
+        records = {s["file"]: s for s in self.manifest["shards"]}
+        splits = assign_splits(self.directory, list(records), self.split_fractions)
+        used = [records[f] for split in _SPLITS for f in splits[split] if f in records]
+        self.verification = verify_shards(self.directory, used, self.verify == "checksums")
         for split in _SPLITS:
-            files = [f for f in splits[split] if f in sizes]
+            files = [f for f in splits[split] if f in records]
             self.datasets[split] = ShardDataset(
                 [self.directory / f for f in files],
-                [sizes[f] for f in files],
+                [records[f]["n_images"] for f in files],
                 augment=self.augment and split == "train",
                 oriented_keys=self.oriented_keys,
+                records=[records[f] for f in files],
             )
 
     def _loader(self, split: str) -> DataLoader:

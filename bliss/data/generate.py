@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import logging
 import multiprocessing
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -12,6 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bliss.atomic import remove_stale_temporaries
+from bliss.data.integrity import shard_problem
 from bliss.data.shards import (
     MANIFEST_NAME,
     atomic_write_bytes,
@@ -25,6 +29,7 @@ from bliss.simulator.simulate import ImageSimulator
 __all__ = ["config_fingerprint", "generate_shards", "shard_seed", "write_manifest"]
 
 _SIMULATOR: ImageSimulator | None = None
+_log = logging.getLogger(__name__)
 
 
 def shard_seed(seed: int, index: int) -> int:
@@ -44,6 +49,9 @@ def _sidecar(path: Path) -> Path:
 def _init_worker(simulator: ImageSimulator) -> None:
     global _SIMULATOR  # one simulator per worker process, built once
     _SIMULATOR = simulator
+    # Ctrl-C is the parent's to handle (it stops handing out shards); a worker finishes its
+    # shard, written atomically, instead of printing its own traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one thread per process: a shard is many small tensor ops, whose intra-op threads cost more
     # than they save, and stall at every op when other jobs share the cores (4x slower measured)
     torch.set_num_threads(1)
@@ -61,24 +69,39 @@ def _make_shard(job: tuple[Path, int, int, int, str]) -> int:
         "fingerprint": fingerprint,
         "bands": list(_SIMULATOR.survey.bands),
     }
-    save_shard(path, batch, meta)
+    meta.update(save_shard(path, batch, meta))  # + bytes and crc32 of the file written
     payload = json.dumps(meta).encode()
     atomic_write_bytes(_sidecar(path), lambda stream: stream.write(payload))
     return index
 
 
 def _is_complete(path: Path, fingerprint: str) -> bool:
+    """Whether shard ``path`` exists as written: sidecar present, same size and checksum.
+
+    A damaged shard (truncated, bytes changed, unreadable sidecar) is deleted with its sidecar
+    and reported, so that it is generated again.
+    """
     sidecar = _sidecar(path)
     if not (path.exists() and sidecar.exists()):
         return False
-    meta = json.loads(sidecar.read_text())
-    if meta.get("fingerprint") != fingerprint:
-        raise BlissIOError(
-            f"{path} was made with a different simulator config (fingerprint "
-            f"{meta.get('fingerprint')} != {fingerprint}); write to another paths.cached_data or "
-            "delete the old shards."
-        )
-    return True
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError):
+        meta, problem = {}, "its .json sidecar is unreadable"
+    else:
+        if meta.get("fingerprint") != fingerprint:
+            raise BlissIOError(
+                f"{path} was made with a different simulator config (fingerprint "
+                f"{meta.get('fingerprint')} != {fingerprint}); write to another "
+                "paths.cached_data or delete the old shards."
+            )
+        problem = shard_problem(path, meta)
+    if problem is None:
+        return True
+    _log.warning("%s is damaged (%s): generating it again", path.name, problem)
+    sidecar.unlink(missing_ok=True)  # first: a shard without sidecar is never counted
+    path.unlink(missing_ok=True)
+    return False
 
 
 def generate_shards(
@@ -97,8 +120,9 @@ def generate_shards(
 ) -> dict[str, Any]:
     """Write shards ``shard_offset .. shard_offset + n_shards - 1`` and refresh the manifest.
 
-    Complete shards (shard file and its ``.json`` sidecar present, same config fingerprint) are
-    skipped, so an interrupted run resumes where it stopped.
+    Complete shards (shard file and its ``.json`` sidecar present, same config fingerprint, the
+    size and CRC-32 the sidecar records) are skipped, so an interrupted run resumes where it
+    stopped; damaged ones are generated again.
 
     With ``total_shards`` set, this run is one task of a generation split over several jobs (a
     SLURM array): it writes only the task manifest of its range,
@@ -138,6 +162,7 @@ def generate_shards(
         )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)  # shards of killed runs never became complete
     fingerprint = config_fingerprint({**recipe, "images_per_shard": images_per_shard, "seed": seed})
     jobs = []
     for index in range(shard_offset, shard_offset + n_shards):
@@ -184,7 +209,8 @@ def _shard_entry(sidecar: Path) -> dict[str, Any] | None:
     shard_file = sidecar.with_suffix(".pt")
     if not shard_file.exists():
         return None
-    return {"file": shard_file.name, **meta, "bytes": shard_file.stat().st_size}
+    # the size written (sidecar), not the size now: a truncated file then fails its checks
+    return {"file": shard_file.name, **meta, "bytes": meta.get("bytes", shard_file.stat().st_size)}
 
 
 def write_manifest(
@@ -198,8 +224,14 @@ def write_manifest(
         shards = []
         for sidecar in sorted(Path(directory).glob("shard_*.json")):
             entry = _shard_entry(sidecar)
-            if entry is not None and entry.get("fingerprint") == fingerprint:
-                shards.append(entry)
+            if entry is None or entry.get("fingerprint") != fingerprint:
+                continue
+            # shards outside this run's range were not checksummed: sizes at least
+            problem = shard_problem(sidecar.with_suffix(".pt"), entry, checksum=False)
+            if problem is not None:
+                _log.warning("%s left out of the manifest: %s", entry["file"], problem)
+                continue
+            shards.append(entry)
     manifest = {
         "fingerprint": fingerprint,
         "n_shards": len(shards),

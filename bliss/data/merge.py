@@ -14,6 +14,7 @@ from typing import Any
 
 from bliss.data.cached import assign_splits
 from bliss.data.generate import write_manifest
+from bliss.data.integrity import shard_problem
 from bliss.data.shards import TASKS_DIR
 from bliss.errors import BlissConfigError, BlissIOError
 
@@ -87,7 +88,8 @@ def merge_task_manifests(
         BlissConfigError: the tasks used different configs (fingerprints) or totals, or
             ``total_shards`` differs from theirs.
         BlissIOError: no task manifest; a shard of ``0 .. total_shards - 1`` is missing, has no
-            sidecar, was made with another config, or its size differs from its task's record.
+            sidecar, was made with another config, or its size or CRC-32 differ from its task's
+            record.
     """
     directory = Path(directory)
     tasks = _read_tasks(directory)
@@ -112,11 +114,8 @@ def merge_task_manifests(
         sidecar = shard_file.with_suffix(".json")
         if not (shard_file.exists() and sidecar.exists()):
             broken.append(f"{shard_file.name} (file or .json sidecar missing)")
-        elif shard_file.stat().st_size != entry["bytes"]:
-            broken.append(
-                f"{shard_file.name} ({shard_file.stat().st_size} bytes, its task wrote "
-                f"{entry['bytes']})"
-            )
+        elif (problem := shard_problem(shard_file, entry)) is not None:
+            broken.append(f"{shard_file.name} ({problem})")
         elif json.loads(sidecar.read_text()).get("fingerprint") != fingerprint:
             broken.append(f"{shard_file.name} (made with another config)")
     if missing or broken:

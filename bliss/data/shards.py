@@ -4,13 +4,16 @@ A shard is a ``torch.save`` file holding a dict of tensors: ``images`` (``n c h 
 ``background`` (``n c``), ``psf_fwhm_arcsec`` (``n c``), ``dither_px`` (``n c 2``), the tile catalog
 under ``catalog/<key>`` (``n ht wt m d``, ``n_sources`` is ``n ht wt``), plus ``meta`` (shard
 index, seed, tile_slen, bands). It is written to a temporary name and renamed, so a shard on
-disk is always complete.
+disk is always complete; its size and CRC-32 go into its sidecar and the manifest, and
+:func:`load_shard` compares them (see :mod:`bliss.data.integrity`).
 """
 
 import errno
+import io
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from torch.utils.serialization import config as serialization_config
 from bliss.atomic import atomic_path
 from bliss.catalog import TileCatalog
 from bliss.catalog.batch import CATALOG_PREFIX
+from bliss.data.integrity import check_shard_content, file_crc32, shard_problem
 from bliss.errors import BlissIOError
 
 __all__ = [
@@ -84,8 +88,16 @@ def _out_of_space(err: BaseException | None) -> bool:
     return False
 
 
-def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write one shard atomically. ``batch`` is the output of ``ImageSimulator.simulate``."""
+def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write one shard atomically. ``batch`` is the output of ``ImageSimulator.simulate``.
+
+    Returns:
+        ``bytes`` and ``crc32`` of the file written, for its sidecar.
+
+    Raises:
+        BlissValueError: the simulated batch has non-finite pixels or catalog values outside
+            the prior's support (a simulator bug: nothing is written).
+    """
     payload: dict[str, Any] = {
         key: value.contiguous() for key, value in batch.items() if isinstance(value, Tensor)
     }
@@ -93,25 +105,50 @@ def save_shard(path: Path, batch: dict[str, Any], meta: dict[str, Any]) -> None:
     for key, value in catalog.items():
         payload[CATALOG_PREFIX + key] = value.contiguous()
     payload["meta"] = {**meta, "tile_slen": catalog.tile_slen}
-    # torch.load never checks the zip's CRC-32s (a flipped byte loads silently, tested), so
-    # computing them only cost time: ~0.35 ms per 256 px 5-band image
+    check_shard_content(payload, Path(path).name)
+    # torch.load never checks the zip's CRC-32s, so bliss keeps its own of the whole file (in
+    # the sidecar) and the zip's per-record ones only cost time: ~0.35 ms per 256 px image
     with serialization_config.patch({"save.compute_crc32": False}):
         atomic_write_bytes(path, lambda stream: torch.save(payload, stream))
+    # read back, not computed while writing: the checksum is of the bytes that reached the file
+    return {"bytes": Path(path).stat().st_size, "crc32": file_crc32(path)}
 
 
-def load_shard(path: Path) -> dict[str, Any]:
+def load_shard(
+    path: Path, record: dict[str, Any] | None = None, check: bool = True
+) -> dict[str, Any]:
     """Read a shard written by :func:`save_shard`.
 
+    Args:
+        path: the shard file.
+        record: its manifest entry or sidecar; its ``bytes`` and ``crc32`` are compared with
+            the file's before it is unpickled [default: no comparison].
+        check: refuse non-finite pixels and catalog values outside the prior's support
+            (:func:`bliss.data.integrity.check_shard_content`).
+
     Raises:
-        BlissIOError: the file is missing, truncated, or not a bliss shard.
+        BlissIOError: the file is missing, truncated, damaged (size or checksum differ from
+            ``record``), or not a bliss shard.
+        BlissValueError: its content is outside the prior's support (with ``check``).
     """
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
     except FileNotFoundError as err:
         raise BlissIOError(
             f"shard {path} does not exist; re-run `bliss mode=generate` for this directory."
         ) from err
+    if record is not None:
+        crc = f"{zlib.crc32(data):08x}"
+        if len(data) != record.get("bytes", len(data)) or crc != record.get("crc32", crc):
+            # the same comparison as the pre-flight pass, with its message
+            problem = shard_problem(path, record) or "changed while being read"
+            raise BlissIOError(
+                f"shard {path} is damaged ({problem}); re-run the same `bliss mode=generate` "
+                "command: it regenerates damaged shards and keeps the others."
+            )
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError/EOFError/UnpicklingError on bad files
         raise BlissIOError(
             f"shard {path} is corrupt or truncated ({type(err).__name__}: {err}); delete it and "
@@ -125,6 +162,8 @@ def load_shard(path: Path) -> dict[str, Any]:
             f"{path} is not a bliss shard: it lacks {list(missing) or ['catalog/*']}; point "
             "paths.cached_data at a directory made by `bliss mode=generate`."
         )
+    if check:
+        check_shard_content(payload, str(path))
     return payload
 
 

@@ -34,7 +34,6 @@ DEFAULT_ORIENTED_KEYS: dict[str, Orientation] = {
 }
 
 
-
 def _turn(value: Tensor, kind: Orientation, angle: float, mirror: bool) -> Tensor:
     """Apply a mirror (``beta -> -beta``) and then a rotation by ``angle`` to an orientation."""
     if kind == Orientation.POSITION_ANGLE:

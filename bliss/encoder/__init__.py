@@ -6,6 +6,7 @@ from bliss.encoder.checkpoint import (
     export_checkpoint,
     load_encoder,
     read_checkpoint,
+    verify_checkpoint_file,
 )
 from bliss.encoder.encoder import Encoder, catalog_from_batch
 from bliss.encoder.features import FeatureNet
@@ -24,4 +25,5 @@ __all__ = [
     "fit",
     "load_encoder",
     "read_checkpoint",
+    "verify_checkpoint_file",
 ]

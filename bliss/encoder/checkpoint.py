@@ -1,6 +1,13 @@
-"""Self-describing checkpoints: every checkpoint carries the config that built its encoder."""
+"""Self-describing checkpoints: every checkpoint carries the config that built its encoder.
+
+Checkpoints are verified before they are unpickled (:func:`verify_checkpoint_file`): the CRC-32
+of every record of torch's zip format (``torch.load`` never checks them), and, where a
+``<file>.sha256`` sidecar exists (the shipped models; :func:`export_checkpoint` writes one), the
+SHA-256 of the whole file.
+"""
 
 import hashlib
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +26,13 @@ __all__ = [
     "export_checkpoint",
     "load_encoder",
     "read_checkpoint",
+    "verify_checkpoint_file",
+    "write_checksum_sidecar",
 ]
 
 CONFIG_KEY = "bliss_config"
+_ZIP_MAGIC = b"PK\x03\x04"
+_BLOCK = 1 << 23
 
 
 class RecordConfig(pl.Callback):
@@ -37,17 +48,72 @@ class RecordConfig(pl.Callback):
         checkpoint[CONFIG_KEY] = self.config
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU.
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sha256")
+
+
+def verify_checkpoint_file(path: str | Path) -> None:
+    """Check a checkpoint's bytes before they are unpickled.
+
+    Args:
+        path: a checkpoint file.
 
     Raises:
-        BlissIOError: missing, unreadable, or not written by bliss (no ``bliss_config``).
+        BlissIOError: the SHA-256 differs from its ``.sha256`` sidecar, a zip record's CRC-32
+            does not match its bytes, or the zip is cut short.
+    """
+    path = Path(path)
+    sidecar = _sidecar(path)
+    if sidecar.is_file():
+        recorded = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        actual = _sha256(path)
+        if actual != recorded:
+            raise BlissIOError(
+                f"checkpoint {path} is damaged: its SHA-256 is {actual[:16]}..., {sidecar.name} "
+                f"records {recorded[:16]}...; restore the file (a shipped model: `pip install "
+                "--force-reinstall bliss` or `git checkout bliss/models`), or use another."
+            )
+    with open(path, "rb") as stream:
+        zipped = stream.read(4) == _ZIP_MAGIC
+    if not zipped:  # torch's legacy format has no checksums of its own
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                # torch can be told to skip CRCs (bliss shards do): 0 then means "not computed"
+                if info.CRC == 0 and info.file_size:
+                    continue
+                with archive.open(info) as record:
+                    while record.read(_BLOCK):
+                        pass
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise BlissIOError(
+            f"checkpoint {path} is damaged ({err}): its bytes are not the ones torch wrote. Use "
+            "another checkpoint (e.g. an earlier one of the run) or restore this one."
+        ) from err
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Verify (:func:`verify_checkpoint_file`), then load a checkpoint file on the CPU.
+
+    Raises:
+        BlissIOError: missing, damaged, unreadable, or not written by bliss (no
+            ``bliss_config``).
     """
     path = Path(path)
     if not path.is_file():
         raise BlissIOError(
             f"checkpoint {path} does not exist; check predict.checkpoint / train.resume."
         )
+    verify_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
@@ -109,11 +175,7 @@ def load_encoder(
 
 def checkpoint_hash(path: str | Path) -> str:
     """SHA-256 of a checkpoint file (first 16 hex digits), recorded in outputs."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return _sha256(Path(path))[:16]
 
 
 def export_checkpoint(
@@ -122,7 +184,9 @@ def export_checkpoint(
     """Write a small inference-only copy of a training checkpoint (weights + config, no optimizer).
 
     Floating-point weights are stored as float16 (half the size; relative rounding 5e-4, far
-    below the posterior widths); :func:`load_encoder` casts them back to float32.
+    below the posterior widths); :func:`load_encoder` casts them back to float32. A
+    ``<destination>.sha256`` sidecar (``sha256sum -c`` reads it) records the file's hash, which
+    :func:`read_checkpoint` compares before every use.
 
     Args:
         source: a checkpoint written by ``bliss mode=train``.
@@ -141,6 +205,18 @@ def export_checkpoint(
         "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"),
         **(extra or {}),
     }
+    destination = Path(destination)
     with atomic_path(destination) as tmp:
         torch.save(small, tmp)
-    return Path(destination)
+    write_checksum_sidecar(destination)
+    return destination
+
+
+def write_checksum_sidecar(path: str | Path) -> Path:
+    """Write ``<path>.sha256`` in ``sha256sum`` format; returns the sidecar."""
+    from bliss.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(_sidecar(path)) as tmp:
+        tmp.write_text(f"{_sha256(path)}  {path.name}\n")
+    return _sidecar(path)

@@ -15,18 +15,16 @@ from bliss.catalog.shapes import check_shape
 from bliss.encoder.checkerboard import CatalogContext, ContextHead, TilingSchedule
 from bliss.encoder.features import FeatureNet
 from bliss.encoder.normalizers import ImageNormalizer
+from bliss.encoder.schedules import build_scheduler
 from bliss.errors import BlissConfigError, BlissValueError
 from bliss.posterior.variational import VariationalPosterior
 
 __all__ = ["Encoder", "catalog_from_batch"]
 
 
-
 def catalog_from_batch(batch: dict[str, Tensor], tile_slen: int) -> TileCatalog:
     """The true tile catalog stored in a batch under ``catalog/<key>``."""
-    return TileCatalog(
-        tile_slen, unflatten_catalog(batch)
-    )
+    return TileCatalog(tile_slen, unflatten_catalog(batch))
 
 
 class Encoder(pl.LightningModule):
@@ -171,18 +169,44 @@ class Encoder(pl.LightningModule):
         total = features.new_zeros(())
         for group, known in self._known_masks(self.tiling.order(self.training), colors):
             params = self.group_params(features, truth, known, colors == group)
-            log_prob = self.posterior.log_prob(params, truth)
+            try:
+                log_prob = self.posterior.log_prob(params, truth)
+            except ValueError:
+                # torch.distributions refuses non-finite parameters with a dump of the tensor;
+                # shards are checked for finite content, so non-finite parameters mean the
+                # weights diverged
+                if bool(torch.isfinite(params).all()):
+                    raise
+                raise self._diverged("the posterior parameters are not finite") from None
             total = total + torch.where(colors == group, log_prob, 0.0).sum()
         return -total / truth.batch_size
+
+    def _diverged(self, what: str, batch_idx: int | None = None) -> BlissValueError:
+        """The error that stops a diverged run, naming its step and the checkpoint kept."""
+        trainer = self._trainer
+        kept = None
+        for callback in getattr(trainer, "checkpoint_callbacks", []) if trainer else []:
+            # bliss.encoder.callbacks.LastCheckpoint knows whether last.ckpt holds these weights
+            if hasattr(callback, "good_checkpoint"):
+                kept = kept or callback.good_checkpoint(self.global_step)
+        where = (
+            f"the last good checkpoint is {kept}: start from its weights with a lower learning "
+            f"rate (train.init_weights={kept} train.resume=null encoder.optimizer.lr=...)"
+            if kept
+            else "no good checkpoint was written before it: start again with a lower "
+            "encoder.optimizer.lr"
+        )
+        return BlissValueError(
+            f"training diverged at global step {self.global_step}"
+            f"{'' if batch_idx is None else f', batch {batch_idx}'}: {what}; {where}, or check "
+            "the data."
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One optimisation step; stops on a non-finite loss."""
         loss = self.nll(batch)
         if not torch.isfinite(loss):
-            raise BlissValueError(
-                f"training loss is {loss.item()} at global step {self.global_step}, batch {batch_idx}; "
-                "the last good checkpoint is kept. Lower the learning rate or check the data."
-            )
+            raise self._diverged(f"the loss is {loss.item()}", batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0])
         return loss
 
@@ -191,7 +215,7 @@ class Encoder(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = build_scheduler(self.scheduler_factory, optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

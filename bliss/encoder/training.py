@@ -1,43 +1,37 @@
-"""Fitting the encoder: checks of the data and checkpoints, then Lightning's fit and test.
+"""Fitting the encoder: a run directory's checkpoints and logs, then Lightning's fit and test.
 
 The trainer, the data and the encoder are built by :mod:`bliss.cli.train` from the config;
-this module takes them as objects.
+this module takes them as objects. The checks made before fitting are in
+:mod:`bliss.encoder.preflight`.
 """
 
+import shutil
+import signal
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from bliss.encoder.checkpoint import read_checkpoint
+from bliss.encoder.preflight import check_shards_fit
 from bliss.errors import BlissConfigError, BlissWarning
 
-__all__ = ["check_shards_fit", "fit", "last_checkpoint", "load_initial_weights"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "archive_run_outputs",
+    "best_checkpoint",
+    "check_shards_fit",
+    "checkpoint_summary",
+    "fit",
+    "last_checkpoint",
+    "load_initial_weights",
+]
 
-
-def check_shards_fit(
-    manifest: Mapping[str, Any], bands: Sequence[str], tile_slen: int, cached_data: str | Path
-) -> None:
-    """Raise if cached shards were generated for other bands or in images of partial tiles.
-
-    Args:
-        manifest: the shards' ``manifest.json`` (its ``config`` records the generation).
-        bands: the encoder's bands (``survey.bands``).
-        tile_slen: the tile side, pixels (``prior.tile_slen``).
-        cached_data: the shard directory, for the message.
-    """
-    recipe = manifest.get("config", {})
-    saved = recipe.get("survey", {}).get("bands")
-    if saved is not None and list(saved) != list(bands):
-        raise BlissConfigError(
-            f"shards in {cached_data} have bands {saved} but the encoder is built for "
-            f"survey.bands={list(bands)}; generate shards for this survey or change survey."
-        )
-    images = recipe.get("simulator", {}).get("image_size")
-    if images is not None and images % tile_slen:
-        raise BlissConfigError(f"shard images of {images} px are not whole {tile_slen}-px tiles.")
+#: what a training run writes in its run directory (moved aside when it starts afresh)
+RUN_OUTPUTS = ("checkpoints", "csv", "tensorboard")
 
 
 def load_initial_weights(encoder: pl.LightningModule, path: str | Path) -> None:
@@ -67,6 +61,57 @@ def last_checkpoint(directory: str | Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
+def archive_run_outputs(run_dir: str | Path, names: tuple[str, ...] = RUN_OUTPUTS) -> Path | None:
+    """Move an earlier run's checkpoints and logs to ``<run_dir>/previous/<date>_<time>/``.
+
+    A run that starts afresh in a directory that holds another's outputs would otherwise mix
+    them: its ``best.ckpt`` compared with the old run's scores, its CSV rows appended to the old
+    history. Nothing is deleted.
+
+    Returns:
+        The folder they were moved to, or None when there was nothing to move.
+    """
+    run_dir = Path(run_dir)
+    present = [run_dir / name for name in names if (run_dir / name).exists()]
+    if not present:
+        return None
+    target = run_dir / "previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    while target.exists():  # two restarts within a second
+        target = target.with_name(target.name + "+")
+    target.mkdir(parents=True)
+    for path in present:
+        shutil.move(str(path), target / path.name)
+    return target
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint of the run's monitored ``ModelCheckpoint``, if one was written."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor:
+            path = callback.best_model_path
+            if path and Path(path).is_file():
+                return path
+    return None
+
+
+def checkpoint_summary(trainer: pl.Trainer) -> str:
+    """One line: where the run's checkpoints are, the last step saved and the best score."""
+    directories = {str(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath}
+    where = ", ".join(sorted(directories)) or "nowhere (no checkpoint callback)"
+    parts = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+            parts.append(f"{Path(callback.last_model_path).name} (step {trainer.global_step})")
+    best = best_checkpoint(trainer)
+    if best:
+        monitor = next(c.monitor for c in trainer.checkpoint_callbacks if c.monitor)
+        score = next(c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor)
+        parts.append(f"{Path(best).name} ({monitor} {float(score):.4g})")
+    else:
+        parts.append("no best checkpoint (no validation ran)")
+    return f"checkpoints in {where}: {', '.join(parts)}"
+
+
 def fit(
     encoder: pl.LightningModule,
     trainer: pl.Trainer,
@@ -74,6 +119,7 @@ def fit(
     *,
     resume: str | None = None,
     test_after_fit: bool = True,
+    on_fitted: Callable[[pl.Trainer], None] | None = None,
 ) -> dict[str, float]:
     """Fit ``encoder`` (continuing ``resume`` if given), then test the best checkpoint.
 
@@ -84,19 +130,28 @@ def fit(
         resume: a checkpoint to continue (step, optimizer, schedule), or None.
         test_after_fit: run the test set on the best checkpoint afterwards (skipped under
             ``fast_dev_run``).
+        on_fitted: called with the trainer once fitting ended, before testing (which restores
+            the best checkpoint's callback states), e.g. for :func:`checkpoint_summary`.
 
     Returns:
         The trainer's final metrics, with the test metrics.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (Lightning shuts down and calls ``sys.exit(1)``; this turns it
+            back into the interrupt, so that the command line reports it as one).
     """
-    trainer.fit(encoder, datamodule=datamodule, ckpt_path=resume)
+    try:
+        trainer.fit(encoder, datamodule=datamodule, ckpt_path=resume)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning ignores further Ctrl-C after its shutdown; give the default handler back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if on_fitted is not None:
+        on_fitted(trainer)
     if test_after_fit and not trainer.fast_dev_run:
-        checkpoint = trainer.checkpoint_callback
-        best = (
-            checkpoint.best_model_path
-            if checkpoint is not None and checkpoint.best_model_path
-            else None
-        )
-        results = trainer.test(encoder, datamodule=datamodule, ckpt_path=best)
+        results = trainer.test(encoder, datamodule=datamodule, ckpt_path=best_checkpoint(trainer))
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     return metrics

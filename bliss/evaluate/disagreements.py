@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_to_mag
+from bliss.catalog.flags import BRIGHT_MAG, EDGE_PX, bright_radius_px
 from bliss.catalog.io import PIXEL_CENTRE, plocs_to_xy, xy_to_plocs
 from bliss.evaluate.plots import plot_cutout_grid
 from bliss.protocols import SurveyImage
@@ -38,9 +39,9 @@ TAGS = {
     "none": "none of the above",
 }
 _MASK_RADIUS_PX = 2
-_EDGE_PX = 8.0
+_EDGE_PX = EDGE_PX  # the catalog's `edge` flag and this tag mean the same
 _NEIGHBOUR_PX = 4.0
-_BRIGHT_MAG = 16.0
+_BRIGHT_MAG = BRIGHT_MAG
 
 
 def list_disagreements(
@@ -240,5 +241,5 @@ def _near_bright(
     others = bright[bright != own]
     if not len(others):
         return False
-    radius = np.minimum(150.0, 30.0 * 10 ** (0.2 * (_BRIGHT_MAG - ref_mag[others])))
+    radius = bright_radius_px(ref_mag[others])
     return bool((np.linalg.norm(ref_pos[others] - position, axis=1) <= radius).any())

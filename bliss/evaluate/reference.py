@@ -204,12 +204,17 @@ def _plot_overlay(
         image.images[band][crop],
         image.background[band][crop],
         output / "reference_overlay.png",
-        {"x": x - left, "y": y - top, "prob_galaxy": bliss_catalog["prob_galaxy"][0, mine, 0].numpy()},
+        {
+            "x": x - left,
+            "y": y - top,
+            "prob_galaxy": bliss_catalog["prob_galaxy"][0, mine, 0].numpy(),
+        },
         {"x": ref_x - left, "y": ref_y - top},
         title=(
             f"{image.path.name}: rows {top}..{top + box_px - 1}, cols {left}..{left + box_px - 1}"
             f" ({image.bands[band]}); bliss circles, reference squares (don't-care removed)"
         ),
+        band=image.bands[band],
     )
 
 

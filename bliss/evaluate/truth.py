@@ -69,7 +69,9 @@ def _coverage(truth: FullCatalog, est: FullCatalog, matches: Any, band: int) -> 
     result = {}
     for level, (lo, hi) in ((50, (0.25, 0.75)), (90, (0.05, 0.95))):
         low, high = (
-            torch.cat([est[f"fluxes@{q:g}"][i, e_idx, band] for i, (_, e_idx) in enumerate(matches)])
+            torch.cat(
+                [est[f"fluxes@{q:g}"][i, e_idx, band] for i, (_, e_idx) in enumerate(matches)]
+            )
             for q in (lo, hi)
         )
         result[f"coverage{level}_flux"] = interval_coverage(true_flux, low, high)
@@ -123,8 +125,12 @@ def evaluate_files(
     match_dist_px: float,
     mag_bins: Sequence[float],
     output: Path | None = None,
+    sky: str = "included",
 ) -> dict[str, dict]:
     """Run bliss and ``sep`` on every image, match both to the truth and summarise.
+
+    ``sky`` says whether the images' pixels hold the sky (``evaluate.sky``, see
+    :func:`bliss.surveys.fits_reader.read_fits_image`).
 
     Returns:
         ``{"bliss": metrics, "sep": metrics}`` with overall and per-bin precision / recall / F1,
@@ -138,7 +144,7 @@ def evaluate_files(
     band = survey.bands.index(survey.reference_band)
     catalogs: dict[str, list[FullCatalog]] = {"truth": [], "bliss": [], "sep": []}
     for index, (image_path, truth_path) in enumerate(zip(images, truths, strict=True)):
-        image = survey.read_image(image_path, tuple(predictor.encoder.bands))
+        image = survey.read_image(image_path, tuple(predictor.encoder.bands), sky=sky)
         _, h, w = image.images.shape
         ours, baseline = catalog_with_bliss_and_sep(predictor, survey, image, threshold)
         try:
@@ -161,6 +167,7 @@ def evaluate_files(
                 {"x": ours_x, "y": ours_y, "prob_galaxy": ours["prob_galaxy"][0, :, 0].numpy()},
                 {"x": true_x, "y": true_y},
                 title=f"{image_path.name}: bliss (circles) vs truth (squares)",
+                band=image.bands[band],
             )
     truth = concat_full_catalogs(catalogs["truth"])
     results = {

@@ -1,14 +1,25 @@
-"""One image in, its catalog files out: the catalog, the posterior samples and the PNG."""
+"""One image in, its catalog files out: catalog, region file, samples, PNG and check images."""
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from bliss.catalog.columns import ERROR_QUANTILES
+from bliss.catalog.convert import nmgy_to_mag
+from bliss.catalog.flags import source_flags
 from bliss.catalog.io import catalog_to_table, plocs_to_xy, stack_samples, write_table
+from bliss.catalog.regions import write_regions
 from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
-from bliss.protocols import ImageSource, Survey
+from bliss.protocols import ImageSource, Survey, SurveyImage
 
-__all__ = ["predict_file"]
+__all__ = ["input_label", "predict_file"]
+
+#: the posterior quantiles each catalog asks for: the 90 % flux interval and the error quantiles
+_QUANTILES = (0.05, 0.95, *ERROR_QUANTILES)
+#: DS9 circle radius, in PSF FWHMs of the reference band
+_REGION_FWHM = 1.5
 
 
 def predict_file(
@@ -21,8 +32,14 @@ def predict_file(
     n_samples: int,
     plot: bool,
     meta: dict[str, Any],
+    sky: str = "included",
+    check_images: bool = False,
 ) -> dict[str, Any]:
-    """Catalog one image and write ``output``, ``<stem>_samples<suffix>`` and ``<stem>.png``.
+    """Catalog one image and write its files next to ``output``.
+
+    Writes ``output`` (the catalog), ``<stem>.reg`` (a DS9 region file), and on request
+    ``<stem>_samples<suffix>``, ``<stem>.png`` and ``<stem>_check.fits`` / ``<stem>_check.png``
+    (model, residual and background; :mod:`bliss.predict.check_images`).
 
     Args:
         predictor: the predictor of the model.
@@ -34,10 +51,14 @@ def predict_file(
         n_samples: joint posterior sample catalogs to write as well (0: none).
         plot: write a PNG of the reference band with the detections.
         meta: provenance recorded in the catalogs (see :func:`bliss.predict.provenance.table_meta`).
+        sky: ``"included"`` or ``"subtracted"``: whether the input's pixels hold the sky
+            (``predict.sky``; an image source reads its own convention).
+        check_images: also write the model and residual images (``predict.check_images``).
 
     Returns:
         ``table`` (the catalog), ``catalog`` (its :class:`~bliss.catalog.FullCatalog`),
-        ``samples`` (sample catalogs) and ``written`` (kind -> path).
+        ``samples`` (sample catalogs), ``image`` (the :class:`~bliss.protocols.SurveyImage`
+        read) and ``written`` (kind -> path).
     """
     output = Path(output)
     bands = tuple(predictor.encoder.bands)
@@ -45,14 +66,33 @@ def predict_file(
         image = survey.load_image(bands)
         input_path = image.path
     else:
-        image = survey.read_image(input_path, bands)
-    catalog, samples = predictor.predict_and_sample(image, threshold, n_samples)
+        image = survey.read_image(input_path, bands, sky=sky)
+        meta = {**meta, "SKYCONV": sky}
+    catalog, samples = predictor.predict_and_sample(image, threshold, n_samples, _QUANTILES)
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": int(catalog["n_sources"][0])}
     if predictor.applies_aperture_correction(image):  # record what scaled the fluxes
         for band, factor in zip(image.bands, image.aperture_correction, strict=True):
             meta[f"APCOR_{band.upper()}"] = round(float(factor), 5)
-    table = catalog_to_table(catalog, image.bands, wcs=image.wcs, meta=meta)
+    ref = image.bands.index(survey.reference_band)
+    fwhm_px = _fwhm_px(image, ref, survey.pixel_scale_arcsec)
+    n = int(catalog["n_sources"][0])
+    flags = source_flags(
+        catalog["plocs"][0, :n].double().numpy(),
+        ~np.isfinite(image.images).all(axis=0),
+        fwhm_px,
+        ref_mag=np.asarray(nmgy_to_mag(catalog["fluxes"][0, :n, ref].double())),
+        prob_source=catalog["prob_source"][0, :n, 0].numpy() if "prob_source" in catalog else None,
+    )
+    table = catalog_to_table(catalog, image.bands, wcs=image.wcs, meta=meta, flags=flags)
+    label = input_label(input_path)
     written = {"catalog": write_table(table, output)}
+    written["regions"] = write_regions(
+        table,
+        output.with_suffix(".reg"),
+        radius_px=_REGION_FWHM * fwhm_px,
+        pixel_scale_arcsec=survey.pixel_scale_arcsec if image.wcs is not None else None,
+        title=f"bliss catalog {output.name} of {label}",
+    )
     if n_samples:
         tables = [
             catalog_to_table(s, image.bands, wcs=image.wcs, meta=meta, interval=(0, 0))
@@ -61,17 +101,64 @@ def predict_file(
         written["samples"] = write_table(
             stack_samples(tables), output.with_name(f"{output.stem}_samples{output.suffix}")
         )
+    band = image.bands[ref]
     if plot:
-        ref = image.bands.index(survey.reference_band)
-        x, y = plocs_to_xy(catalog["plocs"][0].numpy())
-        detections = {"x": x, "y": y}
+        x, y = plocs_to_xy(catalog["plocs"][0, :n].numpy())
+        detections = {"x": x, "y": y, "flux": catalog["fluxes"][0, :n, ref].numpy()}
         if "prob_galaxy" in table.colnames:
-            detections["prob_galaxy"] = table["prob_galaxy"]
+            detections["prob_galaxy"] = np.asarray(table["prob_galaxy"])
         written["plot"] = plot_detections(
             image.images[ref],
             image.background[ref],
             output.with_suffix(".png"),
             detections,
-            title=f"{Path(input_path).name}: {len(table)} sources",
+            title=f"{label}: {n} bliss sources (P(source) > {threshold:g})",
+            band=band,
         )
-    return {"table": table, "catalog": catalog, "samples": samples, "written": written}
+    if check_images:
+        from bliss.predict.check_images import write_check_images
+
+        check = write_check_images(
+            catalog,
+            image,
+            output.with_name(f"{output.stem}_check.fits"),
+            pixel_scale_arcsec=survey.pixel_scale_arcsec,
+            psf_beta=survey.psf_beta,
+            meta={k: v for k, v in meta.items() if k in ("INPUT", "CKPT", "BLISSVER", "SKYCONV")},
+            png=output.with_name(f"{output.stem}_check.png") if plot else None,
+            band=band,
+            title=f"{label}: {n} bliss sources",
+        )
+        written["check_images"] = check["path"]
+        if check["png"] is not None:
+            written["check_plot"] = check["png"]
+    return {
+        "table": table,
+        "catalog": catalog,
+        "samples": samples,
+        "image": image,
+        "written": written,
+    }
+
+
+def input_label(path: str | Path | None) -> str:
+    """How plots name an input: a file's name, or the last parts of a folder (an SDSS field).
+
+    ``data/f.fits`` -> ``f.fits``; ``sdss/94/1/12`` (a field folder) -> ``sdss/94/1/12``.
+    """
+    if path is None:
+        return "image"
+    path = Path(path)
+    if path.is_dir():
+        return "/".join(path.parts[-4:])
+    return path.name
+
+
+def _fwhm_px(image: SurveyImage, band: int, pixel_scale_arcsec: float) -> float:
+    """The PSF FWHM of one band in pixels (the median of a FWHM map)."""
+    fwhm = (
+        float(image.psf_fwhm_arcsec[band])
+        if image.psf_fwhm_map is None
+        else float(np.median(image.psf_fwhm_map[band]))
+    )
+    return fwhm / pixel_scale_arcsec

@@ -12,7 +12,9 @@ disjoint share of the inputs; each predict step catalogs one input with
 * ``config-<CFGHASH>.yaml``: the run's config, the one each catalog's ``CFGHASH`` names.
 
 Rank 0 then refreshes ``merged.parquet`` (see :mod:`bliss.predict.merge`). An input that cannot
-be read is reported and the others go on; the run raises at the end, listing every failure.
+be read or written (a missing file, a full disk) is reported and the others go on; the run prints
+its summary, then raises at the end, listing every failure, a failed merge included. Temporary
+files that a killed run left are removed when the next one starts.
 """
 
 import dataclasses
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bliss.atomic import atomic_path
+from bliss.atomic import atomic_path, remove_stale_temporaries
 from bliss.catalog.io import CATALOG_FORMATS
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError, BlissIOError
@@ -177,7 +179,9 @@ class InputCataloger(pl.LightningModule):
     def on_predict_start(self) -> None:
         """Build the predictor on this rank's device."""
         settings = dataclasses.replace(self.predictor_settings, device=str(self.device))
-        self._predictor = build_predictor(settings, self.encoder, self.model, progress=False)
+        self._predictor = build_predictor(
+            settings, self.encoder, self.model, progress=False, survey=self.survey
+        )
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any] | None:
         """Catalog one input; a failure is recorded, not raised, so the other inputs go on."""
@@ -256,6 +260,7 @@ def predict_inputs(
             message lists each with its reason.
     """
     inputs, settings = module.inputs, module.settings
+    remove_stale_temporaries(settings.output_dir)  # only those of writers that no longer run
     # Lightning's sampler refuses a rank without inputs: pad with indices predict_step skips
     loader = DataLoader(range(max(len(inputs), trainer.world_size)), batch_size=1, shuffle=False)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
@@ -263,22 +268,38 @@ def predict_inputs(
     result: dict[str, Any] = {"inputs": statuses, "merged": None, "n_sources": None}
     if not trainer.is_global_zero:
         return result
-    result["merged"], result["n_sources"] = write_merged_catalog(
-        settings.output_dir, settings.fingerprint
-    )
+    merge_error = None
+    try:
+        result["merged"], result["n_sources"], kept = write_merged_catalog(
+            settings.output_dir, settings.fingerprint
+        )
+    except BlissIOError as err:  # reported with the inputs' failures, after the summary
+        merge_error, kept = err, True
     counts = {
         key: sum(s["status"] == key for s in statuses) for key in ("done", "skipped", "failed")
     }
+    if merge_error is not None:
+        merged = "the merged catalog was not refreshed"
+    elif kept:
+        merged = (
+            f"{result['merged']} kept as it was ({result['n_sources']} sources): it holds "
+            "another catalog config's results, or this run cataloged nothing"
+        )
+    else:
+        merged = f"{result['n_sources']} sources in {result['merged']}"
     print(
         f"{len(inputs)} inputs: {counts['done']} cataloged, {counts['skipped']} already complete, "
-        f"{counts['failed']} failed; {result['n_sources']} sources in {result['merged']}"
+        f"{counts['failed']} failed; {merged}"
     )
     failed = [s for s in statuses if s["status"] == "failed"]
-    if failed:
+    if failed or merge_error is not None:
         listing = "\n".join(f"  {s['message']}" for s in failed)
+        if merge_error is not None:
+            listing += f"\n  merge: {merge_error}"
         raise BlissIOError(
-            f"{len(failed)} of {len(inputs)} inputs failed (the others are cataloged in "
-            f"{settings.output_dir}; fix these and re-run the same command to do only them):\n"
-            f"{listing}"
+            f"{len(failed)} of {len(inputs)} inputs failed"
+            f"{' and the merge failed' if merge_error is not None else ''} (the others are "
+            f"cataloged in {settings.output_dir}; fix these and re-run the same command to do "
+            f"only them):\n{listing}"
         )
     return result

@@ -14,11 +14,13 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
-from bliss.protocols import ModelConditions, SurveyImage
+from bliss.predict.psf_photometry import refine_star_fluxes
+from bliss.protocols import ModelConditions, ObservingSetup, SurveyImage
 
-__all__ = ["Predictor", "PredictorSettings", "build_predictor"]
+__all__ = ["Predictor", "PredictorSettings", "StarPhotometry", "build_predictor"]
 
 FLUX_KEY = "fluxes"  # catalog key of the per-band fluxes, nanomaggies
+LOCS_KEY = "locs"  # tile catalog key of positions within a tile, fraction of the tile
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
@@ -62,6 +64,12 @@ class Predictor:
             one electron). The network measures fluxes in that calibration; an image whose
             ``MAGZERO`` differs (every real SDSS frame) gets its fluxes rescaled to nanomaggies with
             its own zero point. ``None``: assume the image's zero points equal the training ones.
+        star_photometry: PSF-fit the fluxes of the stars found
+            (:func:`bliss.predict.psf_photometry.refine_star_fluxes`; each star and band keeps
+            the narrower of the fit's and the network's posteriors), with this survey's pixel
+            scale and nominal Moffat beta; None: the network's fluxes. Not applied to images
+            with an aperture correction (real SDSS frames: the model's fluxes are already put on
+            the psField PSF's scale). Joint samples keep the network's fluxes.
 
     Example:
         >>> import numpy as np
@@ -90,6 +98,7 @@ class Predictor:
         model_magzero: Sequence[float] | None = None,
         aperture_correction: bool = True,
         precision: str = "32-true",
+        star_photometry: "StarPhotometry | None" = None,
     ) -> None:
         tile = encoder.tile_slen
         if precision not in PRECISIONS:
@@ -136,6 +145,7 @@ class Predictor:
         self.tile_slen = tile
         self.batch_chunks = batch_chunks
         self.progress = progress
+        self.star_photometry = star_photometry
 
     def _padded(self, image: SurveyImage) -> dict[str, Tensor]:
         """Pad to whole tiles (padding is missing data; sky and seeing continue the edge)."""
@@ -225,7 +235,9 @@ class Predictor:
             A one-image catalog (``b = 1``): ``plocs`` (pixels, ``(row, col)``, origin at the
             image corner), ``prob_source``, ``prob_galaxy`` (when the posterior has a type
             factor), one key per slot factor (point estimate; ``fluxes`` in the image's
-            nanomaggies) and ``<key>@<q>`` quantiles. Shape of each key: ``1 n d``.
+            nanomaggies) and ``<key>@<q>`` quantiles, with the location's quantiles also as
+            ``plocs@<q>`` (pixels, like ``plocs``; ``locs@<q>`` stay in tile units). Shape of
+            each key: ``1 n d``.
 
         Raises:
             BlissConfigError: ``threshold`` is not in (0, 1).
@@ -276,6 +288,14 @@ class Predictor:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         flux_scale = self._flux_scale(image)
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, flux_scale), image)
+        if self.star_photometry is not None and not self.applies_aperture_correction(image):
+            catalog, _ = refine_star_fluxes(
+                image,
+                catalog,
+                quantiles,
+                self.star_photometry.pixel_scale_arcsec,
+                self.star_photometry.psf_beta,
+            )
         samples = []
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(features, sample=True)
@@ -324,9 +344,15 @@ def _full_catalog(
     """
     _, height, width = image.images.shape
     on = catalog.is_on_mask
-    plocs = catalog.plocs()[on]
+    all_plocs = catalog.plocs()
+    plocs = all_plocs[on]
     inside = (plocs[:, 0] < height) & (plocs[:, 1] < width)
     data = {"plocs": plocs[inside]}
+    columns = dict(columns)
+    for key in [k for k in columns if k.startswith(f"{LOCS_KEY}@")]:
+        # a location quantile is in tile units within its tile; as pixels it moves with plocs
+        offset = (columns[key] - catalog[LOCS_KEY]) * catalog.tile_slen
+        columns[f"plocs@{key.split('@', 1)[1]}"] = all_plocs + offset
     for key, value in columns.items():
         selected = value[on][inside]
         data[key] = selected.unsqueeze(-1) if selected.ndim == 1 else selected.flatten(1)
@@ -351,6 +377,20 @@ class PredictorSettings:
     batch_chunks: int = 4
     device: str = "auto"
     precision: str = "32-true"
+    psf_photometry: bool = True
+
+
+@dataclass(frozen=True)
+class StarPhotometry:
+    """What PSF-fit star photometry (:mod:`bliss.predict.psf_photometry`) needs of the survey.
+
+    Attributes:
+        pixel_scale_arcsec: pixel side, arcsec (turns the header PSF FWHM into pixels).
+        psf_beta: the Moffat beta of the survey's nominal PSF.
+    """
+
+    pixel_scale_arcsec: float
+    psf_beta: float
 
 
 def build_predictor(
@@ -358,11 +398,14 @@ def build_predictor(
     encoder: Encoder,
     model: ModelConditions,
     progress: bool = True,
+    survey: ObservingSetup | None = None,
 ) -> Predictor:
     """The :class:`Predictor` of a loaded model.
 
     A frame's aperture correction is measured against its observed PSFs (with the model's halo):
     right for models trained on those (``experiment=sdss_real``), not on parametric PSFs.
+    ``survey`` gives PSF-fit star photometry its pixel scale and nominal PSF
+    (``settings.psf_photometry``); without it the network's fluxes are reported.
 
     Raises:
         BlissConfigError: ``window_px="auto"`` but the model records no training image size.
@@ -386,4 +429,7 @@ def build_predictor(
         model_magzero=model.magzero,
         aperture_correction=model.observed_psfs,
         precision=settings.precision,
+        star_photometry=StarPhotometry(survey.pixel_scale_arcsec, survey.psf_beta)
+        if settings.psf_photometry and survey is not None
+        else None,
     )

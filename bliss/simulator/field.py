@@ -51,7 +51,8 @@ def write_simulated_field(
     batch = simulator.simulate(1, seed=seed)
     survey = simulator.survey
     size = simulator.image_size
-    header = simple_wcs(size, size, survey.pixel_scale_arcsec).to_header()
+    wcs = simple_wcs(size, size, survey.pixel_scale_arcsec)
+    header = wcs.to_header()
     hdus = [fits.PrimaryHDU()]
     for b, band in enumerate(survey.bands):
         card = header.copy()
@@ -78,7 +79,7 @@ def write_simulated_field(
     image_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(image_path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
-    truth = catalog_to_table(batch["catalog"].to_full_catalog(), survey.bands)
+    truth = catalog_to_table(batch["catalog"].to_full_catalog(), survey.bands, wcs=wcs)
     truth.meta["SEED"] = seed
     truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in batch["psf_fwhm_arcsec"][0].tolist())
     truth.meta["SKY"] = ",".join(f"{v:.1f}" for v in batch["background"][0].tolist())

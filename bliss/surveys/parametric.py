@@ -91,16 +91,20 @@ class ParametricSurvey:
         """Channel index of ``band``."""
         return self.bands.index(band)
 
-    def read_image(self, path: str | Path, bands: tuple[str, ...] | None = None) -> SurveyImage:
+    def read_image(
+        self, path: str | Path, bands: tuple[str, ...] | None = None, *, sky: str = "included"
+    ) -> SurveyImage:
         """Read a FITS file in the input contract (:mod:`bliss.surveys.fits_reader`).
 
         Args:
             path: the FITS file.
             bands: the model's bands, in its channel order [default: the survey's].
+            sky: ``"included"`` or ``"subtracted"``: whether the pixels still hold the sky
+                (``predict.sky``) [default: ``"included"``].
         """
         from bliss.surveys.fits_reader import read_fits_image
 
-        return read_fits_image(path, self, bands)
+        return read_fits_image(path, self, bands, sky=sky)
 
     def for_model(self, model: ModelConditions) -> Self:
         """This survey for a model: a parametric survey has nothing to adapt, so ``self``."""

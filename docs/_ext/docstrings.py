@@ -12,6 +12,8 @@ Two habits of the bliss docstrings that griffe's Google parser does not know:
 mkdocs.yml loads this file through the ``extensions`` option of mkdocstrings' python handler.
 """
 
+from __future__ import annotations  # the annotations name griffe types that older griffe lacks
+
 import ast
 import re
 from typing import Any

@@ -39,6 +39,7 @@ def predicted(tmp_path_factory):
 def test_writes_catalog_png_and_config(predicted):
     for name in (
         "sdss_sample_catalog.fits",
+        "sdss_sample_catalog.reg",
         "sdss_sample_catalog.png",
         "sdss_sample_catalog.config.yaml",
     ):

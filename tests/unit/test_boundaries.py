@@ -172,6 +172,19 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def test_the_package_files_are_found() -> None:
+    modules = {module_name(p) for p in _bliss_files()}
+    assert {
+        "bliss",
+        "bliss.errors",
+        "bliss.protocols",
+        "bliss.cli.main",
+        "bliss.encoder.encoder",
+        "bliss.evaluate.truth",
+        "bliss.posterior.factors",
+    } <= modules
+
+
 def test_every_part_is_described() -> None:
     spec = load_architecture()
     parts = {part_of(module_name(p)) for p in _bliss_files()}

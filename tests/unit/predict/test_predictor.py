@@ -136,6 +136,21 @@ def test_contract_columns_and_units(encoder, tmp_path):
         write_table(table, tmp_path / "cat.txt")
 
 
+def test_location_quantiles_are_also_given_in_pixels(encoder):
+    image = make_image()
+    predictor = Predictor(encoder, progress=False)
+    found = rows(predictor.predict(image, threshold=0.01, quantiles=(0.16, 0.84)))
+    assert len(found["row"]) > 0
+    low, high = found["plocs@0.16"], found["plocs@0.84"]
+    # the point estimate is the median, between the quantiles, inside the 4-px tile's range
+    assert (low <= found["plocs"] + 1e-4).all() and (found["plocs"] <= high + 1e-4).all()
+    assert ((high - low) <= encoder.tile_slen).all()
+    tile = encoder.tile_slen
+    np.testing.assert_allclose(
+        high - found["plocs"], (found["locs@0.84"] - found["locs"]) * tile, atol=1e-4
+    )
+
+
 def test_bad_threshold(encoder):
     with pytest.raises(BlissConfigError, match="threshold"):
         Predictor(encoder, progress=False).predict(make_image(), threshold=1.5)

@@ -1,0 +1,547 @@
+"""PSF-fit photometry of the stars the network found: fluxes at the physical limit for bright stars.
+
+Given positions, the likelihood of a star's flux is Gaussian-like and linear in the flux for a
+known PSF, so a weighted least-squares fit reaches the Cramer-Rao bound
+(:func:`bliss.metrics.photometry.flux_cramer_rao_std`). The network's flux posterior is broader
+than that for bright stars (its heads see normalised, compressed pixels), and it is only as
+calibrated as its training prior. :func:`refine_star_fluxes` fits every star the network found
+(``prob_galaxy < 0.5``) jointly with its star neighbours, in each band, and keeps, per star and
+band, whichever of the two posteriors is narrower: the fit wins for bright stars, the network
+(whose prior matters near the detection limit) for faint ones.
+
+The PSF is a Moffat profile whose FWHM and beta are fitted to the image's own bright isolated
+stars (as DAOPHOT builds its PSF from the frame), so a PSF that differs from the header's nominal
+one does not bias the fluxes; with too few such stars the header FWHM and ``default_beta`` are
+used. Intervals are Gaussian, widened by the fit's reduced chi-square when it exceeds 1 (a PSF
+that still does not match).
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import optimize
+from scipy.spatial import cKDTree
+from scipy.special import ndtri
+
+from bliss.catalog import FullCatalog
+from bliss.errors import BlissValueError
+from bliss.protocols import SurveyImage
+
+__all__ = ["MoffatShape", "fit_moffat_shape", "moffat_stamp", "refine_star_fluxes"]
+
+#: stamp half-width, pixels: the fit uses pixels within this of a star
+STAMP_HALF_PX = 7
+#: largest Moffat beta fitted: the profile is then within 1 % of a Gaussian of the same FWHM
+MAX_BETA = 30.0
+#: stars needed to fit the PSF shape of a band; fewer: the header FWHM and the default beta
+MIN_SHAPE_STARS = 5
+_MAX_SHAPE_STARS = 40
+#: chi-square improvement (2 parameters) needed to prefer a fitted PSF shape over the nominal
+#: one: p = 0.001, so a correct nominal PSF is replaced in 1 band of 1000
+SHAPE_CHI2_GAIN = 13.8
+#: ... and by this fraction of the nominal chi-square: bright stars have so many counts that a
+#: renderer's 1e-3 profile errors alone pass the test above; a wrong PSF family fails both
+SHAPE_CHI2_FRACTION = 0.02
+#: fractional flux error added in quadrature to the fit's: what a PSF model good to a few
+#: tenths of a percent of the light within the stamp leaves (sub-pixel sampling, centring)
+FLUX_FLOOR = 0.003
+#: stars at this S/N or above also get their position fitted (below it the step is noise)
+POSITION_SNR = 20.0
+#: pixels this close to a galaxy's centre are left out of star fits, pixels
+GALAXY_MASK_PX = 4.0
+#: radius of the aperture that puts PSF-fit fluxes on a model-free scale, in FWHM
+APERTURE_FWHM = 4.0
+#: S/N of the stars the aperture correction is measured on, and how many it needs
+APERTURE_SNR = 30.0
+MIN_APERTURE_STARS = 5
+#: sources get PSF-fit fluxes only below this P(galaxy): a PSF fit of a compact galaxy is low
+STAR_PROB = 0.2
+#: stars the fit measures at this S/N or better take its flux even where the network's
+#: interval is narrower (the network's is not calibrated under another PSF)
+FIT_SNR = 10.0
+#: the aperture correction is applied when it differs from 1 by this many standard errors
+APERTURE_SIGNIFICANCE = 3.0
+_OVERSAMPLE = 5
+
+
+@dataclass(frozen=True)
+class MoffatShape:
+    """A Moffat PSF: FWHM in pixels and beta; ``fitted`` says whether it came from the image."""
+
+    fwhm_px: float
+    beta: float
+    fitted: bool
+
+
+def moffat_stamp(
+    fwhm_px: float, beta: float, offset_row: float, offset_col: float, half: int = STAMP_HALF_PX
+) -> np.ndarray:
+    """A pixel-integrated Moffat profile of total flux 1 (over the whole plane) on a stamp.
+
+    Args:
+        fwhm_px: full width at half maximum, pixels.
+        beta: Moffat beta (> 1).
+        offset_row: position of the centre relative to the stamp's central pixel centre.
+        offset_col: the same for columns.
+        half: stamp half-width; the stamp is ``2 * half + 1`` pixels square.
+
+    Returns:
+        The stamp. Shape ``h w``; it sums to slightly less than 1 (the wings outside).
+
+    Example:
+        >>> stamp = moffat_stamp(3.0, 3.5, 0.0, 0.0, half=10)
+        >>> bool(0.98 < stamp.sum() < 1.0)
+        True
+    """
+    if not (fwhm_px > 0 and beta > 1):
+        raise BlissValueError(f"Moffat fwhm_px={fwhm_px}, beta={beta}; expected > 0 and > 1.")
+    alpha = fwhm_px / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    sub = (np.arange(_OVERSAMPLE) + 0.5) / _OVERSAMPLE - 0.5
+    grid = np.arange(-half, half + 1, dtype=np.float64)
+    rows = (grid[:, None] + sub[None, :] - offset_row).reshape(-1)
+    cols = (grid[:, None] + sub[None, :] - offset_col).reshape(-1)
+    profile = (1 + (rows[:, None] ** 2 + cols[None, :] ** 2) / alpha**2) ** (-beta)
+    n = 2 * half + 1
+    pixels = profile.reshape(n, _OVERSAMPLE, n, _OVERSAMPLE).mean(axis=(1, 3))
+    return pixels * (beta - 1) / (math.pi * alpha**2)
+
+
+def _stamp_slices(
+    row: float, col: float, shape: tuple[int, int], half: int
+) -> tuple[slice, slice, slice, slice, float, float] | None:
+    """Image and stamp slices of a stamp centred on the pixel holding ``(row, col)``."""
+    centre_row, centre_col = int(math.floor(row)), int(math.floor(col))
+    top, left = centre_row - half, centre_col - half
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + 2 * half + 1, shape[0]), min(left + 2 * half + 1, shape[1])
+    if r0 >= r1 or c0 >= c1:
+        return None
+    # internal (row, col) has pixel centres at +0.5: the offset from the central pixel's centre
+    offset_row, offset_col = row - (centre_row + 0.5), col - (centre_col + 0.5)
+    return (
+        slice(r0, r1),
+        slice(c0, c1),
+        slice(r0 - top, r1 - top),
+        slice(c0 - left, c1 - left),
+        offset_row,
+        offset_col,
+    )
+
+
+def fit_moffat_shape(
+    data: np.ndarray,
+    variance: np.ndarray,
+    positions: np.ndarray,
+    fwhm_guess_px: float,
+    default_beta: float,
+    half: int = STAMP_HALF_PX,
+) -> MoffatShape:
+    """Fit one Moffat FWHM and beta to isolated stars of a band; each star's flux is free.
+
+    Args:
+        data: the sky-subtracted band, electrons (NaN: missing). Shape ``h w``.
+        variance: per-pixel variance, electrons². Shape ``h w``.
+        positions: ``(row, col)`` of bright isolated stars, brightest first. Shape ``n 2``.
+        fwhm_guess_px: starting FWHM (the header's), pixels.
+        default_beta: the beta used when there are too few stars.
+        half: stamp half-width.
+
+    Returns:
+        The fitted shape, or the guess with ``fitted=False`` when fewer than
+        :data:`MIN_SHAPE_STARS` stamps are complete or the fit fails.
+    """
+    stamps = []
+    for row, col in positions[:_MAX_SHAPE_STARS]:
+        cut = _stamp_slices(row, col, data.shape, half)
+        if cut is None:
+            continue
+        rows, cols, s_rows, s_cols, offset_row, offset_col = cut
+        pixels, var = data[rows, cols], variance[rows, cols]
+        full = pixels.shape == (2 * half + 1, 2 * half + 1)
+        if full and np.isfinite(pixels).all() and (var > 0).all():
+            stamps.append((pixels.ravel(), 1 / var.ravel(), offset_row, offset_col))
+    fallback = MoffatShape(fwhm_guess_px, default_beta, fitted=False)
+    if len(stamps) < MIN_SHAPE_STARS:
+        return fallback
+
+    def star_chi2(stamp: tuple, fwhm: float, beta: float) -> float:
+        """Chi-square of one star with its flux and a local sky level free (linear)."""
+        pixels, weight, offset_row, offset_col = stamp
+        model = moffat_stamp(fwhm, beta, offset_row, offset_col, half).ravel()
+        design = np.stack([model, np.ones_like(model)], -1)
+        normal = design.T @ (design * weight[:, None])
+        amplitudes = np.linalg.solve(normal, design.T @ (pixels * weight))
+        return float((weight * (pixels - design @ amplitudes) ** 2).sum())
+
+    # stamps a neighbour or a galaxy's light spoils would pull the shape: keep clean ones
+    dof = (2 * half + 1) ** 2 - 2
+    stamps = [st for st in stamps if star_chi2(st, fwhm_guess_px, default_beta) < 3 * dof]
+    if len(stamps) < MIN_SHAPE_STARS:
+        return fallback
+
+    def chi2(params: np.ndarray) -> float:
+        fwhm, beta = math.exp(params[0]), 1 + math.exp(params[1])
+        return sum(star_chi2(stamp, fwhm, beta) for stamp in stamps)
+
+    start = np.array([math.log(fwhm_guess_px), math.log(default_beta - 1)])
+    result = optimize.minimize(chi2, start, method="Nelder-Mead", options={"xatol": 1e-3})
+    fwhm, beta = math.exp(result.x[0]), 1 + math.exp(result.x[1])
+    # beyond beta ~ 30 a Moffat is a Gaussian already (the fit drifts on): cap it there; a
+    # beta this small or a width this far off is a plateau the data did not ask for
+    beta = min(beta, MAX_BETA)
+    if not (1.2 < beta) or not (0.3 < fwhm / fwhm_guess_px < 3):
+        return fallback
+    result.fun = chi2(np.array([math.log(fwhm), math.log(beta - 1)]))
+    # keep the nominal PSF unless the stars reject it: a fitted shape carries its own noise
+    nominal = chi2(start)
+    if nominal - result.fun < max(SHAPE_CHI2_GAIN, SHAPE_CHI2_FRACTION * nominal):
+        return fallback
+    return MoffatShape(fwhm, beta, fitted=True)
+
+
+def _groups(positions: np.ndarray, radius: float) -> list[list[int]]:
+    """Stars closer than ``radius`` (transitively) are fitted together."""
+    parent = list(range(len(positions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if len(positions) > 1:
+        for i, j in cKDTree(positions).query_pairs(radius):
+            parent[root(i)] = root(j)
+    members: dict[int, list[int]] = {}
+    for i in range(len(positions)):
+        members.setdefault(root(i), []).append(i)
+    return list(members.values())
+
+
+def _design(
+    positions: np.ndarray,
+    top: int,
+    left: int,
+    region: tuple[int, int],
+    shape: MoffatShape,
+    half: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """PSF stamps of each star on the region, and their derivatives in row and col."""
+    n = len(positions)
+    stamps = np.zeros((3, n, *region))
+    step = 0.05
+    for k, (row, col) in enumerate(positions):
+        cut = _stamp_slices(row - top, col - left, region, half)
+        if cut is None:
+            return None
+        rows, cols, s_rows, s_cols, offset_row, offset_col = cut
+        for index, (d_row, d_col) in enumerate(((0, 0), (step, 0), (0, step))):
+            stamp = moffat_stamp(
+                shape.fwhm_px, shape.beta, offset_row + d_row, offset_col + d_col, half
+            )
+            stamps[index, k, rows, cols] = stamp[s_rows, s_cols]
+    psf = stamps[0]
+    return psf, (stamps[1] - psf) / step, (stamps[2] - psf) / step
+
+
+def _fit_group(
+    data: np.ndarray,
+    background: np.ndarray,
+    positions: np.ndarray,
+    start: np.ndarray,
+    shape: MoffatShape,
+    half: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Fluxes (electrons), their standard deviations and positions of one group of stars.
+
+    Weighted least squares with the variance of the model (sky + stars), not of the data, so
+    that low counts do not pull fluxes down. Stars at S/N >= :data:`POSITION_SNR` also move
+    (two Gauss-Newton steps on flux and position, at most half a pixel); the flux variance is
+    that of the joint fit, so it includes the position uncertainty.
+    """
+    n = len(positions)
+    top = max(int(math.floor(positions[:, 0].min())) - half, 0)
+    left = max(int(math.floor(positions[:, 1].min())) - half, 0)
+    bottom = min(int(math.floor(positions[:, 0].max())) + half + 1, data.shape[0])
+    right = min(int(math.floor(positions[:, 1].max())) + half + 1, data.shape[1])
+    region = (bottom - top, right - left)
+    pixels = data[top:bottom, left:right]
+    sky = background[top:bottom, left:right]
+    fluxes = np.clip(start, 0, None)
+    positions = positions.copy()
+    moving = np.zeros(n, dtype=bool)
+    for iteration in range(3):
+        design = _design(positions, top, left, region, shape, half)
+        if design is None:
+            return None
+        psf, d_row, d_col = design
+        use = (psf.sum(0) > 0) & np.isfinite(pixels)
+        columns = [psf[:, use], np.ones((1, int(use.sum())))]  # stars, then a local sky
+        if moving.any():
+            columns += [d_row[moving][:, use], d_col[moving][:, use]]
+        matrix = np.concatenate(columns).T
+        if use.sum() <= matrix.shape[1]:
+            return None
+        values = pixels[use]
+        # variance from the model, not the data: no bias towards low counts
+        weight = 1 / np.clip(sky[use] + psf[:, use].T @ np.clip(fluxes, 0, None), 1e-3, None)
+        normal = matrix.T @ (matrix * weight[:, None])
+        try:
+            covariance = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
+            return None
+        solution = covariance @ (matrix.T @ (values * weight))
+        fluxes = solution[:n]
+        if moving.any():
+            m = int(moving.sum())
+            safe = np.clip(fluxes[moving], 1e-6, None)
+            steps = solution[n + 1 :]
+            shift = np.stack([steps[:m], steps[m:]], -1) / safe[:, None]
+            positions[moving] += np.clip(shift, -0.5, 0.5)
+        sigma = np.sqrt(np.clip(np.diag(covariance)[:n], 0, None))
+        if iteration == 0:
+            moving = fluxes >= POSITION_SNR * sigma
+            if not moving.any():
+                break
+    residual = values - matrix @ solution
+    reduced_chi2 = float((residual**2 * weight).sum()) / max(len(values) - matrix.shape[1], 1)
+    sigma = sigma * math.sqrt(max(reduced_chi2, 1.0))
+    sigma = np.sqrt(sigma**2 + (FLUX_FLOOR * np.clip(fluxes, 0, None)) ** 2)
+    return fluxes, sigma, positions
+
+
+def _aperture_correction(
+    data: np.ndarray,
+    positions: np.ndarray,
+    fluxes: np.ndarray,
+    sigma: np.ndarray,
+    detections: np.ndarray,
+    radius_px: float,
+    model_rejected: bool,
+) -> tuple[float, float] | None:
+    """Median ratio of large-aperture to PSF-fit flux of bright, isolated stars, and its error.
+
+    A PSF model that misses part of the real PSF's wings (a Moffat fitted to a Kolmogorov
+    core, say) scales every PSF-fit flux by the same factor; the light in a large aperture does
+    not depend on the model. As DAOPHOT users do, the fluxes are put back on the aperture's
+    scale. None when fewer than :data:`MIN_APERTURE_STARS` stars qualify (the PSF model is then
+    trusted as it is), or when the nominal PSF was not rejected (``model_rejected`` False)
+    and the correction is consistent with 1.
+    """
+    import sep
+
+    bright = (fluxes > APERTURE_SNR * sigma) & np.isfinite(sigma)
+    # another detection inside the aperture or its sky annulus would bias the ratio
+    tree = cKDTree(detections)
+    crowded = np.array([len(tree.query_ball_point(p, radius_px + 3)) > 1 for p in positions])
+    bright &= ~crowded
+    if bright.sum() < MIN_APERTURE_STARS:
+        return None
+    rows, cols = positions[bright].T
+    filled = np.ascontiguousarray(np.nan_to_num(data, nan=0.0), dtype=np.float64)
+    mask = np.ascontiguousarray(~np.isfinite(data))
+    # a local sky from an annulus takes out what the global background left
+    flux, _, flags = sep.sum_circle(
+        filled,
+        cols - 0.5,
+        rows - 0.5,
+        radius_px,
+        mask=mask,
+        bkgann=(radius_px + 1, radius_px + 4),
+        subpix=5,
+    )
+    good = (flags == 0) & (flux > 0)
+    if good.sum() < MIN_APERTURE_STARS:
+        return None
+    ratios = flux[good] / fluxes[bright][good]
+    factor = float(np.median(ratios))
+    spread = 1.4826 * float(np.median(np.abs(ratios - factor)))
+    error = 1.2533 * spread / math.sqrt(good.sum()) / factor
+    # the nominal PSF survived the shape test: a correction consistent with 1 would only add
+    # its own noise, so it is applied only when the apertures reject the model too
+    if not model_rejected and abs(factor - 1) < APERTURE_SIGNIFICANCE * error:
+        return None
+    return factor, error
+
+
+def _render(
+    positions: np.ndarray,
+    fluxes: np.ndarray,
+    shape: MoffatShape,
+    image_shape: tuple[int, int],
+    half: int,
+) -> np.ndarray:
+    """Stars as PSFs on an image (electrons). Shape ``h w``."""
+    out = np.zeros(image_shape)
+    for (row, col), flux in zip(positions, np.clip(fluxes, 0, None), strict=True):
+        cut = _stamp_slices(row, col, image_shape, half)
+        if cut is None or flux == 0:
+            continue
+        rows, cols, s_rows, s_cols, offset_row, offset_col = cut
+        stamp = moffat_stamp(shape.fwhm_px, shape.beta, offset_row, offset_col, half)
+        out[rows, cols] += flux * stamp[s_rows, s_cols]
+    return out
+
+
+def _near(positions: np.ndarray, image_shape: tuple[int, int], radius: float) -> np.ndarray:
+    """Pixels whose centre lies within ``radius`` of any of ``positions``. Shape ``h w``."""
+    mask = np.zeros(image_shape, dtype=bool)
+    if not len(positions):
+        return mask
+    rows, cols = np.mgrid[0 : image_shape[0], 0 : image_shape[1]] + 0.5
+    tree = cKDTree(positions)
+    hits = tree.query_ball_point(np.stack([rows.ravel(), cols.ravel()], -1), radius)
+    mask.ravel()[[i for i, h in enumerate(hits) if h]] = True
+    return mask
+
+
+def _network_sigma(catalog: FullCatalog, quantiles: Sequence[float]) -> np.ndarray | None:
+    """The network's flux posterior width as a Gaussian sigma, from its widest quantile pair."""
+    lows = sorted(q for q in quantiles if q < 0.5 and f"fluxes@{1 - q:g}" in catalog)
+    if not lows:
+        return None
+    low = lows[0]
+    width = catalog[f"fluxes@{1 - low:g}"][0] - catalog[f"fluxes@{low:g}"][0]
+    return width.numpy() / (2 * float(ndtri(1 - low)))
+
+
+def refine_star_fluxes(
+    image: SurveyImage,
+    catalog: FullCatalog,
+    quantiles: Sequence[float],
+    pixel_scale_arcsec: float,
+    default_beta: float = 3.5,
+    half: int = STAMP_HALF_PX,
+) -> tuple[FullCatalog, list[MoffatShape]]:
+    """Replace star fluxes by PSF-fit ones where the fit's posterior is narrower.
+
+    Args:
+        image: the image the catalog came from (electrons, sky included).
+        catalog: the predictor's one-image catalog, fluxes in the image's nanomaggies, with
+            ``prob_galaxy`` and ``fluxes@<q>`` for ``quantiles``.
+        quantiles: the flux quantiles in the catalog, recomputed as Gaussian ones where the fit
+            is kept.
+        pixel_scale_arcsec: the image's pixel side (turns the header FWHM into pixels).
+        default_beta: Moffat beta when a band has too few stars to fit its PSF shape.
+        half: stamp half-width, pixels.
+
+    Returns:
+        The catalog with refined ``fluxes`` and ``fluxes@<q>`` (other keys unchanged) and the
+        PSF shape used per band.
+
+    Shapes:
+        catalog keys ``1 n d``.
+    """
+    n = int(catalog["n_sources"][0])
+    shapes: list[MoffatShape] = []
+    if n == 0 or "prob_galaxy" not in catalog:
+        return catalog, shapes
+    positions = catalog["plocs"][0, :n].double().numpy()
+    prob_galaxy = catalog["prob_galaxy"][0, :n, 0].numpy()
+    galaxy = prob_galaxy >= 0.5
+    fluxes = catalog["fluxes"][0, :n].double().numpy().copy()
+    sigma_net = _network_sigma(catalog, quantiles)
+    if sigma_net is None:
+        return catalog, shapes
+    sigma_net = sigma_net[:n]
+    tree = cKDTree(positions)
+    # a galaxy's light is not a PSF: stars with one inside their stamp keep the network's flux
+    near_galaxy = np.array(
+        [
+            any(galaxy[j] for j in tree.query_ball_point(p, half) if j != i)
+            for i, p in enumerate(positions)
+        ]
+    )
+    stars = np.flatnonzero(~galaxy & ~near_galaxy)
+    isolated = np.array([len(tree.query_ball_point(positions[i], 2 * half)) == 1 for i in stars])
+    new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
+    galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
+    corrections: list[tuple[float, float] | None] = []
+    groups = [stars[group] for group in _groups(positions[stars], 2 * half + 1)]
+    for band in range(len(image.bands)):
+        per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
+        data = image.images[band] - image.background[band]
+        variance = np.clip(image.background[band], 1e-3, None) + np.clip(data, 0, None)
+        fwhm_px = float(image.psf_fwhm_arcsec[band]) / pixel_scale_arcsec
+        bright = stars[isolated]
+        bright = bright[np.argsort(-fluxes[bright, band])][:_MAX_SHAPE_STARS]
+        # centre the shape stars with the nominal PSF first: the network's positions are off by
+        # ~0.1 px, which a PSF fit on fixed positions would read as a broader PSF
+        nominal = MoffatShape(fwhm_px, default_beta, fitted=False)
+        centred = []
+        for index in bright:
+            one = _fit_group(
+                data,
+                image.background[band],
+                positions[[index]],
+                fluxes[[index], band] / per_electron,
+                nominal,
+                half,
+            )
+            centred.append(positions[index] if one is None else one[2][0])
+        centred = np.array(centred).reshape(-1, 2)
+        shape = fit_moffat_shape(data, variance, centred, fwhm_px, default_beta, half)
+        shapes.append(shape)
+        # galaxies are not PSFs: their cores are left out of every star's fit
+        data = np.where(galaxy_mask, np.nan, data)
+        band_fluxes = fluxes[:, band] / per_electron
+        star_positions = positions.copy()
+        # two passes: the second fits each group with the wings of every other star removed
+        for _ in range(2):
+            wings = _render(star_positions[stars], band_fluxes[stars], shape, data.shape, 2 * half)
+            for members in groups:
+                own = _render(
+                    star_positions[members], band_fluxes[members], shape, data.shape, 2 * half
+                )
+                fit = _fit_group(
+                    data - (wings - own),
+                    image.background[band],
+                    positions[members],
+                    band_fluxes[members],
+                    shape,
+                    half,
+                )
+                if fit is None:
+                    continue
+                new_fluxes[members, band] = fit[0] * per_electron
+                new_sigma[members, band] = fit[1] * per_electron
+                band_fluxes[members] = fit[0]
+                star_positions[members] = fit[2]
+        correction = _aperture_correction(
+            image.images[band] - image.background[band],
+            star_positions[stars],
+            band_fluxes[stars],
+            new_sigma[stars, band] / per_electron,
+            positions,
+            APERTURE_FWHM * fwhm_px,
+            model_rejected=shape.fitted,
+        )
+        corrections.append(correction)
+        if correction is not None:
+            factor, error = correction
+            new_sigma[:, band] = np.hypot(new_sigma[:, band] * factor, error * new_fluxes[:, band])
+            new_fluxes[:, band] *= factor
+    # a galaxy the network nearly called one is not fitted well by a PSF: keep its posterior
+    # the network's posterior is only as good as its training PSF and prior: a star measured at
+    # S/N >= FIT_SNR by the fit takes the fit's (unbiased for any PSF the image's stars define)
+    fitted_well = np.isfinite(new_sigma) & (new_fluxes >= FIT_SNR * new_sigma)
+    keep = (fitted_well | (new_sigma < sigma_net)) & (prob_galaxy < STAR_PROB)[:, None]
+    data = dict(catalog.items())
+    refined = np.where(keep, new_fluxes, fluxes)
+    data["fluxes"] = _padded(catalog["fluxes"], refined)
+    for q in quantiles:
+        key = f"fluxes@{q:g}"
+        if key in catalog:
+            gaussian = new_fluxes + float(ndtri(q)) * np.where(keep, new_sigma, 0)
+            old = catalog[key][0, :n].double().numpy()
+            data[key] = _padded(catalog[key], np.where(keep, gaussian, old))
+    return FullCatalog(catalog.height_px, catalog.width_px, data), shapes
+
+
+def _padded(template: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+    out = template.clone()
+    out[0, : len(values)] = torch.as_tensor(values, dtype=template.dtype)
+    return out
