@@ -1,18 +1,17 @@
 """Photometry per magnitude bin and source type: the network, PSF-fit star photometry, and sep.
 
 Usage: python benchmarks/bench_photometry.py [--n-fields 20] [--out DIR] [--sets LIST]
-
-(LIST: comma-separated, default nominal,varied,kolmogorov.)
+(LIST: comma-separated from nominal, varied, kolmogorov, gaussian; default the first three.)
 
 Simulates 512 x 512 px 5-band `sdss` fields (the quality gate's prior: ~100 sources, r 16-23,
-half galaxies) in three sets: nominal seeing and sky; seeing and sky drawn per field; and a
-misspecified PSF (a Kolmogorov profile of the nominal FWHM, where the model was trained on
-Moffat PSFs and the header still says "Moffat"); `--sets gaussian` adds a Gaussian PSF. Each field is cataloged twice with the shipped
-generalist, with `predict.psf_photometry` off (the network's fluxes) and on (the default), and
-with the `sep` baseline. For matched sources (1.5 px) it prints, per r bin and type: median
-|dmag| and median dmag (bias), coverage of the 90 % interval, for stars the ratio of the median
-absolute flux error to the Cramer-Rao bound, and writes a reliability plot (expected vs
-observed coverage at 10 levels) per set.
+half galaxies): nominal seeing and sky; seeing and sky drawn per field; a misspecified PSF (a
+Kolmogorov or a Gaussian profile of the nominal FWHM, where the model was trained on Moffat
+PSFs and the header still says "Moffat"). Each field is cataloged with the shipped generalist
+with `predict.psf_photometry` off (the network's fluxes) and on (the default), and with the
+`sep` baseline. For matched sources (1.5 px) it prints, per r bin and type: median |dmag|,
+median dmag (bias), coverage of the 90 % interval, for stars the ratio of the median absolute
+flux error to the Cramer-Rao bound; and it draws a reliability plot (expected vs observed
+coverage at 10 levels) per set.
 """
 
 import argparse

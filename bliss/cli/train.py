@@ -122,11 +122,11 @@ def _resume_plan(cfg: DictConfig) -> tuple[str | None, str | None]:
     if resume:
         return resume, init_weights
     moved = archive_run_outputs(run_dir) if rank_zero_only.rank == 0 else None
-    how = "train.resume=null: starting afresh" if cfg.train.resume is None else "a new run"
-    _say(
-        f"{how} in {run_dir}"
-        + (f"; the earlier run's checkpoints and logs were moved to {moved}" if moved else "")
-    )
+    if cfg.train.resume is None:
+        how = f"train.resume=null: starting afresh in {run_dir}"
+    else:
+        how = f"train.resume=auto: no last.ckpt in {_checkpoint_dir(cfg)}; a new run in {run_dir}"
+    _say(how + (f"; the earlier run's checkpoints and logs were moved to {moved}" if moved else ""))
     if moved and init_weights:  # e.g. a diverged run restarted from its own previous.ckpt
         weights = Path(init_weights).resolve()
         if weights.is_relative_to(run_dir.resolve()) and not weights.exists():

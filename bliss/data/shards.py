@@ -140,7 +140,10 @@ def load_shard(
         ) from err
     if record is not None:
         crc = f"{zlib.crc32(data):08x}"
-        if len(data) != record.get("bytes", len(data)) or crc != record.get("crc32", crc):
+        expected_bytes, expected_crc = record.get("bytes"), record.get("crc32")
+        if (expected_bytes is not None and len(data) != int(expected_bytes)) or (
+            expected_crc is not None and crc != expected_crc
+        ):
             # the same comparison as the pre-flight pass, with its message
             problem = shard_problem(path, record) or "changed while being read"
             raise BlissIOError(

@@ -176,9 +176,10 @@ def fit_moffat_shape(
         amplitudes = np.linalg.solve(normal, design.T @ (pixels * weight))
         return float((weight * (pixels - design @ amplitudes) ** 2).sum())
 
-    # stamps a neighbour or a galaxy's light spoils would pull the shape: keep clean ones
-    dof = (2 * half + 1) ** 2 - 2
-    stamps = [st for st in stamps if star_chi2(st, fwhm_guess_px, default_beta) < 3 * dof]
+    # stamps a neighbour or a galaxy's light spoils would pull the shape: drop the outliers
+    # (relative to the other stars, since a wrong nominal PSF misfits every star alike)
+    misfit = np.array([star_chi2(st, fwhm_guess_px, default_beta) for st in stamps])
+    stamps = [st for st, chi in zip(stamps, misfit, strict=True) if chi < 3 * np.median(misfit)]
     if len(stamps) < MIN_SHAPE_STARS:
         return fallback
 

@@ -100,7 +100,9 @@ def test_star_on_a_tile_corner_is_rarely_counted_twice(predictor):
     # draws). Measured with seed 0, its joint samples hold it once in 26 of 40 draws, miss it in
     # 13 and count it twice in 1 (torch seeds 1 and 2: 34 / 6 / 0 and 26 / 13 / 1).
     torch.manual_seed(0)
-    _, samples = _counts_near(predictor.predict_and_sample(star_image(24.0, 24.0), n_samples=40), 24.0, 24.0)
+    _, samples = _counts_near(
+        predictor.predict_and_sample(star_image(24.0, 24.0), n_samples=40), 24.0, 24.0
+    )
     assert max(samples) <= 2
     assert samples.count(2) <= 3
     assert samples.count(1) >= 20
