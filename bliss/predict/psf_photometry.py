@@ -334,6 +334,8 @@ def _aperture_correction(
     """
     import sep
 
+    if not len(positions):
+        return None
     bright = (fluxes > APERTURE_SNR * sigma) & np.isfinite(sigma)
     # another detection inside the aperture or its sky annulus would bias the ratio
     tree = cKDTree(detections)
@@ -457,7 +459,11 @@ def refine_star_fluxes(
         ]
     )
     stars = np.flatnonzero(~galaxy & ~near_galaxy)
-    isolated = np.array([len(tree.query_ball_point(positions[i], 2 * half)) == 1 for i in stars])
+    if not len(stars):
+        return catalog, shapes
+    isolated = np.array(
+        [len(tree.query_ball_point(positions[i], 2 * half)) == 1 for i in stars], dtype=bool
+    )
     new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
     galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
     corrections: list[tuple[float, float] | None] = []

@@ -360,6 +360,8 @@ def _predict(root: Path, model: Path, *overrides: str) -> dict:
         *TINY_OVERRIDES,
         f"predict.checkpoint={model}",
         "predict.margin_px=4",  # 16 px windows (the model's image size): an 8 px core
+        # these tests are about files, not fluxes: no PSF fit of the stars a 1-step model finds
+        "++predict.psf_photometry=false",
         "predict.plot=false",
         "trainer.enable_progress_bar=false",
     ]

@@ -163,3 +163,14 @@ def test_empty_catalog_is_returned_as_is():
     )
     refined, shapes = refine_star_fluxes(_surveyimage(image, 1.3), empty, QUANTILES, SCALE)
     assert refined is empty and shapes == []
+
+
+def test_a_field_of_galaxies_only_keeps_every_flux():
+    image, positions, fluxes = _scene(
+        lambda dr, dc, h: moffat_stamp(3.2, 3.5, dr, dc, h), n_side=2, seed=6
+    )
+    catalog = _network_catalog(
+        image, positions, fluxes, np.random.default_rng(7), prob_galaxy=np.full(4, 0.9)
+    )
+    refined, _ = refine_star_fluxes(_surveyimage(image, 1.28), catalog, QUANTILES, SCALE)
+    assert torch.equal(refined["fluxes"], catalog["fluxes"])
