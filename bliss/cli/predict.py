@@ -64,7 +64,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = table_meta(spec.checkpoint, config_yaml)
     if has_several_inputs(_input_spec(cfg), survey):
-        _check_many_supported(spec)
         return _predict_many(cfg, encoder, model, survey, meta, config_yaml)
     from bliss.atomic import atomic_path, remove_stale_temporaries
     from bliss.predict.cataloging import predict_file
@@ -102,25 +101,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _check_many_supported(spec: DictConfig) -> None:
-    """Refuse the single-input options the many-input loop does not pass on yet.
-
-    Raises:
-        BlissConfigError: ``predict.sky`` is not ``included`` or ``predict.check_images`` is set.
-    """
-    unsupported = []
-    if spec.sky != "included":
-        unsupported.append(f"predict.sky={spec.sky}")
-    if spec.check_images:
-        unsupported.append("predict.check_images=true")
-    if unsupported:
-        raise BlissConfigError(
-            f"{' and '.join(unsupported)} work with one input at a time for now; the many-input "
-            "loop (bliss.predict.loop) does not pass them on. Catalog each file with its own "
-            "`bliss mode=predict predict.input=FILE predict.output=FILE.fits`."
-        )
-
-
 def _predict_many(
     cfg: DictConfig,
     encoder: Encoder,
@@ -149,6 +129,8 @@ def _predict_many(
         meta,
         catalog_fingerprint(cfg, meta["CKPTHASH"]),
         seed=cfg.seed,
+        sky=spec.sky,
+        check_images=spec.check_images,
     )
     inputs = resolve_inputs(_input_spec(cfg), survey)
     try:

@@ -43,4 +43,4 @@ def flux_cramer_rao_std(
     if (psf < 0).any():
         raise BlissValueError("psf has negative pixels; expected a pixel-integrated PSF >= 0.")
     information = float((psf**2 / (sky + flux_electrons * psf)).sum())
-    return 1.0 / np.sqrt(information)
+    return float(1.0 / np.sqrt(information))

@@ -60,6 +60,8 @@ class CatalogSettings:
     meta: dict[str, Any]
     fingerprint: str
     seed: int = 0
+    sky: str = "included"
+    check_images: bool = False
 
     def sample_seed(self, name: str) -> int:
         """The seed of input ``name``'s posterior samples: the same on any rank, in any order."""
@@ -85,6 +87,10 @@ class CatalogSettings:
             files.append(f"{name}_samples{self.suffix}")
         if self.plot:
             files.append(f"{name}.png")
+        if self.check_images:
+            files.append(f"{name}_check.fits")
+            if self.plot:
+                files.append(f"{name}_check.png")
         return files
 
 
@@ -129,6 +135,8 @@ def catalog_input(
         n_samples=settings.n_samples,
         plot=settings.plot,
         meta={**settings.meta, "FPRINT": settings.fingerprint},
+        sky=settings.sky,
+        check_images=settings.check_images,
     )
     n_sources = len(result["table"])
     record = {

@@ -62,6 +62,8 @@ STAR_PROB = 0.2
 #: stars the fit measures at this S/N or better take its flux even where the network's
 #: interval is narrower (the network's is not calibrated under another PSF)
 FIT_SNR = 10.0
+#: a fit whose reduced chi-square exceeds this did not find a point source there
+POINT_CHI2 = 3.0
 #: the aperture correction is applied when it differs from 1 by this many standard errors
 APERTURE_SIGNIFICANCE = 3.0
 _OVERSAMPLE = 5
@@ -255,8 +257,8 @@ def _fit_group(
     start: np.ndarray,
     shape: MoffatShape,
     half: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Fluxes (electrons), their standard deviations and positions of one group of stars.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """Fluxes (electrons), standard deviations, positions and reduced chi-square of a group.
 
     Weighted least squares with the variance of the model (sky + stars), not of the data, so
     that low counts do not pull fluxes down. Stars at S/N >= :data:`POSITION_SNR` also move
@@ -311,7 +313,7 @@ def _fit_group(
     reduced_chi2 = float((residual**2 * weight).sum()) / max(len(values) - matrix.shape[1], 1)
     sigma = sigma * math.sqrt(max(reduced_chi2, 1.0))
     sigma = np.sqrt(sigma**2 + (FLUX_FLOOR * np.clip(fluxes, 0, None)) ** 2)
-    return fluxes, sigma, positions
+    return fluxes, sigma, positions, reduced_chi2
 
 
 def _aperture_correction(
@@ -465,6 +467,7 @@ def refine_star_fluxes(
         [len(tree.query_ball_point(positions[i], 2 * half)) == 1 for i in stars], dtype=bool
     )
     new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
+    misfit = np.full_like(fluxes, np.inf)
     galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
     corrections: list[tuple[float, float] | None] = []
     groups = [stars[group] for group in _groups(positions[stars], 2 * half + 1)]
@@ -515,6 +518,7 @@ def refine_star_fluxes(
                     continue
                 new_fluxes[members, band] = fit[0] * per_electron
                 new_sigma[members, band] = fit[1] * per_electron
+                misfit[members, band] = fit[3]
                 band_fluxes[members] = fit[0]
                 star_positions[members] = fit[2]
         correction = _aperture_correction(
@@ -535,7 +539,9 @@ def refine_star_fluxes(
     # the network's posterior is only as good as its training PSF and prior: a star measured at
     # S/N >= FIT_SNR by the fit takes the fit's (unbiased for any PSF the image's stars define)
     fitted_well = np.isfinite(new_sigma) & (new_fluxes >= FIT_SNR * new_sigma)
-    keep = (fitted_well | (new_sigma < sigma_net)) & (prob_galaxy < STAR_PROB)[:, None]
+    # a source the PSF does not describe (an extended galaxy called a star) keeps the network's
+    point_like = misfit < POINT_CHI2
+    keep = (fitted_well | (new_sigma < sigma_net)) & point_like & (prob_galaxy < STAR_PROB)[:, None]
     data = dict(catalog.items())
     refined = np.where(keep, new_fluxes, fluxes)
     data["fluxes"] = _padded(catalog["fluxes"], refined)

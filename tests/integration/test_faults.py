@@ -9,6 +9,7 @@ tests), which keeps the module under a minute on two CPU cores.
 import csv
 import errno
 import json
+import logging
 import os
 import pathlib
 import re
@@ -91,12 +92,19 @@ def _hydra_main(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
 
     quiet = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     monkeypatch.setattr(sys, "argv", ["bliss", *args, *quiet])
+    # Hydra's logging config disables every existing logger; later tests read their records
+    loggers = logging.Logger.manager.loggerDict.values()
+    saved = [(lg, lg.disabled) for lg in loggers if isinstance(lg, logging.Logger)]
+    root_level = logging.getLogger().level
     try:
         _hydra_entry()
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:
         GlobalHydra.instance().clear()
+        for logger, disabled in saved:
+            logger.disabled = disabled
+        logging.getLogger().setLevel(root_level)
     return 0
 
 

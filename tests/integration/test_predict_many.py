@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from astropy.table import QTable
@@ -178,3 +179,27 @@ def test_two_ranks_share_the_inputs(images, tmp_path):
     records = [json.loads((tmp_path / "out" / f"{n}.json").read_text()) for n in NAMES]
     # Lightning's sampler deals the inputs out in turn: 0 and 2 to rank 0, 1 to rank 1
     assert [r["rank"] for r in records] == [0, 1, 0]
+
+
+def test_many_inputs_take_the_sky_convention_and_write_check_images(images, tmp_path):
+    """predict.sky and predict.check_images reach every input of a many-input run."""
+    folder = tmp_path / "subtracted"
+    folder.mkdir()
+    from astropy.io import fits
+
+    for name in NAMES[:2]:
+        with fits.open(images / f"{name}.fits") as hdus:
+            for hdu in hdus:
+                if hdu.data is not None and hdu.name in "UGRIZ":
+                    hdu.data = hdu.data - np.median(hdu.data)
+            hdus.writeto(folder / f"{name}.fits")
+    output = tmp_path / "out"
+    overrides = [f"predict.input={folder}/*.fits", f"predict.output={output}"]
+    with pytest.raises(BlissIOError, match="sky"):  # read as sky-included: refused
+        _predict(images, *overrides)
+    result = _predict(images, *overrides, "predict.sky=subtracted", "predict.check_images=true")
+    assert [s["status"] for s in result["inputs"]] == ["done"] * 2
+    for name in NAMES[:2]:
+        with fits.open(output / f"{name}_check.fits") as check:
+            assert len(check) > 1
+        assert not (output / f"{name}_check.png").exists()  # predict.plot=false

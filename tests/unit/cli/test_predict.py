@@ -1,9 +1,6 @@
 """``mode=predict`` config: the input convention and check-image keys reach the right places."""
 
-import pytest
-
-from bliss.cli.predict import _check_many_supported, catalog_fingerprint
-from bliss.errors import BlissConfigError
+from bliss.cli.predict import catalog_fingerprint
 from tests.conftest import compose_config
 
 
@@ -22,16 +19,3 @@ def test_sky_changes_the_fingerprint_and_check_images_does_not():
         compose_config(["mode=predict", "predict.sky=subtracted"]), "hash"
     )
     assert base == checked != subtracted
-
-
-@pytest.mark.parametrize(
-    ("overrides", "match"),
-    [
-        (["predict.sky=subtracted"], "predict.sky=subtracted work with one input"),
-        (["predict.check_images=true"], "predict.check_images=true work with one input"),
-    ],
-)
-def test_many_inputs_refuse_what_the_loop_does_not_pass_on(overrides, match):
-    _check_many_supported(compose_config(["mode=predict"]).predict)  # the defaults pass
-    with pytest.raises(BlissConfigError, match=match):
-        _check_many_supported(compose_config(["mode=predict", *overrides]).predict)

@@ -20,7 +20,7 @@ def _brute_force_fisher(psf, sky, flux, step=1e-3):
         )
         weights = stats.poisson.pmf(counts, mean)
 
-        def loglike(f, p=p, s=s):
+        def loglike(f, p=p, s=s, counts=counts):
             return stats.poisson.logpmf(counts, s + f * p)
 
         second = (loglike(flux + step) - 2 * loglike(flux) + loglike(flux - step)) / step**2
