@@ -27,7 +27,8 @@ from hydra.utils import instantiate
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
 from bliss.evaluate.truth import evaluate_files, format_results
-from bliss.predict.predictor import Predictor
+from bliss.predict.model import model_conditions
+from bliss.predict.predictor import PredictorSettings, build_predictor
 from bliss.simulator.field import write_simulated_field
 
 SEED = 9_000_001  # training uses seed 42
@@ -84,11 +85,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     parser.add_argument("--n-fields", type=int, default=80)
     parser.add_argument("--out", default="outputs/quality_gate")
+    parser.add_argument(
+        "--network-fluxes", action="store_true", help="predict.psf_photometry=false"
+    )
     args = parser.parse_args()
     print(
         f"torch={torch.__version__} python={sys.version.split()[0]} device=cpu threads={torch.get_num_threads()}"
     )
     encoder, model_config = load_encoder(args.checkpoint)
+    model = model_conditions(tuple(encoder.bands), model_config)
     window = int(model_config["simulator"]["image_size"])  # predict's window_px=auto
     passed = True
     for vary in (False, True):
@@ -97,9 +102,14 @@ def main() -> None:
         start = time.perf_counter()
         images, truths, cfg = simulate(directory, args.n_fields, vary)
         survey = instantiate(cfg.survey)
-        predictor = Predictor(
-            encoder, window_px=window, margin_px=8, batch_chunks=8, device="cpu", progress=False
+        # the shipped defaults of `mode=predict` (PSF-fit star photometry on), unless asked
+        settings = PredictorSettings(
+            window_px=window,
+            batch_chunks=8,
+            device="cpu",
+            psf_photometry=not args.network_fluxes,
         )
+        predictor = build_predictor(settings, encoder, model, progress=False, survey=survey)
         results = evaluate_files(
             predictor,
             survey,

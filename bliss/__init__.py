@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from omegaconf import OmegaConf
 
 try:
-    __version__ = version("bliss")
+    __version__ = version("bliss-toolkit")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 

@@ -1,4 +1,4 @@
-"""The ``bliss`` command: ``bliss mode=generate|train|predict|evaluate|download [overrides]``.
+"""The ``bliss`` command: ``bliss mode=generate|simulate|train|predict|evaluate|download [overrides]``.
 
 This package is the only code that reads the composed config: each mode's module turns its
 sections into objects and plain arguments for the library.
@@ -20,6 +20,12 @@ def _generate(cfg: DictConfig) -> Any:
     from bliss.cli.generate import run_generate
 
     return run_generate(cfg)
+
+
+def _simulate(cfg: DictConfig) -> Any:
+    from bliss.cli.simulate import run_simulate
+
+    return run_simulate(cfg)
 
 
 def _train(cfg: DictConfig) -> Any:
@@ -49,6 +55,7 @@ def _download(cfg: DictConfig) -> Any:
 #: mode -> the function that runs it (each imports its own, heavy, dependencies)
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "generate": _generate,
+    "simulate": _simulate,
     "train": _train,
     "predict": _predict,
     "evaluate": _evaluate,

@@ -23,24 +23,13 @@ from bliss.predict.cataloging import predict_file
 from bliss.predict.check_images import chi2_per_pixel, render_model
 from bliss.predict.model import model_conditions
 from bliss.predict.predictor import PredictorSettings, build_predictor
-from bliss.surveys import ParametricSurvey
 from bliss.surveys.fits_reader import estimate_background
+from tests.integration.test_shipped_model import BANDS, SDSS
 from tests.unit.catalog.test_regions import parse_regions
 
 PACKAGE = Path(bliss.__file__).parent
 SAMPLE = PACKAGE / "sample_data" / "sdss_sample.fits"
 TRUTH = PACKAGE / "sample_data" / "sdss_sample_truth.fits"
-BANDS = ("u", "g", "r", "i", "z")
-SDSS = ParametricSurvey(
-    "sdss",
-    BANDS,
-    "r",
-    0.396,
-    3.5,
-    dict(zip(BANDS, (1.5, 1.4, 1.3, 1.25, 1.25), strict=True)),
-    dict(zip(BANDS, (40, 254, 620, 977, 639), strict=True)),
-    dict(zip(BANDS, (28.01, 29.82, 29.89, 29.69, 27.93), strict=True)),
-)
 GAIN = 4.7  # electrons per ADU of the ADU copy (SDSS r-band camcol 1's is 4.71)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-MODES = ("generate", "train", "predict", "evaluate", "download")
+MODES = ("generate", "simulate", "train", "predict", "evaluate", "download")
 
 
 @pytest.fixture(scope="module")
