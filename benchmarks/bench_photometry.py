@@ -34,7 +34,7 @@ from bliss.evaluate.baseline import sep_catalog
 from bliss.metrics.photometry import flux_cramer_rao_std
 from bliss.predict.model import model_conditions
 from bliss.predict.predictor import PredictorSettings, build_predictor
-from bliss.predict.psf_photometry import moffat_stamp
+from bliss.predict.psf_model import moffat_stamp
 from bliss.simulator.field import write_simulated_field
 
 SEED = 9_500_000

@@ -6,7 +6,7 @@ from scipy import stats
 
 from bliss.errors import BlissValueError
 from bliss.metrics.photometry import flux_cramer_rao_std
-from bliss.predict.psf_photometry import moffat_stamp
+from bliss.predict.psf_model import moffat_stamp
 
 
 def _brute_force_fisher(psf, sky, flux, step=1e-3):

@@ -7,12 +7,8 @@ import torch
 
 from bliss.catalog import FullCatalog
 from bliss.metrics.photometry import flux_cramer_rao_std
-from bliss.predict.psf_photometry import (
-    MoffatShape,
-    fit_moffat_shape,
-    moffat_stamp,
-    refine_star_fluxes,
-)
+from bliss.predict.psf_model import MoffatShape, fit_moffat_shape, moffat_stamp
+from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.protocols import SurveyImage
 
 SCALE = 0.4  # arcsec per pixel

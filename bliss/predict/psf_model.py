@@ -1,0 +1,176 @@
+"""The PSF model of star photometry: a pixel-integrated Moffat, its shape fitted to an image's stars.
+
+The shape (FWHM and beta) is fitted to bright isolated stars, as DAOPHOT builds its PSF from the
+frame, and replaces the nominal one (the header's FWHM, the survey's beta) only when the stars
+reject the nominal one (:func:`fit_moffat_shape`).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from bliss.errors import BlissValueError
+
+__all__ = [
+    "MAX_BETA",
+    "MIN_SHAPE_STARS",
+    "STAMP_HALF_PX",
+    "MoffatShape",
+    "fit_moffat_shape",
+    "moffat_stamp",
+    "stamp_slices",
+]
+
+#: stamp half-width, pixels: the fit uses pixels within this of a star
+STAMP_HALF_PX = 7
+#: largest Moffat beta fitted: the profile is then within 1 % of a Gaussian of the same FWHM
+MAX_BETA = 30.0
+#: stars needed to fit the PSF shape of a band; fewer: the header FWHM and the default beta
+MIN_SHAPE_STARS = 5
+#: the brightest isolated stars used for the shape (more only cost time)
+MAX_SHAPE_STARS = 40
+#: chi-square improvement (2 parameters) needed to prefer a fitted PSF shape over the nominal
+#: one: p = 0.001, so a correct nominal PSF is replaced in 1 band of 1000
+SHAPE_CHI2_GAIN = 13.8
+#: ... and by this fraction of the nominal chi-square: bright stars have so many counts that a
+#: renderer's 1e-3 profile errors alone pass the test above; a wrong PSF family fails both
+SHAPE_CHI2_FRACTION = 0.02
+_OVERSAMPLE = 5
+
+
+@dataclass(frozen=True)
+class MoffatShape:
+    """A Moffat PSF: FWHM in pixels and beta; ``fitted`` says whether it came from the image."""
+
+    fwhm_px: float
+    beta: float
+    fitted: bool
+
+
+def moffat_stamp(
+    fwhm_px: float, beta: float, offset_row: float, offset_col: float, half: int = STAMP_HALF_PX
+) -> np.ndarray:
+    """A pixel-integrated Moffat profile of total flux 1 (over the whole plane) on a stamp.
+
+    Args:
+        fwhm_px: full width at half maximum, pixels.
+        beta: Moffat beta (> 1).
+        offset_row: position of the centre relative to the stamp's central pixel centre.
+        offset_col: the same for columns.
+        half: stamp half-width; the stamp is ``2 * half + 1`` pixels square.
+
+    Returns:
+        The stamp. Shape ``h w``; it sums to slightly less than 1 (the wings outside).
+
+    Example:
+        >>> stamp = moffat_stamp(3.0, 3.5, 0.0, 0.0, half=10)
+        >>> bool(0.98 < stamp.sum() < 1.0)
+        True
+    """
+    if not (fwhm_px > 0 and beta > 1):
+        raise BlissValueError(f"Moffat fwhm_px={fwhm_px}, beta={beta}; expected > 0 and > 1.")
+    alpha = fwhm_px / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    sub = (np.arange(_OVERSAMPLE) + 0.5) / _OVERSAMPLE - 0.5
+    grid = np.arange(-half, half + 1, dtype=np.float64)
+    rows = (grid[:, None] + sub[None, :] - offset_row).reshape(-1)
+    cols = (grid[:, None] + sub[None, :] - offset_col).reshape(-1)
+    profile = (1 + (rows[:, None] ** 2 + cols[None, :] ** 2) / alpha**2) ** (-beta)
+    n = 2 * half + 1
+    pixels = profile.reshape(n, _OVERSAMPLE, n, _OVERSAMPLE).mean(axis=(1, 3))
+    return pixels * (beta - 1) / (math.pi * alpha**2)
+
+
+def stamp_slices(
+    row: float, col: float, shape: tuple[int, int], half: int
+) -> tuple[slice, slice, slice, slice, float, float] | None:
+    """Image and stamp slices of a stamp centred on the pixel holding ``(row, col)``."""
+    centre_row, centre_col = int(math.floor(row)), int(math.floor(col))
+    top, left = centre_row - half, centre_col - half
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + 2 * half + 1, shape[0]), min(left + 2 * half + 1, shape[1])
+    if r0 >= r1 or c0 >= c1:
+        return None
+    # internal (row, col) has pixel centres at +0.5: the offset from the central pixel's centre
+    offset_row, offset_col = row - (centre_row + 0.5), col - (centre_col + 0.5)
+    return (
+        slice(r0, r1),
+        slice(c0, c1),
+        slice(r0 - top, r1 - top),
+        slice(c0 - left, c1 - left),
+        offset_row,
+        offset_col,
+    )
+
+
+def fit_moffat_shape(
+    data: np.ndarray,
+    variance: np.ndarray,
+    positions: np.ndarray,
+    fwhm_guess_px: float,
+    default_beta: float,
+    half: int = STAMP_HALF_PX,
+) -> MoffatShape:
+    """Fit one Moffat FWHM and beta to isolated stars of a band; each star's flux is free.
+
+    Args:
+        data: the sky-subtracted band, electrons (NaN: missing). Shape ``h w``.
+        variance: per-pixel variance, electrons². Shape ``h w``.
+        positions: ``(row, col)`` of bright isolated stars, brightest first. Shape ``n 2``.
+        fwhm_guess_px: starting FWHM (the header's), pixels.
+        default_beta: the beta used when there are too few stars.
+        half: stamp half-width.
+
+    Returns:
+        The fitted shape, or the guess with ``fitted=False`` when fewer than
+        :data:`MIN_SHAPE_STARS` stamps are complete or the fit fails.
+    """
+    stamps = []
+    for row, col in positions[:MAX_SHAPE_STARS]:
+        cut = stamp_slices(row, col, data.shape, half)
+        if cut is None:
+            continue
+        rows, cols, s_rows, s_cols, offset_row, offset_col = cut
+        pixels, var = data[rows, cols], variance[rows, cols]
+        full = pixels.shape == (2 * half + 1, 2 * half + 1)
+        if full and np.isfinite(pixels).all() and (var > 0).all():
+            stamps.append((pixels.ravel(), 1 / var.ravel(), offset_row, offset_col))
+    fallback = MoffatShape(fwhm_guess_px, default_beta, fitted=False)
+    if len(stamps) < MIN_SHAPE_STARS:
+        return fallback
+
+    def star_chi2(stamp: tuple, fwhm: float, beta: float) -> float:
+        """Chi-square of one star with its flux and a local sky level free (linear)."""
+        pixels, weight, offset_row, offset_col = stamp
+        model = moffat_stamp(fwhm, beta, offset_row, offset_col, half).ravel()
+        design = np.stack([model, np.ones_like(model)], -1)
+        normal = design.T @ (design * weight[:, None])
+        amplitudes = np.linalg.solve(normal, design.T @ (pixels * weight))
+        return float((weight * (pixels - design @ amplitudes) ** 2).sum())
+
+    # stamps a neighbour or a galaxy's light spoils would pull the shape: drop the outliers
+    # (relative to the other stars, since a wrong nominal PSF misfits every star alike)
+    misfit = np.array([star_chi2(st, fwhm_guess_px, default_beta) for st in stamps])
+    stamps = [st for st, chi in zip(stamps, misfit, strict=True) if chi < 3 * np.median(misfit)]
+    if len(stamps) < MIN_SHAPE_STARS:
+        return fallback
+
+    def chi2(params: np.ndarray) -> float:
+        fwhm, beta = math.exp(params[0]), 1 + math.exp(params[1])
+        return sum(star_chi2(stamp, fwhm, beta) for stamp in stamps)
+
+    start = np.array([math.log(fwhm_guess_px), math.log(default_beta - 1)])
+    result = optimize.minimize(chi2, start, method="Nelder-Mead", options={"xatol": 1e-3})
+    fwhm, beta = math.exp(result.x[0]), 1 + math.exp(result.x[1])
+    # beyond beta ~ 30 a Moffat is a Gaussian already (the fit drifts on): cap it there; a
+    # beta this small or a width this far off is a plateau the data did not ask for
+    beta = min(beta, MAX_BETA)
+    if not (1.2 < beta) or not (0.3 < fwhm / fwhm_guess_px < 3):
+        return fallback
+    result.fun = chi2(np.array([math.log(fwhm), math.log(beta - 1)]))
+    # keep the nominal PSF unless the stars reject it: a fitted shape carries its own noise
+    nominal = chi2(start)
+    if nominal - result.fun < max(SHAPE_CHI2_GAIN, SHAPE_CHI2_FRACTION * nominal):
+        return fallback
+    return MoffatShape(fwhm, beta, fitted=True)
