@@ -1,18 +1,19 @@
 """``bliss mode=predict``: a FITS image (or many, or SDSS fields) in, catalogs (and PNGs) out."""
 
+import glob
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bliss.cli.model import load_model_and_survey, predictor_settings
-from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError, BlissIOError
-from bliss.protocols import ModelConditions, Survey
+
+if TYPE_CHECKING:  # the model's imports take seconds: a typo is reported before them
+    from bliss.encoder.encoder import Encoder
+    from bliss.protocols import ModelConditions, Survey
 
 __all__ = ["catalog_fingerprint", "run_predict"]
 
@@ -46,6 +47,24 @@ def _input_spec(cfg: DictConfig) -> Any:
     return OmegaConf.to_container(spec) if OmegaConf.is_list(spec) else spec
 
 
+def _check_single_input(cfg: DictConfig) -> None:
+    """A single input file that does not exist, reported before the model loads.
+
+    Raises:
+        BlissIOError: ``predict.input`` names one file (not a glob or list), the survey does not
+            find its own images, and the file does not exist.
+    """
+    spec = _input_spec(cfg)
+    own_images = "field" in cfg.survey  # e.g. sdss_frames: run / camcol / field
+    if own_images or not isinstance(spec, str) or glob.has_magic(spec):
+        return
+    if not Path(spec).is_file():
+        raise BlissIOError(
+            f"predict.input={spec} does not exist; give a FITS file, a list, or a glob such as "
+            "'data/*.fits'."
+        )
+
+
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``mode=predict``: one input, or several into the ``predict.output`` directory.
 
@@ -54,12 +73,16 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             model's, or (several inputs) ``predict.output`` names a file or ``predict.format``
             is unknown.
     """
-    from bliss.predict.inputs import has_several_inputs
-    from bliss.predict.provenance import table_meta
-
     spec = cfg.predict
     if spec.n_samples < 0:
         raise BlissConfigError(f"predict.n_samples={spec.n_samples}; expected an integer >= 0.")
+    _check_single_input(cfg)
+    import torch
+
+    from bliss.cli.model import load_model_and_survey, predictor_settings
+    from bliss.predict.inputs import has_several_inputs
+    from bliss.predict.provenance import table_meta
+
     encoder, model, survey = load_model_and_survey(spec.checkpoint, cfg.survey)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = table_meta(spec.checkpoint, config_yaml)
@@ -103,15 +126,16 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 
 def _predict_many(
     cfg: DictConfig,
-    encoder: Encoder,
-    model: ModelConditions,
-    survey: Survey,
+    encoder: "Encoder",
+    model: "ModelConditions",
+    survey: "Survey",
     meta: dict[str, Any],
     config_yaml: str,
 ) -> dict[str, Any]:
     """Several inputs, shared by the ranks of a Lightning predict loop (:mod:`bliss.predict.loop`)."""
     from bliss.atomic import atomic_path
     from bliss.catalog.io import CATALOG_FORMATS
+    from bliss.cli.model import predictor_settings
     from bliss.predict.inputs import resolve_inputs
     from bliss.predict.loop import CatalogSettings, InputCataloger, predict_inputs
 
