@@ -4,6 +4,7 @@ This package is the only code that reads the composed config: each mode's module
 sections into objects and plain arguments for the library.
 """
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,50 +17,20 @@ from bliss.errors import BlissConfigError, BlissError
 __all__ = ["MODES", "cli", "report", "run"]
 
 
-def _generate(cfg: DictConfig) -> Any:
-    from bliss.cli.generate import run_generate
+def _lazy(mode: str) -> Callable[[DictConfig], Any]:
+    """``bliss.cli.<mode>.run_<mode>``, imported when the mode runs (heavy dependencies)."""
 
-    return run_generate(cfg)
+    def run_mode(cfg: DictConfig) -> Any:
+        return getattr(importlib.import_module(f"bliss.cli.{mode}"), f"run_{mode}")(cfg)
 
-
-def _simulate(cfg: DictConfig) -> Any:
-    from bliss.cli.simulate import run_simulate
-
-    return run_simulate(cfg)
+    run_mode.__name__ = f"run_{mode}"
+    return run_mode
 
 
-def _train(cfg: DictConfig) -> Any:
-    from bliss.cli.train import run_train
-
-    return run_train(cfg)
-
-
-def _predict(cfg: DictConfig) -> Any:
-    from bliss.cli.predict import run_predict
-
-    return run_predict(cfg)
-
-
-def _evaluate(cfg: DictConfig) -> Any:
-    from bliss.cli.evaluate import run_evaluate
-
-    return run_evaluate(cfg)
-
-
-def _download(cfg: DictConfig) -> Any:
-    from bliss.cli.download import run_download
-
-    return run_download(cfg)
-
-
-#: mode -> the function that runs it (each imports its own, heavy, dependencies)
+#: mode -> the function that runs it
 MODES: dict[str, Callable[[DictConfig], Any]] = {
-    "generate": _generate,
-    "simulate": _simulate,
-    "train": _train,
-    "predict": _predict,
-    "evaluate": _evaluate,
-    "download": _download,
+    mode: _lazy(mode)
+    for mode in ("generate", "simulate", "train", "predict", "evaluate", "download")
 }
 
 

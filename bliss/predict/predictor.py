@@ -250,8 +250,12 @@ class Predictor:
 
         Each is like :meth:`predict`'s, with the drawn value of every key and ``source_type``
         instead of probabilities.
+
+        Raises:
+            BlissConfigError: ``n_samples`` is negative.
         """
-        return self.predict_and_sample(image, n_samples=n_samples)[1]
+        _check_n_samples(n_samples)
+        return self._samples(self.tile_features(image), image, n_samples)
 
     @torch.no_grad()
     def predict_and_sample(
@@ -270,9 +274,16 @@ class Predictor:
             raise BlissConfigError(
                 f"predict.threshold={threshold}; expected a probability in (0, 1)."
             )
-        if n_samples < 0:
-            raise BlissConfigError(f"predict.n_samples={n_samples}; expected an integer >= 0.")
+        _check_n_samples(n_samples)
         features = self.tile_features(image)
+        return self._point_catalog(features, image, threshold, quantiles), self._samples(
+            features, image, n_samples
+        )
+
+    def _point_catalog(
+        self, features: Tensor, image: SurveyImage, threshold: float, quantiles: tuple[float, ...]
+    ) -> FullCatalog:
+        """The point estimate and quantiles of every slot that is on (see :meth:`predict`)."""
         estimate, params = self.encoder.infer_from_features(
             features, sample=False, threshold=threshold
         )
@@ -286,8 +297,7 @@ class Predictor:
             columns[factor.key] = factor.point_estimate(split[name])
             for q in quantiles:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
-        flux_scale = self._flux_scale(image)
-        catalog = _full_catalog(estimate, _rescale_fluxes(columns, flux_scale), image)
+        catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
         if self.star_photometry is not None and not self.applies_aperture_correction(image):
             catalog, _ = refine_star_fluxes(
                 image,
@@ -296,12 +306,17 @@ class Predictor:
                 self.star_photometry.pixel_scale_arcsec,
                 self.star_photometry.psf_beta,
             )
+        return catalog
+
+    def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
+        """``n_samples`` joint posterior catalogs drawn from the features (see :meth:`sample`)."""
+        flux_scale = self._flux_scale(image)
         samples = []
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(features, sample=True)
             drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
             samples.append(_full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image))
-        return catalog, samples
+        return samples
 
     def _flux_scale(self, image: SurveyImage) -> Tensor | None:
         """Per-band factor from the model's fluxes to the image's nanomaggies.
@@ -322,6 +337,11 @@ class Predictor:
     def applies_aperture_correction(self, image: SurveyImage) -> bool:
         """Whether :meth:`predict` multiplies this image's fluxes by its aperture correction."""
         return self.aperture_correction and image.aperture_correction is not None
+
+
+def _check_n_samples(n_samples: int) -> None:
+    if n_samples < 0:
+        raise BlissConfigError(f"predict.n_samples={n_samples}; expected an integer >= 0.")
 
 
 def _rescale_fluxes(columns: dict[str, Tensor], scale: Tensor | None) -> dict[str, Tensor]:

@@ -105,6 +105,15 @@ def _design(
     return psf, (stamps[1] - psf) / step, (stamps[2] - psf) / step
 
 
+def _region(positions: np.ndarray, image_shape: tuple[int, int], half: int) -> tuple[slice, slice]:
+    """Rows and columns within ``half`` pixels of a group of stars: the pixels its fit uses."""
+    top = max(int(math.floor(positions[:, 0].min())) - half, 0)
+    left = max(int(math.floor(positions[:, 1].min())) - half, 0)
+    bottom = min(int(math.floor(positions[:, 0].max())) + half + 1, image_shape[0])
+    right = min(int(math.floor(positions[:, 1].max())) + half + 1, image_shape[1])
+    return slice(top, bottom), slice(left, right)
+
+
 def _fit_group(
     data: np.ndarray,
     background: np.ndarray,
@@ -112,22 +121,22 @@ def _fit_group(
     start: np.ndarray,
     shape: MoffatShape,
     half: int,
+    others: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
     """Fluxes (electrons), standard deviations, positions and reduced chi-square of a group.
 
     Weighted least squares with the variance of the model (sky + stars), not of the data, so
     that low counts do not pull fluxes down. Stars at S/N >= :data:`POSITION_SNR` also move
     (two Gauss-Newton steps on flux and position, at most half a pixel); the flux variance is
-    that of the joint fit, so it includes the position uncertainty.
+    that of the joint fit, so it includes the position uncertainty. ``others`` is the light of
+    the stars outside the group on the group's :func:`_region`, subtracted from the data.
     """
     n = len(positions)
-    top = max(int(math.floor(positions[:, 0].min())) - half, 0)
-    left = max(int(math.floor(positions[:, 1].min())) - half, 0)
-    bottom = min(int(math.floor(positions[:, 0].max())) + half + 1, data.shape[0])
-    right = min(int(math.floor(positions[:, 1].max())) + half + 1, data.shape[1])
-    region = (bottom - top, right - left)
-    pixels = data[top:bottom, left:right]
-    sky = background[top:bottom, left:right]
+    rows, cols = _region(positions, data.shape, half)
+    top, left = rows.start, cols.start
+    region = (rows.stop - top, cols.stop - left)
+    pixels = data[rows, cols] if others is None else data[rows, cols] - others
+    sky = background[rows, cols]
     fluxes = np.clip(start, 0, None)
     positions = positions.copy()
     moving = np.zeros(n, dtype=bool)
@@ -233,11 +242,15 @@ def _render(
     shape: MoffatShape,
     image_shape: tuple[int, int],
     half: int,
+    origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Stars as PSFs on an image (electrons). Shape ``h w``."""
+    """Stars as PSFs (electrons) on an image whose first pixel is the full image's ``origin``.
+
+    Shape: ``h w`` (``image_shape``).
+    """
     out = np.zeros(image_shape)
     for (row, col), flux in zip(positions, np.clip(fluxes, 0, None), strict=True):
-        cut = stamp_slices(row, col, image_shape, half)
+        cut = stamp_slices(row - origin[0], col - origin[1], image_shape, half)
         if cut is None or flux == 0:
             continue
         rows, cols, s_rows, s_cols, offset_row, offset_col = cut
@@ -249,12 +262,14 @@ def _render(
 def _near(positions: np.ndarray, image_shape: tuple[int, int], radius: float) -> np.ndarray:
     """Pixels whose centre lies within ``radius`` of any of ``positions``. Shape ``h w``."""
     mask = np.zeros(image_shape, dtype=bool)
-    if not len(positions):
-        return mask
-    rows, cols = np.mgrid[0 : image_shape[0], 0 : image_shape[1]] + 0.5
-    tree = cKDTree(positions)
-    hits = tree.query_ball_point(np.stack([rows.ravel(), cols.ravel()], -1), radius)
-    mask.ravel()[[i for i, h in enumerate(hits) if h]] = True
+    for row, col in positions:  # a small box each: the cost grows with sources, not pixels
+        top, left = max(int(row - radius), 0), max(int(col - radius), 0)
+        bottom = min(int(row + radius) + 1, image_shape[0])
+        right = min(int(col + radius) + 1, image_shape[1])
+        if top >= bottom or left >= right:
+            continue
+        rows, cols = np.mgrid[top:bottom, left:right] + 0.5
+        mask[top:bottom, left:right] |= (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
     return mask
 
 
@@ -324,11 +339,11 @@ def refine_star_fluxes(
     new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
     misfit = np.full_like(fluxes, np.inf)
     galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
-    corrections: list[tuple[float, float] | None] = []
     groups = [stars[group] for group in _groups(positions[stars], 2 * half + 1)]
     for band in range(len(image.bands)):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
-        data = image.images[band] - image.background[band]
+        subtracted = image.images[band] - image.background[band]
+        data = subtracted
         variance = np.clip(image.background[band], 1e-3, None) + np.clip(data, 0, None)
         fwhm_px = float(image.psf_fwhm_arcsec[band]) / pixel_scale_arcsec
         bright = stars[isolated]
@@ -358,16 +373,23 @@ def refine_star_fluxes(
         for _ in range(2):
             wings = _render(star_positions[stars], band_fluxes[stars], shape, data.shape, 2 * half)
             for members in groups:
+                rows, cols = _region(positions[members], data.shape, half)
                 own = _render(
-                    star_positions[members], band_fluxes[members], shape, data.shape, 2 * half
+                    star_positions[members],
+                    band_fluxes[members],
+                    shape,
+                    (rows.stop - rows.start, cols.stop - cols.start),
+                    2 * half,
+                    origin=(rows.start, cols.start),
                 )
                 fit = _fit_group(
-                    data - (wings - own),
+                    data,
                     image.background[band],
                     positions[members],
                     band_fluxes[members],
                     shape,
                     half,
+                    others=wings[rows, cols] - own,
                 )
                 if fit is None:
                     continue
@@ -377,7 +399,7 @@ def refine_star_fluxes(
                 band_fluxes[members] = fit[0]
                 star_positions[members] = fit[2]
         correction = _aperture_correction(
-            image.images[band] - image.background[band],
+            subtracted,
             star_positions[stars],
             band_fluxes[stars],
             new_sigma[stars, band] / per_electron,
@@ -385,17 +407,16 @@ def refine_star_fluxes(
             APERTURE_FWHM * fwhm_px,
             model_rejected=shape.fitted,
         )
-        corrections.append(correction)
         if correction is not None:
             factor, error = correction
             new_sigma[:, band] = np.hypot(new_sigma[:, band] * factor, error * new_fluxes[:, band])
             new_fluxes[:, band] *= factor
-    # a galaxy the network nearly called one is not fitted well by a PSF: keep its posterior
     # the network's posterior is only as good as its training PSF and prior: a star measured at
     # S/N >= FIT_SNR by the fit takes the fit's (unbiased for any PSF the image's stars define)
     fitted_well = np.isfinite(new_sigma) & (new_fluxes >= FIT_SNR * new_sigma)
     # a source the PSF does not describe (an extended galaxy called a star) keeps the network's
     point_like = misfit < POINT_CHI2
+    # ... and a source the network nearly called a galaxy keeps its posterior (STAR_PROB)
     keep = (fitted_well | (new_sigma < sigma_net)) & point_like & (prob_galaxy < STAR_PROB)[:, None]
     data = dict(catalog.items())
     refined = np.where(keep, new_fluxes, fluxes)
