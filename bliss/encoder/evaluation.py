@@ -70,7 +70,8 @@ def summarize(encoder: "Encoder", steps: list[dict[str, Any]], stage: str) -> di
         truth, estimate, matches, ref_band=band, mag_bins=encoder.mag_bins
     )
     flux = flux_metrics(truth, estimate, matches, band=band)
-    shapes = shape_metrics(truth, estimate, matches)
+    # a stars-only posterior (no source_type factor) has no galaxies to measure
+    shapes = shape_metrics(truth, estimate, matches) if "source_type" in estimate else {}
     n_true = float(sum(s["n_true_slots"] for s in steps))
     flux_cov = sum(s["coverage"]["flux"] for s in steps).double() / max(n_true, 1.0)
     locs_cov = sum(s["coverage"]["locs"] for s in steps).double() / max(2 * n_true, 1.0)

@@ -24,7 +24,9 @@ class VariationalPosterior:
 
     Args:
         factors: mapping name -> factor. Exactly one :class:`CountFactor` and a factor for
-            ``locs`` are required. Case studies add entries (shear, redshift, ...) by name.
+            ``locs`` are required. Case studies add entries (shear, redshift, ...) by name, and
+            drop one by setting it to ``None`` (``null`` in a Hydra preset, e.g. the galaxy
+            factors of a stars-only model).
         max_sources: ``m``; must equal the count factor's.
 
     Example:
@@ -35,7 +37,10 @@ class VariationalPosterior:
         5
     """
 
-    def __init__(self, factors: Mapping[str, Factor | CountFactor], max_sources: int) -> None:
+    def __init__(
+        self, factors: Mapping[str, Factor | CountFactor | None], max_sources: int
+    ) -> None:
+        factors = {name: factor for name, factor in factors.items() if factor is not None}
         counts = [name for name, f in factors.items() if isinstance(f, CountFactor)]
         if len(counts) != 1:
             raise BlissConfigError(

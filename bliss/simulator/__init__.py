@@ -7,6 +7,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bliss.simulator.cluster_prior import StarClusterPrior
     from bliss.simulator.conditions import ObservingConditions
     from bliss.simulator.field import simple_wcs, write_simulated_field
     from bliss.simulator.noise import NoiseModel
@@ -23,6 +24,7 @@ _EXPORTS = {
     "NoiseModel": "bliss.simulator.noise",
     "ObservingConditions": "bliss.simulator.conditions",
     "TorchRenderer": "bliss.simulator.torch_render",
+    "StarClusterPrior": "bliss.simulator.cluster_prior",
     "simple_wcs": "bliss.simulator.field",
     "write_simulated_field": "bliss.simulator.field",
 }
@@ -32,6 +34,7 @@ __all__ = [
     "ImageSimulator",
     "NoiseModel",
     "ObservingConditions",
+    "StarClusterPrior",
     "TorchRenderer",
     "simple_wcs",
     "write_simulated_field",

@@ -167,7 +167,7 @@ class CatalogPrior:
             Shapes ``b ht wt m d``.
         """
         shape = (n_images, n_tiles_h, n_tiles_w, self.max_sources)
-        rate = torch.full(shape[:3], self.mean_sources_per_tile)
+        rate = self.tile_rates(n_images, n_tiles_h, n_tiles_w, generator)
         n_sources = torch.poisson(rate, generator=generator).clamp(max=self.max_sources).long()
         slots = torch.arange(self.max_sources)
         is_on = slots < rearrange(n_sources, "b ht wt -> b ht wt 1")
@@ -190,6 +190,15 @@ class CatalogPrior:
                 for k, v in data.items()
             },
         )
+
+    def tile_rates(
+        self, n_images: int, n_tiles_h: int, n_tiles_w: int, generator: torch.Generator
+    ) -> Tensor:
+        """Mean number of sources of every tile, ``b ht wt``: the same everywhere here.
+
+        Subclasses with a density that varies across the sky override this (and only this).
+        """
+        return torch.full((n_images, n_tiles_h, n_tiles_w), self.mean_sources_per_tile)
 
     def _sample_sources(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Attributes of ``n`` sources: ``locs`` (``n 2``), ``fluxes`` (``n c``), the rest ``n 1``."""

@@ -1,0 +1,244 @@
+"""Real-frame checks on the core of M2 (SDSS 2583-2-136) that need no HST catalog.
+
+On a region of the frame (default rows 580-780, columns 260-460, the region the issue names):
+
+* the crowded model's catalog (point estimate) against DAOPHOT-style PSF photometry (photutils,
+  the psField PSF at the region's centre): the share of photutils stars brighter than r = 20 that
+  BLISS finds within 1 px, and the counts of both brighter than r = 22;
+* a posterior predictive check: joint posterior samples rendered with the psField PSF and the
+  frame's sky, and the residual chi^2 per pixel against photutils' residual image;
+* a PNG of the region with both catalogs.
+
+    python case_studies/spatial_tiling/m2_core.py --checkpoint K4.ckpt --sdss-data ../shared/data/sdss
+
+Everything lands in ``--out`` (``m2_core.json``, ``m2_core.png``).
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bliss.catalog import FullCatalog
+from bliss.catalog.convert import nmgy_per_electron
+from bliss.encoder.checkpoint import load_encoder
+from bliss.metrics import match_catalogs
+from bliss.simulator.torch_render import TorchRenderer
+from bliss.surveys.sdss.frames import read_sdss_field
+from bliss.surveys.sdss.psf import SDSS_PIXEL_SCALE_ARCSEC
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baselines import daophot_catalog  # noqa: E402
+
+M2 = (2583, 2, 136)
+
+
+def crop_inputs(field, rows: slice, cols: slice, bands: tuple[str, ...]) -> dict:
+    """The encoder's inputs for a crop of an aligned SDSS field (batch of one)."""
+    index = [field.bands.index(b) for b in bands]
+    centre = ((rows.start + rows.stop) / 2, (cols.start + cols.stop) / 2)
+    fwhm = [
+        field.frames[b].psf.fwhm_arcsec(*field.band_pixel(b, *centre), method="moffat")
+        for b in bands
+    ]
+    return {
+        "images": torch.from_numpy(field.images[index][:, rows, cols].copy()).float()[None],
+        "background": torch.from_numpy(field.background[index][:, rows, cols].copy()).float()[None],
+        "psf_fwhm_arcsec": torch.tensor([fwhm], dtype=torch.float32),
+    }
+
+
+def render_samples(
+    plocs: list, electrons: list, psf: np.ndarray, shape: tuple[int, int]
+) -> torch.Tensor:
+    """Star catalogs (one per sample) rendered with one PSF image. Shape ``s h w``, electrons."""
+    n_max = max(1, max(len(p) for p in plocs))
+    n = len(plocs)
+    data = {
+        "n_sources": torch.tensor([len(p) for p in plocs]),
+        "plocs": torch.zeros(n, n_max, 2),
+        "fluxes": torch.zeros(n, n_max, 1),
+    }
+    for i, (p, f) in enumerate(zip(plocs, electrons, strict=True)):
+        data["plocs"][i, : len(p)] = torch.as_tensor(p, dtype=torch.float32)
+        data["fluxes"][i, : len(f), 0] = torch.as_tensor(f, dtype=torch.float32)
+    psfs = torch.as_tensor(psf / psf.sum(), dtype=torch.float32).expand(n, 1, *psf.shape)
+    clean = TorchRenderer(max_stamp_px=64).render(
+        FullCatalog(shape[0], shape[1], data),
+        torch.ones(n, 1),
+        SDSS_PIXEL_SCALE_ARCSEC,
+        image_psfs=(psfs.contiguous(), torch.ones(n)),
+    )
+    return clean[:, 0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="the crowded model (K = 4)")
+    parser.add_argument("--sdss-data", default=os.environ.get("BLISS_SDSS_DATA", "data/sdss"))
+    parser.add_argument("--rows", type=int, nargs=2, default=[580, 780])
+    parser.add_argument("--cols", type=int, nargs=2, default=[260, 460])
+    parser.add_argument("--margin", type=int, default=16, help="px of context around the region")
+    parser.add_argument("--samples", type=int, default=20, help="joint samples for the check")
+    parser.add_argument("--out", default="case_studies/spatial_tiling/results")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    encoder, config = load_encoder(args.checkpoint)
+    bands = tuple(encoder.bands)
+    band = encoder.reference_index
+    model_survey = instantiate(OmegaConf.create(config["survey"]))
+    field = read_sdss_field(args.sdss_data, *M2, bands=bands)
+    m = args.margin
+    rows = slice(args.rows[0] - m, args.rows[1] + m)
+    cols = slice(args.cols[0] - m, args.cols[1] + m)
+    inputs = crop_inputs(field, rows, cols, bands)
+    # the network's nanomaggies are the training survey's; the frame's differ by its zero point
+    to_electrons = 1.0 / nmgy_per_electron(float(model_survey.magzero(bands[band])))
+    frame_nmgy = nmgy_per_electron(float(field.magzero[band]))
+
+    features = encoder.tile_features(inputs)
+    with torch.no_grad():
+        estimate, _ = encoder.infer_from_features(features)
+        samples, _ = encoder.infer_from_features(
+            features.expand(args.samples, *features.shape[1:]), sample=True
+        )
+    height, width = inputs["images"].shape[-2:]
+    inner = (slice(m, height - m), slice(m, width - m))
+
+    def stars(catalog: FullCatalog, index: int) -> tuple[np.ndarray, np.ndarray]:
+        n = int(catalog["n_sources"][index])
+        plocs = catalog["plocs"][index, :n].double().numpy()
+        electrons = catalog["fluxes"][index, :n, band].double().numpy() * to_electrons
+        keep = (
+            (plocs[:, 0] >= m)
+            & (plocs[:, 0] < height - m)
+            & (plocs[:, 1] >= m)
+            & (plocs[:, 1] < width - m)
+        )
+        return plocs[keep], electrons[keep]
+
+    def mag(electrons: np.ndarray) -> np.ndarray:
+        return 22.5 - 2.5 * np.log10(np.clip(electrons * frame_nmgy, 1e-6, None))
+
+    bliss_plocs, bliss_e = stars(estimate.to_full_catalog(), 0)
+    image = inputs["images"][0, band].numpy().astype(np.float64)
+    masked = float(np.isnan(image[m:-m, m:-m]).mean())
+    sky = inputs["background"][0, band].numpy().astype(np.float64)
+    centre = ((rows.start + rows.stop) / 2, (cols.start + cols.stop) / 2)
+    psf = field.psf_image(bands[band], *centre)
+    fwhm_px = float(inputs["psf_fwhm_arcsec"][0, band]) / SDSS_PIXEL_SCALE_ARCSEC
+    phot_all = daophot_catalog(image, sky, psf, fwhm_px)
+    phot_plocs, phot_e = phot_all
+    in_region = (
+        (phot_plocs[:, 0] >= m)
+        & (phot_plocs[:, 0] < height - m)
+        & (phot_plocs[:, 1] >= m)
+        & (phot_plocs[:, 1] < width - m)
+    )
+    phot_plocs, phot_e = phot_plocs[in_region], phot_e[in_region]
+
+    bright = mag(phot_e) < 20.0
+    true_idx, _ = match_catalogs(
+        torch.as_tensor(phot_plocs[bright]), torch.as_tensor(bliss_plocs), max_dist_px=1.0
+    )
+    found_share = true_idx.numel() / max(int(bright.sum()), 1)
+
+    # posterior predictive check on the region; the margin's sources are drawn too
+    drawn = samples.to_full_catalog()
+    sample_cats = [stars(drawn, i) for i in range(args.samples)]
+    counts = [int(n) for n in drawn["n_sources"]]
+    rendered = render_samples(
+        [drawn["plocs"][i, : counts[i]].numpy() for i in range(args.samples)],
+        [drawn["fluxes"][i, : counts[i], band].numpy() * to_electrons for i in range(args.samples)],
+        psf,
+        (height, width),
+    )
+    variance = np.clip(image, 1.0, None)
+    # masked pixels (NaN: saturated, interpolated, cosmic rays) are left out
+    chi2_bliss = [
+        float(np.nanmean((((image - sky - r.numpy()) ** 2) / variance)[inner])) for r in rendered
+    ]
+    phot_model = render_samples([phot_all[0]], [phot_all[1]], psf, (height, width))[0].numpy()
+    chi2_phot = float(np.nanmean((((image - sky - phot_model) ** 2) / variance)[inner]))
+
+    result = {
+        "region_rows": args.rows,
+        "region_cols": args.cols,
+        "checkpoint": str(args.checkpoint),
+        "masked_share": masked,
+        "bliss_r_lt_22": int((mag(bliss_e) < 22).sum()),
+        "photutils_r_lt_22": int((mag(phot_e) < 22).sum()),
+        "photutils_r_lt_20": int(bright.sum()),
+        "share_of_photutils_r_lt_20_found_by_bliss": found_share,
+        "sample_counts_r_lt_22": [int((mag(e) < 22).sum()) for _, e in sample_cats],
+        "chi2_per_pixel_bliss_samples": chi2_bliss,
+        "chi2_per_pixel_photutils": chi2_phot,
+    }
+    (out / "m2_core.json").write_text(json.dumps(result, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k != "chi2_per_pixel_bliss_samples"}
+            | {"chi2_bliss_median": float(np.median(chi2_bliss))},
+            indent=2,
+        )
+    )
+    _plot(
+        image[inner],
+        sky[inner],
+        bliss_plocs - m,
+        mag(bliss_e),
+        phot_plocs - m,
+        mag(phot_e),
+        out / "m2_core.png",
+        args,
+    )
+
+
+def _plot(image, sky, bliss_plocs, bliss_mag, phot_plocs, phot_mag, path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.6))
+    stretched = np.arcsinh((image - sky) / (3 * np.sqrt(np.nanmedian(sky))))
+    low, high = np.nanpercentile(stretched, [1, 99.5])
+    extent = (args.cols[0] - 0.5, args.cols[1] - 0.5, args.rows[0] - 0.5, args.rows[1] - 0.5)
+    panels = [
+        ("image", None, None, None),
+        ("BLISS crowded K = 4", bliss_plocs, bliss_mag, "tab:red"),
+        ("photutils IterativePSFPhotometry", phot_plocs, phot_mag, "tab:cyan"),
+    ]
+    for ax, (name, plocs, mags, colour) in zip(axes, panels, strict=True):
+        ax.imshow(stretched, origin="lower", cmap="gray_r", vmin=low, vmax=high, extent=extent)
+        ax.set_xlabel("column (px)")
+        ax.set_ylabel("row (px)")
+        if plocs is None:
+            ax.set_title("M2, SDSS 2583-2-136, r band (asinh stretch)", fontsize=9)
+            continue
+        keep = mags < 22
+        ax.scatter(
+            plocs[keep, 1] - 0.5 + args.cols[0],
+            plocs[keep, 0] - 0.5 + args.rows[0],
+            s=3,
+            marker="o",
+            c=colour,
+            lw=0,
+        )
+        ax.set_title(f"{name}: {int(keep.sum())} stars with r < 22", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The spatial_tiling case study's scores and baselines on tiny fields with known answers."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bliss.catalog import FullCatalog
+from bliss.simulator.torch_render import TorchRenderer
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "case_studies" / "spatial_tiling"))
+from baselines import daophot_catalog, sep_catalog  # noqa: E402
+from crowded_metrics import close_pairs, count_interval, detection_score  # noqa: E402
+
+SKY = 200.0
+FWHM_ARCSEC, PIXEL_SCALE = 1.4, 0.396
+#: (row, col) and electrons: three isolated stars and a pair 5 px (1.4 FWHM) apart
+STARS = np.array([[10.3, 12.6], [30.5, 9.2], [22.0, 33.7], [40.2, 36.1], [40.2, 41.1]])
+ELECTRONS = np.array([40000.0, 20000.0, 15000.0, 30000.0, 25000.0])
+
+
+@pytest.fixture(scope="module")
+def field() -> tuple[np.ndarray, np.ndarray]:
+    """A 52 x 52 px field of the stars above (Moffat PSF, Poisson noise) and its PSF image."""
+    catalog = FullCatalog(
+        52,
+        52,
+        {
+            "n_sources": torch.tensor([len(STARS)]),
+            "plocs": torch.tensor(STARS, dtype=torch.float32)[None],
+            "fluxes": torch.tensor(ELECTRONS, dtype=torch.float32)[None, :, None],
+        },
+    )
+    renderer = TorchRenderer()
+    clean = renderer.render(catalog, torch.tensor([[FWHM_ARCSEC]]), PIXEL_SCALE)[0, 0].numpy()
+    rng = np.random.default_rng(0)
+    image = rng.poisson(clean + SKY).astype(np.float64)
+    point = FullCatalog(
+        25,
+        25,
+        {
+            "n_sources": torch.tensor([1]),
+            "plocs": torch.tensor([[[12.5, 12.5]]]),
+            "fluxes": torch.tensor([[[1.0]]]),
+        },
+    )
+    psf = renderer.render(point, torch.tensor([[FWHM_ARCSEC]]), PIXEL_SCALE)[0, 0].numpy()
+    return image, psf
+
+
+def test_detection_score_counts_matches_within_distance_and_magnitude():
+    true = np.array([[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]])
+    true_mag = np.array([20.0, 21.0, 23.0])  # the last is fainter than the limit: not counted
+    est = np.array([[1.3, 1.0], [5.0, 5.8], [20.0, 20.0]])
+    est_mag = np.array([20.2, 21.0, 21.5])
+    strict = detection_score(true, true_mag, est, est_mag, 0.5, 0.5)
+    assert (strict.n_true, strict.n_est, strict.n_matched) == (2, 3, 1)
+    loose = detection_score(true, true_mag, est, est_mag, 1.0)
+    assert loose.n_matched == 2
+    assert loose.f1 == pytest.approx(2 * (2 / 3) * 1.0 / (2 / 3 + 1.0))
+    assert (strict + loose).n_matched == 3
+    # a magnitude off by more than the slack does not match
+    assert detection_score(true, true_mag, est, est_mag + 0.6, 0.5, 0.5).n_matched == 0
+
+
+def test_count_interval_and_close_pairs():
+    counts = np.arange(100)
+    assert count_interval(counts, 0.9) == (4.0, 94.0)
+    plocs = np.array([[0.0, 0.0], [0.0, 0.4], [0.0, 1.2], [5.0, 5.0], [5.0, 6.49]])
+    # pairs at 0.4 (too close), 1.2, 0.8 and 1.49 px
+    assert close_pairs(plocs) == 3
+    assert close_pairs(plocs[:1]) == 0
+
+
+def test_sep_finds_the_isolated_stars(field):
+    image, _ = field
+    plocs, flux = sep_catalog(image, SKY)
+    for star in STARS[:3]:
+        distance = np.hypot(*(plocs - star).T)
+        assert distance.min() < 0.3
+
+
+def test_daophot_finds_every_star_with_its_flux(field):
+    pytest.importorskip("photutils")
+    image, psf = field
+    plocs, flux = daophot_catalog(image, SKY, psf, FWHM_ARCSEC / PIXEL_SCALE)
+    for star, electrons in zip(STARS, ELECTRONS, strict=True):
+        distance = np.hypot(*(plocs - star).T)
+        nearest = int(distance.argmin())
+        assert distance[nearest] < 0.3
+        # PSF-fit flux of a star with S/N > 100 (sqrt(15000 + 13 * 200) ~ 130): within 5 %
+        assert flux[nearest] == pytest.approx(electrons, rel=0.05)
