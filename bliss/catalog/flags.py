@@ -55,6 +55,11 @@ FLAG_BITS: dict[str, tuple[int, str]] = {
         "the centre: their fluxes and shapes are shared out by the model",
     ),
     "low_prob": (4, f"`prob_source` < {LOW_PROB:g}: the detection itself is uncertain"),
+    "crowded": (
+        5,
+        "cataloged by the crowded-field model (`predict.crowded`; stars only, so `prob_galaxy` "
+        "is 0 and the galaxy shapes are NaN) because the image block it lies in is crowded",
+    ),
 }
 
 
@@ -88,6 +93,7 @@ def source_flags(
     *,
     ref_mag: np.ndarray | None = None,
     prob_source: np.ndarray | None = None,
+    crowded: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``flags`` of each source (see :data:`FLAG_BITS`).
 
@@ -98,6 +104,7 @@ def source_flags(
         fwhm_px: PSF FWHM of the reference band, pixels.
         ref_mag: reference-band AB magnitudes (``near_bright``; not set without). Shape ``n``.
         prob_source: detection probabilities (``low_prob``; not set without). Shape ``n``.
+        crowded: which sources the crowded-field model reported (``crowded``). Shape ``n``.
 
     Returns:
         The bit masks. Shape ``n`` (int32).
@@ -113,7 +120,7 @@ def source_flags(
             f"source_flags got fwhm_px={fwhm_px} and a mask of shape {missing.shape}; expected "
             "a positive PSF FWHM in pixels and an h w mask."
         )
-    for name, values in (("ref_mag", ref_mag), ("prob_source", prob_source)):
+    for name, values in (("ref_mag", ref_mag), ("prob_source", prob_source), ("crowded", crowded)):
         if values is not None and np.shape(values) != (n,):
             raise BlissValueError(f"{name} has shape {np.shape(values)}; expected ({n},).")
     flags = np.zeros(n, dtype=np.int32)
@@ -149,4 +156,6 @@ def source_flags(
 
     if prob_source is not None:
         flags[np.asarray(prob_source) < LOW_PROB] |= flag_value("low_prob")
+    if crowded is not None:
+        flags[np.asarray(crowded, dtype=bool)] |= flag_value("crowded")
     return flags

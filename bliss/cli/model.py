@@ -1,6 +1,7 @@
 """Load the model, build the survey, check that their bands agree: once, for predict and evaluate."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -11,7 +12,10 @@ from bliss.predict.model import model_conditions
 from bliss.predict.predictor import PredictorSettings
 from bliss.protocols import ModelConditions, Survey
 
-__all__ = ["load_model_and_survey", "predictor_settings"]
+if TYPE_CHECKING:
+    from bliss.predict.regional import CrowdedModel
+
+__all__ = ["load_crowded_model", "load_model_and_survey", "predictor_settings"]
 
 
 def load_model_and_survey(
@@ -46,4 +50,32 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         device=spec.device,
         precision=spec.get("precision", "32-true"),
         psf_photometry=spec.get("psf_photometry", True),
+    )
+
+
+def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedModel | None":
+    """The ``predict.crowded`` model, or None when ``predict.crowded.checkpoint`` is null.
+
+    Raises:
+        BlissConfigError: its bands differ from the survey's, or a threshold is not positive.
+    """
+    crowded = spec.get("crowded")
+    if crowded is None or crowded.checkpoint is None:
+        return None
+    from bliss.predict.crowding import CrowdingSettings
+    from bliss.predict.regional import CrowdedModel
+
+    for key in ("block_px", "min_peak_density", "min_median_snr"):
+        if not crowded[key] > 0:
+            raise BlissConfigError(f"predict.crowded.{key}={crowded[key]}; expected a value > 0.")
+    if crowded.context_px < 0:
+        raise BlissConfigError(
+            f"predict.crowded.context_px={crowded.context_px}; expected pixels >= 0."
+        )
+    encoder, model, _ = load_model_and_survey(crowded.checkpoint, survey_config)
+    settings = CrowdingSettings(
+        int(crowded.block_px), float(crowded.min_peak_density), float(crowded.min_median_snr)
+    )
+    return CrowdedModel(
+        encoder, model, Path(crowded.checkpoint).name, settings, int(crowded.context_px)
     )

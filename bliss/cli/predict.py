@@ -13,6 +13,7 @@ from bliss.errors import BlissConfigError, BlissIOError
 
 if TYPE_CHECKING:  # the model's imports take seconds: a typo is reported before them
     from bliss.encoder.encoder import Encoder
+    from bliss.predict.regional import CrowdedModel
     from bliss.protocols import ModelConditions, Survey
 
 __all__ = ["catalog_fingerprint", "run_predict"]
@@ -79,15 +80,16 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     _check_single_input(cfg)
     import torch
 
-    from bliss.cli.model import load_model_and_survey, predictor_settings
+    from bliss.cli.model import load_crowded_model, load_model_and_survey, predictor_settings
     from bliss.predict.inputs import has_several_inputs
     from bliss.predict.provenance import table_meta
 
     encoder, model, survey = load_model_and_survey(spec.checkpoint, cfg.survey)
+    crowded = load_crowded_model(spec, cfg.survey)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = table_meta(spec.checkpoint, config_yaml)
     if has_several_inputs(_input_spec(cfg), survey):
-        return _predict_many(cfg, encoder, model, survey, meta, config_yaml)
+        return _predict_many(cfg, encoder, model, survey, meta, config_yaml, crowded)
     from bliss.atomic import atomic_path, remove_stale_temporaries
     from bliss.predict.cataloging import predict_file
     from bliss.predict.predictor import build_predictor
@@ -96,6 +98,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     # what a killed run of this output left: its catalog's, samples' and PNGs' temporary files
     remove_stale_temporaries(output.parent, stem=output.stem)
     predictor = build_predictor(predictor_settings(spec), encoder, model, survey=survey)
+    if crowded is not None:
+        from bliss.predict.regional import build_regional
+
+        predictor = build_regional(predictor, crowded, predictor_settings(spec))
     torch.manual_seed(cfg.seed)  # the posterior samples are reproducible from the seed
     try:
         result = predict_file(
@@ -131,6 +137,7 @@ def _predict_many(
     survey: "Survey",
     meta: dict[str, Any],
     config_yaml: str,
+    crowded: "CrowdedModel | None" = None,
 ) -> dict[str, Any]:
     """Several inputs, shared by the ranks of a Lightning predict loop (:mod:`bliss.predict.loop`)."""
     from bliss.atomic import atomic_path
@@ -165,7 +172,9 @@ def _predict_many(
             f"cannot write into predict.output={settings.output_dir} ({err}); free some space "
             "or choose another directory."
         ) from err
-    module = InputCataloger(encoder, model, predictor_settings(spec), inputs, survey, settings)
+    module = InputCataloger(
+        encoder, model, predictor_settings(spec), inputs, survey, settings, crowded=crowded
+    )
     overrides: dict[str, Any] = {
         "logger": False,
         "enable_checkpointing": False,

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from bliss.catalog import FullCatalog
 from bliss.catalog.columns import ERROR_QUANTILES
 from bliss.catalog.convert import nmgy_to_mag
 from bliss.catalog.flags import source_flags
@@ -12,6 +13,7 @@ from bliss.catalog.io import catalog_to_table, plocs_to_xy, stack_samples, write
 from bliss.catalog.regions import write_regions
 from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
+from bliss.predict.regional import CROWDED_KEY, RegionalPredictor
 from bliss.protocols import ImageSource, Survey, SurveyImage
 
 __all__ = ["input_label", "predict_file"]
@@ -23,7 +25,7 @@ _REGION_FWHM = 1.5
 
 
 def predict_file(
-    predictor: Predictor,
+    predictor: Predictor | RegionalPredictor,
     survey: Survey,
     input_path: str | Path | None,
     output: str | Path,
@@ -69,6 +71,20 @@ def predict_file(
         image = survey.read_image(input_path, bands, sky=sky)
         meta = {**meta, "SKYCONV": sky}
     catalog, samples = predictor.predict_and_sample(image, threshold, n_samples, _QUANTILES)
+    crowded = None
+    if isinstance(predictor, RegionalPredictor):  # record which model cataloged what
+        crowded = catalog[CROWDED_KEY][0, :, 0].numpy() > 0.5
+        catalog = _without(catalog, CROWDED_KEY)
+        samples = [_without(s, CROWDED_KEY) for s in samples]
+        picks = predictor.picks
+        meta = {
+            **meta,
+            "CRWDCKPT": predictor.crowded_checkpoint,
+            "CRWDBLKS": picks["crowded_blocks"],
+            "CRWDBLPX": picks["block_px"],
+            "CRWDAREA": round(picks["crowded_share"], 4),
+            "NCROWDED": int(crowded.sum()),
+        }
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": int(catalog["n_sources"][0])}
     if predictor.applies_aperture_correction(image):  # record what scaled the fluxes
         for band, factor in zip(image.bands, image.aperture_correction, strict=True):
@@ -82,6 +98,7 @@ def predict_file(
         fwhm_px,
         ref_mag=np.asarray(nmgy_to_mag(catalog["fluxes"][0, :n, ref].double())),
         prob_source=catalog["prob_source"][0, :n, 0].numpy() if "prob_source" in catalog else None,
+        crowded=crowded,
     )
     table = catalog_to_table(catalog, image.bands, wcs=image.wcs, meta=meta, flags=flags)
     label = input_label(input_path)
@@ -139,6 +156,12 @@ def predict_file(
         "image": image,
         "written": written,
     }
+
+
+def _without(catalog: FullCatalog, key: str) -> FullCatalog:
+    return FullCatalog(
+        catalog.height_px, catalog.width_px, {k: v for k, v in catalog.items() if k != key}
+    )
 
 
 def input_label(path: str | Path | None) -> str:

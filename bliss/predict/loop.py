@@ -39,6 +39,7 @@ from bliss.predict.cataloging import predict_file
 from bliss.predict.inputs import PredictInput
 from bliss.predict.merge import read_records, write_merged_catalog
 from bliss.predict.predictor import Predictor, PredictorSettings, build_predictor
+from bliss.predict.regional import CrowdedModel, RegionalPredictor, build_regional
 from bliss.protocols import ImageSource, ModelConditions, Survey
 
 __all__ = ["CatalogSettings", "InputCataloger", "catalog_input", "predict_inputs"]
@@ -95,7 +96,7 @@ class CatalogSettings:
 
 
 def catalog_input(
-    predictor: Predictor,
+    predictor: Predictor | RegionalPredictor,
     survey: Survey,
     item: PredictInput,
     settings: CatalogSettings,
@@ -163,6 +164,7 @@ class InputCataloger(pl.LightningModule):
         inputs: every input of the run.
         survey: the survey (a per-field copy is read for SDSS fields).
         settings: where and how to write.
+        crowded: a crowded-field model for the crowded blocks of each image, or None.
     """
 
     def __init__(
@@ -173,16 +175,20 @@ class InputCataloger(pl.LightningModule):
         inputs: list[PredictInput],
         survey: Survey,
         settings: CatalogSettings,
+        crowded: CrowdedModel | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        # a submodule, so that Lightning moves it to each rank's device with the main encoder
+        self.crowded_encoder = None if crowded is None else crowded.encoder
+        self.crowded = crowded
         self.model = model
         self.predictor_settings = predictor_settings
         self.inputs = inputs
         self.survey = survey
         self.settings = settings
         self.statuses: list[dict[str, Any]] = []
-        self._predictor: Predictor | None = None
+        self._predictor: Predictor | RegionalPredictor | None = None
 
     def on_predict_start(self) -> None:
         """Build the predictor on this rank's device."""
@@ -190,6 +196,8 @@ class InputCataloger(pl.LightningModule):
         self._predictor = build_predictor(
             settings, self.encoder, self.model, progress=False, survey=self.survey
         )
+        if self.crowded is not None:
+            self._predictor = build_regional(self._predictor, self.crowded, settings)
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any] | None:
         """Catalog one input; a failure is recorded, not raised, so the other inputs go on."""
