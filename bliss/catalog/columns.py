@@ -123,6 +123,18 @@ COLUMNS: tuple[Column, ...] = (
         _CATALOG,
     ),
     Column(
+        "prob_source_marginal",
+        "",
+        "float32",
+        "share of joint posterior samples with a source within 1 px",
+        "Only with `predict.marginal_samples` > 0. Unlike `prob_source` it does not depend on "
+        "`predict.threshold`: it is estimated from that many joint samples of the whole "
+        "catalog, each matched one-to-one with the reported sources (within 1 px), so its "
+        "standard error is at most 0.5 / sqrt(marginal_samples). "
+        "See [Threshold](#threshold-and-checkerboard-groups).",
+        _CATALOG,
+    ),
+    Column(
         "prob_galaxy",
         "",
         "float32",

@@ -57,7 +57,16 @@ _BY_SUFFIX = {suffix: fmt for suffix, fmt in CATALOG_FORMATS.values()} | {".fit"
 #: pixel centres of the internal convention sit at ``+ PIXEL_CENTRE`` from the table convention
 PIXEL_CENTRE = 0.5
 #: keys that are not written as their own column (positions and counts; fluxes get per-band ones)
-_NOT_COLUMNS = {"plocs", "locs", "n_sources", "prob_source", "prob_galaxy", "fluxes", "source_type"}
+_NOT_COLUMNS = {
+    "plocs",
+    "locs",
+    "n_sources",
+    "prob_source",
+    "prob_source_marginal",
+    "prob_galaxy",
+    "fluxes",
+    "source_type",
+}
 #: FITS column cards that astropy reads into meta and write_table writes itself
 _COLUMN_KEYWORD = re.compile(r"^(TUNIT|TCOMM)\d+$", re.IGNORECASE)
 _SHAPE_UNITS = {
@@ -141,7 +150,7 @@ def catalog_to_table(
         ra, dec = (np.asarray(v, dtype=np.float64) for v in wcs.pixel_to_world_values(x, y))
     table["ra"] = ra * u.deg
     table["dec"] = dec * u.deg
-    for key in ("prob_source", "prob_galaxy"):
+    for key in ("prob_source", "prob_source_marginal", "prob_galaxy"):
         if key in columns:
             table[key] = columns[key].reshape(-1).astype(np.float32)
     if "source_type" in columns and "prob_galaxy" not in columns:

@@ -75,8 +75,9 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             is unknown.
     """
     spec = cfg.predict
-    if spec.n_samples < 0:
-        raise BlissConfigError(f"predict.n_samples={spec.n_samples}; expected an integer >= 0.")
+    for key in ("n_samples", "marginal_samples"):
+        if spec.get(key, 0) < 0:
+            raise BlissConfigError(f"predict.{key}={spec[key]}; expected an integer >= 0.")
     _check_single_input(cfg)
     import torch
 
@@ -115,6 +116,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             meta=meta,
             sky=spec.sky,
             check_images=spec.check_images,
+            marginal_samples=spec.get("marginal_samples", 0),
         )
         with atomic_path(output.with_suffix(".config.yaml")) as tmp:
             tmp.write_text(config_yaml)
@@ -162,6 +164,7 @@ def _predict_many(
         seed=cfg.seed,
         sky=spec.sky,
         check_images=spec.check_images,
+        marginal_samples=spec.get("marginal_samples", 0),
     )
     inputs = resolve_inputs(_input_spec(cfg), survey)
     try:

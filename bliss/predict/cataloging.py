@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bliss.catalog import FullCatalog
 from bliss.catalog.columns import ERROR_QUANTILES
@@ -11,12 +12,17 @@ from bliss.catalog.convert import nmgy_to_mag
 from bliss.catalog.flags import source_flags
 from bliss.catalog.io import catalog_to_table, plocs_to_xy, stack_samples, write_table
 from bliss.catalog.regions import write_regions
+from bliss.errors import BlissValueError
+from bliss.metrics.matching import match_catalogs
 from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
 from bliss.predict.regional import CROWDED_KEY, RegionalPredictor
 from bliss.protocols import ImageSource, Survey, SurveyImage
 
-__all__ = ["input_label", "predict_file"]
+__all__ = ["input_label", "marginal_prob_source", "predict_file"]
+
+#: a sample's source within this distance of a reported one counts as that source, pixels
+MARGINAL_MATCH_PX = 1.0
 
 #: the posterior quantiles each catalog asks for: the 90 % flux interval and the error quantiles
 _QUANTILES = (0.05, 0.95, *ERROR_QUANTILES)
@@ -36,6 +42,7 @@ def predict_file(
     meta: dict[str, Any],
     sky: str = "included",
     check_images: bool = False,
+    marginal_samples: int = 0,
 ) -> dict[str, Any]:
     """Catalog one image and write its files next to ``output``.
 
@@ -56,6 +63,8 @@ def predict_file(
         sky: ``"included"`` or ``"subtracted"``: whether the input's pixels hold the sky
             (``predict.sky``; an image source reads its own convention).
         check_images: also write the model and residual images (``predict.check_images``).
+        marginal_samples: estimate ``prob_source_marginal`` from this many joint samples
+            (:func:`marginal_prob_source`; 0: not reported).
 
     Returns:
         ``table`` (the catalog), ``catalog`` (its :class:`~bliss.catalog.FullCatalog`),
@@ -70,7 +79,16 @@ def predict_file(
     else:
         image = survey.read_image(input_path, bands, sky=sky)
         meta = {**meta, "SKYCONV": sky}
-    catalog, samples = predictor.predict_and_sample(image, threshold, n_samples, _QUANTILES)
+    drawn = max(n_samples, marginal_samples)
+    catalog, samples = predictor.predict_and_sample(image, threshold, drawn, _QUANTILES)
+    if marginal_samples:
+        marginal = marginal_prob_source(catalog, samples[:marginal_samples])
+        catalog = FullCatalog(
+            catalog.height_px,
+            catalog.width_px,
+            {**dict(catalog.items()), "prob_source_marginal": marginal},
+        )
+    samples = samples[:n_samples]
     crowded = None
     if isinstance(predictor, RegionalPredictor):  # record which model cataloged what
         crowded = catalog[CROWDED_KEY][0, :, 0].numpy() > 0.5
@@ -156,6 +174,32 @@ def predict_file(
         "image": image,
         "written": written,
     }
+
+
+def marginal_prob_source(catalog: FullCatalog, samples: list[FullCatalog]) -> torch.Tensor:
+    """Per reported source, the share of joint samples holding it (matched one-to-one within 1 px).
+
+    The point estimate's ``prob_source`` is conditional on the detections of the earlier
+    checkerboard groups, hence on the threshold; this is the source's marginal probability under
+    the joint posterior, estimated from ``samples`` (standard error at most
+    ``0.5 / sqrt(len(samples))``).
+
+    Returns:
+        Shape ``1 n 1`` (float32).
+
+    Raises:
+        BlissValueError: ``samples`` is empty.
+    """
+    if not samples:
+        raise BlissValueError("marginal_prob_source needs at least one joint sample.")
+    n = int(catalog["n_sources"][0])
+    plocs = catalog["plocs"][0, :n].double()
+    hits = torch.zeros(n, dtype=torch.float64)
+    for sample in samples:
+        drawn = sample["plocs"][0, : int(sample["n_sources"][0])].double()
+        found, _ = match_catalogs(plocs, drawn, max_dist_px=MARGINAL_MATCH_PX)
+        hits[found] += 1
+    return (hits / len(samples)).float().view(1, n, 1)
 
 
 def _without(catalog: FullCatalog, key: str) -> FullCatalog:

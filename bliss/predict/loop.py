@@ -63,6 +63,7 @@ class CatalogSettings:
     seed: int = 0
     sky: str = "included"
     check_images: bool = False
+    marginal_samples: int = 0
 
     def sample_seed(self, name: str) -> int:
         """The seed of input ``name``'s posterior samples: the same on any rank, in any order."""
@@ -134,6 +135,7 @@ def catalog_input(
         settings.output_dir / files[0],
         threshold=settings.threshold,
         n_samples=settings.n_samples,
+        marginal_samples=settings.marginal_samples,
         plot=settings.plot,
         meta={**settings.meta, "FPRINT": settings.fingerprint},
         sky=settings.sky,

@@ -34,6 +34,7 @@ def point_catalog(n: int = 3) -> FullCatalog:
         "n_sources": torch.tensor([n]),
         "plocs": plocs,
         "prob_source": torch.full((1, n, 1), 0.9),
+        "prob_source_marginal": torch.full((1, n, 1), 0.85),  # predict.marginal_samples > 0
         "prob_galaxy": torch.tensor([[[0.2], [0.7], [0.5]]])[:, :n],
         "fluxes": fluxes,
         "locs": torch.full((1, n, 2), 0.5),

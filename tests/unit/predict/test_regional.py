@@ -8,7 +8,7 @@ import torch
 
 from bliss.catalog import FullCatalog
 from bliss.catalog.flags import flag_value, source_flags
-from bliss.errors import BlissConfigError
+from bliss.errors import BlissConfigError, BlissValueError
 from bliss.predict.crowding import CrowdingSettings, crowded_blocks, crowded_boxes
 from bliss.predict.regional import CROWDED_KEY, RegionalPredictor
 from bliss.protocols import SurveyImage
@@ -128,3 +128,26 @@ def test_bands_must_agree_and_flags_mark_crowded_sources():
         crowded=np.array([True, False]),
     )
     assert (flags & flag_value("crowded")).tolist() == [flag_value("crowded"), 0]
+
+
+def test_marginal_probability_counts_the_samples_that_hold_each_source():
+    from bliss.predict.cataloging import marginal_prob_source
+
+    def catalog(plocs: list) -> FullCatalog:
+        n = len(plocs)
+        return FullCatalog(
+            32, 32, {"n_sources": torch.tensor([n]), "plocs": torch.tensor([plocs]).view(1, n, 2)}
+        )
+
+    point = catalog([[5.0, 5.0], [20.0, 20.0]])
+    samples = [
+        catalog([[5.2, 5.1], [20.5, 20.0]]),
+        catalog([[5.0, 5.9]]),  # (20, 20) missing
+        catalog([[6.5, 5.0], [20.0, 20.3]]),  # (5, 5) too far (1.5 px)
+        catalog([[5.1, 5.0], [5.0, 5.2]]),  # two draws near (5, 5): it is matched once
+    ]
+    marginal = marginal_prob_source(point, samples)
+    assert marginal.shape == (1, 2, 1)
+    assert marginal[0, :, 0].tolist() == [0.75, 0.5]
+    with pytest.raises(BlissValueError, match="at least one"):
+        marginal_prob_source(point, [])
