@@ -84,8 +84,13 @@ class _FixedPredictor:
 
 def _image(images: np.ndarray) -> SurveyImage:
     return SurveyImage(
-        None, ("r",), images[None], np.full_like(images, SKY)[None], np.array([1.4]),
-        np.array([28.0]), None,
+        None,
+        ("r",),
+        images[None],
+        np.full_like(images, SKY)[None],
+        np.array([1.4]),
+        np.array([28.0]),
+        None,
     )
 
 
