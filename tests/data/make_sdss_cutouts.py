@@ -21,6 +21,7 @@ PSF flux ~1170 nmgy) at about row 454, column 1164 of the r frame. Its r box hol
 
 import argparse
 import bz2
+from dataclasses import dataclass
 import gzip
 import shutil
 from pathlib import Path
@@ -28,30 +29,45 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-RUN, CAMCOL, FIELD = 94, 1, 12
 BANDS = ("u", "g", "r", "i", "z")
-ROW0, COL0, SIZE = 370, 1050, 192
+
+
+@dataclass(frozen=True)
+class Box:
+    """A square cut-out of one field: its ids and the frame pixels it keeps."""
+
+    run: int
+    camcol: int
+    field: int
+    row0: int
+    col0: int
+    size: int
+
+
+#: the sparse field around a bright isolated star, and a crowded 128 px box of the M2 frame
+#: (rows 630..757, columns 310..437: where the issue's HST-scored region starts)
+BOXES = (Box(94, 1, 12, 370, 1050, 192), Box(2583, 2, 136, 630, 310, 128))
 HERE = Path(__file__).parent
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data" / "sdss"
 
 
-def crop_frame(source: Path, target: Path) -> None:
+def crop_frame(source: Path, target: Path, box: Box) -> None:
     """Write the box of one frame file, with its calibration, sky grid and WCS adjusted."""
     with fits.open(source, memmap=False) as hdus:
         header = hdus[0].header.copy()
-        header["CRPIX1"] -= COL0
-        header["CRPIX2"] -= ROW0
-        header["CUTROW0"] = (ROW0, "row of pixel (0, 0) in the full SDSS frame")
-        header["CUTCOL0"] = (COL0, "column of pixel (0, 0) in the full SDSS frame")
+        header["CRPIX1"] -= box.col0
+        header["CRPIX2"] -= box.row0
+        header["CUTROW0"] = (box.row0, "row of pixel (0, 0) in the full SDSS frame")
+        header["CUTCOL0"] = (box.col0, "column of pixel (0, 0) in the full SDSS frame")
         header["HISTORY"] = (
-            f"bliss cut-out rows {ROW0}..{ROW0 + SIZE - 1} cols {COL0}..{COL0 + SIZE - 1}"
+            f"bliss cut-out rows {box.row0}..{box.row0 + box.size - 1} cols {box.col0}..{box.col0 + box.size - 1}"
         )
-        image = hdus[0].data[ROW0 : ROW0 + SIZE, COL0 : COL0 + SIZE]
-        calib = hdus[1].data[COL0 : COL0 + SIZE]
+        image = hdus[0].data[box.row0 : box.row0 + box.size, box.col0 : box.col0 + box.size]
+        calib = hdus[1].data[box.col0 : box.col0 + box.size]
         sky = hdus[2].data
         grid = sky["ALLSKY"][0]
-        grid_cols = sky["XINTERP"][0][COL0 : COL0 + SIZE]
-        grid_rows = sky["YINTERP"][0][ROW0 : ROW0 + SIZE]
+        grid_cols = sky["XINTERP"][0][box.col0 : box.col0 + box.size]
+        grid_rows = sky["YINTERP"][0][box.row0 : box.row0 + box.size]
         # the grid cells bilinear interpolation touches, plus one for safety
         row_lo = max(0, int(np.floor(grid_rows.min())) - 1)
         row_hi = min(grid.shape[0], int(np.ceil(grid_rows.max())) + 2)
@@ -65,8 +81,8 @@ def crop_frame(source: Path, target: Path) -> None:
                 dim=f"({grid.shape[1]}, {grid.shape[0]})",
                 array=grid[np.newaxis],
             ),
-            fits.Column("XINTERP", f"{SIZE}E", array=(grid_cols - col_lo)[np.newaxis]),
-            fits.Column("YINTERP", f"{SIZE}E", array=(grid_rows - row_lo)[np.newaxis]),
+            fits.Column("XINTERP", f"{box.size}E", array=(grid_cols - col_lo)[np.newaxis]),
+            fits.Column("YINTERP", f"{box.size}E", array=(grid_rows - row_lo)[np.newaxis]),
         ]
         out = fits.HDUList(
             [
@@ -79,29 +95,29 @@ def crop_frame(source: Path, target: Path) -> None:
         _write_compressed(out, target, bz2.open)
 
 
-def crop_fpm(source: Path, target: Path) -> None:
+def crop_fpm(source: Path, target: Path, box: Box) -> None:
     """Keep the spans of every mask plane that fall in the box, in box coordinates."""
     with fits.open(source, memmap=False) as hdus:
         header = hdus[0].header.copy()
-        header["MASKROWS"] = SIZE
-        header["MASKCOLS"] = SIZE
+        header["MASKROWS"] = box.size
+        header["MASKCOLS"] = box.size
         out = [fits.PrimaryHDU(header=header)]
         for hdu in hdus[1:-1]:
-            out.append(_crop_plane(hdu))
+            out.append(_crop_plane(hdu, box))
         out.append(hdus[-1].copy())
         _write_compressed(fits.HDUList(out), target, gzip.open)
 
 
-def _crop_plane(hdu: fits.BinTableHDU) -> fits.BinTableHDU:
+def _crop_plane(hdu: fits.BinTableHDU, box: Box) -> fits.BinTableHDU:
     regions = []
     for region in hdu.data:
         spans = np.frombuffer(np.asarray(region["s"], dtype=np.uint8).tobytes(), dtype=">i2")
         spans = spans.reshape(-1, 3).astype(np.int64)
-        spans[:, 0] += region["row0"] - ROW0
-        spans[:, 1:] += region["col0"] - COL0
-        spans[:, 1] = np.clip(spans[:, 1], 0, SIZE)
-        spans[:, 2] = np.clip(spans[:, 2], -1, SIZE - 1)
-        keep = (spans[:, 0] >= 0) & (spans[:, 0] < SIZE) & (spans[:, 1] <= spans[:, 2])
+        spans[:, 0] += region["row0"] - box.row0
+        spans[:, 1:] += region["col0"] - box.col0
+        spans[:, 1] = np.clip(spans[:, 1], 0, box.size)
+        spans[:, 2] = np.clip(spans[:, 2], -1, box.size - 1)
+        keep = (spans[:, 0] >= 0) & (spans[:, 0] < box.size) & (spans[:, 1] <= spans[:, 2])
         spans = spans[keep]
         if len(spans):
             regions.append(spans)
@@ -149,15 +165,20 @@ PHOTOOBJ_COLUMNS = (
 )
 
 
-def crop_photoobj(source: Path, target: Path) -> None:
+def crop_photoobj(source: Path, target: Path, box: Box) -> None:
     """Keep the photoObj rows centred in the box and the columns the reader needs."""
     with fits.open(source, memmap=False) as hdus:
         header = hdus[0].header.copy()
-        header["CUTROW0"] = (ROW0, "row of pixel (0, 0) in the full SDSS frame")
-        header["CUTCOL0"] = (COL0, "column of pixel (0, 0) in the full SDSS frame")
+        header["CUTROW0"] = (box.row0, "row of pixel (0, 0) in the full SDSS frame")
+        header["CUTCOL0"] = (box.col0, "column of pixel (0, 0) in the full SDSS frame")
         table = hdus[1].data
+        if table is None:  # no objects (the M2 frame: PHOTO did not run there), kept as it is
+            fits.HDUList([fits.PrimaryHDU(header=header), hdus[1].copy()]).writeto(
+                target, overwrite=True
+            )
+            return
         rows, cols = table["OBJC_ROWC"], table["OBJC_COLC"]
-        inside = (rows >= ROW0) & (rows < ROW0 + SIZE) & (cols >= COL0) & (cols < COL0 + SIZE)
+        inside = (rows >= box.row0) & (rows < box.row0 + box.size) & (cols >= box.col0) & (cols < box.col0 + box.size)
         columns = [
             fits.Column(c.name, c.format, unit=c.unit, dim=c.dim, array=table[c.name][inside])
             for c in hdus[1].columns
@@ -175,6 +196,31 @@ def _write_compressed(hdus: fits.HDUList, target: Path, opener) -> None:
     plain.unlink()
 
 
+def write_box(source: Path, target: Path, box: Box) -> None:
+    """Every file of one box (frames, masks, psField, photoObj, photoField rows)."""
+    run, camcol, field = box.run, box.camcol, box.field
+    src_field = source / str(run) / str(camcol) / str(field)
+    dst_field = target / str(run) / str(camcol) / str(field)
+    dst_field.mkdir(parents=True, exist_ok=True)
+    for band in BANDS:
+        name = f"frame-{band}-{run:06d}-{camcol}-{field:04d}.fits.bz2"
+        crop_frame(src_field / name, dst_field / name, box)
+        name = f"fpM-{run:06d}-{band}{camcol}-{field:04d}.fit.gz"
+        crop_fpm(src_field / name, dst_field / name, box)
+    name = f"psField-{run:06d}-{camcol}-{field:04d}.fit"
+    with fits.open(src_field / name, memmap=False) as hdus:
+        end = hdus.fileinfo(7)["hdrLoc"]  # byte-exact copy of HDUs 0..6
+    (dst_field / name).write_bytes((src_field / name).read_bytes()[:end])
+    name = f"photoObj-{run:06d}-{camcol}-{field:04d}.fits"
+    crop_photoobj(src_field / name, dst_field / name, box)
+    name = f"photoField-{run:06d}-{camcol}.fits"
+    with fits.open(src_field.parent / name, memmap=False) as hdus:
+        table = hdus[1].data
+        rows = table[(table["FIELD"] >= field - 1) & (table["FIELD"] <= field + 1)]
+        out = fits.HDUList([hdus[0].copy(), fits.BinTableHDU(rows, hdus[1].header)])
+        out.writeto(dst_field.parent / name, overwrite=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -182,26 +228,8 @@ def main() -> None:
     )
     parser.add_argument("--target", type=Path, default=HERE / "sdss", help="where the cut-outs go")
     args = parser.parse_args()
-    src_field = args.source / str(RUN) / str(CAMCOL) / str(FIELD)
-    dst_field = args.target / str(RUN) / str(CAMCOL) / str(FIELD)
-    dst_field.mkdir(parents=True, exist_ok=True)
-    for band in BANDS:
-        name = f"frame-{band}-{RUN:06d}-{CAMCOL}-{FIELD:04d}.fits.bz2"
-        crop_frame(src_field / name, dst_field / name)
-        name = f"fpM-{RUN:06d}-{band}{CAMCOL}-{FIELD:04d}.fit.gz"
-        crop_fpm(src_field / name, dst_field / name)
-    name = f"psField-{RUN:06d}-{CAMCOL}-{FIELD:04d}.fit"
-    with fits.open(src_field / name, memmap=False) as hdus:
-        end = hdus.fileinfo(7)["hdrLoc"]  # byte-exact copy of HDUs 0..6
-    (dst_field / name).write_bytes((src_field / name).read_bytes()[:end])
-    name = f"photoObj-{RUN:06d}-{CAMCOL}-{FIELD:04d}.fits"
-    crop_photoobj(src_field / name, dst_field / name)
-    name = f"photoField-{RUN:06d}-{CAMCOL}.fits"
-    with fits.open(src_field.parent / name, memmap=False) as hdus:
-        table = hdus[1].data
-        rows = table[(table["FIELD"] >= FIELD - 1) & (table["FIELD"] <= FIELD + 1)]
-        out = fits.HDUList([hdus[0].copy(), fits.BinTableHDU(rows, hdus[1].header)])
-        out.writeto(dst_field.parent / name, overwrite=True)
+    for box in BOXES:
+        write_box(args.source, args.target, box)
     total = sum(path.stat().st_size for path in args.target.rglob("*") if path.is_file())
     print(f"wrote {args.target}: {total / 1e3:.0f} kB")
 
