@@ -76,6 +76,12 @@ def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedM
     settings = CrowdingSettings(
         int(crowded.block_px), float(crowded.min_peak_density), float(crowded.min_median_snr)
     )
+    window = crowded.get("window_px", "auto")
     return CrowdedModel(
-        encoder, model, Path(crowded.checkpoint).name, settings, int(crowded.context_px)
+        encoder,
+        model,
+        Path(crowded.checkpoint).name,
+        settings,
+        int(crowded.context_px),
+        window if window == "auto" else int(window),
     )

@@ -38,6 +38,7 @@ class CrowdedModel:
         checkpoint: its file name, recorded in the catalog meta.
         settings: what makes a block crowded.
         context_px: image kept around each group of crowded blocks.
+        window_px: the crowded predictor's window side (``"auto"``: its training images).
     """
 
     encoder: Encoder
@@ -45,6 +46,7 @@ class CrowdedModel:
     checkpoint: str
     settings: CrowdingSettings
     context_px: int = 16
+    window_px: int | str = "auto"
 
 
 def build_regional(
@@ -55,7 +57,9 @@ def build_regional(
     The crowded model keeps the network's star fluxes: its PSF-fit refinement assumes isolated
     groups of stars, which a cluster core is not.
     """
-    settings = dataclasses.replace(predictor_settings, psf_photometry=False)
+    settings = dataclasses.replace(
+        predictor_settings, psf_photometry=False, window_px=crowded.window_px
+    )
     predictor = build_predictor(settings, crowded.encoder, crowded.model, progress=sparse.progress)
     return RegionalPredictor(
         sparse, predictor, crowded.settings, crowded.context_px, crowded.checkpoint

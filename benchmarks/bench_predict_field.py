@@ -1,0 +1,83 @@
+"""The whole `bliss mode=predict survey=sdss_frames` command on real SDSS frames: seconds and peak RSS.
+
+Usage: python benchmarks/bench_predict_field.py --data-dir ../shared/data/sdss \
+       [--fields 94-1-12 2583-2-136] [--repeat 2] [overrides ...]
+
+Each run is a fresh `bliss` process (imports, model loading, reading and aligning the five
+frames, the crowded-block search, both models where the frame is crowded, the catalog, region
+file and PNG), timed from the outside; peak RSS is the child's ``ru_maxrss``. Extra arguments are
+Hydra overrides passed to every run (e.g. ``predict.crowded.checkpoint=null``). Targets: 94-1-12
+(sparse) in at most 6 s and 1.2 GB (issue 14); the M2 frame 2583-2-136 in at most 60 s (issue 13).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: the bliss command in a child that reports its own peak RSS, even when it exits
+_CHILD = """
+import resource, sys
+from bliss.cli.main import cli
+sys.argv = ["bliss", *sys.argv[1:]]
+try:
+    cli()
+finally:
+    print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def run_once(
+    data_dir: str, field: str, overrides: list[str], out: Path
+) -> tuple[float, float, str]:
+    """One `bliss mode=predict` of ``field`` ("run-camcol-field"); (seconds, peak GB, last line)."""
+    run, camcol, number = field.split("-")
+    command = [
+        sys.executable,
+        "-c",
+        _CHILD,
+        "mode=predict",
+        "survey=sdss_frames",
+        f"survey.data_dir={data_dir}",
+        f"survey.run={run}",
+        f"survey.camcol={camcol}",
+        f"survey.field={number}",
+        f"predict.output={out / f'{field}.fits'}",
+        f"hydra.run.dir={out / 'hydra'}",
+        *overrides,
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"bliss {' '.join(command[3:])} failed:\n{done.stderr[-3000:]}")
+    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_KB ")]
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    return seconds, int(peak[-1].split()[1]) / 1e6, last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("BLISS_SDSS_DATA", "data/sdss"))
+    parser.add_argument("--fields", nargs="+", default=["94-1-12", "2583-2-136"])
+    parser.add_argument("--repeat", type=int, default=2)
+    args, overrides = parser.parse_known_args()
+    import torch
+
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print("| field | run | seconds | peak RSS GB | output |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for field in args.fields:
+            for attempt in range(args.repeat):
+                seconds, peak, last = run_once(args.data_dir, field, overrides, Path(tmp))
+                print(
+                    f"| {field} | {attempt + 1} | {seconds:.1f} | {peak:.2f} | {last} |", flush=True
+                )
+
+
+if __name__ == "__main__":
+    main()
