@@ -21,9 +21,9 @@ PSF flux ~1170 nmgy) at about row 454, column 1164 of the r frame. Its r box hol
 
 import argparse
 import bz2
-from dataclasses import dataclass
 import gzip
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,12 @@ def crop_photoobj(source: Path, target: Path, box: Box) -> None:
             )
             return
         rows, cols = table["OBJC_ROWC"], table["OBJC_COLC"]
-        inside = (rows >= box.row0) & (rows < box.row0 + box.size) & (cols >= box.col0) & (cols < box.col0 + box.size)
+        inside = (
+            (rows >= box.row0)
+            & (rows < box.row0 + box.size)
+            & (cols >= box.col0)
+            & (cols < box.col0 + box.size)
+        )
         columns = [
             fits.Column(c.name, c.format, unit=c.unit, dim=c.dim, array=table[c.name][inside])
             for c in hdus[1].columns
