@@ -65,17 +65,15 @@ def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedM
     from bliss.predict.crowding import CrowdingSettings
     from bliss.predict.regional import CrowdedModel
 
-    for key in ("block_px", "min_peak_density", "min_median_snr"):
-        if not crowded[key] > 0:
-            raise BlissConfigError(f"predict.crowded.{key}={crowded[key]}; expected a value > 0.")
+    # the settings check themselves: a bad key is reported before the model loads
+    settings = CrowdingSettings(
+        int(crowded.block_px), float(crowded.min_peak_density), float(crowded.min_median_snr)
+    )
     if crowded.context_px < 0:
         raise BlissConfigError(
             f"predict.crowded.context_px={crowded.context_px}; expected pixels >= 0."
         )
     encoder, model, _ = load_model_and_survey(crowded.checkpoint, survey_config)
-    settings = CrowdingSettings(
-        int(crowded.block_px), float(crowded.min_peak_density), float(crowded.min_median_snr)
-    )
     window = crowded.get("window_px", "auto")
     return CrowdedModel(
         encoder,

@@ -98,11 +98,12 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     output = Path(spec.output)
     # what a killed run of this output left: its catalog's, samples' and PNGs' temporary files
     remove_stale_temporaries(output.parent, stem=output.stem)
-    predictor = build_predictor(predictor_settings(spec), encoder, model, survey=survey)
+    settings = predictor_settings(spec)
+    predictor = build_predictor(settings, encoder, model, survey=survey)
     if crowded is not None:
         from bliss.predict.regional import build_regional
 
-        predictor = build_regional(predictor, crowded, predictor_settings(spec))
+        predictor = build_regional(predictor, crowded, settings)
     torch.manual_seed(cfg.seed)  # the posterior samples are reproducible from the seed
     try:
         result = predict_file(

@@ -93,7 +93,6 @@ def predict_file(
     if isinstance(predictor, RegionalPredictor):  # record which model cataloged what
         crowded = catalog[CROWDED_KEY][0, :, 0].numpy() > 0.5
         catalog = _without(catalog, CROWDED_KEY)
-        samples = [_without(s, CROWDED_KEY) for s in samples]
         picks = predictor.picks
         meta = {
             **meta,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from bliss.errors import BlissConfigError
+
 __all__ = ["CrowdingSettings", "crowded_blocks", "crowded_boxes"]
 
 _PEAK_SNR = 5.0
@@ -37,6 +39,13 @@ class CrowdingSettings:
     block_px: int = 64
     min_peak_density: float = 0.01
     min_median_snr: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("block_px", "min_peak_density", "min_median_snr"):
+            if not getattr(self, key) > 0:
+                raise BlissConfigError(
+                    f"predict.crowded.{key}={getattr(self, key)}; expected a value > 0."
+                )
 
 
 def crowded_blocks(

@@ -95,7 +95,7 @@ class RegionalPredictor:
                 f"main model for {list(sparse.encoder.bands)}; use a crowded-field model of the "
                 "same survey."
             )
-        if settings.block_px % crowded.encoder.tile_slen or settings.block_px <= 0:
+        if settings.block_px % crowded.encoder.tile_slen:  # CrowdingSettings checks > 0
             raise BlissConfigError(
                 f"predict.crowded.block_px={settings.block_px}; expected a positive multiple of "
                 f"the crowded model's tile size ({crowded.encoder.tile_slen} px)."
@@ -133,8 +133,7 @@ class RegionalPredictor:
             "crowded_share": float(blocks.mean()) if blocks.size else 0.0,
         }
         catalog, samples = self.sparse.predict_and_sample(image, threshold, n_samples, quantiles)
-        catalog = _mark(catalog, 0.0)
-        samples = [_mark(s, 0.0) for s in samples]
+        catalog = _mark(catalog, 0.0)  # joint samples carry no flags, so no mark either
         if not blocks.any():
             return catalog, samples
         height, width = image.images.shape[1:]
@@ -148,8 +147,7 @@ class RegionalPredictor:
             ] = member
             catalog = _replace(catalog, _mark(found, 1.0), origin, owned, block)
             samples = [
-                _replace(s, _mark(d, 1.0), origin, owned, block)
-                for s, d in zip(samples, drawn, strict=True)
+                _replace(s, d, origin, owned, block) for s, d in zip(samples, drawn, strict=True)
             ]
         return catalog, samples
 

@@ -156,3 +156,9 @@ def test_marginal_probability_counts_the_samples_that_hold_each_source():
     assert marginal[0, :, 0].tolist() == [0.75, 0.5]
     with pytest.raises(BlissValueError, match="at least one"):
         marginal_prob_source(point, [])
+
+
+@pytest.mark.parametrize("key", ["block_px", "min_peak_density", "min_median_snr"])
+def test_crowding_settings_refuse_non_positive_values(key):
+    with pytest.raises(BlissConfigError, match=f"predict.crowded.{key}"):
+        CrowdingSettings(**{key: 0})
