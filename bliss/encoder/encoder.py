@@ -164,7 +164,10 @@ class Encoder(pl.LightningModule):
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
         """Negative log posterior of the true catalog, summed over tiles, averaged over images."""
         truth = catalog_from_batch(batch, self.tile_slen)
-        features = self.tile_features(batch)
+        return self.nll_from_features(self.tile_features(batch), truth)
+
+    def nll_from_features(self, features: Tensor, truth: TileCatalog) -> Tensor:
+        """:meth:`nll` on precomputed features (``b f ht wt``), e.g. those :meth:`infer` also uses."""
         colors = self.tiling.colors(truth.n_tiles_h, truth.n_tiles_w, features.device)
         total = features.new_zeros(())
         for group, known in self._known_masks(self.tiling.order(self.training), colors):

@@ -28,7 +28,6 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from bliss.catalog.batch import flatten_catalog
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
@@ -88,12 +87,10 @@ def _field_catalog(catalog, index: int, band: int) -> tuple[np.ndarray, np.ndarr
 
 def score_bliss(encoder, batch, n_samples: int, band: int) -> dict:
     """Point-estimate catalogs, joint-sample counts, NLL of the truth, for one batch."""
-    truth = batch["catalog"]
     inputs = {k: v for k, v in batch.items() if k != "catalog"}
-    inputs.update(flatten_catalog(truth))
     with torch.no_grad():
-        nll = float(encoder.nll(inputs))  # mean over the batch's images
         features = encoder.tile_features(inputs)
+        nll = float(encoder.nll_from_features(features, batch["catalog"]))  # mean over images
         estimate, _ = encoder.infer_from_features(features)
         counts = []
         for index in range(features.shape[0]):
@@ -136,7 +133,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         for start in tqdm(range(0, args.fields, args.batch), desc=test_set, unit="batch"):
             n = min(args.batch, args.fields - start)
             batch = simulator.simulate(n, seed=args.seed + start)
-            truth = batch["catalog"].to_full_catalog()
+            full_truth = batch["catalog"].to_full_catalog()
+            truths = [_field_catalog(full_truth, i, band) for i in range(n)]
             images = batch["images"][:, band].numpy()
             sky = batch["background"][:, band].numpy()
             per_method = {}
@@ -147,7 +145,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 nll[name].append(out["nll"] * n)
                 per_method[name] = [_field_catalog(out["estimate"], i, band) for i in range(n)]
                 for i in range(n):
-                    true_count = int((_field_catalog(truth, i, band)[1] < MAG_LIMIT).sum())
+                    true_count = int((truths[i][1] < MAG_LIMIT).sum())
                     low, high = count_interval(out["sample_counts"][i])
                     covered[name].append(low <= true_count <= high)
                     widths[name].append(high - low)
@@ -165,7 +163,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 seconds[name] += time.perf_counter() - tic
                 per_method[name] = found
             for i in range(n):
-                true_plocs, true_mag = _field_catalog(truth, i, band)
+                true_plocs, true_mag = truths[i]
                 bright = true_mag < MAG_LIMIT
                 pairs["truth"][0] += close_pairs(true_plocs[bright])
                 pairs["truth"][1] += int(bright.sum())
@@ -179,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                     pairs[name][0] += close_pairs(plocs[keep])
                     pairs[name][1] += int(keep.sum())
             if example is None:
-                example = {"image": images[0], "truth": _field_catalog(truth, 0, band)}
+                example = {"image": images[0], "truth": truths[0]}
                 example.update({m: per_method[m][0] for m in per_method})
         summary = {}
         for name in methods:
