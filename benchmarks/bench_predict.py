@@ -6,7 +6,7 @@ Usage: python benchmarks/bench_predict.py [--checkpoint PATH] [--height 1489 --w
 The frame is simulated once (default `sdss` preset and prior) and written to a temporary FITS
 file; bliss and sep each run in a fresh subprocess so their peak RSS is measured separately.
 `seconds` covers loading the model, reading the FITS file (sky estimated with sep) and the
-catalog; the one-off imports of each process (torch and Lightning for bliss) are timed apart.
+catalog; the one-off imports of each process (torch for bliss) are timed apart.
 Reference `bliss-toolkit` 0.4.2: about 43 s and 10.7 GB on 2 cores (sep: about 1.1 s).
 """
 

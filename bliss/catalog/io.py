@@ -41,6 +41,7 @@ __all__ = [
     "plocs_to_xy",
     "read_table",
     "stack_samples",
+    "table_format",
     "table_to_full_catalog",
     "write_table",
     "xy_to_plocs",
@@ -249,11 +250,7 @@ def read_table(path: str | Path) -> QTable:
         BlissIOError: the file cannot be read.
     """
     path = Path(path)
-    fmt = _BY_SUFFIX.get(path.suffix.lower())
-    if fmt is None:
-        raise BlissConfigError(
-            f"{path}: unknown extension {path.suffix!r}; use one of {sorted(_BY_SUFFIX)}."
-        )
+    fmt = table_format(path)
     options = {"unit_parse_strict": "silent"} if fmt == "fits" else {}
     try:
         table = QTable.read(path, format=fmt, **options)
@@ -277,6 +274,21 @@ def stack_samples(samples: list[QTable]) -> QTable:
     return vstack(samples, metadata_conflicts="silent")
 
 
+def table_format(path: str | Path) -> str:
+    """The astropy ``format`` of a catalog file, from its extension.
+
+    Raises:
+        BlissConfigError: the extension is not one of :data:`CATALOG_FORMATS`'s.
+    """
+    path = Path(path)
+    fmt = _BY_SUFFIX.get(path.suffix.lower())
+    if fmt is None:
+        raise BlissConfigError(
+            f"{path}: unknown extension {path.suffix!r}; use one of {sorted(_BY_SUFFIX)}."
+        )
+    return fmt
+
+
 def write_table(table: QTable, path: str | Path) -> Path:
     """Write by extension to a temporary file, then rename.
 
@@ -290,11 +302,7 @@ def write_table(table: QTable, path: str | Path) -> Path:
         BlissConfigError: the extension is not one of :data:`CATALOG_FORMATS`'s.
     """
     path = Path(path)
-    fmt = _BY_SUFFIX.get(path.suffix.lower())
-    if fmt is None:
-        raise BlissConfigError(
-            f"{path}: unknown extension {path.suffix!r}; use one of {sorted(_BY_SUFFIX)}."
-        )
+    fmt = table_format(path)
     out = QTable(table)
     # TUNITn / TCOMMn read back from an earlier FITS file are the columns' own, rewritten below
     out.meta = {

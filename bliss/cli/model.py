@@ -13,9 +13,15 @@ from bliss.predict.predictor import PredictorSettings
 from bliss.protocols import ModelConditions, Survey
 
 if TYPE_CHECKING:
+    from bliss.predict.crowding import CrowdingSettings
     from bliss.predict.regional import CrowdedModel
 
-__all__ = ["load_crowded_model", "load_model_and_survey", "predictor_settings"]
+__all__ = [
+    "crowding_settings",
+    "load_crowded_model",
+    "load_model_and_survey",
+    "predictor_settings",
+]
 
 
 def load_model_and_survey(
@@ -53,17 +59,16 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
     )
 
 
-def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedModel | None":
-    """The ``predict.crowded`` model, or None when ``predict.crowded.checkpoint`` is null.
+def crowding_settings(spec: DictConfig) -> "CrowdingSettings | None":
+    """The ``predict.crowded`` block search, or None when no crowded model is set.
 
     Raises:
-        BlissConfigError: its bands differ from the survey's, or a threshold is not positive.
+        BlissConfigError: a threshold or size is not positive, or ``context_px`` is negative.
     """
     crowded = spec.get("crowded")
     if crowded is None or crowded.checkpoint is None:
         return None
     from bliss.predict.crowding import CrowdingSettings
-    from bliss.predict.regional import CrowdedModel
 
     # the settings check themselves: a bad key is reported before the model loads
     settings = CrowdingSettings(
@@ -73,6 +78,22 @@ def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedM
         raise BlissConfigError(
             f"predict.crowded.context_px={crowded.context_px}; expected pixels >= 0."
         )
+    return settings
+
+
+def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedModel | None":
+    """The ``predict.crowded`` model, or None when ``predict.crowded.checkpoint`` is null.
+
+    Raises:
+        BlissConfigError: its bands differ from the survey's, or a setting is invalid
+            (:func:`crowding_settings`).
+    """
+    settings = crowding_settings(spec)
+    if settings is None:
+        return None
+    from bliss.predict.regional import CrowdedModel
+
+    crowded = spec.crowded
     encoder, model, _ = load_model_and_survey(crowded.checkpoint, survey_config)
     window = crowded.get("window_px", "auto")
     return CrowdedModel(

@@ -66,30 +66,90 @@ def _check_single_input(cfg: DictConfig) -> None:
         )
 
 
-def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``mode=predict``: one input, or several into the ``predict.output`` directory.
+def _check_keys(cfg: DictConfig) -> None:
+    """The ``predict`` keys judged from their values alone, before the model loads.
 
     Raises:
-        BlissConfigError: ``predict.n_samples`` is negative, the survey's bands differ from the
-            model's, or (several inputs) ``predict.output`` names a file or ``predict.format``
-            is unknown.
+        BlissConfigError: a count is negative, the threshold is not a probability, a switch is
+            not a boolean, or ``predict.sky`` is unknown.
     """
     spec = cfg.predict
     for key in ("n_samples", "marginal_samples"):
         if spec.get(key, 0) < 0:
             raise BlissConfigError(f"predict.{key}={spec[key]}; expected an integer >= 0.")
+    if not 0 < spec.threshold < 1:
+        raise BlissConfigError(
+            f"predict.threshold={spec.threshold}; expected a probability in (0, 1)."
+        )
+    for key in ("plot", "check_images", "psf_photometry"):
+        if not isinstance(spec.get(key, False), bool):
+            raise BlissConfigError(f"predict.{key}={spec[key]!r}; expected true or false.")
+    from bliss.surveys.fits_reader import SKY_CONVENTIONS
+
+    if spec.sky not in SKY_CONVENTIONS:
+        raise BlissConfigError(
+            f"predict.sky={spec.sky!r}; expected one of {list(SKY_CONVENTIONS)}: does the image "
+            "still hold the sky?"
+        )
+
+
+def _check_outputs(cfg: DictConfig, several: bool) -> None:
+    """The output of one input must be a catalog file; several need a known ``predict.format``.
+
+    Raises:
+        BlissConfigError: the extension or format is not one of the catalog formats.
+    """
+    from bliss.catalog.io import CATALOG_FORMATS, table_format
+
+    spec = cfg.predict
+    if not several:
+        table_format(spec.output)
+    elif spec.format not in CATALOG_FORMATS:
+        raise BlissConfigError(
+            f"predict.format={spec.format!r}; expected one of {sorted(CATALOG_FORMATS)}."
+        )
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``mode=predict``: one input, or several into the ``predict.output`` directory.
+
+    Every input, output and key that can be checked without the model is checked before it
+    loads: a typo costs a second, not an inference.
+
+    Raises:
+        BlissConfigError: a ``predict`` key is invalid, the survey's bands differ from the
+            model's, or (several inputs) ``predict.output`` names a file or ``predict.format``
+            is unknown.
+        BlissIOError: the input or a checkpoint does not exist.
+    """
+    spec = cfg.predict
     _check_single_input(cfg)
+    _check_keys(cfg)
     import torch
 
-    from bliss.cli.model import load_crowded_model, load_model_and_survey, predictor_settings
+    from bliss.cli.model import (
+        crowding_settings,
+        load_crowded_model,
+        load_model_and_survey,
+        predictor_settings,
+    )
+    from bliss.encoder.checkpoint import require_checkpoint_file
     from bliss.predict.inputs import has_several_inputs
     from bliss.predict.provenance import table_meta
 
+    several = has_several_inputs(_input_spec(cfg), instantiate(cfg.survey))
+    _check_outputs(cfg, several)
+    settings = predictor_settings(spec)
+    crowding_settings(spec)
+    for key in ("checkpoint", "crowded.checkpoint"):
+        path = OmegaConf.select(spec, key)
+        if path is not None:
+            require_checkpoint_file(path, f"predict.{key}")
     encoder, model, survey = load_model_and_survey(spec.checkpoint, cfg.survey)
     crowded = load_crowded_model(spec, cfg.survey)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = table_meta(spec.checkpoint, config_yaml)
-    if has_several_inputs(_input_spec(cfg), survey):
+    if several:
         return _predict_many(cfg, encoder, model, survey, meta, config_yaml, crowded)
     from bliss.atomic import atomic_path, remove_stale_temporaries
     from bliss.predict.cataloging import predict_file
@@ -98,7 +158,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     output = Path(spec.output)
     # what a killed run of this output left: its catalog's, samples' and PNGs' temporary files
     remove_stale_temporaries(output.parent, stem=output.stem)
-    settings = predictor_settings(spec)
     predictor = build_predictor(settings, encoder, model, survey=survey)
     if crowded is not None:
         from bliss.predict.regional import build_regional
@@ -150,10 +209,6 @@ def _predict_many(
     from bliss.predict.loop import CatalogSettings, InputCataloger, predict_inputs
 
     spec = cfg.predict
-    if spec.format not in CATALOG_FORMATS:
-        raise BlissConfigError(
-            f"predict.format={spec.format!r}; expected one of {sorted(CATALOG_FORMATS)}."
-        )
     settings = CatalogSettings(
         Path(spec.output),
         CATALOG_FORMATS[spec.format][0],

@@ -134,6 +134,33 @@ def _resume_plan(cfg: DictConfig) -> tuple[str | None, str | None]:
     return None, init_weights
 
 
+def build_encoder_module(cfg: DictConfig) -> pl.LightningModule:
+    """The trainable encoder of ``cfg.encoder``: bliss's network with Lightning's hooks.
+
+    ``encoder._target_`` names the network (:class:`~bliss.encoder.encoder.Encoder`, which
+    prediction loads without Lightning); training builds
+    :class:`~bliss.encoder.module.EncoderModule` from the same arguments. A target that is
+    already a ``LightningModule`` is built as it is.
+
+    Raises:
+        BlissConfigError: ``encoder._target_`` is neither.
+    """
+    from hydra.utils import get_class
+
+    from bliss.encoder.encoder import Encoder
+    from bliss.encoder.module import EncoderModule
+
+    target = get_class(cfg.encoder._target_)
+    if issubclass(target, pl.LightningModule):
+        return instantiate(cfg.encoder)
+    if target is not Encoder:
+        raise BlissConfigError(
+            f"encoder._target_={cfg.encoder._target_} is neither bliss.encoder.Encoder nor a "
+            "LightningModule; training needs one of them."
+        )
+    return instantiate(cfg.encoder, _target_=f"{EncoderModule.__module__}.EncoderModule")
+
+
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the encoder described by ``cfg`` and return the final metrics.
 
@@ -143,7 +170,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             checkpoint of a different factor set, band list or optimizer, or both are set.
         BlissIOError: a shard or checkpoint is missing or damaged.
     """
-    from bliss.encoder.checkpoint import RecordConfig, check_compatible, read_checkpoint
+    from bliss.encoder.callbacks import RecordConfig
+    from bliss.encoder.checkpoint import check_compatible, read_checkpoint
     from bliss.encoder.preflight import check_enough_images, check_resumable
     from bliss.encoder.training import checkpoint_summary, fit, load_initial_weights
 
@@ -176,7 +204,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         )
     if datamodule is None:
         datamodule = build_datamodule(cfg)
-    encoder = instantiate(cfg.encoder)
+    encoder = build_encoder_module(cfg)
     if init_weights:  # fine-tuning: trained weights, fresh optimizer and schedule
         load_initial_weights(encoder, init_weights)
     record = OmegaConf.to_container(cfg, resolve=True)

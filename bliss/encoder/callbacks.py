@@ -5,7 +5,8 @@ included, until the monitored metric exists, i.e. until the first validation: a 
 before it loses everything. bliss therefore keeps two callbacks (``bliss/conf/callbacks``):
 :class:`LastCheckpoint`, with no monitor, writes ``last.ckpt`` every ``every_n_train_steps`` from
 the first step and at the end; a monitored ``ModelCheckpoint`` keeps ``best.ckpt``, written after
-each validation that improves ``val/loss``.
+each validation that improves ``val/loss``. :class:`RecordConfig` puts the run's config in
+every checkpoint, which makes it self-describing (:mod:`bliss.encoder.checkpoint`).
 
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it starts in a directory that has one;
 :class:`ResumableCSVLogger` appends to it instead, so a resumed run's history is whole.
@@ -23,7 +24,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["LastCheckpoint", "ResumableCSVLogger"]
+from bliss.encoder.checkpoint import CONFIG_KEY
+
+__all__ = ["LastCheckpoint", "RecordConfig", "ResumableCSVLogger"]
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -146,3 +149,16 @@ class ResumableCSVLogger(CSVLogger):
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Flush the rows logged so far."""
         self.save()
+
+
+class RecordConfig(pl.Callback):
+    """Store the composed run config in every checkpoint under ``bliss_config``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Add the config to the checkpoint dict."""
+        checkpoint[CONFIG_KEY] = self.config

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -20,12 +19,12 @@ from omegaconf import OmegaConf
 from bliss.errors import BlissConfigError, BlissIOError
 
 __all__ = [
-    "RecordConfig",
     "check_compatible",
     "checkpoint_hash",
     "export_checkpoint",
     "load_encoder",
     "read_checkpoint",
+    "require_checkpoint_file",
     "verify_checkpoint_file",
     "write_checksum_sidecar",
 ]
@@ -33,19 +32,6 @@ __all__ = [
 CONFIG_KEY = "bliss_config"
 _ZIP_MAGIC = b"PK\x03\x04"
 _BLOCK = 1 << 23
-
-
-class RecordConfig(pl.Callback):
-    """Store the composed run config in every checkpoint under ``bliss_config``."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        """Add the config to the checkpoint dict."""
-        checkpoint[CONFIG_KEY] = self.config
 
 
 def _sha256(path: Path) -> str:
@@ -101,6 +87,18 @@ def verify_checkpoint_file(path: str | Path) -> None:
         ) from err
 
 
+def require_checkpoint_file(path: str | Path, key: str | None = None) -> None:
+    """Raise unless ``path`` is a file; ``key`` names the setting that gave it.
+
+    Raises:
+        BlissIOError: the checkpoint does not exist.
+    """
+    if not Path(path).is_file():
+        where = f"{key}={path}" if key else f"checkpoint {path}"
+        check = key or "predict.checkpoint / train.resume"
+        raise BlissIOError(f"{where} does not exist; check {check}.")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Verify (:func:`verify_checkpoint_file`), then load a checkpoint file on the CPU.
 
@@ -109,10 +107,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             ``bliss_config``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise BlissIOError(
-            f"checkpoint {path} does not exist; check predict.checkpoint / train.resume."
-        )
+    require_checkpoint_file(path)
     verify_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)

@@ -1,13 +1,15 @@
-"""The encoder: a Lightning module mapping images to a posterior over their tile catalogs."""
+"""The encoder: a network mapping images to a posterior over their tile catalogs.
 
-import math
+It is a plain ``torch.nn.Module``, so inference never imports Lightning (about 3 s of start-up on
+two cores); :class:`~bliss.encoder.module.EncoderModule` adds the training and validation hooks.
+"""
+
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bliss.catalog import TileCatalog
 from bliss.catalog.batch import unflatten_catalog
@@ -15,7 +17,6 @@ from bliss.catalog.shapes import check_shape
 from bliss.encoder.checkerboard import CatalogContext, ContextHead, TilingSchedule
 from bliss.encoder.features import FeatureNet
 from bliss.encoder.normalizers import ImageNormalizer
-from bliss.encoder.schedules import build_scheduler
 from bliss.errors import BlissConfigError, BlissValueError
 from bliss.posterior.variational import VariationalPosterior
 
@@ -27,7 +28,7 @@ def catalog_from_batch(batch: dict[str, Tensor], tile_slen: int) -> TileCatalog:
     return TileCatalog(tile_slen, unflatten_catalog(batch))
 
 
-class Encoder(pl.LightningModule):
+class Encoder(nn.Module):
     """Neural posterior estimation of tile catalogs with checkerboard autoregressive tiling.
 
     Training minimises the expected negative log posterior of the simulated true catalog. The
@@ -129,7 +130,6 @@ class Encoder(pl.LightningModule):
         # not a submodule attribute: registering it would store every feature weight twice
         feature_fn = torch.compile(self.features) if compile_features else self.features
         object.__setattr__(self, "_feature_fn", feature_fn)
-        self._validation: list[dict[str, Any]] = []
 
     # ---- network ------------------------------------------------------------------------------
     def tile_features(self, batch: dict[str, Tensor]) -> Tensor:
@@ -160,7 +160,7 @@ class Encoder(pl.LightningModule):
             done |= colors == group
         return masks
 
-    # ---- training -----------------------------------------------------------------------------
+    # ---- loss ---------------------------------------------------------------------------------
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
         """Negative log posterior of the true catalog, summed over tiles, averaged over images."""
         truth = catalog_from_batch(batch, self.tile_slen)
@@ -185,44 +185,11 @@ class Encoder(pl.LightningModule):
         return -total / truth.batch_size
 
     def _diverged(self, what: str, batch_idx: int | None = None) -> BlissValueError:
-        """The error that stops a diverged run, naming its step and the checkpoint kept."""
-        trainer = self._trainer
-        kept = None
-        for callback in getattr(trainer, "checkpoint_callbacks", []) if trainer else []:
-            # bliss.encoder.callbacks.LastCheckpoint knows whether last.ckpt holds these weights
-            if hasattr(callback, "good_checkpoint"):
-                kept = kept or callback.good_checkpoint(self.global_step)
-        where = (
-            f"the last good checkpoint is {kept}: start from its weights with a lower learning "
-            f"rate (train.init_weights={kept} train.resume=null encoder.optimizer.lr=...)"
-            if kept
-            else "no good checkpoint was written before it: start again with a lower "
-            "encoder.optimizer.lr"
-        )
+        """The error for weights that no longer give finite numbers (the trainer adds its step)."""
         return BlissValueError(
-            f"training diverged at global step {self.global_step}"
-            f"{'' if batch_idx is None else f', batch {batch_idx}'}: {what}; {where}, or check "
-            "the data."
+            f"the encoder's weights diverged: {what}; retrain with a lower encoder.optimizer.lr, "
+            "or check the data."
         )
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step; stops on a non-finite loss."""
-        loss = self.nll(batch)
-        if not torch.isfinite(loss):
-            raise self._diverged(f"the loss is {loss.item()}", batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["images"].shape[0])
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        """AdamW (or the configured optimizer) with the configured schedule."""
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = build_scheduler(self.scheduler_factory, optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     def load_state_dict(
         self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
@@ -230,19 +197,6 @@ class Encoder(pl.LightningModule):
         """Load weights; drops the duplicate ``_feature_fn.*`` entries of older checkpoints."""
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("_feature_fn.")}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume a schedule's progress but take its shape from the current config.
-
-        A saved scheduler state also holds its settings (``OneCycleLR`` stores ``total_steps``),
-        which would otherwise override the config, so a run resumed with a larger
-        ``trainer.max_steps`` would fail once the old schedule ended.
-        """
-        progress = ("last_epoch", "_step_count", "_last_lr")
-        checkpoint["lr_schedulers"] = [
-            {k: v for k, v in state.items() if k in progress}
-            for state in checkpoint.get("lr_schedulers", [])
-        ]
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -294,49 +248,6 @@ class Encoder(pl.LightningModule):
                 "fluxes": like.new_zeros(b, n_h, n_w, m, len(self.bands)),
             },
         )
-
-    # ---- validation and test ------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Loss and the catalog-level statistics gathered for the epoch's metrics."""
-        self._evaluate_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """As validation, on the test split."""
-        self._evaluate_step(batch, "test")
-
-    def _evaluate_step(self, batch: dict[str, Tensor], stage: str) -> None:
-        from bliss.encoder.evaluation import collect_step
-
-        loss = self.nll(batch)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=True,
-            batch_size=batch["images"].shape[0],
-            sync_dist=True,
-        )
-        truth = catalog_from_batch(batch, self.tile_slen)
-        estimate, params = self.infer(batch)
-        self._validation.append(collect_step(self, truth, estimate, params))
-
-    def on_validation_epoch_end(self) -> None:
-        """Log detection, flux and calibration metrics."""
-        self._finish_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Log the test metrics and the calibration plot."""
-        self._finish_epoch("test")
-
-    def _finish_epoch(self, stage: str) -> None:
-        from bliss.encoder.evaluation import summarize
-
-        if not self._validation:
-            return
-        metrics = summarize(self, self._validation, stage)
-        self._validation = []
-        for name, value in metrics.items():
-            if isinstance(value, float) and math.isfinite(value):
-                self.log(f"{stage}/{name}", value, sync_dist=True)
 
 
 def _where_tiles(in_group: Tensor, new: TileCatalog, old: TileCatalog) -> TileCatalog:

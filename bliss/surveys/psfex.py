@@ -20,13 +20,16 @@ the pixel again. Resampling uses GalSim's ``InterpolatedImage`` with a Lanczos-3
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import galsim
 import numpy as np
 from astropy.io import fits
 
 from bliss.errors import BlissError, BlissIOError, BlissValueError
 from bliss.surveys.moffat import psf_fwhm_arcsec
+
+if TYPE_CHECKING:  # imported where used: a third of a second that predict rarely needs
+    import galsim
 
 __all__ = ["DECAM_PIXEL_SCALE_ARCSEC", "PsfexPsf"]
 
@@ -238,7 +241,7 @@ class PsfexPsf:
         """
         return np.einsum("k,khw->hw", self.weights(row, col), self.basis)
 
-    def profile(self, row: float, col: float) -> galsim.InterpolatedImage:
+    def profile(self, row: float, col: float) -> "galsim.InterpolatedImage":
         """The model at ``(row, col)`` as a unit-flux GalSim profile in image pixels (scale 1).
 
         It includes the pixel response: draw it with ``method="no_pixel"``.
@@ -254,6 +257,8 @@ class PsfexPsf:
                 "expected a positive total. The position is probably far outside the image "
                 f"(the polynomial is centred on {self.polynomial_origin})."
             )
+        import galsim
+
         return galsim.InterpolatedImage(
             galsim.Image(model / total, scale=self.sampling),
             x_interpolant=galsim.Lanczos(3),

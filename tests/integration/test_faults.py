@@ -32,6 +32,7 @@ from hydra.utils import instantiate
 from bliss.atomic import atomic_path
 from bliss.cli.generate import build_simulator
 from bliss.cli.main import MODES, report, run
+from bliss.cli.train import build_encoder_module
 from bliss.data.shards import load_shard, read_manifest
 from bliss.encoder.checkpoint import read_checkpoint
 from bliss.errors import BlissConfigError, BlissIOError, BlissValueError, BlissWarning
@@ -175,7 +176,7 @@ def test_bad_training_settings_are_one_bliss_error(root: Path, override: str, ke
 
 
 def test_a_one_step_warm_up_is_scheduled(root: Path) -> None:
-    encoder = instantiate(compose_config(["mode=train", *DATA, "trainer.max_steps=20"]).encoder)
+    encoder = build_encoder_module(compose_config(["mode=train", *DATA, "trainer.max_steps=20"]))
     with pytest.warns(BlissWarning, match="one-step warm-up"):
         scheduler = encoder.configure_optimizers()["lr_scheduler"]["scheduler"]
     for _ in range(20):

@@ -10,7 +10,12 @@ from bliss.errors import BlissConfigError
 from bliss.protocols import ObservedConditions
 from bliss.surveys.moffat import add_halo
 from bliss.surveys.sdss._files import field_dir, find_file, frame_name
-from bliss.surveys.sdss.frames import SDSS_BANDS, _read_frame, field_gains_and_psfield
+from bliss.surveys.sdss.frames import (
+    SDSS_BANDS,
+    _read_frame,
+    _sky_counts,
+    field_gains_and_psfield,
+)
 from bliss.surveys.sdss.psf import SDSS_PIXEL_SCALE_ARCSEC, SdssPsf
 
 __all__ = ["sdss_observed_conditions"]
@@ -55,8 +60,8 @@ def sdss_observed_conditions(
         for band in bands:
             psfs[band] = SdssPsf.from_psfield(psfield, band, run=run, camcol=camcol, field=field)
             path = find_file([folder], frame_name(band, run, camcol, field), "frame")
-            _, header, _, _, sky_counts = _read_frame(path, band, run, camcol, field)
-            skies[band] = sky_counts * gains[band]
+            _, header, _, _, sky_grid = _read_frame(path, band, run, camcol, field)
+            skies[band] = _sky_counts(*sky_grid) * gains[band]
         # cut-outs (tests/data) record where they sit on the full frame the psField describes
         origin = (int(header.get("CUTROW0", 0)), int(header.get("CUTCOL0", 0)))
         height, width = skies[bands[0]].shape

@@ -277,36 +277,27 @@ def read_sdss_field(
     fpm_paths = {
         band: find_file([folder], fpm_name(band, run, camcol, field), "fpM") for band in bands
     }
-    frames = {}
     # the reference band first: its WCS and shape define the grid of the others
     order = (align_to, *(band for band in bands if band != align_to))
-    # decompressing the .bz2 frames dominates the read and releases the GIL: read them in threads
-    with ThreadPoolExecutor(max_workers=min(len(order), os.cpu_count() or 1)) as pool:
-        raw = dict(
-            zip(
-                order,
-                pool.map(lambda b: _read_frame(frame_paths[b], b, run, camcol, field), order),
-                strict=True,
-            )
-        )
-    for band in order:
-        path, header, image_nmgy, calib, sky_counts = raw.pop(band)
+
+    def calibrate(band: str) -> SdssFrame:
+        path, header, image_nmgy, calib, sky_grid = raw.pop(band)
+        sky_counts = _sky_counts(*sky_grid)
         wcs = _celestial_wcs(header, path)
-        if band == align_to:
-            ref_wcs, ref_shape = wcs, image_nmgy.shape
         shape = image_nmgy.shape
         gain = gains[band]
         mask = read_fpm_mask(fpm_paths[band], mask_planes, shape=shape, ids=ids)
         electrons = (image_nmgy / calib[np.newaxis, :] + sky_counts) * gain
         electrons[mask] = np.nan
-        sky = sky_counts * gain
+        sky = np.multiply(sky_counts, gain, out=sky_counts)
         if band != align_to:
-            band_rows, band_cols = pixel_grid_map(ref_wcs, wcs, ref_shape)
-            check_overlap(band_rows, band_cols, shape, path, frame_paths[align_to])
-            electrons = resample_band(electrons, sky, band_rows, band_cols, interp_order)
-            sky = ndimage.map_coordinates(sky, [band_rows, band_cols], order=1, mode="nearest")
-        psf = SdssPsf.from_psfield(psfield, band, run=run, camcol=camcol, field=field)
-        frames[band] = SdssFrame(
+            coordinates = pixel_grid_map(ref.wcs, wcs, ref.electrons.shape)
+            check_overlap(*coordinates, shape, path, frame_paths[align_to])
+            electrons = resample_band(electrons, sky, coordinates, interp_order)
+            sky = ndimage.map_coordinates(
+                sky, coordinates, output=np.float32, order=1, mode="nearest"
+            )
+        return SdssFrame(
             band=band,
             path=path,
             electrons=electrons.astype(np.float32),
@@ -315,10 +306,26 @@ def read_sdss_field(
             gain=gain,
             nmgy_per_count=calib.astype(np.float32),
             magzero=float(22.5 - 2.5 * np.log10(np.median(calib) / gain)),
-            psf=psf,
+            psf=SdssPsf.from_psfield(psfield, band, run=run, camcol=camcol, field=field),
             wcs=wcs,
             pixel_origin=(int(header.get("CUTROW0", 0)), int(header.get("CUTCOL0", 0))),
         )
+
+    # bz2 decompression and the spline resampling dominate and release the GIL: threads
+    with ThreadPoolExecutor(max_workers=min(len(order), os.cpu_count() or 1)) as pool:
+        raw = dict(
+            zip(
+                order,
+                pool.map(lambda b: _read_frame(frame_paths[b], b, run, camcol, field), order),
+                strict=True,
+            )
+        )
+        ref = calibrate(align_to)
+        frames = {
+            align_to: ref,
+            **dict(zip(order[1:], pool.map(calibrate, order[1:]), strict=True)),
+        }
+    ref_wcs = ref.wcs
     return SdssField(run, camcol, field, align_to, ref_wcs, {band: frames[band] for band in bands})
 
 
@@ -380,10 +387,16 @@ def _read_gains(path: Path, run: int, camcol: int, field: int) -> dict[str, floa
 
 def _read_frame(
     path: Path, band: str, run: int, camcol: int, field: int
-) -> tuple[Path, fits.Header, np.ndarray, np.ndarray, np.ndarray]:
-    """Header, image (nanomaggies), calibration (nmgy per count) and sky map (counts)."""
+) -> tuple[Path, fits.Header, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """Header, image (nanomaggies), calibration (nmgy per count) and sky grid (counts).
 
-    def _read(hdus: fits.HDUList) -> tuple[Path, fits.Header, np.ndarray, np.ndarray, np.ndarray]:
+    The sky grid (``ALLSKY``, ``YINTERP``, ``XINTERP``: :func:`_sky_counts`) becomes a full image
+    only when its band is calibrated, so five of them are never held at once.
+    """
+
+    def _read(
+        hdus: fits.HDUList,
+    ) -> tuple[Path, fits.Header, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
         header = hdus[0].header
         check_ids(header, path, {"RUN": run, "CAMCOL": camcol}, "frame")
         # the header's FRAME is the CCD's own frame counter (field + 2 x (CAMROW - 1)); the
@@ -395,7 +408,7 @@ def _read_frame(
                 f"frame file {path} holds field {found[0]}, band {found[1]!r} (HDU 3), expected "
                 f"field {field}, band {band!r}; the file belongs to another field or is misnamed."
             )
-        image = np.asarray(hdus[0].data, dtype=np.float64)
+        image = np.asarray(hdus[0].data)  # float32 on disk; promoted where it is calibrated
         calib = np.asarray(hdus[1].data, dtype=np.float64)
         sky_table = hdus[2].data
         grid = np.asarray(sky_table["ALLSKY"][0], dtype=np.float64)
@@ -408,11 +421,40 @@ def _read_frame(
                 f"{grid_cols.shape}, YINTERP {grid_rows.shape}; expected ({width},), ({width},), "
                 f"({height},). The file is damaged."
             )
-        rows, cols = np.meshgrid(grid_rows, grid_cols, indexing="ij")
-        sky = ndimage.map_coordinates(grid, [rows, cols], order=1, mode="nearest")
-        return path, header.copy(), image, calib, sky
+        return path, header.copy(), image, calib, (grid, grid_rows, grid_cols)
 
     return read_fits(path, _read, "frame")
+
+
+def _sky_counts(grid: np.ndarray, grid_rows: np.ndarray, grid_cols: np.ndarray) -> np.ndarray:
+    """The sky of every pixel, counts. Shape ``h w``.
+
+    The ``ALLSKY`` grid is interpolated bilinearly at each row's ``YINTERP`` and each column's
+    ``XINTERP`` grid position. Bilinear interpolation on a grid is separable: ``(h x gh) @ (gh x gw) @ (gw x w)``.
+    """
+    return (
+        _linear_weights(grid_rows, grid.shape[0])
+        @ grid
+        @ _linear_weights(grid_cols, grid.shape[1]).T
+    )
+
+
+def _linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
+    """Weights of linear interpolation at ``positions`` in ``0..n-1``. Shape ``len(positions) n``.
+
+    Positions beyond either end take the end value, as ``ndimage.map_coordinates(order=1,
+    mode="nearest")`` does.
+    """
+    weights = np.zeros((len(positions), n))
+    if n == 1:
+        weights[:, 0] = 1.0
+        return weights
+    clamped = np.clip(positions, 0, n - 1)
+    left = np.minimum(np.floor(clamped).astype(np.int64), n - 2)
+    t = clamped - left
+    weights[np.arange(len(positions)), left] = 1.0 - t
+    weights[np.arange(len(positions)), left + 1] = t
+    return weights
 
 
 def _celestial_wcs(header: fits.Header, path: Path) -> WCS:

@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from bliss.catalog import TileCatalog
+from bliss.cli.train import build_encoder_module
 from bliss.encoder.encoder import Encoder, catalog_from_batch
 from bliss.errors import BlissShapeError, BlissValueError
 from tests.conftest import compose_config
@@ -261,7 +262,8 @@ def test_overfits_one_batch(tmp_path) -> None:
 
 
 def test_nan_loss_raises_with_step_and_batch(tmp_path, monkeypatch) -> None:
-    encoder = _encoder(tmp_path)
+    cfg = compose_config(["mode=train", "experiment=debug"], tmp_path)
+    encoder = build_encoder_module(cfg)
     monkeypatch.setattr(encoder, "nll", lambda batch: torch.tensor(float("nan")))
     with pytest.raises(BlissValueError, match=r"step 0, batch 7") as info:
         encoder.training_step(_random_batch(), 7)
@@ -288,3 +290,29 @@ def test_image_not_whole_tiles(tmp_path) -> None:
     batch["images"] = batch["images"][..., :14]
     with pytest.raises(BlissConfigError, match="multiple of 4"):
         encoder.tile_features(batch)
+
+
+def test_the_trainable_module_has_the_networks_weights(tmp_path) -> None:
+    """Training's ``EncoderModule`` and inference's ``Encoder`` share their checkpoints."""
+    import pytorch_lightning as pl
+
+    cfg = compose_config(["mode=train", "experiment=debug"], tmp_path)
+    torch.manual_seed(0)
+    module = build_encoder_module(cfg)
+    torch.manual_seed(0)
+    network = instantiate(cfg.encoder)
+    assert isinstance(module, pl.LightningModule) and isinstance(module, Encoder)
+    assert not isinstance(network, pl.LightningModule)
+    weights = module.state_dict()
+    assert weights.keys() == network.state_dict().keys()
+    network.load_state_dict(weights)
+    batch = _random_batch()
+    assert torch.equal(network.eval().infer(batch)[1], module.eval().infer(batch)[1])
+
+
+def test_training_refuses_an_encoder_target_it_cannot_train(tmp_path) -> None:
+    from bliss.errors import BlissConfigError
+
+    cfg = compose_config(["mode=train", "experiment=debug", "encoder._target_=torch.nn.Linear"])
+    with pytest.raises(BlissConfigError, match="encoder._target_=torch.nn.Linear"):
+        build_encoder_module(cfg)

@@ -105,6 +105,54 @@ def test_fwhm_map_interpolates_the_lattice_and_refuses_one_place():
         fwhm_map_arcsec(lambda r, c: 1.0, (40, 10), 1)
 
 
+def test_the_fwhm_map_is_the_bilinear_interpolation_of_the_lattice():
+    """Against scipy's interpolator, extrapolation beyond the outer places included."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    rng = np.random.default_rng(3)
+    values = rng.uniform(1.0, 2.0, (5, 5))
+    shape = (61, 83)
+    rows = (np.arange(5) + 0.5) * shape[0] / 5 - 0.5
+    cols = (np.arange(5) + 0.5) * shape[1] / 5 - 0.5
+    index = {(float(r), float(c)): (i, j) for i, r in enumerate(rows) for j, c in enumerate(cols)}
+    fwhm_map = fwhm_map_arcsec(lambda r, c: values[index[(r, c)]], shape, 5)
+    reference = RegularGridInterpolator((rows, cols), values, bounds_error=False, fill_value=None)
+    pixels = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij"), -1)
+    assert np.allclose(fwhm_map, reference(pixels), atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.5, 3.5, 6.0])
+def test_the_fit_agrees_with_a_search_over_every_width(beta):
+    """The search starts near the effective width; a PSF far from a Moffat of the assumed beta
+    (here Moffats of other betas and a Gaussian) must give the same best fit as the widest
+    search."""
+    from scipy import optimize
+
+    star = galsim.Moffat(beta=beta, fwhm=1.1).drawImage(nx=33, ny=33, scale=0.396).array
+    for image in (star, galsim.Gaussian(fwhm=2.0).drawImage(nx=33, ny=33, scale=0.396).array):
+        psf = image / image.sum()
+
+        def residual(fwhm_px: float, psf: np.ndarray = psf) -> float:
+            model = galsim.Moffat(beta=3.5, fwhm=fwhm_px).drawImage(nx=33, ny=33, scale=1.0).array
+            return float(np.sum((psf - model / model.sum()) ** 2))
+
+        widest = optimize.minimize_scalar(
+            residual, bounds=(0.5, 33.0), method="bounded", options={"xatol": 1e-4}
+        )
+        assert fit_moffat_fwhm_arcsec(image, 0.396) == pytest.approx(widest.x * 0.396, abs=1e-3)
+
+
+def test_add_halo_reuses_its_halo_without_sharing_the_result() -> None:
+    point = np.zeros((31, 31))
+    point[15, 15] = 1.0
+    first = add_halo(point, 0.05, 8.0, 2.0, 0.396)
+    first[:] = 0.0  # the caller owns its result: the cached halo must not change
+    second = add_halo(point, 0.05, 8.0, 2.0, 0.396)
+    halo = galsim.Moffat(beta=2.0, fwhm=8.0).drawImage(nx=31, ny=31, scale=0.396).array
+    expected = 0.95 * point + 0.05 * halo / halo.sum()
+    assert np.allclose(second, expected, atol=1e-12)
+
+
 def test_add_halo_moves_light_into_the_wings() -> None:
     point = np.zeros((51, 51), dtype=np.float32)
     point[25, 25] = 1.0

@@ -299,3 +299,26 @@ def test_psf_fwhm_map_follows_the_psfield(cutout_field):
     assert np.ptp(fwhm_map[2]) < 0.05 * fwhm_map[2].mean()
     centre = cutout_field.psf_fwhm_arcsec()
     assert np.allclose(fwhm_map[:, 95:97, 95:97].mean(axis=(1, 2)), centre, rtol=0.01)
+
+
+def test_the_sky_grid_is_interpolated_as_map_coordinates_would():
+    """The separable sky equals bilinear interpolation of the grid at every pixel (positions
+    beyond the grid take its edge values, as ``mode="nearest"``)."""
+    from scipy import ndimage
+
+    from bliss.surveys.sdss.frames import _sky_counts
+
+    rng = np.random.default_rng(0)
+    grid = rng.uniform(100, 200, (6, 9))
+    grid_rows = np.linspace(-1.5, 6.7, 23)
+    grid_cols = np.linspace(-0.3, 9.4, 31)
+    rows, cols = np.meshgrid(grid_rows, grid_cols, indexing="ij")
+    expected = ndimage.map_coordinates(grid, [rows, cols], order=1, mode="nearest")
+    assert np.allclose(_sky_counts(grid, grid_rows, grid_cols), expected, rtol=1e-12)
+    flat = _sky_counts(grid[:1], np.zeros(4), grid_cols)  # a grid one row high
+    assert np.allclose(
+        flat,
+        ndimage.map_coordinates(
+            grid[:1], np.meshgrid(np.zeros(4), grid_cols, indexing="ij"), order=1, mode="nearest"
+        ),
+    )
