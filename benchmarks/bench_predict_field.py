@@ -26,7 +26,13 @@ sys.argv = ["bliss", *sys.argv[1:]]
 try:
     cli()
 finally:
-    print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    # VmHWM starts afresh at exec; ru_maxrss can carry the forking parent's peak
+    try:
+        status = open("/proc/self/status").read().split("VmHWM:")[1]
+        peak_kb = int(status.split()[0])
+    except (OSError, IndexError):
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("PEAK_KB", peak_kb, file=sys.stderr)
 """
 
 

@@ -38,7 +38,13 @@ try:
         sys.argv = ["bliss", *sys.argv[1:]]
         cli()
 finally:
-    print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    # VmHWM starts afresh at exec; ru_maxrss can carry the forking parent's peak
+    try:
+        status = open("/proc/self/status").read().split("VmHWM:")[1]
+        peak_kb = int(status.split()[0])
+    except (OSError, IndexError):
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("PEAK_KB", peak_kb, file=sys.stderr)
 """
 
 
@@ -101,7 +107,7 @@ def main() -> None:
                     [
                         "mode=predict",
                         f"predict.input={frame}",
-                        f"predict.output={out / 'frame.fits'}",
+                        f"predict.output={out / 'frame_catalog.fits'}",
                         f"paths.root={out}",
                     ],
                     False,

@@ -5,6 +5,7 @@ frame, and replaces the nominal one (the header's FWHM, the survey's beta) only 
 reject the nominal one (:func:`fit_moffat_shape`).
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,7 +38,10 @@ SHAPE_CHI2_GAIN = 13.8
 #: ... and by this fraction of the nominal chi-square: bright stars have so many counts that a
 #: renderer's 1e-3 profile errors alone pass the test above; a wrong PSF family fails both
 SHAPE_CHI2_FRACTION = 0.02
-_OVERSAMPLE = 5
+#: Gauss-Legendre nodes per pixel side: 3 x 3 integrate the profile over a pixel ten times more
+#: accurately than a 5 x 5 grid of sub-pixel midpoints (peak-relative error ~3e-4 against
+#: GalSim's exact pixel integration, against ~4e-3) with 2.8x fewer evaluations
+_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(3)
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,29 @@ def moffat_stamp(
     if not (fwhm_px > 0 and beta > 1):
         raise BlissValueError(f"Moffat fwhm_px={fwhm_px}, beta={beta}; expected > 0 and > 1.")
     alpha = fwhm_px / (2 * math.sqrt(2 ** (1 / beta) - 1))
-    sub = (np.arange(_OVERSAMPLE) + 0.5) / _OVERSAMPLE - 0.5
-    grid = np.arange(-half, half + 1, dtype=np.float64)
-    rows = (grid[:, None] + sub[None, :] - offset_row).reshape(-1)
-    cols = (grid[:, None] + sub[None, :] - offset_col).reshape(-1)
-    profile = (1 + (rows[:, None] ** 2 + cols[None, :] ** 2) / alpha**2) ** (-beta)
+    nodes, weights = _pixel_quadrature(half)
+    rows = (nodes - offset_row) / alpha
+    cols = (nodes - offset_col) / alpha
+    profile = np.power(1 + rows[:, None] ** 2 + cols[None, :] ** 2, -beta)
+    # the pixel integrals are separable sums over the nodes: (n x k) @ (k x k) @ (k x n)
+    return (weights.T @ profile @ weights) * (beta - 1) / (math.pi * alpha**2)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_quadrature(half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes of every pixel of a stamp, and the matrix summing them per pixel.
+
+    Returns:
+        The nodes' offsets from the stamp centre (shape ``k``, ``k = 3 (2 half + 1)``) and the
+        weights (shape ``k n``, ``n = 2 half + 1``; column ``j`` holds pixel ``j``'s weights).
+    """
     n = 2 * half + 1
-    pixels = profile.reshape(n, _OVERSAMPLE, n, _OVERSAMPLE).mean(axis=(1, 3))
-    return pixels * (beta - 1) / (math.pi * alpha**2)
+    centres = np.arange(-half, half + 1, dtype=np.float64)
+    nodes = (centres[:, None] + _GAUSS_NODES[None, :] / 2).reshape(-1)
+    weights = np.kron(np.eye(n), (_GAUSS_WEIGHTS / 2)[:, None])
+    nodes.setflags(write=False)
+    weights.setflags(write=False)
+    return nodes, weights
 
 
 def stamp_slices(
