@@ -8,6 +8,7 @@ model that will catalog it (:meth:`Survey.for_model`) from the :class:`ModelCond
 at training time.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
@@ -80,6 +81,11 @@ class SurveyImage:
             PSF model fall short of the total (the light of real stars outside that model, e.g.
             :mod:`bliss.surveys.sdss.aperture`); the predictor multiplies its fluxes by it.
             None: 1. Shape ``c``.
+        psf: the PSF model of the image, ``(band index, row, col) ->`` the pixel-integrated PSF
+            at that 0-indexed pixel, sum 1, centred on its middle pixel (shape ``h w``, odd);
+            the model that ``aperture_correction`` refers to. PSF-fit star photometry uses it
+            (:mod:`bliss.predict.psf_photometry`). None: no model; a Moffat is fitted to the
+            image's stars instead.
     """
 
     path: Path
@@ -91,6 +97,7 @@ class SurveyImage:
     wcs: WCS | None
     psf_fwhm_map: np.ndarray | None = None
     aperture_correction: np.ndarray | None = None
+    psf: Callable[[int, float, float], np.ndarray] | None = None
 
 
 @runtime_checkable

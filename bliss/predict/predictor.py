@@ -67,9 +67,10 @@ class Predictor:
         star_photometry: PSF-fit the fluxes of the stars found
             (:func:`bliss.predict.psf_photometry.refine_star_fluxes`; each star and band keeps
             the narrower of the fit's and the network's posteriors), with this survey's pixel
-            scale and nominal Moffat beta; None: the network's fluxes. Not applied to images
-            with an aperture correction (real SDSS frames: the model's fluxes are already put on
-            the psField PSF's scale). Joint samples keep the network's fluxes.
+            scale and nominal Moffat beta; None: the network's fluxes. An image with its own PSF
+            model (real SDSS frames: the psField PSF) is fitted with that model and its aperture
+            correction; one with an aperture correction but no model keeps the network's
+            fluxes. Joint samples keep the network's fluxes.
 
     Example:
         >>> import numpy as np
@@ -298,7 +299,10 @@ class Predictor:
             for q in quantiles:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
-        if self.star_photometry is not None and not self.applies_aperture_correction(image):
+        # an aperture correction refers to the image's PSF model: the fit needs that model
+        if self.star_photometry is not None and (
+            image.psf is not None or not self.applies_aperture_correction(image)
+        ):
             catalog, _ = refine_star_fluxes(
                 image,
                 catalog,

@@ -1,16 +1,22 @@
-"""The PSF model of star photometry: a pixel-integrated Moffat, its shape fitted to an image's stars.
+"""The PSF models of star photometry: stamps of a star at any sub-pixel position.
 
-The shape (FWHM and beta) is fitted to bright isolated stars, as DAOPHOT builds its PSF from the
-frame, and replaces the nominal one (the header's FWHM, the survey's beta) only when the stars
-reject the nominal one (:func:`fit_moffat_shape`).
+Two kinds, with one method, ``stamp(row, col, offset_row, offset_col, half)``:
+
+- :class:`MoffatShape`: a pixel-integrated Moffat whose shape (FWHM and beta) is fitted to the
+  image's bright isolated stars, as DAOPHOT builds its PSF from the frame, and replaces the
+  nominal one (the header's FWHM, the survey's beta) only when the stars reject the nominal one
+  (:func:`fit_moffat_shape`);
+- :class:`ImagePsf`: the image's own PSF model (``SurveyImage.psf``, e.g. an SDSS psField PSF
+  with the model's halo), evaluated where the star is and resampled to its sub-pixel position.
 """
 
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize
+from scipy import ndimage, optimize
 
 from bliss.errors import BlissValueError
 
@@ -18,6 +24,7 @@ __all__ = [
     "MAX_BETA",
     "MIN_SHAPE_STARS",
     "STAMP_HALF_PX",
+    "ImagePsf",
     "MoffatShape",
     "fit_moffat_shape",
     "moffat_stamp",
@@ -51,6 +58,48 @@ class MoffatShape:
     fwhm_px: float
     beta: float
     fitted: bool
+
+    def stamp(
+        self, row: float, col: float, offset_row: float, offset_col: float, half: int
+    ) -> np.ndarray:
+        """:func:`moffat_stamp` of this shape (the same everywhere: ``row``, ``col`` unused)."""
+        return moffat_stamp(self.fwhm_px, self.beta, offset_row, offset_col, half)
+
+
+@dataclass
+class ImagePsf:
+    """A PSF model given as images: stamps of it at any position and sub-pixel offset.
+
+    Args:
+        psf_at: ``(row, col) ->`` the pixel-integrated PSF at that 0-indexed pixel, sum 1,
+            centred on its middle pixel (odd side), e.g. one band of ``SurveyImage.psf``.
+        cell_px: the PSF is evaluated once per cell of this side (survey PSF models vary over
+            hundreds of pixels) and resampled with a cubic spline.
+    """
+
+    psf_at: Callable[[float, float], np.ndarray]
+    cell_px: float = 4.0
+    _splines: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def stamp(
+        self, row: float, col: float, offset_row: float, offset_col: float, half: int
+    ) -> np.ndarray:
+        """The PSF of a star on a stamp of side ``2 half + 1``. Shape ``h w``.
+
+        The star is at internal position ``(row, col)`` (pixel centres at +0.5), ``offset``
+        away from the stamp's central pixel centre. Pixels beyond the model's own stamp are 0.
+        """
+        key = (int(row // self.cell_px), int(col // self.cell_px))
+        spline = self._splines.get(key)
+        if spline is None:
+            image = np.asarray(self.psf_at(row - 0.5, col - 0.5), dtype=np.float64)
+            spline = self._splines[key] = ndimage.spline_filter(image, order=3)
+        centre = spline.shape[0] // 2
+        grid = np.arange(-half, half + 1, dtype=np.float64) + centre
+        rows, cols = np.meshgrid(grid - offset_row, grid - offset_col, indexing="ij")
+        return ndimage.map_coordinates(
+            spline, [rows, cols], order=3, prefilter=False, mode="constant", cval=0.0
+        )
 
 
 def moffat_stamp(

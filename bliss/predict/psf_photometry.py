@@ -9,13 +9,16 @@ calibrated as its training prior. :func:`refine_star_fluxes` fits every star the
 band, whichever of the two posteriors is narrower: the fit wins for bright stars, the network
 (whose prior matters near the detection limit) for faint ones.
 
-The PSF is a Moffat profile whose FWHM and beta are fitted to the image's own bright isolated
-stars (as DAOPHOT builds its PSF from the frame), so a PSF that differs from the header's nominal
-one does not bias the fluxes; with too few such stars the header FWHM and ``default_beta`` are
-used. Intervals are Gaussian, widened by the fit's reduced chi-square when it exceeds 1 (a PSF
+The PSF is the image's own model where it has one (``SurveyImage.psf``: an SDSS frame's psField
+PSF with the model's halo, the model its aperture correction refers to, which then scales the
+fitted fluxes too). Otherwise it is a Moffat profile whose FWHM and beta are fitted to the
+image's own bright isolated stars (as DAOPHOT builds its PSF from the frame), so a PSF that
+differs from the header's nominal one does not bias the fluxes; with too few such stars the
+header FWHM and ``default_beta`` are used, and the fluxes are put on a large aperture's scale. Intervals are Gaussian, widened by the fit's reduced chi-square when it exceeds 1 (a PSF
 that still does not match).
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -28,14 +31,17 @@ from bliss.catalog import FullCatalog
 from bliss.predict.psf_model import (
     MAX_SHAPE_STARS,
     STAMP_HALF_PX,
+    ImagePsf,
     MoffatShape,
     fit_moffat_shape,
-    moffat_stamp,
     stamp_slices,
 )
 from bliss.protocols import SurveyImage
 
-__all__ = ["refine_star_fluxes"]
+__all__ = ["PsfStamps", "refine_star_fluxes"]
+
+#: a PSF model that draws a star's stamp (:mod:`bliss.predict.psf_model`)
+PsfStamps = MoffatShape | ImagePsf
 
 #: fractional flux error added in quadrature to the fit's: what a PSF model good to a few
 #: tenths of a percent of the light within the stamp leaves (sub-pixel sampling, centring)
@@ -84,7 +90,7 @@ def _design(
     top: int,
     left: int,
     region: tuple[int, int],
-    shape: MoffatShape,
+    psf: PsfStamps,
     half: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """PSF stamps of each star on the region, and their derivatives in row and col."""
@@ -97,12 +103,10 @@ def _design(
             return None
         rows, cols, s_rows, s_cols, offset_row, offset_col = cut
         for index, (d_row, d_col) in enumerate(((0, 0), (step, 0), (0, step))):
-            stamp = moffat_stamp(
-                shape.fwhm_px, shape.beta, offset_row + d_row, offset_col + d_col, half
-            )
+            stamp = psf.stamp(row, col, offset_row + d_row, offset_col + d_col, half)
             stamps[index, k, rows, cols] = stamp[s_rows, s_cols]
-    psf = stamps[0]
-    return psf, (stamps[1] - psf) / step, (stamps[2] - psf) / step
+    centred = stamps[0]
+    return centred, (stamps[1] - centred) / step, (stamps[2] - centred) / step
 
 
 def _region(positions: np.ndarray, image_shape: tuple[int, int], half: int) -> tuple[slice, slice]:
@@ -119,7 +123,7 @@ def _fit_group(
     background: np.ndarray,
     positions: np.ndarray,
     start: np.ndarray,
-    shape: MoffatShape,
+    psf_model: PsfStamps,
     half: int,
     others: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
@@ -141,7 +145,7 @@ def _fit_group(
     positions = positions.copy()
     moving = np.zeros(n, dtype=bool)
     for iteration in range(3):
-        design = _design(positions, top, left, region, shape, half)
+        design = _design(positions, top, left, region, psf_model, half)
         if design is None:
             return None
         psf, d_row, d_col = design
@@ -239,7 +243,7 @@ def _aperture_correction(
 def _render(
     positions: np.ndarray,
     fluxes: np.ndarray,
-    shape: MoffatShape,
+    psf: PsfStamps,
     image_shape: tuple[int, int],
     half: int,
     origin: tuple[int, int] = (0, 0),
@@ -254,7 +258,7 @@ def _render(
         if cut is None or flux == 0:
             continue
         rows, cols, s_rows, s_cols, offset_row, offset_col = cut
-        stamp = moffat_stamp(shape.fwhm_px, shape.beta, offset_row, offset_col, half)
+        stamp = psf.stamp(row, col, offset_row, offset_col, half)
         out[rows, cols] += flux * stamp[s_rows, s_cols]
     return out
 
@@ -290,7 +294,7 @@ def refine_star_fluxes(
     pixel_scale_arcsec: float,
     default_beta: float = 3.5,
     half: int = STAMP_HALF_PX,
-) -> tuple[FullCatalog, list[MoffatShape]]:
+) -> tuple[FullCatalog, list[PsfStamps]]:
     """Replace star fluxes by PSF-fit ones where the fit's posterior is narrower.
 
     Args:
@@ -305,13 +309,14 @@ def refine_star_fluxes(
 
     Returns:
         The catalog with refined ``fluxes`` and ``fluxes@<q>`` (other keys unchanged) and the
-        PSF shape used per band.
+        PSF model used per band (a fitted or nominal :class:`MoffatShape`, or the image's
+        :class:`ImagePsf`).
 
     Shapes:
         catalog keys ``1 n d``.
     """
     n = int(catalog["n_sources"][0])
-    shapes: list[MoffatShape] = []
+    shapes: list[PsfStamps] = []
     if n == 0 or "prob_galaxy" not in catalog:
         return catalog, shapes
     positions = catalog["plocs"][0, :n].double().numpy()
@@ -344,40 +349,40 @@ def refine_star_fluxes(
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
         subtracted = image.images[band] - image.background[band]
         data = subtracted
-        variance = np.clip(image.background[band], 1e-3, None) + np.clip(data, 0, None)
         fwhm_px = float(image.psf_fwhm_arcsec[band]) / pixel_scale_arcsec
-        bright = stars[isolated]
-        bright = bright[np.argsort(-fluxes[bright, band])][:MAX_SHAPE_STARS]
-        # centre the shape stars with the nominal PSF first: the network's positions are off by
-        # ~0.1 px, which a PSF fit on fixed positions would read as a broader PSF
-        nominal = MoffatShape(fwhm_px, default_beta, fitted=False)
-        centred = []
-        for index in bright:
-            one = _fit_group(
+        # the catalog's fluxes carry the image's aperture correction, the fits are on the scale
+        # of its PSF model: divided out before, multiplied back after
+        scale = 1.0
+        if image.psf is not None and image.aperture_correction is not None:
+            scale = float(image.aperture_correction[band])
+        if image.psf is not None:
+            model: PsfStamps = ImagePsf(functools.partial(image.psf, band))
+        else:
+            model = _fitted_moffat(
+                image,
+                band,
                 data,
-                image.background[band],
-                positions[[index]],
-                fluxes[[index], band] / per_electron,
-                nominal,
+                positions,
+                fluxes[:, band] / per_electron,
+                stars[isolated],
+                fwhm_px,
+                default_beta,
                 half,
             )
-            centred.append(positions[index] if one is None else one[2][0])
-        centred = np.array(centred).reshape(-1, 2)
-        shape = fit_moffat_shape(data, variance, centred, fwhm_px, default_beta, half)
-        shapes.append(shape)
+        shapes.append(model)
         # galaxies are not PSFs: their cores are left out of every star's fit
         data = np.where(galaxy_mask, np.nan, data)
-        band_fluxes = fluxes[:, band] / per_electron
+        band_fluxes = fluxes[:, band] / per_electron / scale
         star_positions = positions.copy()
         # two passes: the second fits each group with the wings of every other star removed
         for _ in range(2):
-            wings = _render(star_positions[stars], band_fluxes[stars], shape, data.shape, 2 * half)
+            wings = _render(star_positions[stars], band_fluxes[stars], model, data.shape, 2 * half)
             for members in groups:
                 rows, cols = _region(positions[members], data.shape, half)
                 own = _render(
                     star_positions[members],
                     band_fluxes[members],
-                    shape,
+                    model,
                     (rows.stop - rows.start, cols.stop - cols.start),
                     2 * half,
                     origin=(rows.start, cols.start),
@@ -387,17 +392,19 @@ def refine_star_fluxes(
                     image.background[band],
                     positions[members],
                     band_fluxes[members],
-                    shape,
+                    model,
                     half,
                     others=wings[rows, cols] - own,
                 )
                 if fit is None:
                     continue
-                new_fluxes[members, band] = fit[0] * per_electron
-                new_sigma[members, band] = fit[1] * per_electron
+                new_fluxes[members, band] = fit[0] * per_electron * scale
+                new_sigma[members, band] = fit[1] * per_electron * scale
                 misfit[members, band] = fit[3]
                 band_fluxes[members] = fit[0]
                 star_positions[members] = fit[2]
+        if not isinstance(model, MoffatShape):
+            continue  # the image's aperture correction refers to its own PSF model
         correction = _aperture_correction(
             subtracted,
             star_positions[stars],
@@ -405,7 +412,7 @@ def refine_star_fluxes(
             new_sigma[stars, band] / per_electron,
             positions,
             APERTURE_FWHM * fwhm_px,
-            model_rejected=shape.fitted,
+            model_rejected=model.fitted,
         )
         if correction is not None:
             factor, error = correction
@@ -428,6 +435,33 @@ def refine_star_fluxes(
             old = catalog[key][0, :n].double().numpy()
             data[key] = _padded(catalog[key], np.where(keep, gaussian, old))
     return FullCatalog(catalog.height_px, catalog.width_px, data), shapes
+
+
+def _fitted_moffat(
+    image: SurveyImage,
+    band: int,
+    data: np.ndarray,
+    positions: np.ndarray,
+    start: np.ndarray,
+    isolated_stars: np.ndarray,
+    fwhm_px: float,
+    default_beta: float,
+    half: int,
+) -> MoffatShape:
+    """The Moffat of one band, fitted to its brightest isolated stars (or the nominal one)."""
+    variance = np.clip(image.background[band], 1e-3, None) + np.clip(data, 0, None)
+    bright = isolated_stars[np.argsort(-start[isolated_stars])][:MAX_SHAPE_STARS]
+    # centre the shape stars with the nominal PSF first: the network's positions are off by
+    # ~0.1 px, which a PSF fit on fixed positions would read as a broader PSF
+    nominal = MoffatShape(fwhm_px, default_beta, fitted=False)
+    centred = []
+    for index in bright:
+        one = _fit_group(
+            data, image.background[band], positions[[index]], start[[index]], nominal, half
+        )
+        centred.append(positions[index] if one is None else one[2][0])
+    centred = np.array(centred).reshape(-1, 2)
+    return fit_moffat_shape(data, variance, centred, fwhm_px, default_beta, half)
 
 
 def _padded(template: torch.Tensor, values: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,7 @@ and no galaxy shapes (NaN), and the key ``crowded`` (1) that becomes the ``crowd
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -175,8 +176,16 @@ def _crop(
         background=image.background[:, r0:r1, c0:c1],
         psf_fwhm_map=fwhm_map,
         wcs=None if image.wcs is None else image.wcs[r0:r1, c0:c1],
+        psf=None if image.psf is None else _shifted_psf(image.psf, r0, c0),
     )
     return crop, (r0, c0)
+
+
+def _shifted_psf(
+    psf: Callable[[int, float, float], np.ndarray], row0: int, col0: int
+) -> Callable[[int, float, float], np.ndarray]:
+    """The PSF model of a crop whose first pixel is the full image's ``(row0, col0)``."""
+    return lambda band, row, col: psf(band, row + row0, col + col0)
 
 
 def _replace(

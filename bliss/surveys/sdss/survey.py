@@ -106,7 +106,9 @@ class SdssFrameSurvey(ParametricSurvey):
         """Read the field, aligned to the reference band's pixel grid, in ``bands`` order.
 
         The PSF FWHM of each band is that of the Moffat fitting the psField PSF at the frame centre,
-        and with ``psf_grid`` > 1 also a map of it over the frame; masked pixels are NaN.
+        and with ``psf_grid`` > 1 also a map of it over the frame; masked pixels are NaN. The
+        image's PSF model is the psField PSF with the model's halo (the PSF the aperture
+        correction is measured against).
         """
         unknown = [b for b in bands if b not in self.bands]
         if unknown:
@@ -133,6 +135,7 @@ class SdssFrameSurvey(ParametricSurvey):
             aperture_correction=self._aperture_corrections(field)
             if self.aperture_correction
             else None,
+            psf=lambda index, row, col: self._model_psf(field, bands[index], row, col),
         )
 
     def _aperture_corrections(self, field: SdssField) -> np.ndarray:
