@@ -14,8 +14,9 @@ PSF with the model's halo, the model its aperture correction refers to, which th
 fitted fluxes too). Otherwise it is a Moffat profile whose FWHM and beta are fitted to the
 image's own bright isolated stars (as DAOPHOT builds its PSF from the frame), so a PSF that
 differs from the header's nominal one does not bias the fluxes; with too few such stars the
-header FWHM and ``default_beta`` are used, and the fluxes are put on a large aperture's scale. Intervals are Gaussian, widened by the fit's reduced chi-square when it exceeds 1 (a PSF
-that still does not match).
+header FWHM and ``default_beta`` are used, and the fluxes are put on a large aperture's scale.
+Intervals are Gaussian, widened by the fit's reduced chi-square when it exceeds 1 (a PSF that
+still does not match).
 """
 
 import functools
@@ -55,13 +56,20 @@ APERTURE_FWHM = 4.0
 #: S/N of the stars the aperture correction is measured on, and how many it needs
 APERTURE_SNR = 30.0
 MIN_APERTURE_STARS = 5
-#: sources get PSF-fit fluxes only below this P(galaxy): a PSF fit of a compact galaxy is low
+#: sources get PSF-fit fluxes only below this P(galaxy): a PSF fit of a compact galaxy is low ...
 STAR_PROB = 0.2
+#: ... unless the fit reaches this S/N and still finds a point source: so bright, a galaxy's
+#: extent would show in the misfit, and the network's P(galaxy) of saturating stars is unsure
+SURE_POINT_SNR = 100.0
 #: stars the fit measures at this S/N or better take its flux even where the network's
 #: interval is narrower (the network's is not calibrated under another PSF)
 FIT_SNR = 10.0
-#: a fit whose reduced chi-square exceeds this did not find a point source there
+#: a fit whose reduced chi-square exceeds this did not find a point source there ...
 POINT_CHI2 = 3.0
+#: ... where the chi-square allows the PSF model this fractional error per pixel (DAOPHOT's
+#: "profile error"): a bright star's counts expose a survey PSF model's percent-level errors,
+#: which would otherwise call every star brighter than S/N ~100 extended
+PROFILE_ERROR = 0.1
 #: the aperture correction is applied when it differs from 1 by this many standard errors
 APERTURE_SIGNIFICANCE = 3.0
 
@@ -127,7 +135,11 @@ def _fit_group(
     half: int,
     others: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
-    """Fluxes (electrons), standard deviations, positions and reduced chi-square of a group.
+    """Fluxes (electrons), standard deviations, positions and misfit of a group.
+
+    The misfit is the reduced chi-square with :data:`PROFILE_ERROR` of the model added to each
+    pixel's variance (whether the fit found point sources); the flux errors are widened by the
+    plain reduced chi-square when it exceeds 1.
 
     Weighted least squares with the variance of the model (sky + stars), not of the data, so
     that low counts do not pull fluxes down. Stars at S/N >= :data:`POSITION_SNR` also move
@@ -178,10 +190,14 @@ def _fit_group(
             if not moving.any():
                 break
     residual = values - matrix @ solution
-    reduced_chi2 = float((residual**2 * weight).sum()) / max(len(values) - matrix.shape[1], 1)
+    dof = max(len(values) - matrix.shape[1], 1)
+    reduced_chi2 = float((residual**2 * weight).sum()) / dof
     sigma = sigma * math.sqrt(max(reduced_chi2, 1.0))
     sigma = np.sqrt(sigma**2 + (FLUX_FLOOR * np.clip(fluxes, 0, None)) ** 2)
-    return fluxes, sigma, positions, reduced_chi2
+    stars_light = psf[:, use].T @ np.clip(fluxes, 0, None)
+    tolerant = 1 / (1 / weight + (PROFILE_ERROR * stars_light) ** 2)
+    misfit = float((residual**2 * tolerant).sum()) / dof
+    return fluxes, sigma, positions, misfit
 
 
 def _aperture_correction(
@@ -403,7 +419,8 @@ def refine_star_fluxes(
                 misfit[members, band] = fit[3]
                 band_fluxes[members] = fit[0]
                 star_positions[members] = fit[2]
-        if not isinstance(model, MoffatShape):
+        if isinstance(model, ImagePsf):
+            model.clear_cache()  # five bands' PSFs at every star would add ~150 MB to the peak
             continue  # the image's aperture correction refers to its own PSF model
         correction = _aperture_correction(
             subtracted,
@@ -424,7 +441,9 @@ def refine_star_fluxes(
     # a source the PSF does not describe (an extended galaxy called a star) keeps the network's
     point_like = misfit < POINT_CHI2
     # ... and a source the network nearly called a galaxy keeps its posterior (STAR_PROB)
-    keep = (fitted_well | (new_sigma < sigma_net)) & point_like & (prob_galaxy < STAR_PROB)[:, None]
+    sure_point = new_fluxes >= SURE_POINT_SNR * new_sigma
+    star_like = (prob_galaxy < STAR_PROB)[:, None] | sure_point
+    keep = (fitted_well | (new_sigma < sigma_net)) & point_like & star_like
     data = dict(catalog.items())
     refined = np.where(keep, new_fluxes, fluxes)
     data["fluxes"] = _padded(catalog["fluxes"], refined)
