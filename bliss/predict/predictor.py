@@ -265,8 +265,12 @@ class Predictor:
         threshold: float = 0.5,
         n_samples: int = 0,
         quantiles: tuple[float, ...] = (0.05, 0.95),
+        star_photometry: bool = True,
     ) -> tuple[FullCatalog, list[FullCatalog]]:
         """:meth:`predict` and :meth:`sample` of one image, computing its features once.
+
+        ``star_photometry=False`` keeps the network's fluxes even where the predictor would
+        PSF-fit them.
 
         Raises:
             BlissConfigError: ``threshold`` is not in (0, 1) or ``n_samples`` is negative.
@@ -277,12 +281,16 @@ class Predictor:
             )
         _check_n_samples(n_samples)
         features = self.tile_features(image)
-        return self._point_catalog(features, image, threshold, quantiles), self._samples(
-            features, image, n_samples
-        )
+        catalog = self._point_catalog(features, image, threshold, quantiles, star_photometry)
+        return catalog, self._samples(features, image, n_samples)
 
     def _point_catalog(
-        self, features: Tensor, image: SurveyImage, threshold: float, quantiles: tuple[float, ...]
+        self,
+        features: Tensor,
+        image: SurveyImage,
+        threshold: float,
+        quantiles: tuple[float, ...],
+        star_photometry: bool = True,
     ) -> FullCatalog:
         """The point estimate and quantiles of every slot that is on (see :meth:`predict`)."""
         estimate, params = self.encoder.infer_from_features(
@@ -300,8 +308,10 @@ class Predictor:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
         # an aperture correction refers to the image's PSF model: the fit needs that model
-        if self.star_photometry is not None and (
-            image.psf is not None or not self.applies_aperture_correction(image)
+        if (
+            star_photometry
+            and self.star_photometry is not None
+            and (image.psf is not None or not self.applies_aperture_correction(image))
         ):
             catalog, _ = refine_star_fluxes(
                 image,

@@ -70,6 +70,8 @@ POINT_CHI2 = 3.0
 #: "profile error"): a bright star's counts expose a survey PSF model's percent-level errors,
 #: which would otherwise call every star brighter than S/N ~100 extended
 PROFILE_ERROR = 0.1
+#: stars fitted together at most; larger groups keep the network's fluxes
+MAX_GROUP = 20
 #: the aperture correction is applied when it differs from 1 by this many standard errors
 APERTURE_SIGNIFICANCE = 3.0
 
@@ -360,7 +362,11 @@ def refine_star_fluxes(
     new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
     misfit = np.full_like(fluxes, np.inf)
     galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
-    groups = [stars[group] for group in _groups(positions[stars], 2 * half + 1)]
+    # a tangle of more stars than MAX_GROUP (a crowded field, where the crowded-field model
+    # takes over) is not fitted: its design matrix grows with the square of its size
+    groups = [
+        stars[group] for group in _groups(positions[stars], 2 * half + 1) if len(group) <= MAX_GROUP
+    ]
     for band in range(len(image.bands)):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
         subtracted = image.images[band] - image.background[band]

@@ -18,6 +18,7 @@ Counts are ``image / calib[col] + sky``; electrons are counts times the band's `
 photoField row with ``FIELD == field``; its 5-element columns are in u, g, r, i, z order).
 """
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,6 +152,19 @@ class SdssField:
             float(band_rows[0]) + frame.pixel_origin[0],
             float(band_cols[0]) + frame.pixel_origin[1],
         )
+
+    def geometry(self) -> "SdssField":
+        """This field without its pixels (empty images): WCSs, PSFs and calibrations only.
+
+        What a PSF model kept past the read needs (:meth:`psf_image`, :meth:`band_pixel`),
+        without holding ~27 MB per band of images.
+        """
+        empty = np.zeros((0, 0), dtype=np.float32)
+        frames = {
+            band: dataclasses.replace(frame, electrons=empty, sky=empty, mask=empty.astype(bool))
+            for band, frame in self.frames.items()
+        }
+        return dataclasses.replace(self, frames=frames)
 
     def psf_image(self, band: str, row: float, col: float) -> np.ndarray:
         """The psField PSF of ``band`` at reference-grid pixel ``(row, col)``. Shape ``h w``.

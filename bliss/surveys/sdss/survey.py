@@ -1,6 +1,7 @@
 """``survey=sdss_frames``: the SDSS survey whose images are real frames read by run/camcol/field."""
 
 import copy
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,7 +136,7 @@ class SdssFrameSurvey(ParametricSurvey):
             aperture_correction=self._aperture_corrections(field)
             if self.aperture_correction
             else None,
-            psf=lambda index, row, col: self._model_psf(field, bands[index], row, col),
+            psf=functools.partial(self._band_psf, field.geometry(), tuple(bands)),
         )
 
     def _aperture_corrections(self, field: SdssField) -> np.ndarray:
@@ -163,6 +164,12 @@ class SdssFrameSurvey(ParametricSurvey):
                 stacklevel=3,
             )
         return np.array([c.factor for c in corrections])
+
+    def _band_psf(
+        self, field: SdssField, bands: tuple[str, ...], index: int, row: float, col: float
+    ) -> np.ndarray:
+        """:meth:`_model_psf` of band ``bands[index]``: the ``SurveyImage.psf`` of a frame."""
+        return self._model_psf(field, bands[index], row, col)
 
     def _model_psf(self, field: SdssField, band: str, row: float, col: float) -> np.ndarray:
         """The PSF the model was trained on at a pixel: the psField PSF, with its halo if any."""
