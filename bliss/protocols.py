@@ -86,6 +86,9 @@ class SurveyImage:
             the model that ``aperture_correction`` refers to. PSF-fit star photometry uses it
             (:mod:`bliss.predict.psf_photometry`). None: no model; a Moffat is fitted to the
             image's stars instead.
+        saturated: pixels the instrument saturated (SDSS fpM ``SATUR``; a FITS band's
+            ``SATURATE`` level), or None: not known. Sources on them get the ``saturated`` flag.
+            Shape ``c h w`` (bool).
     """
 
     path: Path
@@ -98,6 +101,7 @@ class SurveyImage:
     psf_fwhm_map: np.ndarray | None = None
     aperture_correction: np.ndarray | None = None
     psf: Callable[[int, float, float], np.ndarray] | None = None
+    saturated: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -3,9 +3,9 @@
 Each bit is a heuristic that says where a measurement may be worse than its posterior claims,
 as the tags of :mod:`bliss.evaluate.disagreements` do for evaluation (``edge`` and
 ``near_bright`` use the same definitions): :data:`FLAG_BITS` names and explains them, and the
-column reference (``docs/columns.md``) is rendered from it. Saturation has no bit of its own: the
-FITS input contract marks bad pixels only as NaN, and SDSS frames set saturated (``SATUR``),
-interpolated and cosmic-ray pixels to NaN, so a saturated source gets the ``masked`` bit.
+column reference (``docs/columns.md``) is rendered from it. A saturated source gets both
+``saturated`` (its own bit, where the image says which pixels saturated) and ``masked`` (SDSS
+frames and FITS inputs with a ``SATURATE`` level set saturated pixels to NaN).
 """
 
 import numpy as np
@@ -60,6 +60,12 @@ FLAG_BITS: dict[str, tuple[int, str]] = {
         "cataloged by the crowded-field model (`predict.crowded`; stars only, so `prob_galaxy` "
         "is 0 and the galaxy shapes are NaN) because the image block it lies in is crowded",
     ),
+    "saturated": (
+        6,
+        "a saturated pixel in any band within max(2 px, 1 PSF FWHM) of the centre (SDSS fpM "
+        "`SATUR`, or at or above a FITS band's `SATURATE` level): its core is missing, so its "
+        "flux rests on its wings",
+    ),
 }
 
 
@@ -94,6 +100,7 @@ def source_flags(
     ref_mag: np.ndarray | None = None,
     prob_source: np.ndarray | None = None,
     crowded: np.ndarray | None = None,
+    saturated: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``flags`` of each source (see :data:`FLAG_BITS`).
 
@@ -105,6 +112,8 @@ def source_flags(
         ref_mag: reference-band AB magnitudes (``near_bright``; not set without). Shape ``n``.
         prob_source: detection probabilities (``low_prob``; not set without). Shape ``n``.
         crowded: which sources the crowded-field model reported (``crowded``). Shape ``n``.
+        saturated: which pixels saturated in any band (``saturated``; not set without). Shape
+            ``h w`` (bool).
 
     Returns:
         The bit masks. Shape ``n`` (int32).
@@ -133,12 +142,25 @@ def source_flags(
     span = int(np.ceil(radius))
     offsets = np.arange(-span, span + 1)
     disk = np.hypot(*np.meshgrid(offsets, offsets, indexing="ij")) <= radius
-    near_missing = ndimage.binary_dilation(missing, structure=disk) if missing.any() else missing
     pixel_row, pixel_col = np.floor(rows).astype(int), np.floor(cols).astype(int)
     inside = (pixel_row >= 0) & (pixel_row < height) & (pixel_col >= 0) & (pixel_col < width)
-    masked = ~inside
-    masked[inside] = near_missing[pixel_row[inside], pixel_col[inside]]
-    flags[masked] |= flag_value("masked")
+
+    def near(pixels: np.ndarray) -> np.ndarray:
+        """Sources with one of ``pixels`` (``h w``) within the footprint radius."""
+        found = np.zeros(n, dtype=bool)
+        if pixels.any():
+            dilated = ndimage.binary_dilation(pixels, structure=disk)
+            found[inside] = dilated[pixel_row[inside], pixel_col[inside]]
+        return found
+
+    flags[near(missing) | ~inside] |= flag_value("masked")
+    if saturated is not None:
+        saturated = np.asarray(saturated, dtype=bool)
+        if saturated.shape != missing.shape:
+            raise BlissValueError(
+                f"saturated has shape {saturated.shape}; expected the mask's {missing.shape}."
+            )
+        flags[near(saturated)] |= flag_value("saturated")
 
     border = np.minimum.reduce([rows, cols, height - rows, width - cols])
     flags[border < EDGE_PX] |= flag_value("edge")

@@ -116,6 +116,7 @@ def predict_file(
         ref_mag=np.asarray(nmgy_to_mag(catalog["fluxes"][0, :n, ref].double())),
         prob_source=catalog["prob_source"][0, :n, 0].numpy() if "prob_source" in catalog else None,
         crowded=crowded,
+        saturated=None if image.saturated is None else image.saturated.any(axis=0),
     )
     table = catalog_to_table(catalog, image.bands, wcs=image.wcs, meta=meta, flags=flags)
     label = input_label(input_path)

@@ -181,6 +181,7 @@ def _crop(
         psf_fwhm_map=fwhm_map,
         wcs=None if image.wcs is None else image.wcs[r0:r1, c0:c1],
         psf=None if image.psf is None else _shifted_psf(image.psf, r0, c0),
+        saturated=None if image.saturated is None else image.saturated[:, r0:r1, c0:c1],
     )
     return crop, (r0, c0)
 

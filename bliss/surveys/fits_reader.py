@@ -175,7 +175,7 @@ def read_fits_image(
                 f"{path}: image HDUs {sorted(image_names)} do not match the model's bands {list(bands)} "
                 f"(missing {missing}, extra {extra}); give one HDU per band with EXTNAME = band."
             )
-        images, backgrounds, fwhm, magzero, fwhm_maps = [], [], [], [], []
+        images, backgrounds, fwhm, magzero, fwhm_maps, saturated = [], [], [], [], [], []
         shape = None
         wcs = None
         for band in bands:
@@ -193,6 +193,9 @@ def read_fits_image(
                     "align and crop all bands to the same pixel grid."
                 )
             header = hdu.header
+            saturated.append(_saturated_pixels(raw, header, path, hdu.name))
+            if saturated[-1] is not None:
+                raw[saturated[-1]] = np.nan  # a clipped core is no measurement of the star
             if "MAGZERO" not in header:
                 raise BlissIOError(
                     f"{path} HDU {hdu.name}: no MAGZERO keyword; add the AB magnitude of one electron."
@@ -244,7 +247,30 @@ def read_fits_image(
                 for m, f in zip(fwhm_maps, fwhm, strict=True)
             ]
         ),
+        saturated=None
+        if all(m is None for m in saturated)
+        else np.stack([np.zeros(stack.shape[1:], bool) if m is None else m for m in saturated]),
     )
+
+
+def _saturated_pixels(
+    raw: np.ndarray, header: fits.Header, path: Path, hdu: str
+) -> np.ndarray | None:
+    """Pixels at or above the band's ``SATURATE`` level (in the file's units), or None.
+
+    Raises:
+        BlissIOError: ``SATURATE`` is not a positive number.
+    """
+    if "SATURATE" not in header:
+        return None
+    level = header["SATURATE"]
+    if isinstance(level, bool) or not isinstance(level, int | float) or not level > 0:
+        raise BlissIOError(
+            f"{path} HDU {hdu}: SATURATE={level!r}; expected the positive pixel value (in the "
+            "HDU's own units) at which the detector saturates."
+        )
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(raw) & (raw >= level)
 
 
 def _electrons_per_unit(header: fits.Header, magzero: float, path: Path, hdu: str) -> float:

@@ -51,6 +51,10 @@ def test_the_m2_cut_out_is_cataloged_by_the_crowded_model(tmp_path):
     sparse_bright = int((np.asarray(sparse["mag_r"]) < 22).sum())
     assert "CRWDBLKS" not in sparse.meta
     assert bright > 5 * sparse_bright and bright > 800
+    # the cut-out's saturated r and i pixels (fpM SATUR) flag the stars on them, and only a few
+    saturated = (np.asarray(table["flags"]) & flag_value("saturated")) > 0
+    assert 0 < saturated.sum() < 0.05 * len(table)
+    assert np.all(np.asarray(table["flags"])[saturated] & flag_value("masked"))
 
 
 def test_a_sparse_field_is_left_to_the_main_model(tmp_path):

@@ -43,7 +43,7 @@ from bliss.surveys.sdss._files import (
     read_fits,
 )
 from bliss.surveys.sdss.align import check_overlap, map_pixels, pixel_grid_map, resample_band
-from bliss.surveys.sdss.masks import DEFAULT_MASK_PLANES, read_fpm_mask
+from bliss.surveys.sdss.masks import DEFAULT_MASK_PLANES, read_fpm_planes
 from bliss.surveys.sdss.psf import SdssPsf
 from bliss.surveys.wcs import celestial_wcs
 
@@ -74,6 +74,8 @@ class SdssFrame:
         wcs: celestial WCS of this band's own pixel grid.
         pixel_origin: ``(row, col)`` of this file's pixel (0, 0) in the full SDSS frame: (0, 0)
             except for cut-outs, whose header says ``CUTROW0`` / ``CUTCOL0``.
+        saturated: True where the fpM ``SATUR`` plane marks a saturated pixel (on the reference
+            grid: any saturated band pixel among the four nearest). Shape ``h w``.
     """
 
     band: str
@@ -87,6 +89,7 @@ class SdssFrame:
     psf: SdssPsf
     wcs: WCS
     pixel_origin: tuple[int, int]
+    saturated: np.ndarray | None = None
 
     def __repr__(self) -> str:
         """Band, shape, gain and zero point."""
@@ -140,6 +143,18 @@ class SdssField:
         return np.stack([frame.sky for frame in self.frames.values()])
 
     @property
+    def saturated(self) -> np.ndarray:
+        """Saturated pixels (fpM ``SATUR``) per band. Shape ``c h w`` (bool)."""
+        return np.stack(
+            [
+                np.zeros(frame.electrons.shape, bool)
+                if frame.saturated is None
+                else frame.saturated
+                for frame in self.frames.values()
+            ]
+        )
+
+    @property
     def magzero(self) -> np.ndarray:
         """AB magnitude of one electron per band (median column calibration). Shape ``c``."""
         return np.array([frame.magzero for frame in self.frames.values()])
@@ -161,7 +176,9 @@ class SdssField:
         """
         empty = np.zeros((0, 0), dtype=np.float32)
         frames = {
-            band: dataclasses.replace(frame, electrons=empty, sky=empty, mask=empty.astype(bool))
+            band: dataclasses.replace(
+                frame, electrons=empty, sky=empty, mask=empty.astype(bool), saturated=None
+            )
             for band, frame in self.frames.items()
         }
         return dataclasses.replace(self, frames=frames)
@@ -300,7 +317,13 @@ def read_sdss_field(
         wcs = _celestial_wcs(header, path)
         shape = image_nmgy.shape
         gain = gains[band]
-        mask = read_fpm_mask(fpm_paths[band], mask_planes, shape=shape, ids=ids)
+        planes = read_fpm_planes(
+            fpm_paths[band], tuple(dict.fromkeys((*mask_planes, "SATUR"))), shape=shape, ids=ids
+        )
+        mask = np.zeros(shape, dtype=bool)
+        for plane in mask_planes:
+            mask |= planes[plane.upper()]
+        saturated = planes["SATUR"]
         electrons = (image_nmgy / calib[np.newaxis, :] + sky_counts) * gain
         electrons[mask] = np.nan
         sky = np.multiply(sky_counts, gain, out=sky_counts)
@@ -311,6 +334,10 @@ def read_sdss_field(
             sky = ndimage.map_coordinates(
                 sky, coordinates, output=np.float32, order=1, mode="nearest"
             )
+            near = ndimage.map_coordinates(
+                saturated.astype(np.float32), coordinates, order=1, mode="constant", cval=0.0
+            )
+            saturated = near > 0
         return SdssFrame(
             band=band,
             path=path,
@@ -323,6 +350,7 @@ def read_sdss_field(
             psf=SdssPsf.from_psfield(psfield, band, run=run, camcol=camcol, field=field),
             wcs=wcs,
             pixel_origin=(int(header.get("CUTROW0", 0)), int(header.get("CUTCOL0", 0))),
+            saturated=saturated,
         )
 
     # bz2 decompression and the spline resampling dominate and release the GIL: threads

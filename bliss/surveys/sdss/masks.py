@@ -26,7 +26,7 @@ from astropy.io import fits
 from bliss.errors import BlissIOError, BlissValueError
 from bliss.surveys.sdss._files import check_ids, read_fits
 
-__all__ = ["DEFAULT_MASK_PLANES", "read_fpm_mask"]
+__all__ = ["DEFAULT_MASK_PLANES", "read_fpm_mask", "read_fpm_planes"]
 
 #: planes whose pixels hold no measurement of the sky: interpolated (bad columns, cosmic rays,
 #: bleed trails), saturated and cosmic-ray pixels
@@ -56,9 +56,35 @@ def read_fpm_mask(
         BlissValueError: a plane name is not in the file.
         BlissIOError: the file is missing, damaged, for another field, or of another shape.
     """
+    masks = read_fpm_planes(path, planes, shape=shape, ids=ids)
+    return np.logical_or.reduce(list(masks.values())) if masks else _empty_mask(path, shape)
+
+
+def read_fpm_planes(
+    path: str | Path,
+    planes: tuple[str, ...],
+    *,
+    shape: tuple[int, int] | None = None,
+    ids: dict[str, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Each of the ``planes`` of an fpM file as a boolean image, read in one pass.
+
+    Args:
+        path: the fpM file.
+        planes: plane names without the ``S_MASK_`` prefix (any case).
+        shape: if given, the file's ``MASKROWS`` x ``MASKCOLS`` must equal it (the frame shape).
+        ids: expected header ids.
+
+    Returns:
+        Upper-case plane name -> True where a pixel is in that plane. Shapes ``h w``.
+
+    Raises:
+        BlissValueError: a plane name is not in the file.
+        BlissIOError: the file is missing, damaged, for another field, or of another shape.
+    """
     path = Path(path)
 
-    def _read(hdus: fits.HDUList) -> np.ndarray:
+    def _read(hdus: fits.HDUList) -> dict[str, np.ndarray]:
         header = hdus[0].header
         check_ids(header, path, ids or {}, "fpM")
         n_rows, n_cols = int(header["MASKROWS"]), int(header["MASKCOLS"])
@@ -73,12 +99,23 @@ def read_fpm_mask(
             raise BlissValueError(
                 f"mask planes {unknown} are not in {path}; expected names from {sorted(plane_hdu)}."
             )
-        mask = np.zeros((n_rows, n_cols), dtype=bool)
-        for plane in planes:
-            _paint(mask, hdus[plane_hdu[plane.upper()]].data, path)
-        return mask
+        masks = {}
+        for plane in dict.fromkeys(plane.upper() for plane in planes):
+            masks[plane] = np.zeros((n_rows, n_cols), dtype=bool)
+            _paint(masks[plane], hdus[plane_hdu[plane]].data, path)
+        return masks
 
     return read_fits(path, _read, "fpM")
+
+
+def _empty_mask(path: str | Path, shape: tuple[int, int] | None) -> np.ndarray:
+    """No planes asked for: nothing masked, on the file's own frame shape."""
+
+    def _read(hdus: fits.HDUList) -> np.ndarray:
+        header = hdus[0].header
+        return np.zeros((int(header["MASKROWS"]), int(header["MASKCOLS"])), dtype=bool)
+
+    return np.zeros(shape, dtype=bool) if shape is not None else read_fits(Path(path), _read, "fpM")
 
 
 def _plane_hdus(hdus: fits.HDUList, path: Path) -> dict[str, int]:

@@ -137,6 +137,7 @@ class SdssFrameSurvey(ParametricSurvey):
             if self.aperture_correction
             else None,
             psf=functools.partial(self._band_psf, field.geometry(), tuple(bands)),
+            saturated=field.saturated,
         )
 
     def _aperture_corrections(self, field: SdssField) -> np.ndarray:

@@ -21,8 +21,8 @@ def test_bits_are_distinct_and_named():
     bits = [bit for bit, _ in FLAG_BITS.values()]
     assert sorted(bits) == list(range(len(bits)))
     assert flag_value("edge", "blended") == 2 + 8
-    with pytest.raises(BlissValueError, match="saturated"):
-        flag_value("saturated")
+    with pytest.raises(BlissValueError, match="saturation"):
+        flag_value("saturation")
 
 
 def test_an_isolated_bright_enough_source_in_the_middle_is_clean():
@@ -78,3 +78,20 @@ def test_empty_catalog_and_bad_inputs():
         source_flags(np.zeros((1, 2)), np.zeros(SHAPE, bool), 0.0)
     with pytest.raises(BlissValueError, match="prob_source has shape"):
         flags_of([[50.0, 50.0]], prob_source=np.array([0.9, 0.9]))
+
+
+def test_saturated_pixels_within_the_footprint_set_saturated_only_there():
+    saturated = np.zeros(SHAPE, bool)
+    saturated[50, 62] = True  # 2 px from the first source: inside its 3 px footprint
+    saturated[80, 100] = True  # far from both
+    flags = source_flags(
+        np.array([[50.5, 60.5], [25.5, 22.5]]),
+        np.zeros(SHAPE, bool),
+        FWHM_PX,
+        saturated=saturated,
+    )
+    assert flags.tolist() == [flag_value("saturated"), 0]
+    with pytest.raises(BlissValueError, match="saturated has shape"):
+        source_flags(
+            np.array([[5.0, 5.0]]), np.zeros(SHAPE, bool), FWHM_PX, saturated=saturated[:5]
+        )

@@ -64,13 +64,15 @@ class _FixedPredictor:
         self.galaxies = galaxies
         self.progress = False
         self.seen: list[tuple[int, int]] = []
+        self.star_photometry: list[bool] = []
 
     def applies_aperture_correction(self, image) -> bool:
         return False
 
-    def predict_and_sample(self, image, threshold, n_samples, quantiles):
+    def predict_and_sample(self, image, threshold, n_samples, quantiles, star_photometry=True):
         height, width = image.images.shape[1:]
         self.seen.append((height, width))
+        self.star_photometry.append(star_photometry)
         inside = (self.plocs[:, 0] < height) & (self.plocs[:, 1] < width)
         plocs = self.plocs[inside]
         n = len(plocs)
@@ -118,6 +120,19 @@ def test_each_block_takes_its_sources_from_one_model(monkeypatch):
     assert np.isnan(disk_q[(5.0, 5.0)]) and disk_q[(40.0, 70.0)] == 0.5
     assert [int(s["n_sources"][0]) for s in samples] == [4, 4]
     assert regional.picks["crowded_blocks"] == 1 and regional.picks["crowded_share"] == 0.25
+    # a frame with a crowded block keeps the main model's fluxes (no PSF fit of its sources)
+    assert sparse.star_photometry == [False]
+
+
+def test_a_frame_without_crowded_blocks_gets_star_photometry(monkeypatch):
+    sparse = _FixedPredictor([[10.0, 10.0]], 4, galaxies=True)
+    crowded = _FixedPredictor([], 2, galaxies=False)
+    monkeypatch.setattr(
+        "bliss.predict.regional.crowded_blocks", lambda *args: np.zeros((2, 2), bool)
+    )
+    regional = RegionalPredictor(sparse, crowded, CrowdingSettings(block_px=64), context_px=8)
+    regional.predict_and_sample(_image(np.full((128, 128), SKY)), 0.5, 0)
+    assert sparse.star_photometry == [True] and crowded.seen == []
 
 
 def test_bands_must_agree_and_flags_mark_crowded_sources():

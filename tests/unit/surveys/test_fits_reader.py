@@ -248,3 +248,27 @@ def test_bad_fwhm_map(tmp_path, values, match):
 
 def test_without_fwhm_maps_there_is_no_map(tmp_path):
     assert read_fits_image(write(tmp_path / "a.fits"), SURVEY).psf_fwhm_map is None
+
+
+def test_pixels_at_the_saturate_level_become_missing_and_saturated(tmp_path):
+    path = write(tmp_path / "img.fits")
+    with fits.open(path, mode="update") as hdus:
+        hdus["r"].header["SATURATE"] = 160.0  # in the HDU's units: about 20 % of Poisson(150)
+        hdus["r"].data[5, 5] = 5000.0
+        raw = hdus["r"].data.copy()
+    image = read_fits_image(path, SURVEY)
+    r = image.bands.index("r")
+    expected = raw >= 160.0
+    assert image.saturated is not None and np.array_equal(image.saturated[r], expected)
+    assert not image.saturated[image.bands.index("g")].any()  # no SATURATE: none known
+    assert np.isnan(image.images[r][expected]).all()
+    assert np.isfinite(image.images[r][~expected]).all()
+
+
+def test_without_saturate_nothing_is_known_and_a_bad_level_is_refused(tmp_path):
+    path = write(tmp_path / "img.fits")
+    assert read_fits_image(path, SURVEY).saturated is None
+    with fits.open(path, mode="update") as hdus:
+        hdus["g"].header["SATURATE"] = -1.0
+    with pytest.raises(BlissIOError, match=r"HDU G: SATURATE=-1.0; expected the positive"):
+        read_fits_image(path, SURVEY)

@@ -322,3 +322,19 @@ def test_the_sky_grid_is_interpolated_as_map_coordinates_would():
             grid[:1], np.meshgrid(np.zeros(4), grid_cols, indexing="ij"), order=1, mode="nearest"
         ),
     )
+
+
+def test_saturated_pixels_are_read_masked_and_carried_to_the_reference_grid():
+    """The M2 cut-out holds saturated stars in r and i (fpM ``SATUR``)."""
+    from bliss.surveys.sdss.masks import read_fpm_planes
+
+    field = read_sdss_field(SDSS_CUTOUTS, 2583, 2, 136)
+    saturated = field.saturated
+    assert saturated.shape == field.images.shape and saturated[field.bands.index("r")].any()
+    assert np.isnan(field.images[saturated]).all()  # SATUR is a default mask plane
+    fpm = SDSS_CUTOUTS / "2583" / "2" / "136" / "fpM-002583-r2-0136.fit.gz"
+    planes = read_fpm_planes(fpm, ("interp", "SATUR", "CR"))
+    assert sorted(planes) == ["CR", "INTERP", "SATUR"]
+    union = planes["INTERP"] | planes["SATUR"] | planes["CR"]
+    assert np.array_equal(union, read_fpm_mask(fpm))
+    assert np.array_equal(planes["SATUR"], saturated[field.bands.index("r")])  # r: the grid
