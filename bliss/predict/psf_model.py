@@ -35,6 +35,8 @@ __all__ = [
 STAMP_HALF_PX = 7
 #: largest Moffat beta fitted: the profile is then within 1 % of a Gaussian of the same FWHM
 MAX_BETA = 30.0
+#: log(beta - 1) at which the shape search stops growing beta
+_LOG_BETA_CAP = math.log(1e4)
 #: stars needed to fit the PSF shape of a band; fewer: the header FWHM and the default beta
 MIN_SHAPE_STARS = 5
 #: the brightest isolated stars used for the shape (more only cost time)
@@ -144,7 +146,8 @@ def moffat_stamp(
     """
     if not (fwhm_px > 0 and beta > 1):
         raise BlissValueError(f"Moffat fwhm_px={fwhm_px}, beta={beta}; expected > 0 and > 1.")
-    alpha = fwhm_px / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    # expm1: 2**(1/beta) - 1 without cancellation, still > 0 for the huge beta of a Gaussian
+    alpha = fwhm_px / (2 * math.sqrt(math.expm1(math.log(2) / beta)))
     nodes, weights = _pixel_quadrature(half)
     rows = (nodes - offset_row) / alpha
     cols = (nodes - offset_col) / alpha
@@ -245,12 +248,13 @@ def fit_moffat_shape(
         return fallback
 
     def chi2(params: np.ndarray) -> float:
-        fwhm, beta = math.exp(params[0]), 1 + math.exp(params[1])
+        # the search may run beta off to a Gaussian's infinity: held at 1e4 (a Gaussian to 1e-4)
+        fwhm, beta = math.exp(params[0]), 1 + math.exp(min(params[1], _LOG_BETA_CAP))
         return sum(star_chi2(stamp, fwhm, beta) for stamp in stamps)
 
     start = np.array([math.log(fwhm_guess_px), math.log(default_beta - 1)])
     result = optimize.minimize(chi2, start, method="Nelder-Mead", options={"xatol": 1e-3})
-    fwhm, beta = math.exp(result.x[0]), 1 + math.exp(result.x[1])
+    fwhm, beta = math.exp(result.x[0]), 1 + math.exp(min(result.x[1], _LOG_BETA_CAP))
     # beyond beta ~ 30 a Moffat is a Gaussian already (the fit drifts on): cap it there; a
     # beta this small or a width this far off is a plateau the data did not ask for
     beta = min(beta, MAX_BETA)

@@ -58,17 +58,19 @@ APERTURE_SNR = 30.0
 MIN_APERTURE_STARS = 5
 #: sources get PSF-fit fluxes only below this P(galaxy): a PSF fit of a compact galaxy is low ...
 STAR_PROB = 0.2
-#: ... unless the fit reaches this S/N and still finds a point source: so bright, a galaxy's
-#: extent would show in the misfit, and the network's P(galaxy) of saturating stars is unsure
+#: ... unless, with an image's own PSF model, the fit reaches this S/N and still finds a point
+#: source: so bright, a galaxy's extent would show in the misfit, and the network's P(galaxy)
+#: of near-saturated real stars is unsure
 SURE_POINT_SNR = 100.0
 #: stars the fit measures at this S/N or better take its flux even where the network's
 #: interval is narrower (the network's is not calibrated under another PSF)
 FIT_SNR = 10.0
 #: a fit whose reduced chi-square exceeds this did not find a point source there ...
 POINT_CHI2 = 3.0
-#: ... where the chi-square allows the PSF model this fractional error per pixel (DAOPHOT's
-#: "profile error"): a bright star's counts expose a survey PSF model's percent-level errors,
-#: which would otherwise call every star brighter than S/N ~100 extended
+#: ... where, with an image's own PSF model (``SurveyImage.psf``), the chi-square allows it this
+#: fractional error per pixel (DAOPHOT's "profile error"): a bright star's counts expose a
+#: survey PSF model's percent-level errors, which would otherwise call every star brighter than
+#: S/N ~100 extended. A Moffat fitted to the image's own stars gets none
 PROFILE_ERROR = 0.1
 #: stars fitted together at most; larger groups keep the network's fluxes
 MAX_GROUP = 20
@@ -196,8 +198,10 @@ def _fit_group(
     reduced_chi2 = float((residual**2 * weight).sum()) / dof
     sigma = sigma * math.sqrt(max(reduced_chi2, 1.0))
     sigma = np.sqrt(sigma**2 + (FLUX_FLOOR * np.clip(fluxes, 0, None)) ** 2)
+    # a survey's PSF model is not refitted to this image: its percent-level errors are allowed
+    profile_error = PROFILE_ERROR if isinstance(psf_model, ImagePsf) else 0.0
     stars_light = psf[:, use].T @ np.clip(fluxes, 0, None)
-    tolerant = 1 / (1 / weight + (PROFILE_ERROR * stars_light) ** 2)
+    tolerant = 1 / (1 / weight + (profile_error * stars_light) ** 2)
     misfit = float((residual**2 * tolerant).sum()) / dof
     return fluxes, sigma, positions, misfit
 
@@ -367,6 +371,7 @@ def refine_star_fluxes(
     groups = [
         stars[group] for group in _groups(positions[stars], 2 * half + 1) if len(group) <= MAX_GROUP
     ]
+    survey_psf = np.zeros(len(image.bands), dtype=bool)
     for band in range(len(image.bands)):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
         subtracted = image.images[band] - image.background[band]
@@ -392,6 +397,7 @@ def refine_star_fluxes(
                 half,
             )
         shapes.append(model)
+        survey_psf[band] = isinstance(model, ImagePsf)
         # galaxies are not PSFs: their cores are left out of every star's fit
         data = np.where(galaxy_mask, np.nan, data)
         band_fluxes = fluxes[:, band] / per_electron / scale
@@ -447,7 +453,7 @@ def refine_star_fluxes(
     # a source the PSF does not describe (an extended galaxy called a star) keeps the network's
     point_like = misfit < POINT_CHI2
     # ... and a source the network nearly called a galaxy keeps its posterior (STAR_PROB)
-    sure_point = new_fluxes >= SURE_POINT_SNR * new_sigma
+    sure_point = (new_fluxes >= SURE_POINT_SNR * new_sigma) & survey_psf[None, :]
     star_like = (prob_galaxy < STAR_PROB)[:, None] | sure_point
     keep = (fitted_well | (new_sigma < sigma_net)) & point_like & star_like
     data = dict(catalog.items())
