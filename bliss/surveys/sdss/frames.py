@@ -335,7 +335,12 @@ def read_sdss_field(
                 sky, coordinates, output=np.float32, order=1, mode="nearest"
             )
             near = ndimage.map_coordinates(
-                saturated.astype(np.float32), coordinates, order=1, mode="constant", cval=0.0
+                saturated.astype(np.float32),
+                coordinates,
+                output=np.float32,
+                order=1,
+                mode="constant",
+                cval=0.0,
             )
             saturated = near > 0
         return SdssFrame(

@@ -144,12 +144,12 @@ class SdssFrameSurvey(ParametricSurvey):
         """Each band's aperture correction, measured on the field's stars. Shape ``c``."""
         corrections = [
             aperture_correction(
-                field.images[index],
-                field.background[index],
+                frame.electrons,
+                frame.sky,
                 lambda row, col, band=band: self._model_psf(field, band, row, col),
                 self.pixel_scale_arcsec,
             )
-            for index, band in enumerate(field.bands)
+            for band, frame in field.frames.items()
         ]
         short = [
             f"{band} ({c.n_stars})"
