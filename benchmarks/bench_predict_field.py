@@ -18,22 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-#: the bliss command in a child that reports its own peak RSS, even when it exits
-_CHILD = """
-import resource, sys
-from bliss.cli.main import cli
-sys.argv = ["bliss", *sys.argv[1:]]
-try:
-    cli()
-finally:
-    # VmHWM starts afresh at exec; ru_maxrss can carry the forking parent's peak
-    try:
-        status = open("/proc/self/status").read().split("VmHWM:")[1]
-        peak_kb = int(status.split()[0])
-    except (OSError, IndexError):
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("PEAK_KB", peak_kb, file=sys.stderr)
-"""
+from bench_startup import CHILD as _CHILD  # the bliss command, reporting its peak RSS
 
 
 def run_once(

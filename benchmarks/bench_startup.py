@@ -28,7 +28,7 @@ from pathlib import Path
 from bench_predict import write_frame
 
 #: a child that runs its arguments as a script or the bliss command and reports its peak RSS
-_CHILD = """
+CHILD = """
 import resource, sys
 try:
     if sys.argv[1] == "-c":
@@ -52,7 +52,7 @@ def timed(arguments: list[str], expect_failure: bool = False) -> tuple[float, fl
     """One fresh process: (seconds, peak GB, its last stdout or stderr line)."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, *arguments], capture_output=True, text=True, check=False
+        [sys.executable, "-c", CHILD, *arguments], capture_output=True, text=True, check=False
     )
     seconds = time.perf_counter() - start
     if bool(done.returncode) != expect_failure:
