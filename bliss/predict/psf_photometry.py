@@ -74,6 +74,9 @@ POINT_CHI2 = 3.0
 PROFILE_ERROR = 0.1
 #: stars fitted together at most; larger groups keep the network's fluxes
 MAX_GROUP = 20
+#: with an image's own PSF model, the aperture its total fluxes refer to, arcsec (SDSS PHOTO's
+#: PSF magnitudes are calibrated to the light within 7.43")
+TOTAL_APERTURE_ARCSEC = 7.43
 #: the aperture correction is applied when it differs from 1 by this many standard errors
 APERTURE_SIGNIFICANCE = 3.0
 
@@ -214,6 +217,7 @@ def _aperture_correction(
     detections: np.ndarray,
     radius_px: float,
     model_rejected: bool,
+    local_sky: bool = True,
 ) -> tuple[float, float] | None:
     """Median ratio of large-aperture to PSF-fit flux of bright, isolated stars, and its error.
 
@@ -222,7 +226,8 @@ def _aperture_correction(
     not depend on the model. As DAOPHOT users do, the fluxes are put back on the aperture's
     scale. None when fewer than :data:`MIN_APERTURE_STARS` stars qualify (the PSF model is then
     trusted as it is), or when the nominal PSF was not rejected (``model_rejected`` False)
-    and the correction is consistent with 1.
+    and the correction is consistent with 1. ``local_sky`` False measures the aperture on
+    ``data`` as it is (its sky already subtracted), as SDSS PHOTO's aperture fluxes are.
     """
     import sep
 
@@ -245,7 +250,7 @@ def _aperture_correction(
         rows - 0.5,
         radius_px,
         mask=mask,
-        bkgann=(radius_px + 1, radius_px + 4),
+        bkgann=(radius_px + 1, radius_px + 4) if local_sky else None,
         subpix=5,
     )
     good = (flags == 0) & (flux > 0)
@@ -433,7 +438,28 @@ def refine_star_fluxes(
                 star_positions[members] = fit[2]
         if isinstance(model, ImagePsf):
             model.clear_cache()  # five bands' PSFs at every star would add ~150 MB to the peak
-            continue  # the image's aperture correction refers to its own PSF model
+            # the image's aperture correction was measured with another fit of the same model
+            # (no local sky term: with one, a halo's flat wings go into the sky); these fits
+            # get their own, measured the same way on the same aperture
+            own = _aperture_correction(
+                subtracted,
+                star_positions[stars],
+                band_fluxes[stars],
+                new_sigma[stars, band] / per_electron / scale,
+                positions,
+                TOTAL_APERTURE_ARCSEC / pixel_scale_arcsec,
+                model_rejected=True,
+                local_sky=False,
+            )
+            if own is not None:
+                fitted = np.isfinite(new_sigma[:, band])
+                factor, error = own
+                rescale = factor / scale
+                new_fluxes[fitted, band] *= rescale
+                new_sigma[fitted, band] = np.hypot(
+                    new_sigma[fitted, band] * rescale, error * new_fluxes[fitted, band]
+                )
+            continue
         correction = _aperture_correction(
             subtracted,
             star_positions[stars],
