@@ -16,44 +16,17 @@ within 0.05 each.
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-from bench_startup import CHILD
+from bench_predict_field import run_once
 
 #: PHOTO's aperture for PSF magnitudes, arcsec, and the pixel scale
 APERTURE_ARCSEC = 7.43
 PIXEL_ARCSEC = 0.396
 BINS = ((14, 17), (17, 19), (19, 20), (20, 21), (21, 22))
-
-
-def predict(data_dir: str, field: str, out: Path, overrides: list[str]) -> Path:
-    """The shipped command's catalog of ``field`` ("run-camcol-field")."""
-    run, camcol, number = field.split("-")
-    catalog = out / f"{field}.fits"
-    command = [
-        sys.executable,
-        "-c",
-        CHILD,
-        "mode=predict",
-        "survey=sdss_frames",
-        f"survey.data_dir={data_dir}",
-        f"survey.run={run}",
-        f"survey.camcol={camcol}",
-        f"survey.field={number}",
-        f"predict.output={catalog}",
-        "predict.plot=false",
-        f"hydra.run.dir={out / 'hydra'}",
-        *overrides,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"bliss failed:\n{done.stderr[-3000:]}")
-    return catalog
 
 
 def main() -> None:
@@ -76,7 +49,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     run, camcol, number = (int(v) for v in args.field.split("-"))
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.catalog or predict(args.data_dir, args.field, Path(tmp), overrides)
+        path = args.catalog
+        if path is None:
+            run_once(args.data_dir, args.field, ["predict.plot=false", *overrides], Path(tmp))
+            path = Path(tmp) / f"{args.field}.fits"
         catalog = Table.read(path)
     with initialize_config_module("bliss.conf", version_base="1.3"):
         cfg = compose(
