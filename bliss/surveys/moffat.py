@@ -15,6 +15,7 @@ from scipy import ndimage, optimize
 
 from bliss.errors import BlissError, BlissIOError, BlissValueError
 from bliss.protocols import PsfModel
+from bliss.surveys.interpolation import linear_weights
 
 __all__ = [
     "FWHM_METHODS",
@@ -166,23 +167,9 @@ def fwhm_map_arcsec(
     values = np.array([[fwhm_at(float(r), float(c)) for c in cols] for r in rows])
     # bilinear is separable: (h x grid) @ (grid x grid) @ (grid x w), 20x faster than
     # interpolating at each of the h w pixels
-    return (_linear_weights(rows, height) @ values @ _linear_weights(cols, width).T).astype(
-        np.float32
-    )
-
-
-def _linear_weights(knots: np.ndarray, n: int) -> np.ndarray:
-    """Weights of piecewise-linear interpolation from ``knots`` to ``0..n-1``. Shape ``n k``.
-
-    Points beyond the outermost knots are extrapolated linearly.
-    """
-    points = np.arange(n, dtype=np.float64)
-    left = np.clip(np.searchsorted(knots, points, side="right") - 1, 0, len(knots) - 2)
-    t = (points - knots[left]) / (knots[left + 1] - knots[left])
-    weights = np.zeros((n, len(knots)))
-    weights[np.arange(n), left] = 1.0 - t
-    weights[np.arange(n), left + 1] = t
-    return weights
+    row_weights = linear_weights(rows, np.arange(height))
+    col_weights = linear_weights(cols, np.arange(width))
+    return (row_weights @ values @ col_weights.T).astype(np.float32)
 
 
 def write_psf_header(

@@ -30,6 +30,7 @@ from astropy.wcs import WCS
 from scipy import ndimage
 
 from bliss.errors import BlissIOError, BlissValueError
+from bliss.surveys.interpolation import linear_weights
 from bliss.surveys.moffat import fwhm_map_arcsec
 from bliss.surveys.sdss._files import (
     check_field_ids,
@@ -89,7 +90,7 @@ class SdssFrame:
     psf: SdssPsf
     wcs: WCS
     pixel_origin: tuple[int, int]
-    saturated: np.ndarray | None = None
+    saturated: np.ndarray
 
     def __repr__(self) -> str:
         """Band, shape, gain and zero point."""
@@ -145,14 +146,7 @@ class SdssField:
     @property
     def saturated(self) -> np.ndarray:
         """Saturated pixels (fpM ``SATUR``) per band. Shape ``c h w`` (bool)."""
-        return np.stack(
-            [
-                np.zeros(frame.electrons.shape, bool)
-                if frame.saturated is None
-                else frame.saturated
-                for frame in self.frames.values()
-            ]
-        )
+        return np.stack([frame.saturated for frame in self.frames.values()])
 
     @property
     def magzero(self) -> np.ndarray:
@@ -174,11 +168,9 @@ class SdssField:
         What a PSF model kept past the read needs (:meth:`psf_image`, :meth:`band_pixel`),
         without holding ~27 MB per band of images.
         """
-        empty = np.zeros((0, 0), dtype=np.float32)
+        empty, none = np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=bool)
         frames = {
-            band: dataclasses.replace(
-                frame, electrons=empty, sky=empty, mask=empty.astype(bool), saturated=None
-            )
+            band: dataclasses.replace(frame, electrons=empty, sky=empty, mask=none, saturated=none)
             for band, frame in self.frames.items()
         }
         return dataclasses.replace(self, frames=frames)
@@ -372,8 +364,7 @@ def read_sdss_field(
             align_to: ref,
             **dict(zip(order[1:], pool.map(calibrate, order[1:]), strict=True)),
         }
-    ref_wcs = ref.wcs
-    return SdssField(run, camcol, field, align_to, ref_wcs, {band: frames[band] for band in bands})
+    return SdssField(run, camcol, field, align_to, ref.wcs, {band: frames[band] for band in bands})
 
 
 def _check_arguments(
@@ -479,29 +470,9 @@ def _sky_counts(grid: np.ndarray, grid_rows: np.ndarray, grid_cols: np.ndarray) 
     The ``ALLSKY`` grid is interpolated bilinearly at each row's ``YINTERP`` and each column's
     ``XINTERP`` grid position. Bilinear interpolation on a grid is separable: ``(h x gh) @ (gh x gw) @ (gw x w)``.
     """
-    return (
-        _linear_weights(grid_rows, grid.shape[0])
-        @ grid
-        @ _linear_weights(grid_cols, grid.shape[1]).T
-    )
-
-
-def _linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
-    """Weights of linear interpolation at ``positions`` in ``0..n-1``. Shape ``len(positions) n``.
-
-    Positions beyond either end take the end value, as ``ndimage.map_coordinates(order=1,
-    mode="nearest")`` does.
-    """
-    weights = np.zeros((len(positions), n))
-    if n == 1:
-        weights[:, 0] = 1.0
-        return weights
-    clamped = np.clip(positions, 0, n - 1)
-    left = np.minimum(np.floor(clamped).astype(np.int64), n - 2)
-    t = clamped - left
-    weights[np.arange(len(positions)), left] = 1.0 - t
-    weights[np.arange(len(positions)), left + 1] = t
-    return weights
+    row_weights = linear_weights(np.arange(grid.shape[0]), grid_rows, clamp=True)
+    col_weights = linear_weights(np.arange(grid.shape[1]), grid_cols, clamp=True)
+    return row_weights @ grid @ col_weights.T
 
 
 def _celestial_wcs(header: fits.Header, path: Path) -> WCS:
