@@ -77,20 +77,14 @@ def _check_keys(cfg: DictConfig) -> None:
     for key in ("n_samples", "marginal_samples"):
         if spec.get(key, 0) < 0:
             raise BlissConfigError(f"predict.{key}={spec[key]}; expected an integer >= 0.")
-    if not 0 < spec.threshold < 1:
-        raise BlissConfigError(
-            f"predict.threshold={spec.threshold}; expected a probability in (0, 1)."
-        )
     for key in ("plot", "check_images", "psf_photometry"):
         if not isinstance(spec.get(key, False), bool):
             raise BlissConfigError(f"predict.{key}={spec[key]!r}; expected true or false.")
-    from bliss.surveys.fits_reader import SKY_CONVENTIONS
+    from bliss.predict.predictor import check_threshold
+    from bliss.surveys.fits_reader import check_sky_convention
 
-    if spec.sky not in SKY_CONVENTIONS:
-        raise BlissConfigError(
-            f"predict.sky={spec.sky!r}; expected one of {list(SKY_CONVENTIONS)}: does the image "
-            "still hold the sky?"
-        )
+    check_threshold(spec.threshold)
+    check_sky_convention(spec.sky)
 
 
 def _check_outputs(cfg: DictConfig, several: bool) -> None:

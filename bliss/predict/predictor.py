@@ -17,7 +17,13 @@ from bliss.errors import BlissConfigError
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.protocols import ModelConditions, ObservingSetup, SurveyImage
 
-__all__ = ["Predictor", "PredictorSettings", "StarPhotometry", "build_predictor"]
+__all__ = [
+    "Predictor",
+    "PredictorSettings",
+    "StarPhotometry",
+    "build_predictor",
+    "check_threshold",
+]
 
 FLUX_KEY = "fluxes"  # catalog key of the per-band fluxes, nanomaggies
 LOCS_KEY = "locs"  # tile catalog key of positions within a tile, fraction of the tile
@@ -275,10 +281,7 @@ class Predictor:
         Raises:
             BlissConfigError: ``threshold`` is not in (0, 1) or ``n_samples`` is negative.
         """
-        if not 0 < threshold < 1:
-            raise BlissConfigError(
-                f"predict.threshold={threshold}; expected a probability in (0, 1)."
-            )
+        check_threshold(threshold)
         _check_n_samples(n_samples)
         features = self.tile_features(image)
         catalog = self._point_catalog(features, image, threshold, quantiles, star_photometry)
@@ -351,6 +354,16 @@ class Predictor:
     def applies_aperture_correction(self, image: SurveyImage) -> bool:
         """Whether :meth:`predict` multiplies this image's fluxes by its aperture correction."""
         return self.aperture_correction and image.aperture_correction is not None
+
+
+def check_threshold(threshold: float) -> None:
+    """Raise unless ``threshold`` (``predict.threshold``) is a probability in (0, 1).
+
+    Raises:
+        BlissConfigError: it is not.
+    """
+    if not 0 < threshold < 1:
+        raise BlissConfigError(f"predict.threshold={threshold}; expected a probability in (0, 1).")
 
 
 def _check_n_samples(n_samples: int) -> None:

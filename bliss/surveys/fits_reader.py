@@ -39,6 +39,7 @@ from bliss.surveys.wcs import celestial_wcs
 __all__ = [
     "PIXEL_UNITS",
     "SKY_CONVENTIONS",
+    "check_sky_convention",
     "estimate_background",
     "read_fits_image",
     "sky_from_noise",
@@ -117,6 +118,19 @@ def sky_from_noise(
     return np.clip(noise, 1e-3, None).astype(np.float32)
 
 
+def check_sky_convention(sky: str) -> None:
+    """Raise unless ``sky`` (``predict.sky``) is one of :data:`SKY_CONVENTIONS`.
+
+    Raises:
+        BlissConfigError: an unknown convention.
+    """
+    if sky not in SKY_CONVENTIONS:
+        raise BlissConfigError(
+            f"predict.sky={sky!r}; expected one of {list(SKY_CONVENTIONS)}: does the image still "
+            "hold the sky?"
+        )
+
+
 def read_fits_image(
     path: str | Path,
     survey: ObservingSetup,
@@ -147,11 +161,7 @@ def read_fits_image(
     """
     path = Path(path)
     bands = tuple(bands or survey.bands)
-    if sky not in SKY_CONVENTIONS:
-        raise BlissConfigError(
-            f"predict.sky={sky!r}; expected one of {list(SKY_CONVENTIONS)}: does the image still "
-            "hold the sky?"
-        )
+    check_sky_convention(sky)
     try:
         hdus = fits.open(path, memmap=False)
     except FileNotFoundError as err:
