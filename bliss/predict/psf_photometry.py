@@ -376,14 +376,13 @@ def refine_star_fluxes(
     groups = [
         stars[group] for group in _groups(positions[stars], 2 * half + 1) if len(group) <= MAX_GROUP
     ]
-    survey_psf = np.zeros(len(image.bands), dtype=bool)
     for band in range(len(image.bands)):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
         subtracted = image.images[band] - image.background[band]
         data = subtracted
         fwhm_px = float(image.psf_fwhm_arcsec[band]) / pixel_scale_arcsec
         # the catalog's fluxes carry the image's aperture correction, the fits are on the scale
-        # of its PSF model: divided out before, multiplied back after
+        # of its PSF model: divided out of their starting values
         scale = 1.0
         if image.psf is not None and image.aperture_correction is not None:
             scale = float(image.aperture_correction[band])
@@ -402,7 +401,6 @@ def refine_star_fluxes(
                 half,
             )
         shapes.append(model)
-        survey_psf[band] = isinstance(model, ImagePsf)
         # galaxies are not PSFs: their cores are left out of every star's fit
         data = np.where(galaxy_mask, np.nan, data)
         band_fluxes = fluxes[:, band] / per_electron / scale
@@ -431,8 +429,8 @@ def refine_star_fluxes(
                 )
                 if fit is None:
                     continue
-                new_fluxes[members, band] = fit[0] * per_electron * scale
-                new_sigma[members, band] = fit[1] * per_electron * scale
+                new_fluxes[members, band] = fit[0] * per_electron
+                new_sigma[members, band] = fit[1] * per_electron
                 misfit[members, band] = fit[3]
                 band_fluxes[members] = fit[0]
                 star_positions[members] = fit[2]
@@ -440,25 +438,23 @@ def refine_star_fluxes(
             model.clear_cache()  # five bands' PSFs at every star would add ~150 MB to the peak
             # the image's aperture correction was measured with another fit of the same model
             # (no local sky term: with one, a halo's flat wings go into the sky); these fits
-            # get their own, measured the same way on the same aperture
+            # get their own, measured the same way on the same aperture, where enough stars allow
             own = _aperture_correction(
                 subtracted,
                 star_positions[stars],
                 band_fluxes[stars],
-                new_sigma[stars, band] / per_electron / scale,
+                new_sigma[stars, band] / per_electron,
                 positions,
                 TOTAL_APERTURE_ARCSEC / pixel_scale_arcsec,
                 model_rejected=True,
                 local_sky=False,
             )
-            if own is not None:
-                fitted = np.isfinite(new_sigma[:, band])
-                factor, error = own
-                rescale = factor / scale
-                new_fluxes[fitted, band] *= rescale
-                new_sigma[fitted, band] = np.hypot(
-                    new_sigma[fitted, band] * rescale, error * new_fluxes[fitted, band]
-                )
+            factor, error = own if own is not None else (scale, 0.0)
+            fitted = np.isfinite(new_sigma[:, band])
+            new_fluxes[fitted, band] *= factor
+            new_sigma[fitted, band] = np.hypot(
+                new_sigma[fitted, band] * factor, error * new_fluxes[fitted, band]
+            )
             continue
         correction = _aperture_correction(
             subtracted,
@@ -479,6 +475,7 @@ def refine_star_fluxes(
     # a source the PSF does not describe (an extended galaxy called a star) keeps the network's
     point_like = misfit < POINT_CHI2
     # ... and a source the network nearly called a galaxy keeps its posterior (STAR_PROB)
+    survey_psf = np.array([isinstance(model, ImagePsf) for model in shapes])
     sure_point = (new_fluxes >= SURE_POINT_SNR * new_sigma) & survey_psf[None, :]
     star_like = (prob_galaxy < STAR_PROB)[:, None] | sure_point
     keep = (fitted_well | (new_sigma < sigma_net)) & point_like & star_like
