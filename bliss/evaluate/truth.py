@@ -16,6 +16,8 @@ from bliss.catalog.io import plocs_to_xy, table_to_full_catalog
 from bliss.errors import BlissConfigError, BlissIOError
 from bliss.evaluate.baseline import sep_catalog
 from bliss.metrics import detection_metrics, flux_metrics, interval_coverage, match_full_catalogs
+from bliss.metrics.calibration import binned_coverage, level_quantiles, reliability
+from bliss.metrics.plots import plot_calibration
 from bliss.predict.plots import plot_detections, save_png
 from bliss.predict.predictor import Predictor
 from bliss.protocols import Survey, SurveyImage
@@ -29,6 +31,13 @@ __all__ = [
 ]
 
 _QUANTILES = (0.05, 0.25, 0.75, 0.95)
+#: central-interval levels whose coverage is reported by default
+LEVELS = (0.5, 0.9)
+
+
+def level_set_quantiles(levels: Sequence[float]) -> tuple[float, ...]:
+    """The quantile probabilities that the central intervals at ``levels`` need, sorted."""
+    return tuple(sorted({q for level in levels for q in level_quantiles(level)}))
 
 
 def expand_inputs(spec: str | Sequence[str] | None, key: str) -> list[Path]:
@@ -79,16 +88,30 @@ def _coverage(truth: FullCatalog, est: FullCatalog, matches: Any, band: int) -> 
 
 
 def _metrics(
-    truth: FullCatalog, est: FullCatalog, band: int, match_dist_px: float, mag_bins: Sequence[float]
+    truth: FullCatalog,
+    est: FullCatalog,
+    band: int,
+    match_dist_px: float,
+    mag_bins: Sequence[float],
+    bands: Sequence[str] | None = None,
+    levels: Sequence[float] = (),
 ) -> dict:
+    """Detection, flux error and pooled coverage; with ``bands``, coverage per bin and type too."""
     matches = match_full_catalogs(truth, est, max_dist_px=match_dist_px)
     detection = detection_metrics(truth, est, matches, ref_band=band, mag_bins=list(mag_bins))
-    flux = flux_metrics(truth, est, matches, band=band)
-    return {
+    flux = flux_metrics(truth, est, matches, band=band, mag_bins=list(mag_bins))
+    result = {
         **detection,
         "mag_abs_err_median": flux["mag_abs_err_median"],
+        "mag_bias_median": flux["mag_bias_median"],
         **_coverage(truth, est, matches, band),
     }
+    if bands is not None:
+        result["calibration"] = binned_coverage(
+            truth, est, matches, ref_band=band, bands=bands, mag_bins=mag_bins
+        )
+        result["reliability"] = reliability(truth, est, matches, levels, bands=bands)
+    return result
 
 
 def catalog_with_bliss_and_sep(
@@ -126,15 +149,21 @@ def evaluate_files(
     mag_bins: Sequence[float],
     output: Path | None = None,
     sky: str = "included",
+    levels: Sequence[float] = LEVELS,
 ) -> dict[str, dict]:
     """Run bliss and ``sep`` on every image, match both to the truth and summarise.
 
     ``sky`` says whether the images' pixels hold the sky (``evaluate.sky``, see
-    :func:`bliss.surveys.fits_reader.read_fits_image`).
+    :func:`bliss.surveys.fits_reader.read_fits_image`). ``levels`` are the central-interval
+    levels of bliss's reliability curves (0.5 and 0.9 always among them).
 
     Returns:
         ``{"bliss": metrics, "sep": metrics}`` with overall and per-bin precision / recall / F1,
-        classification accuracy, median |Δmag| and 50 % / 90 % flux interval coverage.
+        classification accuracy, median |Δmag| and bias, and 50 % / 90 % flux interval
+        coverage; bliss's also with ``calibration`` (90 % coverage of every band's flux and of
+        the position, per true r bin and type, see
+        :func:`bliss.metrics.calibration.binned_coverage`) and ``reliability`` (coverage at each
+        level, see :func:`bliss.metrics.calibration.reliability`).
     """
     if len(images) != len(truths):
         raise BlissConfigError(
@@ -142,11 +171,13 @@ def evaluate_files(
             "truth table per image, in the same order."
         )
     band = survey.bands.index(survey.reference_band)
+    levels = tuple(sorted({*LEVELS, *(float(level) for level in levels)}))
+    quantiles = level_set_quantiles(levels)
     catalogs: dict[str, list[FullCatalog]] = {"truth": [], "bliss": [], "sep": []}
     for index, (image_path, truth_path) in enumerate(zip(images, truths, strict=True)):
         image = survey.read_image(image_path, tuple(predictor.encoder.bands), sky=sky)
         _, h, w = image.images.shape
-        ours, baseline = catalog_with_bliss_and_sep(predictor, survey, image, threshold)
+        ours, baseline = catalog_with_bliss_and_sep(predictor, survey, image, threshold, quantiles)
         try:
             truth_table = Table.read(truth_path)
         except Exception as err:
@@ -171,11 +202,21 @@ def evaluate_files(
             )
     truth = concat_full_catalogs(catalogs["truth"])
     results = {
-        name: _metrics(truth, concat_full_catalogs(catalogs[name]), band, match_dist_px, mag_bins)
-        for name in ("bliss", "sep")
+        "bliss": _metrics(
+            truth,
+            concat_full_catalogs(catalogs["bliss"]),
+            band,
+            match_dist_px,
+            mag_bins,
+            bands=tuple(predictor.encoder.bands),
+            levels=levels,
+        ),
+        "sep": _metrics(
+            truth, concat_full_catalogs(catalogs["sep"]), band, match_dist_px, mag_bins
+        ),
     }
     if output is not None:
-        _write(results, output, mag_bins)
+        _write(results, output, mag_bins, survey.reference_band)
     return results
 
 
@@ -209,7 +250,9 @@ def _summary_rows(
     return rows
 
 
-def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) -> None:
+def _write(
+    results: dict[str, dict], output: Path, mag_bins: Sequence[float], reference_band: str
+) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -221,6 +264,9 @@ def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) ->
     ]
     with atomic_path(output / "metrics.csv") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+    ours = results["bliss"]
+    if "calibration" in ours:
+        _write_calibration(ours["calibration"], ours["reliability"], output, reference_band)
     figure = Figure(figsize=(6, 4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -231,6 +277,26 @@ def _write(results: dict[str, dict], output: Path, mag_bins: Sequence[float]) ->
     axes.set_ylabel("F1")
     axes.legend()
     save_png(figure, output / "f1_by_magnitude.png")
+
+
+def _write_calibration(
+    rows: list[dict], curves: dict[str, list[float]], output: Path, reference: str
+) -> None:
+    """``calibration.csv`` (one line per type and bin) and ``reliability.png``."""
+    columns = list(rows[0])
+    lines = [",".join(columns)] + [
+        ",".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        for row in rows
+    ]
+    with atomic_path(output / "calibration.csv") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    # the reference band's flux and the position, per type: the curves a reader looks at first
+    shown = {
+        name: values
+        for name, values in curves.items()
+        if name != "levels" and (name.endswith(" position") or name.endswith(f" flux_{reference}"))
+    }
+    plot_calibration(curves["levels"], shown, output / "reliability.png")
 
 
 def format_results(results: dict[str, dict], mag_bins: Sequence[float]) -> str:

@@ -25,7 +25,7 @@ class CatalogPrior:
     and galaxies). Other bands are set by colours: ``mag_b - mag_ref = mean_b + slope_b * t +
     scatter_b * eps_b`` with one latent ``t ~ N(0, 1)`` per source (a "temperature" that moves the
     source along the stellar or galaxy locus) and independent ``eps_b ~ N(0, 1)``. Galaxy shapes:
-    disk fraction uniform in [0, 1], half-light radii log-normal (arcsec, clipped to
+    disk fraction uniform in ``disk_frac`` ([0, 1] unless given), half-light radii log-normal (arcsec, clipped to
     ``[min, max]``), axis ratios uniform in ``[q_min, 1]``, position angle uniform in [0, pi).
 
     Args:
@@ -43,7 +43,8 @@ class CatalogPrior:
             ``None`` gives every band the reference flux.
         galaxy_colors: same for galaxies.
         galaxy_shape: ``{disk_hlr_arcsec: {median, sigma, min, max}, bulge_hlr_arcsec: {...},
-            q_min}``; ``sigma`` is the standard deviation of the natural log.
+            q_min, disk_frac: [low, high]}``; ``sigma`` is the standard deviation of the
+            natural log.
         corner_fraction: share of sources placed within ``corner_px`` (in row and column) of one
             of their tile's corners, each a point four tiles share [default: 0, positions
             uniform]. A training device, not a claim about the sky: uniform positions put a
@@ -257,7 +258,7 @@ class CatalogPrior:
             return draw.clamp(spec["min"], spec["max"])
 
         return {
-            "disk_frac": uniform(0.0, 1.0),
+            "disk_frac": uniform(*config["disk_frac"]),
             "beta_rad": uniform(0.0, math.pi),
             "disk_q": uniform(q_min, 1.0),
             "disk_hlr_arcsec": log_normal(config["disk_hlr_arcsec"]),
@@ -296,6 +297,7 @@ _DEFAULT_SHAPE = {
     "disk_hlr_arcsec": {"median": 0.8, "sigma": 0.5, "min": 0.2, "max": 5.0},
     "bulge_hlr_arcsec": {"median": 0.5, "sigma": 0.5, "min": 0.1, "max": 3.0},
     "q_min": 0.2,
+    "disk_frac": (0.0, 1.0),
 }
 
 
@@ -310,6 +312,13 @@ def _check_shape_config(spec: Mapping) -> dict:
         raise BlissConfigError(
             f"prior.galaxy_shape.q_min={config['q_min']}; expected 0 < q_min <= 1."
         )
+    low, high = (float(v) for v in config["disk_frac"])
+    if not 0 <= low <= high <= 1:
+        raise BlissConfigError(
+            f"prior.galaxy_shape.disk_frac={list(config['disk_frac'])}; expected [low, high] "
+            "with 0 <= low <= high <= 1 (the disk's share of a galaxy's flux, drawn uniformly)."
+        )
+    config["disk_frac"] = (low, high)
     for key in ("disk_hlr_arcsec", "bulge_hlr_arcsec"):
         radius = config[key]
         if not (0 < radius["min"] <= radius["median"] <= radius["max"] and radius["sigma"] >= 0):

@@ -1,10 +1,11 @@
 """Noise-free rendering of stars and bulge + disk galaxies; the only module that calls GalSim.
 
 Profiles are GalSim's: a star is the band's PSF, a galaxy is a ``galsim.DeVaucouleurs`` bulge
+(or a ``galsim.Sersic`` bulge of another index, for test sets off the training profile family)
 plus a ``galsim.Exponential`` disk (see :func:`galaxy_profile`), convolved with the PSF and
 integrated over square pixels. For speed, :class:`GalsimRenderer` does the convolution itself in
 Fourier space: GalSim supplies the Fourier transforms (the PSF's once per PSF object and stamp
-size, the de Vaucouleurs profile once per process as a radial table; the exponential's is
+size, the bulge's once per process and Sersic index as a radial table; the exponential's is
 analytic), and numpy multiplies them, applies the sub-pixel shift as a phase and transforms a whole
 batch of stamps back at once. Frequencies above the pixel Nyquist limit are ignored, so pixels agree
 with ``drawImage(method="auto")`` to ~2e-4 of a source's peak for a PSF FWHM of 3.3 px, 4e-3 at
@@ -14,7 +15,14 @@ Coordinates follow :mod:`bliss.catalog`: ``(row, col)`` pixels, pixel ``(i, j)``
 ``[i, i+1) x [j, j+1)``. GalSim's ``x`` is our ``col`` and its ``y`` is our ``row``.
 """
 
-__all__ = ["GalsimRenderer", "galaxy_profile", "image_psf", "moffat_psf"]
+__all__ = [
+    "DEVAUCOULEURS_N",
+    "GalsimRenderer",
+    "check_sersic_n",
+    "galaxy_profile",
+    "image_psf",
+    "moffat_psf",
+]
 
 import math
 import warnings
@@ -40,7 +48,11 @@ from bliss.simulator._stamps import (
 
 #: ratio of half-light radius to scale radius of an exponential profile (as in GalSim)
 _EXP_HLR_PER_SCALE_RADIUS = 1.6783469900166605
-#: de Vaucouleurs Fourier table: ``log1p(k * hlr)`` grid up to this ``k * hlr`` (value ~5e-7)
+#: Sersic index of the de Vaucouleurs bulge that models are trained on
+DEVAUCOULEURS_N = 4.0
+#: Sersic indices GalSim draws
+_SERSIC_N_RANGE = (0.3, 6.2)
+#: bulge Fourier table: ``log1p(k * hlr)`` grid up to this ``k * hlr`` (value ~5e-7)
 _DEV_TABLE_MAX_K = 1e4
 _DEV_TABLE_SIZE = 4096
 #: largest pixel-convolved PSF Fourier amplitude at the Nyquist frequency accepted silently
@@ -108,7 +120,10 @@ def image_psf(
 
 
 def galaxy_profile(
-    params: Sequence[float], flux: float = 1.0, gsparams: galsim.GSParams | None = None
+    params: Sequence[float],
+    flux: float = 1.0,
+    gsparams: galsim.GSParams | None = None,
+    bulge_sersic_n: float = DEVAUCOULEURS_N,
 ) -> galsim.GSObject:
     """The GalSim bulge + disk profile of one galaxy, before the PSF.
 
@@ -124,9 +139,11 @@ def galaxy_profile(
             ``bulge_q``, ``bulge_hlr_arcsec`` (axis ratios in (0, 1], radii in arcsec).
         flux: total flux, any unit [default: 1].
         gsparams: GalSim accuracy parameters [default: GalSim's].
+        bulge_sersic_n: Sersic index of the bulge [default: 4, de Vaucouleurs].
 
     Returns:
-        ``galsim.DeVaucouleurs`` bulge plus ``galsim.Exponential`` disk, centred on the origin.
+        ``galsim.DeVaucouleurs`` (or ``galsim.Sersic``) bulge plus ``galsim.Exponential`` disk,
+        centred on the origin.
     """
     disk_frac, beta_rad, disk_q, disk_hlr, bulge_q, bulge_hlr = (float(v) for v in params)
     beta = beta_rad * galsim.radians
@@ -135,19 +152,42 @@ def galaxy_profile(
         disk = galsim.Exponential(disk_hlr, flux=flux * disk_frac, gsparams=gsparams)
         components.append(disk.shear(q=disk_q, beta=beta))
     if disk_frac < 1:
-        bulge = galsim.DeVaucouleurs(bulge_hlr, flux=flux * (1 - disk_frac), gsparams=gsparams)
+        bulge = _bulge(bulge_sersic_n, bulge_hlr, flux * (1 - disk_frac), gsparams)
         components.append(bulge.shear(q=bulge_q, beta=beta))
     return galsim.Add(components)
 
 
+def _bulge(
+    sersic_n: float, hlr: float, flux: float = 1.0, gsparams: galsim.GSParams | None = None
+) -> galsim.GSObject:
+    """A round Sersic bulge; GalSim's own de Vaucouleurs class for ``n = 4``."""
+    if sersic_n == DEVAUCOULEURS_N:
+        return galsim.DeVaucouleurs(hlr, flux=flux, gsparams=gsparams)
+    return galsim.Sersic(sersic_n, half_light_radius=hlr, flux=flux, gsparams=gsparams)
+
+
+def check_sersic_n(sersic_n: float) -> float:
+    """``sersic_n`` as a float, if GalSim can draw a Sersic profile of that index.
+
+    Raises:
+        BlissValueError: it is outside GalSim's range [0.3, 6.2].
+    """
+    if not _SERSIC_N_RANGE[0] <= sersic_n <= _SERSIC_N_RANGE[1]:
+        raise BlissValueError(
+            f"bulge_sersic_n={sersic_n}; expected a Sersic index in [{_SERSIC_N_RANGE[0]}, "
+            f"{_SERSIC_N_RANGE[1]}] (GalSim's range; 4 is de Vaucouleurs, 1 exponential)."
+        )
+    return float(sersic_n)
+
+
 @cache
-def _devaucouleurs_ft_table() -> tuple[float, np.ndarray]:
-    """Fourier transform of a unit-flux, unit-hlr de Vaucouleurs profile on a ``log1p(k)`` grid.
+def _bulge_ft_table(sersic_n: float) -> tuple[float, np.ndarray]:
+    """Fourier transform of a unit-flux, unit-hlr Sersic bulge on a ``log1p(k)`` grid.
 
     Returns:
         The grid step and the (real) values at ``k = expm1(step * i)``, ``k`` in 1 / hlr.
     """
-    profile = galsim.DeVaucouleurs(half_light_radius=1.0)
+    profile = _bulge(sersic_n, 1.0)
     step = math.log1p(_DEV_TABLE_MAX_K) / (_DEV_TABLE_SIZE - 1)
     k_values = np.expm1(step * np.arange(_DEV_TABLE_SIZE))
     table = np.array([profile.kValue(float(k), 0.0).real for k in k_values])
@@ -168,6 +208,8 @@ class GalsimRenderer:
         folding_threshold: GalSim's ``folding_threshold``, the fraction of light allowed outside
             a stamp [default: 5e-3].
         maxk_threshold: GalSim's ``maxk_threshold`` [default: 1e-3].
+        bulge_sersic_n: Sersic index of every bulge [default: 4, de Vaucouleurs, as in
+            training]; another index renders a test set off the training profile family.
 
     PSF-dependent work is cached per PSF profile: GalSim profiles compare and hash by value, so
     equal PSFs built anew for every image (e.g. ``moffat_psf(1.3)``) share the work.
@@ -193,6 +235,7 @@ class GalsimRenderer:
         min_stamp_px: int = 15,
         folding_threshold: float = 5e-3,
         maxk_threshold: float = 1e-3,
+        bulge_sersic_n: float = DEVAUCOULEURS_N,
     ) -> None:
         if min_stamp_px < 3:
             raise BlissValueError(f"min_stamp_px={min_stamp_px}; expected at least 3 pixels.")
@@ -215,7 +258,10 @@ class GalsimRenderer:
         self._sizes = stamp_sizes(min_stamp_px, max_stamp_px)
         # light radius (arcsec) of unit-hlr components, holding 1 - folding_threshold of the flux
         self._disk_radius = math.pi / galsim.Exponential(1.0, gsparams=self.gsparams).stepk
-        self._bulge_radius = math.pi / galsim.DeVaucouleurs(1.0, gsparams=self.gsparams).stepk
+        self.bulge_sersic_n = check_sersic_n(bulge_sersic_n)
+        self._bulge_radius = (
+            math.pi / _bulge(self.bulge_sersic_n, 1.0, gsparams=self.gsparams).stepk
+        )
         # per PSF profile (by value; by identity for an unhashable one): radius, Fourier images
         self._psf_cache: dict[tuple, tuple[galsim.GSObject, Any]] = {}
 
@@ -355,7 +401,7 @@ class GalsimRenderer:
         k_major2, k_minor2 = k_major**2, k_minor**2
         disk_k2 = (k_major2 / disk_q + k_minor2 * disk_q) * disk_hlr**2
         disk = (1 + disk_k2 / _EXP_HLR_PER_SCALE_RADIUS**2) ** -1.5
-        step, table = _devaucouleurs_ft_table()
+        step, table = _bulge_ft_table(self.bulge_sersic_n)
         bulge_k = np.sqrt((k_major2 / bulge_q + k_minor2 * bulge_q) * bulge_hlr**2)
         bulge = np.interp(np.log1p(bulge_k) / step, np.arange(len(table)), table, right=0.0)
         return disk_frac * disk + (1 - disk_frac) * bulge

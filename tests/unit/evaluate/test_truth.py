@@ -51,8 +51,10 @@ class PerfectPredictor:
             "prob_galaxy": np.asarray(t["source_type"], float),
             "fluxes": fluxes,
         }
+        plocs = np.stack([rows["row"], rows["col"]], -1)
         for q in quantiles:
             rows[f"fluxes@{q:g}"] = fluxes * (0.5 if q < 0.5 else 2.0)
+            rows[f"plocs@{q:g}"] = plocs + (-0.5 if q < 0.5 else 0.5)
         _, height, width = image.images.shape
         return one_image_catalog(rows, height, width)
 
@@ -76,9 +78,26 @@ def test_perfect_predictor_scores_one_and_sep_finds_bright_stars(field, tmp_path
     assert ours["classification_accuracy"] == 1.0
     assert ours["mag_abs_err_median"] == 0.0
     assert ours["coverage90_flux"] == 1.0
+    # every cell of the per-bin, per-type table: all true values inside, no bias
+    cells = [row for row in ours["calibration"] if row["n"]]
+    assert sum(row["n"] for row in cells) == n_true
+    assert all(row["type"] == "star" for row in cells)
+    for row in cells:
+        assert row["coverage_x"] == row["coverage_y"] == row["coverage_flux_u"] == 1.0
+        assert row["mag_bias_median"] == pytest.approx(0.0, abs=1e-6)
+    assert ours["reliability"]["levels"] == [0.5, 0.9]
+    assert ours["reliability"]["star position"] == [1.0, 1.0]
+    assert "galaxy position" not in ours["reliability"]
     # isolated stars brighter than r = 19.2 at 96 x 96 px: sep finds nearly all of them
     assert results["sep"]["recall"] >= 0.8
-    for name in ("metrics.json", "metrics.csv", "f1_by_magnitude.png", "detections_bliss.png"):
+    for name in (
+        "metrics.json",
+        "metrics.csv",
+        "f1_by_magnitude.png",
+        "detections_bliss.png",
+        "calibration.csv",
+        "reliability.png",
+    ):
         assert (tmp_path / "out" / name).exists()
 
 

@@ -239,6 +239,7 @@ def test_same_seed_gives_identical_draws(prior_cfg):
         ({"galaxy_flux": {"min_nmgy": 9.0, "max_nmgy": 1.0, "alpha": 0.5}}, "prior.galaxy_flux"),
         ({"star_flux": {"min_nmgy": 1.0, "max_nmgy": 9.0, "alpha": -0.5}}, "prior.star_flux.alpha"),
         ({"galaxy_shape": {"q_min": 0.0}}, "prior.galaxy_shape.q_min"),
+        ({"galaxy_shape": {"disk_frac": [0.8, 0.2]}}, "prior.galaxy_shape.disk_frac"),
         ({"corner_fraction": 1.5}, "prior.corner_fraction"),
         ({"corner_px": 0.0}, "prior.corner_px"),
     ],
@@ -347,3 +348,15 @@ def test_unknown_reference_band_is_a_config_error(survey):
 def test_galaxy_keys_are_all_drawn(prior_cfg):
     catalog = _prior(prior_cfg).sample(1, 2, 2, torch.Generator().manual_seed(0))
     assert set(GALAXY_KEYS) <= set(catalog.keys())
+
+
+def test_disk_fraction_range_is_respected(prior_cfg):
+    shape = {**prior_cfg["galaxy_shape"], "disk_frac": [0.7, 0.9]}
+    prior = _prior(
+        prior_cfg, density_per_arcmin2=_density(8.0), prob_galaxy=1.0, galaxy_shape=shape
+    )
+    catalog = _draw(prior)
+    values = catalog["disk_frac"][catalog.galaxy_mask]
+    assert float(values.min()) >= 0.7 and float(values.max()) <= 0.9
+    # uniform on [0.7, 0.9]: mean 0.8, standard error 0.2 / sqrt(12 n)
+    assert float(values.mean()) == pytest.approx(0.8, abs=5 * 0.2 / math.sqrt(12 * values.numel()))

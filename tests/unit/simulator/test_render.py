@@ -112,6 +112,25 @@ def test_galaxy_flux_and_known_answer(renderer, psf):
     assert np.abs(image - reference).max() < 2e-3 * reference.max()
 
 
+@pytest.mark.parametrize("sersic_n", [1.5, 2.5])
+def test_sersic_bulge_matches_galsim(psf, sersic_n):
+    renderer = GalsimRenderer(bulge_sersic_n=sersic_n)
+    params = (0.3, 0.9, 0.7, 0.6, 0.6, 0.5)  # bulge-dominated, so the index shows
+    ploc = (23.7, 24.4)
+    image = render(renderer, ploc, [1e4], [psf], is_galaxy=[True], params=params)[0]
+    convolved = galsim.Convolve(galaxy_profile(params, bulge_sersic_n=sersic_n), psf)
+    reference = galsim_reference(convolved, ploc, 1e4)
+    assert np.abs(image - reference).max() < 2e-3 * reference.max()
+    # and it is not the de Vaucouleurs bulge that models are trained on
+    dev = galsim_reference(galsim.Convolve(galaxy_profile(params), psf), ploc, 1e4)
+    assert np.abs(image - dev).max() > 1e-2 * reference.max()
+
+
+def test_sersic_index_outside_galsim_range_is_refused():
+    with pytest.raises(BlissValueError, match="bulge_sersic_n=7"):
+        GalsimRenderer(bulge_sersic_n=7.0)
+
+
 def test_galaxies_are_extended_and_stars_are_not(renderer, psf):
     plocs = [[12.0, 12.0], [36.0, 36.0]]
     params = np.array([SMALL_GALAXY, SMALL_GALAXY])

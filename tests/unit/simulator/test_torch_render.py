@@ -19,8 +19,9 @@ from bliss.simulator._torch_profiles import devaucouleurs_fourier, moffat_fourie
 from bliss.simulator.conditions import ObservingConditions
 from bliss.simulator.prior import CatalogPrior
 from bliss.simulator.render import (
+    DEVAUCOULEURS_N,
     GalsimRenderer,
-    _devaucouleurs_ft_table,
+    _bulge_ft_table,
     galaxy_profile,
     image_psf,
     moffat_psf,
@@ -107,7 +108,7 @@ def test_the_torch_renderer_does_not_import_galsim():
 
 
 def test_devaucouleurs_fourier_transform_matches_galsim():
-    step, table = _devaucouleurs_ft_table()  # GalSim's, on the same log1p grid
+    step, table = _bulge_ft_table(DEVAUCOULEURS_N)  # GalSim's, on the same log1p grid
     k = np.expm1(step * np.arange(len(table)))
     ours = devaucouleurs_fourier()(torch.as_tensor(k)).numpy()
     assert ours[0] == pytest.approx(1.0, abs=1e-12)  # unit flux

@@ -1,0 +1,232 @@
+"""Coverage of posterior intervals per magnitude bin and source type, and at several levels.
+
+A pooled coverage can look calibrated while bright sources are overconfident and faint ones
+underconfident; these functions split it by the true reference-band magnitude and the true
+type, for every flux band and both position coordinates. Intervals come from an estimated
+catalog's quantile keys ``<key>@<q>`` (as :meth:`bliss.predict.predictor.Predictor.predict`
+writes them for ``quantiles=...``): the central ``level`` interval is
+``[<key>@<(1 - level) / 2>, <key>@<(1 + level) / 2>]``.
+"""
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from bliss.catalog import FullCatalog
+from bliss.catalog.convert import nmgy_to_mag
+from bliss.errors import BlissValueError
+from bliss.metrics.detection import _bin_index, _check_bins
+from bliss.metrics.matching import Matches, _check_band, _check_matches, _paired_values
+
+__all__ = [
+    "TYPE_NAMES",
+    "binned_coverage",
+    "format_binned_coverage",
+    "interval_hits",
+    "level_quantiles",
+    "reliability",
+]
+
+#: ``source_type`` value -> name used in the tables
+TYPE_NAMES = {0: "star", 1: "galaxy"}
+
+
+def level_quantiles(level: float) -> tuple[float, float]:
+    """The two quantile probabilities of a central ``level`` interval, rounded as keys are.
+
+    Raises:
+        BlissValueError: ``level`` is not in (0, 1).
+    """
+    if not 0.0 < level < 1.0:
+        raise BlissValueError(f"level={level}; expected a central-interval level in (0, 1).")
+    return round((1 - level) / 2, 6), round((1 + level) / 2, 6)
+
+
+def interval_hits(
+    truth: FullCatalog, est: FullCatalog, matches: Matches, key: str, level: float
+) -> Tensor:
+    """Whether each matched true value lies in its central ``level`` interval.
+
+    Args:
+        truth: the true catalog, with ``key``.
+        est: the estimated catalog, with ``<key>@<q>`` for both ends of the interval.
+        matches: one ``(true_idx, est_idx)`` pair per image (see
+            :func:`~bliss.metrics.matching.match_full_catalogs`).
+        key: a catalog key, e.g. ``fluxes`` or ``plocs``.
+        level: nominal coverage of the central interval, in (0, 1).
+
+    Returns:
+        One flag per matched pair and per component of ``key``. Shape: ``p d`` (bool).
+
+    Raises:
+        BlissValueError: ``key`` or an interval end is missing, or the matches do not fit.
+    """
+    _check_matches(truth, est, matches)
+    low_q, high_q = level_quantiles(level)
+    ends = [f"{key}@{q:g}" for q in (low_q, high_q)]
+    missing = [k for k in (key,) if k not in truth] + [k for k in ends if k not in est]
+    if missing:
+        raise BlissValueError(
+            f"catalog keys {missing} are missing for the {level:g} interval of {key!r}; predict "
+            f"with quantiles that include {low_q:g} and {high_q:g}."
+        )
+    low, high = (_matched(est, matches, end, 1) for end in ends)
+    true_values = _matched(truth, matches, key, 0).to(low.device)
+    return (true_values >= low) & (true_values <= high)
+
+
+def binned_coverage(
+    truth: FullCatalog,
+    est: FullCatalog,
+    matches: Matches,
+    *,
+    ref_band: int,
+    bands: Sequence[str],
+    mag_bins: Sequence[float],
+    level: float = 0.9,
+) -> list[dict]:
+    """Coverage of every band's flux and of both coordinates, per true magnitude bin and type.
+
+    Args:
+        truth: the true catalog, with ``fluxes`` (nanomaggies, ``b n c``), ``plocs`` and
+            ``source_type`` (0 star, 1 galaxy).
+        est: the estimated catalog, with ``fluxes``, ``fluxes@<q>`` and ``plocs@<q>`` for the
+            interval's two ends.
+        matches: one ``(true_idx, est_idx)`` pair per image.
+        ref_band: index of the band whose true magnitude bins the pairs.
+        bands: band names, one per flux column (for the keys of the result).
+        mag_bins: increasing AB magnitude edges; bins are ``[lo, hi)``.
+        level: nominal coverage of the central interval [default: 0.9].
+
+    Returns:
+        One dict per (type, bin), stars first: ``type``, ``mag_lo``, ``mag_hi``, ``n``,
+        ``coverage_flux_<band>`` for each band, ``coverage_y`` (row) and ``coverage_x``
+        (column), and ``mag_bias_median`` (median reference-band ``est - true`` magnitude,
+        positive when estimates are too faint). Empty cells hold ``nan``.
+
+    Raises:
+        BlissValueError: ``source_type`` is missing from ``truth``, ``bands`` does not match the
+            flux columns, ``mag_bins`` is not increasing, or a key is missing.
+    """
+    _check_band("truth", truth, ref_band)
+    _check_band("est", est, ref_band)
+    if "source_type" not in truth:
+        raise BlissValueError(
+            f"truth has keys {truth.keys()}; `source_type` (0 star, 1 galaxy) is needed to split "
+            "coverage by type."
+        )
+    if len(bands) != truth["fluxes"].shape[-1]:
+        raise BlissValueError(
+            f"bands={list(bands)} but the catalogs have {truth['fluxes'].shape[-1]} flux bands; "
+            "give one name per band, in order."
+        )
+    edges = _check_bins(mag_bins)
+    flux_hits = interval_hits(truth, est, matches, "fluxes", level)
+    loc_hits = interval_hits(truth, est, matches, "plocs", level)
+    true_flux, est_flux = _paired_values(truth, est, matches, "fluxes")
+    true_mag = nmgy_to_mag(true_flux[:, ref_band].double())
+    dmag = nmgy_to_mag(est_flux[:, ref_band].double()).to(true_mag.device) - true_mag
+    kind = _matched(truth, matches, "source_type", 0)[:, 0].round().long()
+    bins = _bin_index(true_mag, edges)
+    rows = []
+    for type_value, type_name in TYPE_NAMES.items():
+        for j, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            cell = (bins == j) & (kind.to(bins.device) == type_value)
+            row: dict = {"type": type_name, "mag_lo": lo, "mag_hi": hi, "n": int(cell.sum())}
+            for b, band in enumerate(bands):
+                row[f"coverage_flux_{band}"] = _mean(flux_hits[cell.to(flux_hits.device), b])
+            for axis, name in ((0, "y"), (1, "x")):
+                row[f"coverage_{name}"] = _mean(loc_hits[cell.to(loc_hits.device), axis])
+            in_cell = dmag[cell]
+            row["mag_bias_median"] = (
+                float(torch.nanquantile(in_cell, 0.5)) if in_cell.numel() else math.nan
+            )
+            rows.append(row)
+    return rows
+
+
+def reliability(
+    truth: FullCatalog,
+    est: FullCatalog,
+    matches: Matches,
+    levels: Sequence[float],
+    *,
+    bands: Sequence[str],
+) -> dict[str, list[float]]:
+    """Observed coverage at several nominal levels, per true type, for fluxes and positions.
+
+    Args:
+        truth: the true catalog, with ``fluxes``, ``plocs`` and ``source_type``.
+        est: the estimated catalog, with ``fluxes@<q>`` and ``plocs@<q>`` for both ends of every
+            level's central interval.
+        matches: one ``(true_idx, est_idx)`` pair per image.
+        levels: nominal central-interval levels, each in (0, 1).
+        bands: band names, one per flux column.
+
+    Returns:
+        ``levels`` and, per type present (``star``, ``galaxy``), ``"<type> flux_<band>"`` for each
+        band and ``"<type> position"`` (row and column pooled): observed coverage per level.
+
+    Raises:
+        BlissValueError: a level is not in (0, 1), or a key is missing.
+    """
+    if "source_type" not in truth:
+        raise BlissValueError(
+            f"truth has keys {truth.keys()}; `source_type` (0 star, 1 galaxy) is needed to split "
+            "coverage by type."
+        )
+    kind = _matched(truth, matches, "source_type", 0)[:, 0].round().long()
+    curves: dict[str, list[float]] = {"levels": [float(level) for level in levels]}
+    hits = {
+        level: (
+            interval_hits(truth, est, matches, "fluxes", level),
+            interval_hits(truth, est, matches, "plocs", level),
+        )
+        for level in levels
+    }
+    for type_value, type_name in TYPE_NAMES.items():
+        chosen = kind == type_value
+        if not bool(chosen.any()):
+            continue
+        for b, band in enumerate(bands):
+            curves[f"{type_name} flux_{band}"] = [
+                _mean(flux[chosen.to(flux.device), b]) for flux, _ in hits.values()
+            ]
+        curves[f"{type_name} position"] = [
+            _mean(loc[chosen.to(loc.device)]) for _, loc in hits.values()
+        ]
+    return curves
+
+
+def format_binned_coverage(rows: Sequence[dict], bands: Sequence[str], level: float = 0.9) -> str:
+    """A text table of :func:`binned_coverage` rows: one line per type and bin."""
+    header = f"{'type':<8}{'r':<8}{'n':>6}" + "".join(f"{band:>6}" for band in bands)
+    lines = [
+        f"coverage of the central {level:.0%} interval (flux per band; position)",
+        header + f"{'y':>6}{'x':>6}{'bias':>9}",
+    ]
+    for row in rows:
+        values = [row[f"coverage_flux_{band}"] for band in bands]
+        values += [row["coverage_y"], row["coverage_x"]]
+        lines.append(
+            f"{row['type']:<8}{row['mag_lo']:g}-{row['mag_hi']:<5g}{row['n']:>6}"
+            + "".join(f"{v:>6.2f}" for v in values)
+            + f"{row['mag_bias_median']:>+9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def _matched(catalog: FullCatalog, matches: Matches, key: str, side: int) -> Tensor:
+    """``catalog[key]`` of the matched sources of all images. Shape: ``p d``.
+
+    ``side`` is 0 for the true catalog's indices, 1 for the estimate's.
+    """
+    values = catalog[key]
+    parts = [values[i, pair[side].to(values.device)] for i, pair in enumerate(matches)]
+    return torch.cat(parts) if parts else values.new_zeros(0, values.shape[-1])
+
+
+def _mean(flags: Tensor) -> float:
+    return float(flags.double().mean()) if flags.numel() else math.nan
