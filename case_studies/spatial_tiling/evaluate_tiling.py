@@ -28,9 +28,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from bliss.catalog import FullCatalog, TileCatalog
 from bliss.catalog.convert import nmgy_per_electron
+from bliss.catalog.full import concat_full_catalogs
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
+from bliss.metrics import match_full_catalogs
+from bliss.metrics.calibration import binned_coverage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import daophot_catalog, sep_catalog  # noqa: E402
@@ -39,6 +43,8 @@ from crowded_metrics import DetectionScore, close_pairs, count_interval, detecti
 CONF = Path(__file__).parent / "conf"
 MAG_LIMIT = 22.0
 PROTOCOLS = {"0.5px_0.5mag": (0.5, 0.5), "1px": (1.0, None)}
+INTERVAL = (0.05, 0.95)  # the 90 % interval whose coverage is reported per r bin
+CALIBRATION_BINS = [14.5, 18, 19, 20, 21, 22, 23]
 
 #: held-out test sets: overrides of the crowded preset (the training prior is 48 px images,
 #: central densities 0.02-1.2 per px², core radii 15-150 px, alpha = 1.0 down to r = 23)
@@ -85,13 +91,27 @@ def _field_catalog(catalog, index: int, band: int) -> tuple[np.ndarray, np.ndarr
     return plocs, _mag(catalog["fluxes"][index, :n, band].double().numpy())
 
 
+def with_intervals(estimate: TileCatalog, posterior, params: torch.Tensor) -> TileCatalog:
+    """``estimate`` with the 90 % interval ends of every band's flux and of the position."""
+    data = dict(estimate.items())
+    for q in INTERVAL:
+        ends = posterior.quantiles(params, q)
+        data[f"fluxes@{q:g}"] = ends["fluxes"]
+        # a location quantile is in tile units within its tile; as pixels it moves with plocs
+        data[f"plocs@{q:g}"] = estimate.plocs() + (ends["locs"] - estimate["locs"]) * (
+            estimate.tile_slen
+        )
+    return TileCatalog(estimate.tile_slen, data)
+
+
 def score_bliss(encoder, batch, n_samples: int, band: int) -> dict:
     """Point-estimate catalogs, joint-sample counts, NLL of the truth, for one batch."""
     inputs = {k: v for k, v in batch.items() if k != "catalog"}
     with torch.no_grad():
         features = encoder.tile_features(inputs)
         nll = float(encoder.nll_from_features(features, batch["catalog"]))  # mean over images
-        estimate, _ = encoder.infer_from_features(features)
+        estimate, params = encoder.infer_from_features(features)
+        estimate = with_intervals(estimate, encoder.posterior, params)
         counts = []
         for index in range(features.shape[0]):
             repeated = features[index : index + 1].expand(n_samples, *features.shape[1:])
@@ -128,12 +148,14 @@ def evaluate(args: argparse.Namespace) -> dict:
         covered = {m: [] for m in encoders}
         widths = {m: [] for m in encoders}
         nll = {m: [] for m in encoders}
+        catalogs = {m: [] for m in [*encoders, "truth"]}  # for the interval coverage
         seconds = {m: 0.0 for m in methods}
         example = None
         for start in tqdm(range(0, args.fields, args.batch), desc=test_set, unit="batch"):
             n = min(args.batch, args.fields - start)
             batch = simulator.simulate(n, seed=args.seed + start)
-            full_truth = batch["catalog"].to_full_catalog()
+            full_truth = _with_star_type(batch["catalog"].to_full_catalog())
+            catalogs["truth"].append(full_truth)
             truths = [_field_catalog(full_truth, i, band) for i in range(n)]
             images = batch["images"][:, band].numpy()
             sky = batch["background"][:, band].numpy()
@@ -143,6 +165,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 out = score_bliss(encoder, batch, args.samples, band)
                 seconds[name] += time.perf_counter() - tic
                 nll[name].append(out["nll"] * n)
+                catalogs[name].append(out["estimate"])
                 per_method[name] = [_field_catalog(out["estimate"], i, band) for i in range(n)]
                 for i in range(n):
                     true_count = int((truths[i][1] < MAG_LIMIT).sum())
@@ -197,6 +220,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                 entry["count_coverage90"] = float(np.mean(covered[name]))
                 entry["count_interval_width"] = float(np.mean(widths[name]))
                 entry["nll_per_field"] = float(sum(nll[name]) / args.fields)
+                entry["calibration"] = interval_coverage_by_bin(
+                    catalogs["truth"], catalogs[name], tuple(cfg.survey.bands), band
+                )
             summary[name] = entry
         summary["truth"] = {
             "close_pairs_per_1000": 1000 * pairs["truth"][0] / max(pairs["truth"][1], 1),
@@ -208,6 +234,27 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
         _plot_example(example, Path(args.out) / f"field_{test_set}.png", test_set)
     return results
+
+
+def _with_star_type(catalog: FullCatalog) -> FullCatalog:
+    """The crowded prior draws only stars: ``source_type`` 0 for the per-type coverage table."""
+    if "source_type" in catalog:
+        return catalog
+    data = dict(catalog.items())
+    data["source_type"] = torch.zeros_like(catalog["fluxes"][..., :1])
+    return FullCatalog(catalog.height_px, catalog.width_px, data)
+
+
+def interval_coverage_by_bin(
+    truths: list[FullCatalog], estimates: list[FullCatalog], bands: tuple[str, ...], band: int
+) -> list[dict]:
+    """Coverage of the 90 % flux and position intervals of matched stars (1 px), per true r bin."""
+    truth, estimate = concat_full_catalogs(truths), concat_full_catalogs(estimates)
+    matches = match_full_catalogs(truth, estimate, max_dist_px=1.0)
+    rows = binned_coverage(
+        truth, estimate, matches, ref_band=band, bands=bands, mag_bins=CALIBRATION_BINS
+    )
+    return [row for row in rows if row["type"] == "star"]
 
 
 def _plot_example(example: dict, path: Path, title: str) -> None:
@@ -282,8 +329,28 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"| {s['seconds_per_field']:.2f} |"
             )
         scores["truth"] = truth
+        lines += [
+            "",
+            "90 % interval coverage of matched stars (1 px) per true r bin: r flux / position "
+            "(row, col) / median r bias (mag)",
+            "",
+            "| method | " + " | ".join(f"r {lo:g}-{hi:g}" for lo, hi in _bin_pairs()) + " |",
+            "| --- |" + " --- |" * (len(CALIBRATION_BINS) - 1),
+        ]
+        for name, s in scores.items():
+            if "calibration" in s:
+                cells = [
+                    f"{row['coverage_flux_r']:.2f} / {row['coverage_y']:.2f}, "
+                    f"{row['coverage_x']:.2f} / {row['mag_bias_median']:+.3f} (n={row['n']})"
+                    for row in s["calibration"]
+                ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def _bin_pairs() -> list[tuple[float, float]]:
+    return list(zip(CALIBRATION_BINS[:-1], CALIBRATION_BINS[1:], strict=True))
 
 
 def main() -> None:

@@ -127,6 +127,14 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
     # the crowded model resolves what sep's deblender cannot (0.71 against 0.18 when written)
     assert scores["K4"]["1px"]["f1"] > scores["sep"]["1px"]["f1"] + 0.3
     assert 0.0 <= scores["K4"]["count_coverage90"] <= 1.0
+    # the per-bin interval table holds every matched star once, none of them a galaxy
+    rows = scores["K4"]["calibration"]
+    assert {row["type"] for row in rows} == {"star"}
+    n_matched = sum(row["n"] for row in rows)
+    assert 0 < n_matched <= int(truth["n_sources"].sum())
+    for row in rows:
+        if row["n"]:
+            assert 0.0 <= row["coverage_flux_r"] <= 1.0 and 0.0 <= row["coverage_x"] <= 1.0
     assert (tmp_path / "field_m2_like.png").is_file()
     evaluate_tiling.write_markdown(results, tmp_path / "results.md")
     assert "| K4 |" in (tmp_path / "results.md").read_text()
