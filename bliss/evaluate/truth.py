@@ -2,11 +2,11 @@
 
 import glob
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from astropy.table import Table
 
 from bliss.atomic import atomic_path
@@ -15,8 +15,8 @@ from bliss.catalog.full import concat_full_catalogs
 from bliss.catalog.io import plocs_to_xy, table_to_full_catalog
 from bliss.errors import BlissConfigError, BlissIOError
 from bliss.evaluate.baseline import sep_catalog
-from bliss.metrics import detection_metrics, flux_metrics, interval_coverage, match_full_catalogs
-from bliss.metrics.calibration import binned_coverage, level_quantiles, reliability
+from bliss.metrics import detection_metrics, flux_metrics, match_full_catalogs
+from bliss.metrics.calibration import binned_coverage, interval_hits, level_quantiles, reliability
 from bliss.metrics.plots import plot_calibration
 from bliss.predict.plots import plot_detections, save_png
 from bliss.predict.predictor import Predictor
@@ -74,16 +74,12 @@ def with_source_type(catalog: FullCatalog) -> FullCatalog:
 
 def _coverage(truth: FullCatalog, est: FullCatalog, matches: Any, band: int) -> dict[str, float]:
     """Fraction of matched true fluxes inside the central 50 % and 90 % posterior intervals."""
-    true_flux = torch.cat([truth["fluxes"][i, t_idx, band] for i, (t_idx, _) in enumerate(matches)])
     result = {}
-    for level, (lo, hi) in ((50, (0.25, 0.75)), (90, (0.05, 0.95))):
-        low, high = (
-            torch.cat(
-                [est[f"fluxes@{q:g}"][i, e_idx, band] for i, (_, e_idx) in enumerate(matches)]
-            )
-            for q in (lo, hi)
+    for level in (0.5, 0.9):
+        hits = interval_hits(truth, est, matches, "fluxes", level)[:, band]
+        result[f"coverage{level * 100:.0f}_flux"] = (
+            float(hits.double().mean()) if hits.numel() else math.nan
         )
-        result[f"coverage{level}_flux"] = interval_coverage(true_flux, low, high)
     return result
 
 
