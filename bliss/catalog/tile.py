@@ -120,13 +120,19 @@ class TileCatalog(CatalogMapping):
         return TileCatalog(self.tile_slen, {k: v.to(device) for k, v in self._data.items()})
 
     # ---- conversions -------------------------------------------------------------------------
-    def plocs(self) -> Tensor:
-        """Source positions in pixels of the whole image, ``(row, col)``. Shape: ``b ht wt m 2``."""
-        rows = torch.arange(self.n_tiles_h, device=self.device, dtype=self["locs"].dtype)
-        cols = torch.arange(self.n_tiles_w, device=self.device, dtype=self["locs"].dtype)
+    def plocs(self, locs: Tensor | None = None) -> Tensor:
+        """Source positions in pixels of the whole image, ``(row, col)``. Shape: ``b ht wt m 2``.
+
+        Args:
+            locs: within-tile positions in tile units, shaped like the catalog's ``locs`` (e.g.
+                a posterior quantile of them) [default: the catalog's own ``locs``].
+        """
+        locs = self["locs"] if locs is None else locs
+        rows = torch.arange(self.n_tiles_h, device=self.device, dtype=locs.dtype)
+        cols = torch.arange(self.n_tiles_w, device=self.device, dtype=locs.dtype)
         corner = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)
         corner = rearrange(corner, "ht wt two -> 1 ht wt 1 two")
-        return (corner + self["locs"]) * self.tile_slen
+        return (corner + locs) * self.tile_slen
 
     def to_full_catalog(self) -> "FullCatalog":
         """Convert to a :class:`FullCatalog` (sources in tile raster order, then slot order)."""

@@ -66,7 +66,7 @@ def interval_hits(
     _check_matches(truth, est, matches)
     low_q, high_q = level_quantiles(level)
     ends = [f"{key}@{q:g}" for q in (low_q, high_q)]
-    missing = [k for k in (key,) if k not in truth] + [k for k in ends if k not in est]
+    missing = ([] if key in truth else [key]) + [k for k in ends if k not in est]
     if missing:
         raise BlissValueError(
             f"catalog keys {missing} are missing for the {level:g} interval of {key!r}; predict "

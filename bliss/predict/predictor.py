@@ -391,15 +391,12 @@ def _full_catalog(
     """
     _, height, width = image.images.shape
     on = catalog.is_on_mask
-    all_plocs = catalog.plocs()
-    plocs = all_plocs[on]
+    plocs = catalog.plocs()[on]
     inside = (plocs[:, 0] < height) & (plocs[:, 1] < width)
     data = {"plocs": plocs[inside]}
     columns = dict(columns)
     for key in [k for k in columns if k.startswith(f"{LOCS_KEY}@")]:
-        # a location quantile is in tile units within its tile; as pixels it moves with plocs
-        offset = (columns[key] - catalog[LOCS_KEY]) * catalog.tile_slen
-        columns[f"plocs@{key.split('@', 1)[1]}"] = all_plocs + offset
+        columns[f"plocs@{key.split('@', 1)[1]}"] = catalog.plocs(columns[key])
     for key, value in columns.items():
         selected = value[on][inside]
         data[key] = selected.unsqueeze(-1) if selected.ndim == 1 else selected.flatten(1)

@@ -97,10 +97,7 @@ def with_intervals(estimate: TileCatalog, posterior, params: torch.Tensor) -> Ti
     for q in INTERVAL:
         ends = posterior.quantiles(params, q)
         data[f"fluxes@{q:g}"] = ends["fluxes"]
-        # a location quantile is in tile units within its tile; as pixels it moves with plocs
-        data[f"plocs@{q:g}"] = estimate.plocs() + (ends["locs"] - estimate["locs"]) * (
-            estimate.tile_slen
-        )
+        data[f"plocs@{q:g}"] = estimate.plocs(ends["locs"])
     return TileCatalog(estimate.tile_slen, data)
 
 

@@ -78,6 +78,17 @@ def test_tile_full_tile_round_trip_is_lossless(max_sources, tile_slen):
             assert torch.equal(back[key], tiles[key]), key
 
 
+def test_plocs_of_other_locs_are_those_of_a_catalog_holding_them():
+    catalog = _random_tile_catalog(2, 3, 2, 4, seed=3)
+    other = torch.rand_like(catalog["locs"])
+    moved = TileCatalog(4, {**dict(catalog.items()), "locs": other})
+    torch.testing.assert_close(catalog.plocs(other), moved.plocs())
+    # tile (1, 2), slot 0: corner (4, 8) px plus 4 px per tile unit
+    expected = (torch.tensor([1.0, 2.0]) + other[0, 1, 2, 0]) * 4
+    torch.testing.assert_close(catalog.plocs(other)[0, 1, 2, 0], expected)
+    assert not torch.allclose(catalog.plocs(other), catalog.plocs())
+
+
 def test_full_tile_full_round_trip_keeps_every_source():
     full = _full([[1.0, 1.5], [6.2, 0.3], [3.9, 7.9], [4.0, 4.0]], [[1, 2], [3, 4], [5, 6], [7, 8]])
     back = full.to_tile_catalog(tile_slen=4, max_sources=2).to_full_catalog()
