@@ -7,10 +7,19 @@ prefix, so a batch is a plain ``dict[str, Tensor]`` that Lightning and ``torch.s
 from collections.abc import Mapping
 from typing import TypeVar
 
-__all__ = ["CATALOG_PREFIX", "catalog_key", "flatten_catalog", "unflatten_catalog"]
+__all__ = [
+    "CATALOG_PREFIX",
+    "FIELD_PREFIX",
+    "catalog_key",
+    "field_key",
+    "flatten_catalog",
+    "unflatten_catalog",
+]
 
 #: prefix of the catalog's tensors in a batch
 CATALOG_PREFIX = "catalog/"
+#: prefix of the truth of region quantities (a shear per image, a convergence map): ``b hr wr d``
+FIELD_PREFIX = "fields/"
 
 Value = TypeVar("Value")
 
@@ -18,6 +27,11 @@ Value = TypeVar("Value")
 def catalog_key(key: str) -> str:
     """The batch key of catalog key ``key``: ``fluxes`` -> ``catalog/fluxes``."""
     return CATALOG_PREFIX + key
+
+
+def field_key(key: str) -> str:
+    """The batch key of region quantity ``key``: ``shear`` -> ``fields/shear``."""
+    return FIELD_PREFIX + key
 
 
 def flatten_catalog(catalog: Mapping[str, Value]) -> dict[str, Value]:

@@ -33,6 +33,7 @@ def build_simulator(cfg: DictConfig) -> Any:
         margin_px=sim.margin_px,
         dither_px=sim.dither_px,
         psf_images=psf_images,
+        lensing=None if sim.get("lensing") is None else instantiate(sim.lensing),
     )
 
 

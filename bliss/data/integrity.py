@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bliss.catalog.batch import CATALOG_PREFIX
+from bliss.catalog.batch import CATALOG_PREFIX, FIELD_PREFIX
 from bliss.errors import BlissIOError, BlissValueError
 
 __all__ = [
@@ -170,7 +170,8 @@ def check_shard_content(payload: Mapping[str, Any], name: str) -> None:
     Raises:
         BlissValueError: naming the shard, the key, how many values are wrong and an example.
     """
-    for key in _FINITE:
+    fields = [key for key in payload if str(key).startswith(FIELD_PREFIX)]
+    for key in (*_FINITE, *fields):
         value = payload.get(key)
         if value is None:
             continue

@@ -15,7 +15,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from bliss.catalog.batch import CATALOG_PREFIX, catalog_key
+from bliss.catalog.batch import CATALOG_PREFIX, FIELD_PREFIX, catalog_key, field_key
 
 __all__ = ["DEFAULT_ORIENTED_KEYS", "Orientation", "flip_cols", "rotate90"]
 
@@ -30,6 +30,7 @@ class Orientation(StrEnum):
 DEFAULT_ORIENTED_KEYS: dict[str, Orientation] = {
     "beta_rad": Orientation.POSITION_ANGLE,
     "shear": Orientation.SPIN2,
+    "shear_map": Orientation.SPIN2,
     "ellipticity": Orientation.SPIN2,
 }
 
@@ -51,13 +52,14 @@ def _oriented(
 ) -> None:
     galaxy = item.get(catalog_key("source_type"))
     for key, kind in keys.items():
-        if catalog_key(key) not in item:
-            continue
-        value = item[catalog_key(key)]
-        turned = _turn(value, Orientation(kind), angle, mirror)
-        if kind == Orientation.POSITION_ANGLE and galaxy is not None:
-            turned = torch.where(galaxy > 0.5, turned, value)
-        item[catalog_key(key)] = turned
+        for batch_key in (catalog_key(key), field_key(key)):
+            if batch_key not in item:
+                continue
+            value = item[batch_key]
+            turned = _turn(value, Orientation(kind), angle, mirror)
+            if kind == Orientation.POSITION_ANGLE and galaxy is not None:
+                turned = torch.where(galaxy > 0.5, turned, value)
+            item[batch_key] = turned
 
 
 def rotate90(
@@ -65,15 +67,15 @@ def rotate90(
 ) -> dict[str, Tensor]:
     """Rotate one example (image ``c h w`` and tile catalog ``ht wt m d``) by 90 degrees.
 
-    Returns a new dict; pixel maps (``images``, and ``background`` when it is a map) and every
-    ``catalog/*`` tensor are moved together.
+    Returns a new dict; pixel maps (``images``, and ``background`` when it is a map), every
+    ``catalog/*`` tensor and every region map ``fields/*`` (``hr wr d``) are moved together.
     """
     out = dict(item)
     for key in ("images", "background"):
         if key in out and out[key].ndim == 3:
             out[key] = torch.rot90(out[key], 1, dims=(-2, -1))
     for key, value in item.items():
-        if key.startswith(CATALOG_PREFIX):
+        if key.startswith((CATALOG_PREFIX, FIELD_PREFIX)):
             out[key] = torch.rot90(value, 1, dims=(0, 1))
     if catalog_key("locs") in out:
         rows, cols = out[catalog_key("locs")].unbind(-1)
@@ -93,7 +95,7 @@ def flip_cols(
         if key in out and out[key].ndim == 3:
             out[key] = torch.flip(out[key], dims=(-1,))
     for key, value in item.items():
-        if key.startswith(CATALOG_PREFIX):
+        if key.startswith((CATALOG_PREFIX, FIELD_PREFIX)):
             out[key] = torch.flip(value, dims=(1,))
     if catalog_key("locs") in out:
         rows, cols = out[catalog_key("locs")].unbind(-1)

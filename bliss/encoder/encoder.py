@@ -12,12 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from bliss.catalog import TileCatalog
-from bliss.catalog.batch import unflatten_catalog
+from bliss.catalog.batch import field_key, unflatten_catalog
 from bliss.catalog.shapes import check_shape
 from bliss.encoder.checkerboard import CatalogContext, ContextHead, TilingSchedule
 from bliss.encoder.features import FeatureNet
 from bliss.encoder.normalizers import ImageNormalizer
+from bliss.encoder.region_head import RegionHead
 from bliss.errors import BlissConfigError, BlissValueError
+from bliss.posterior.regions import RegionFactor, check_regions, region_grid
 from bliss.posterior.variational import VariationalPosterior
 
 __all__ = ["Encoder", "catalog_from_batch"]
@@ -55,6 +57,11 @@ class Encoder(nn.Module):
         channels_last: keep convolution weights and activations in the ``b h w f`` memory
             layout, which GPU tensor cores and oneDNN prefer. On this repo's 2-core CPU it moved
             training by -5 to +8 %; it is for GPUs. The numbers are the same either way.
+        regions: posterior factors of quantities that belong to the image or to coarse tiles,
+            not to a source (a shear, a convergence map), keyed by name; each gets a
+            :class:`~bliss.encoder.region_head.RegionHead` on the tile features and is trained
+            on the batch's ``fields/<key>`` [default: none].
+        region_width: hidden channels of the region heads [default: 64].
 
     Example:
         >>> from hydra import compose, initialize_config_module
@@ -91,6 +98,8 @@ class Encoder(nn.Module):
         mag_bins: Sequence[float] = (16, 19, 20, 21, 22, 23),
         compile_features: bool = False,
         channels_last: bool = False,
+        regions: Mapping[str, RegionFactor | None] | None = None,
+        region_width: int = 64,
     ) -> None:
         super().__init__()
         self.bands = tuple(bands)
@@ -119,6 +128,19 @@ class Encoder(nn.Module):
             context_width,
             posterior.n_params,
             norm=self.features.norm,
+        )
+        self.regions = check_regions(regions)
+        self.region_heads = nn.ModuleDict(
+            {
+                name: RegionHead(
+                    self.features.width,
+                    region_width,
+                    region.n_params,
+                    self._tiles_per_region(name, region),
+                    norm=self.features.norm,
+                )
+                for name, region in self.regions.items()
+            }
         )
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
@@ -152,6 +174,43 @@ class Encoder(nn.Module):
         """
         return self.head(features, self.context(catalog, known), current)
 
+    def _tiles_per_region(self, name: str, region: RegionFactor) -> int | None:
+        if region.region_px is None:
+            return None
+        if region.region_px % self.tile_slen:
+            raise BlissConfigError(
+                f"encoder.regions.{name}.region_px={region.region_px}; expected a multiple of "
+                f"the tile side {self.tile_slen}."
+            )
+        return region.region_px // self.tile_slen
+
+    def region_params(self, features: Tensor) -> dict[str, Tensor]:
+        """Raw parameters of every region factor (``b hr wr p``) from tile features (``b f ht wt``).
+
+        Raises:
+            BlissValueError: a region does not divide the image.
+        """
+        n_h, n_w = features.shape[-2:]
+        out = {}
+        for name, region in self.regions.items():
+            region_grid(region, self.tile_slen, n_h * self.tile_slen, n_w * self.tile_slen)
+            out[name] = self.region_heads[name](features)
+        return out
+
+    def region_nll(self, features: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        """Negative log posterior of the true region values ``fields/<key>``, averaged over images."""
+        total = features.new_zeros(())
+        for name, params in self.region_params(features).items():
+            key = field_key(self.regions[name].key)
+            if key not in batch:
+                raise BlissValueError(
+                    f"encoder.regions.{name} needs `{key}` in the batch, which has "
+                    f"{sorted(k for k in batch if '/' not in k)} and no such field; simulate with "
+                    "the matching simulator option (e.g. simulator.lensing for a shear)."
+                )
+            total = total - self.regions[name].log_prob(params, batch[key].to(params)).sum()
+        return total / features.shape[0]
+
     def _known_masks(self, order: list[int], colors: Tensor) -> list[tuple[int, Tensor]]:
         """For each group in visiting order: (group, tiles of the groups visited before it)."""
         masks, done = [], torch.zeros_like(colors, dtype=torch.bool)
@@ -164,7 +223,9 @@ class Encoder(nn.Module):
     def nll(self, batch: dict[str, Tensor]) -> Tensor:
         """Negative log posterior of the true catalog, summed over tiles, averaged over images."""
         truth = catalog_from_batch(batch, self.tile_slen)
-        return self.nll_from_features(self.tile_features(batch), truth)
+        features = self.tile_features(batch)
+        loss = self.nll_from_features(features, truth)
+        return loss + self.region_nll(features, batch) if self.regions else loss
 
     def nll_from_features(self, features: Tensor, truth: TileCatalog) -> Tensor:
         """:meth:`nll` on precomputed features (``b f ht wt``), e.g. those :meth:`infer` also uses."""

@@ -15,6 +15,7 @@ from bliss.metrics.reference import (
     compare_with_reference,
 )
 from bliss.metrics.shape import SHAPE_KEYS, circular_abs_diff, shape_metrics
+from bliss.metrics.shear import grouped_shear_bias, map_correlation, per_image_rmse, shear_bias
 
 __all__ = [
     "REFERENCE_BIN_KEYS",
@@ -28,9 +29,13 @@ __all__ = [
     "compare_with_reference",
     "detection_metrics",
     "flux_metrics",
+    "grouped_shear_bias",
     "interval_coverage",
+    "map_correlation",
     "match_catalogs",
     "match_full_catalogs",
+    "per_image_rmse",
     "plot_calibration",
     "shape_metrics",
+    "shear_bias",
 ]

@@ -154,14 +154,19 @@ def image_fourier(image: Tensor, dilation: Tensor, freq_row: Tensor, freq_col: T
     return torch.where(inside, fourier / pixel, 0)
 
 
-def galaxy_fourier(params: Tensor, size: int, scale: float) -> Tensor:
-    """Fourier transform of unit-flux bulge + disk galaxies before the PSF, on a real-FFT grid.
+def galaxy_fourier(
+    params: Tensor, size: int, scale: float, lensing_matrix: Tensor | None = None
+) -> Tensor:
+    """Fourier transform of bulge + disk galaxies before the PSF, on a real-FFT grid.
 
     Args:
         params: the :data:`~bliss.catalog.tile.GALAXY_KEYS` of each galaxy, in that order (see
             :func:`~bliss.simulator.render.galaxy_profile`). Shape: ``g 6``.
         size: stamp side, pixels.
         scale: pixel size, arcsec.
+        lensing_matrix: the matrix ``M`` of :func:`bliss.simulator.lensing.lensing_matrix` of each
+            galaxy (``g 2 2``, ``(col, row)`` basis); the lensed transform is ``det(M) F(M k)``
+            [default: none, unit-flux galaxies].
 
     Returns:
         The transform, in the dtype and on the device of ``params``. Shape: ``g size m``.
@@ -172,14 +177,20 @@ def galaxy_fourier(params: Tensor, size: int, scale: float) -> Tensor:
     grids = torch.stack(torch.broadcast_tensors(k_col**2, k_row**2, k_row * k_col))  # 3 s m
     disk_frac, beta, disk_q, disk_hlr, bulge_q, bulge_hlr = rearrange(params, "g d -> d g")
     cos, sin = torch.cos(beta), torch.sin(beta)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
     def scaled_k2(q: Tensor, hlr: Tensor) -> Tensor:
         """``(k hlr)^2`` with ``k_major^2 / q + k_minor^2 q``, the wave vector in the galaxy's axes."""
-        coefficients = torch.stack(
-            [cos**2 / q + sin**2 * q, sin**2 / q + cos**2 * q, 2 * cos * sin * (1 / q - q)], -1
-        )
-        return torch.einsum("gt,tsm->gsm", coefficients * hlr[:, None] ** 2, grids)
+        axes = torch.diag_embed(torch.stack([1 / q, q], -1) * hlr[:, None] ** 2)
+        form = rotation @ axes @ rotation.transpose(-1, -2)  # g 2 2 in (col, row)
+        if lensing_matrix is not None:  # the form of M k
+            form = lensing_matrix @ form @ lensing_matrix
+        coefficients = torch.stack([form[:, 0, 0], form[:, 1, 1], 2 * form[:, 0, 1]], -1)
+        return torch.einsum("gt,tsm->gsm", coefficients, grids)
 
     disk = (1 + scaled_k2(disk_q, disk_hlr) / EXP_HLR_PER_SCALE_RADIUS**2).rsqrt_().pow_(3)
     bulge = devaucouleurs_fourier()(scaled_k2(bulge_q, bulge_hlr).clamp_(min=0).sqrt_())
-    return torch.lerp(bulge, disk, rearrange(disk_frac, "g -> g 1 1"))
+    profile = torch.lerp(bulge, disk, rearrange(disk_frac, "g -> g 1 1"))
+    if lensing_matrix is not None:
+        profile = profile * rearrange(torch.linalg.det(lensing_matrix), "g -> g 1 1")
+    return profile

@@ -45,6 +45,7 @@ from bliss.simulator._stamps import (
     stamp_size,
     stamp_sizes,
 )
+from bliss.simulator.lensing import check_lensing, lensing_matrix, stretch
 
 #: ratio of half-light radius to scale radius of an exponential profile (as in GalSim)
 _EXP_HLR_PER_SCALE_RADIUS = 1.6783469900166605
@@ -275,6 +276,7 @@ class GalsimRenderer:
         image_shape: tuple[int, int],
         pixel_scale_arcsec: float,
         band_offsets_px: np.ndarray | None = None,
+        lensing: np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw all sources of one image in every band.
 
@@ -290,6 +292,10 @@ class GalsimRenderer:
             pixel_scale_arcsec: pixel size, arcsec.
             band_offsets_px: a ``(row, col)`` shift added to every position in each band, e.g. a
                 sub-pixel dither [default: none]. Shape: ``c 2``.
+            lensing: reduced shear and magnification ``(g1, g2, mu)`` of each source, applied to
+                galaxies as GalSim's ``lens(g1, g2, mu)`` does, flux included (see
+                :mod:`bliss.simulator.lensing`); rows of stars are ignored [default: none].
+                Shape: ``n 3``.
 
         Returns:
             The noise-free, sky-free image. Shape: ``c h w`` (float32).
@@ -305,6 +311,13 @@ class GalsimRenderer:
         plocs, flux, is_galaxy, params, offsets = checked_inputs(
             plocs, flux_electrons, is_galaxy, galaxy_params, band_offsets_px, len(psfs)
         )
+        if lensing is not None:
+            lensing = check_lensing(lensing)
+            if len(lensing) != len(plocs):
+                raise BlissValueError(
+                    f"lensing has {len(lensing)} rows for {len(plocs)} sources; expected one "
+                    "(g1, g2, mu) row per source."
+                )
         scale = pixel_scale_arcsec
         if len(image_shape) != 2 or min(image_shape) < 1 or not scale > 0:
             raise BlissValueError(
@@ -315,6 +328,8 @@ class GalsimRenderer:
         psf_radius = max((self._psf_radius(psf) for psf in psfs), default=0.0)
         size_px = np.full(len(plocs), self._stamp_size(psf_radius, scale))
         galaxy_radii = self._galaxy_radius(params[is_galaxy])
+        if lensing is not None:
+            galaxy_radii = galaxy_radii * stretch(lensing[is_galaxy])
         size_px[is_galaxy] = self._stamp_size(np.hypot(galaxy_radii, psf_radius), scale)
         # whole-pixel band offsets move stamps; only the fractional part goes into the phase
         offsets_int = np.round(offsets)
@@ -329,7 +344,10 @@ class GalsimRenderer:
             profile = np.ones((len(chosen), size, size // 2 + 1), dtype=np.float32)
             galaxies = is_galaxy[chosen]
             if galaxies.any():
-                profile[galaxies] = self._galaxy_fourier(params[chosen[galaxies]], size, scale)
+                lensed = None if lensing is None else lensing[chosen[galaxies]]
+                profile[galaxies] = self._galaxy_fourier(
+                    params[chosen[galaxies]], size, scale, lensed
+                )
             psf_fourier = np.stack([self._psf_fourier(psf, size, scale) for psf in psfs])
             stamps = draw_stamps(profile, flux[chosen], shift, psf_fourier)
             top_left = corner[chosen, None] + offsets_int.astype(np.int64)
@@ -387,11 +405,21 @@ class GalsimRenderer:
 
         return self._psf_cached(psf, ("fourier", int(size), float(scale)), compute)
 
-    def _galaxy_fourier(self, params: np.ndarray, size: int, scale: float) -> np.ndarray:
-        """Fourier transform of unit-flux galaxies before the PSF. Shape: ``g size m``."""
+    def _galaxy_fourier(
+        self, params: np.ndarray, size: int, scale: float, lensing: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Fourier transform of galaxies before the PSF (unit flux unless lensed). Shape: ``g size m``."""
         freq_row, freq_col = frequencies(size)
         k_row = (2 * np.pi / scale) * freq_row[None, :, None]
         k_col = (2 * np.pi / scale) * freq_col[None, None, :]
+        amplitude = 1.0
+        if lensing is not None:  # the lensed transform is mu * F(M k)
+            matrix = lensing_matrix(lensing)[:, :, :, None, None]
+            k_col, k_row = (
+                matrix[:, 0, 0] * k_col + matrix[:, 0, 1] * k_row,
+                matrix[:, 1, 0] * k_col + matrix[:, 1, 1] * k_row,
+            )
+            amplitude = lensing[:, 2, None, None]
         disk_frac, beta, disk_q, disk_hlr, bulge_q, bulge_hlr = (
             column[:, None, None] for column in params.T
         )
@@ -404,4 +432,4 @@ class GalsimRenderer:
         step, table = _bulge_ft_table(self.bulge_sersic_n)
         bulge_k = np.sqrt((k_major2 / bulge_q + k_minor2 * bulge_q) * bulge_hlr**2)
         bulge = np.interp(np.log1p(bulge_k) / step, np.arange(len(table)), table, right=0.0)
-        return disk_frac * disk + (1 - disk_frac) * bulge
+        return amplitude * (disk_frac * disk + (1 - disk_frac) * bulge)

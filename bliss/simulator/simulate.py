@@ -12,6 +12,7 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.errors import BlissConfigError
 from bliss.protocols import ObservingSetup
 from bliss.simulator.conditions import ObservingConditions
+from bliss.simulator.lensing import LensingGeometry, LensingPrior
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
 from bliss.simulator.render import GalsimRenderer, image_psf, moffat_psf
@@ -40,6 +41,10 @@ class ImageSimulator:
             (row and col) and added to every source in that band [default: 0].
         psf_images: optional mapping band -> 2-D PSF image (pixel scale of the survey) used
             instead of the survey's Moffat profile; it is dilated to the drawn FWHM.
+        lensing: draws a weak-lensing field per image that shears and magnifies every galaxy
+            (:mod:`bliss.simulator.lensing`); the batch then also holds its truth under
+            ``fields/<key>`` and the catalog's galaxy fluxes are the magnified ones
+            [default: none].
 
     Example:
         >>> from bliss.surveys import ParametricSurvey
@@ -62,6 +67,7 @@ class ImageSimulator:
         margin_px: int = 8,
         dither_px: float = 0.0,
         psf_images: Mapping[str, np.ndarray] | None = None,
+        lensing: LensingPrior | None = None,
     ) -> None:
         if tuple(prior.bands) != tuple(survey.bands):
             raise BlissConfigError(
@@ -84,6 +90,9 @@ class ImageSimulator:
             raise BlissConfigError(
                 f"simulator.noise={noise!r}; expected one of {[m.value for m in NoiseModel]}."
             ) from err
+        if lensing is not None:
+            lensing.check_geometry(image_size, prior.tile_slen)
+        self.lensing = lensing
         self.survey = survey
         self.prior = prior
         self.renderer = renderer
@@ -134,7 +143,10 @@ class ImageSimulator:
         Returns:
             ``images`` (``b c h w``, electrons, sky included), ``background`` (``b c``, electrons
             per pixel), ``psf_fwhm_arcsec`` (``b c``), ``dither_px`` (``b c 2``) and ``catalog``
-            (a :class:`TileCatalog` of the sources inside the image).
+            (a :class:`TileCatalog` of the sources inside the image); with lensing also
+            ``fields/shear`` (``b 1 1 2``) and ``fields/convergence`` (``b 1 1 1``), the image
+            means, and with the prior's ``region_px`` ``fields/shear_map`` and
+            ``fields/convergence_map`` (``b hr wr d``).
         """
         seeds = np.random.SeedSequence(seed).spawn(2)
         generator = torch.Generator().manual_seed(int(seeds[0].generate_state(1)[0]))
@@ -144,20 +156,53 @@ class ImageSimulator:
         conditions = self.conditions.sample(n_images, generator)
         n_bands = len(self.survey.bands)
         dither = (2 * torch.rand(n_images, n_bands, 2, generator=generator) - 1) * self.dither_px
+        fields: dict[str, Tensor] = {}
+        if self.lensing is not None:
+            padded, fields = self._lens(padded, generator)
         full = padded.to_full_catalog()
         if isinstance(self.renderer, TorchRenderer):
             images = self._render_torch(full, conditions, dither, seeds[1])
         else:
             images = self._render_galsim(full, conditions, dither, rng)
+        if "lensing" in padded:  # the truth holds the fluxes the galaxies appear with
+            data = padded.to_dict()
+            data["fluxes"] = data["fluxes"] * data.pop("lensing")[..., 2:]
+            padded = TileCatalog(padded.tile_slen, data)
         inner = slice(self.margin_tiles, self.margin_tiles + self.n_tiles)
         device = self.render_device if on_device else torch.device("cpu")
         return {
+            **{key: value.to(device) for key, value in fields.items()},
             "images": images.to(device),
             "background": conditions["sky_electrons"].float().to(device),
             "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float().to(device),
             "dither_px": dither.float().to(device),
             "catalog": padded.crop_tiles(inner, inner).to(device),
         }
+
+    def _lens(
+        self, padded: TileCatalog, generator: torch.Generator
+    ) -> tuple[TileCatalog, dict[str, Tensor]]:
+        """The catalog with each galaxy's ``lensing`` ``(g1, g2, mu)`` (``b ht wt m 3``) and the truth."""
+        margin_px = self.margin_tiles * self.prior.tile_slen
+        geometry = LensingGeometry(
+            self.image_size, self.image_size, margin_px, self.survey.pixel_scale_arcsec
+        )
+        fields = self.lensing.sample(padded.batch_size, geometry, generator)
+        plocs = padded.plocs().double().numpy() - margin_px
+        lensing = torch.from_numpy(np.stack([f.at(p) for f, p in zip(fields, plocs, strict=True)]))
+        unlensed = torch.tensor([0.0, 0.0, 1.0], dtype=lensing.dtype)
+        lensing = torch.where(padded.galaxy_mask.unsqueeze(-1), lensing, unlensed).float()
+        truth = [field.region_means(1, 1) for field in fields]
+        out = {
+            "fields/shear": torch.from_numpy(np.stack([t[0] for t in truth])).float(),
+            "fields/convergence": torch.from_numpy(np.stack([t[1] for t in truth])).float(),
+        }
+        if self.lensing.region_px is not None:
+            n_regions = self.image_size // self.lensing.region_px
+            maps = [field.region_means(n_regions, n_regions) for field in fields]
+            out["fields/shear_map"] = torch.from_numpy(np.stack([m[0] for m in maps])).float()
+            out["fields/convergence_map"] = torch.from_numpy(np.stack([m[1] for m in maps])).float()
+        return padded.replace(lensing=lensing), out
 
     def _render_galsim(
         self,
@@ -179,6 +224,7 @@ class ImageSimulator:
                 [full[key][index, :n_sources].numpy() for key in GALAXY_KEYS], axis=-1
             ).astype(np.float64)
             is_galaxy = full["source_type"][index, :n_sources, 0].numpy() > 0.5
+            lensing = full["lensing"][index, :n_sources].numpy() if "lensing" in full else None
             psfs = self._image_psfs(conditions, index)
             clean = self.renderer.render(
                 plocs=plocs,
@@ -191,6 +237,7 @@ class ImageSimulator:
                 band_offsets_px=dither[index].numpy().astype(np.float64)
                 if self.dither_px
                 else None,
+                lensing=lensing,
             )
             sky = conditions["sky_electrons"][index].numpy().astype(np.float64)
             add_sky_and_noise(clean, sky, self.noise, rng, out=images[index])
@@ -218,6 +265,7 @@ class ImageSimulator:
             image_psfs=(conditions["psf_images"], conditions["psf_dilation"])
             if "psf_images" in conditions
             else None,
+            lensing=full["lensing"] if "lensing" in full else None,
         )
         generator = torch.Generator(clean.device).manual_seed(int(seed.generate_state(1)[0]))
         sky = conditions["sky_electrons"]

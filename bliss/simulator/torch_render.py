@@ -43,6 +43,7 @@ from bliss.simulator._torch_profiles import (
     moffat_fourier,
     moffat_scale_radius,
 )
+from bliss.simulator.lensing import check_lensing, lensing_matrix, stretch
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise, gaussian_counts_
 
 #: GalSim's ``GSParams.stepk_minimum_hlr``: a stamp holds at least this many half-light radii
@@ -116,6 +117,7 @@ class TorchRenderer:
         psf_images: Mapping[int, tuple[Tensor, float]] | None = None,
         band_offsets_px: Tensor | None = None,
         image_psfs: tuple[Tensor, Tensor] | None = None,
+        lensing: Tensor | None = None,
     ) -> Tensor:
         """Draw every source of every image in every band.
 
@@ -141,6 +143,9 @@ class TorchRenderer:
                 integrated, at this pixel scale; e.g. observed on real frames) and the factor by
                 which each image's PSFs are dilated (``b``). They replace the Moffat profiles and
                 ``psf_images``; ``psf_fwhm_arcsec`` is then only their label [default: none].
+            lensing: reduced shear and magnification ``(g1, g2, mu)`` of each source of the
+                catalog, applied to galaxies as GalSim's ``lens`` does, flux included (see
+                :mod:`bliss.simulator.lensing`) [default: none]. Shape: ``b n 3``.
 
         Returns:
             The noise-free, sky-free images on the rendering device. Shape: ``b c h w`` (float32).
@@ -166,6 +171,11 @@ class TorchRenderer:
                 f"{pixel_scale_arcsec}; expected positive finite widths in arcsec."
             )
         owner, plocs, flux, is_galaxy, params = self._sources(catalog, offsets)
+        lensed = None
+        if lensing is not None:
+            check_shape("lensing", lensing, "b n 3", {"b": sizes["b"], "n": sizes["n"]})
+            present = torch.arange(sizes["n"]) < catalog["n_sources"].detach().cpu()[:, None]
+            lensed = check_lensing(lensing.detach().cpu().double()[present].numpy())
         psf_images = _checked_psf_images(psf_images, sizes["c"])
         if image_psfs is not None:
             image_psfs = _checked_image_psfs(image_psfs, sizes)
@@ -179,7 +189,10 @@ class TorchRenderer:
             psf_radius = (half_width * dilation)[:, None].expand(-1, sizes["c"])
         psf_radius = psf_radius.amax(1).numpy()[owner]
         radius = psf_radius.copy()
-        radius[is_galaxy] = np.hypot(psf_radius[is_galaxy], self._galaxy_radius(params[is_galaxy]))
+        galaxy_radii = self._galaxy_radius(params[is_galaxy])
+        if lensed is not None:
+            galaxy_radii = galaxy_radii * stretch(lensed[is_galaxy])
+        radius[is_galaxy] = np.hypot(psf_radius[is_galaxy], galaxy_radii)
         size_px = stamp_size(self.sizes, radius / pixel_scale_arcsec)
         offsets_int = offsets.round().numpy().astype(np.int64)
         corner = np.floor(plocs).astype(np.int64) - (size_px // 2)[:, None]
@@ -221,7 +234,13 @@ class TorchRenderer:
                 galaxies = np.flatnonzero(is_galaxy[part])
                 if len(galaxies):
                     galaxy_params = torch.tensor(params[part[galaxies]], device=device).float()
-                    profile[galaxies] = galaxy_fourier(galaxy_params, size, pixel_scale_arcsec)
+                    matrix = None
+                    if lensed is not None:
+                        matrix = lensing_matrix(lensed[part[galaxies]])
+                        matrix = torch.tensor(matrix, device=device).float()
+                    profile[galaxies] = galaxy_fourier(
+                        galaxy_params, size, pixel_scale_arcsec, matrix
+                    )
                 stamps = _draw_stamps(
                     profile,
                     torch.as_tensor(flux[part], device=device),
