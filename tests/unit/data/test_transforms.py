@@ -30,8 +30,8 @@ def _catalog() -> FullCatalog:
     return FullCatalog(IMAGE_PX, IMAGE_PX, data)
 
 
-def _render(full: FullCatalog) -> torch.Tensor:
-    """Noise-free image of the first catalog of ``full``, electrons. Shape: ``c h w``."""
+def _render(full: FullCatalog, lensing: tuple[float, float] | None = None) -> torch.Tensor:
+    """Noise-free image of the first catalog of ``full``, electrons, optionally sheared. Shape: ``c h w``."""
     n = int(full["n_sources"][0])
     galaxy_params = torch.cat([full[key][0, :n] for key in GALAXY_KEYS], dim=-1)
     image = RENDERER.render(
@@ -42,6 +42,7 @@ def _render(full: FullCatalog) -> torch.Tensor:
         psfs=PSFS,
         image_shape=(full.height_px, full.width_px),
         pixel_scale_arcsec=PIXEL_SCALE,
+        lensing=None if lensing is None else np.array([[*lensing, 1.0]] * n),
     )
     return torch.from_numpy(np.asarray(image))
 
@@ -117,3 +118,41 @@ def test_rotation_moves_the_source_where_the_image_moves_it():
     expected = torch.stack([IMAGE_PX - before[:, 1], before[:, 0]], dim=-1)
     sort = lambda p: p[torch.argsort(p[:, 0])]  # noqa: E731
     torch.testing.assert_close(sort(after), sort(expected), atol=1e-4, rtol=0)
+
+
+def _lensed_item(shear: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """The example's galaxy lensed by a constant ``shear``, with the shear and a map as fields."""
+    full = _catalog()
+    item = _item()
+    item["images"] = _render(full, lensing=shear)
+    item["fields/shear"] = torch.tensor([[shear]])
+    item["fields/shear_map"] = torch.arange(8.0).reshape(2, 2, 2)
+    return item
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["rotate", "rotate+flip"])
+@pytest.mark.parametrize("n_rotations", [1, 2, 3])
+def test_shear_turns_as_a_spin2_field_under_the_augmentation(n_rotations, flip):
+    item = _lensed_item((0.15, -0.1))
+    transformed = _transform(item, n_rotations, flip)
+    shear = tuple(transformed["fields/shear"][0, 0].tolist())
+    # the transformed catalog lensed by the transformed shear is the transformed image
+    rerendered = _render(_catalog_of(transformed), lensing=shear)
+    peak = float(item["images"].max())
+    assert float((rerendered - transformed["images"]).abs().max()) < 1e-5 * peak
+    # and the shear changed (a spin-2 value is unchanged only by a half turn without a flip)
+    if (n_rotations, flip) != (2, False):
+        assert not np.allclose(shear, (0.15, -0.1))
+
+
+def test_region_maps_move_with_the_image():
+    item = _lensed_item((0.0, 0.0))
+    item["fields/convergence_map"] = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]])
+    rotated = rotate90(item)
+    # torch.rot90 moves the top-right region to the top-left; a scalar map is only moved
+    assert rotated["fields/convergence_map"][..., 0].tolist() == [[2.0, 4.0], [1.0, 3.0]]
+    flipped = flip_cols(item)
+    assert flipped["fields/convergence_map"][..., 0].tolist() == [[2.0, 1.0], [4.0, 3.0]]
+    # a spin-2 map is moved and turned: a half turn of (e1, e2) by -90 degrees flips both signs
+    expected = -torch.rot90(item["fields/shear_map"], 1, dims=(0, 1))
+    torch.testing.assert_close(rotated["fields/shear_map"], expected)
