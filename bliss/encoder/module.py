@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from bliss.catalog.batch import field_key
 from bliss.encoder.encoder import Encoder, catalog_from_batch
 from bliss.encoder.schedules import build_scheduler
 from bliss.errors import BlissValueError
@@ -105,6 +106,15 @@ class EncoderModule(Encoder, pl.LightningModule):
             batch_size=batch["images"].shape[0],
             sync_dist=True,
         )
+        if self.regions:  # the region factors' share of the loss, and their point estimates' error
+            n_images = batch["images"].shape[0]
+            features = self.tile_features(batch)
+            self.log(f"{stage}/region_nll", self.region_nll(features, batch), batch_size=n_images)
+            for name, params in self.region_params(features).items():
+                region = self.regions[name]
+                error = region.point_estimate(params) - batch[field_key(region.key)]
+                rmse = error.pow(2).mean().sqrt()
+                self.log(f"{stage}/{name}_rmse", rmse, batch_size=n_images, prog_bar=True)
         truth = catalog_from_batch(batch, self.tile_slen)
         estimate, params = self.infer(batch)
         self._validation.append(collect_step(self, truth, estimate, params))

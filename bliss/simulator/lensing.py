@@ -197,7 +197,12 @@ class LensingPrior:
 
     Args:
         kind: ``"constant"``, ``"power_spectrum"`` or ``"nfw"``.
-        g_max: constant fields: reduced shear uniform in the disk ``|g| <= g_max`` [default: 0.05].
+        g_max: constant fields: reduced shear uniform in the disk ``|g| <= g_max``, or the bound of
+            the normal draws [default: 0.05].
+        distribution: constant fields: ``"disk"`` (uniform in the disk) or ``"normal"`` (each
+            component normal with standard deviation ``g_sigma``, redrawn beyond ``g_max``)
+            [default: "disk"].
+        g_sigma: see ``distribution`` [default: 0.05].
         kappa: constant fields: their convergence [default: 0, shear only].
         amplitude: power-spectrum fields: ``P(1 arcmin^-1)`` in arcmin^2 [default: 1e-4].
         slope: power-spectrum fields: logarithmic slope of ``P(k)`` [default: -1].
@@ -219,6 +224,8 @@ class LensingPrior:
         self,
         kind: str = "constant",
         g_max: float = 0.05,
+        distribution: str = "disk",
+        g_sigma: float = 0.05,
         kappa: float = 0.0,
         amplitude: float = 1e-4,
         slope: float = -1.0,
@@ -239,6 +246,12 @@ class LensingPrior:
             )
         if not kappa < 1:
             raise BlissConfigError(f"simulator.lensing.kappa={kappa}; expected kappa < 1.")
+        if distribution not in ("disk", "normal") or not g_sigma > 0:
+            raise BlissConfigError(
+                f"simulator.lensing.distribution={distribution!r}, g_sigma={g_sigma}; expected "
+                "'disk' or 'normal' and a positive g_sigma."
+            )
+        self.distribution, self.g_sigma = distribution, float(g_sigma)
         low, high = (float(m) for m in mass_msun)
         if not (amplitude > 0 and grid_px >= 1 and 0 < low <= high and z_source > z_halo >= 0):
             raise BlissConfigError(
@@ -275,6 +288,11 @@ class LensingPrior:
         self, rng: np.random.Generator, geometry: LensingGeometry
     ) -> ConstantLensing | GridLensing:
         if self.kind == "constant":
+            if self.distribution == "normal":
+                g = rng.normal(0.0, self.g_sigma, 2)
+                while math.hypot(*g) > self.g_max:
+                    g = rng.normal(0.0, self.g_sigma, 2)
+                return ConstantLensing(float(g[0]), float(g[1]), self.kappa)
             radius = self.g_max * math.sqrt(rng.uniform())
             angle = rng.uniform(0, 2 * math.pi)
             return ConstantLensing(radius * math.cos(angle), radius * math.sin(angle), self.kappa)

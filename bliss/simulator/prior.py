@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
 from einops import rearrange
@@ -10,9 +11,17 @@ from torch import Tensor
 from bliss.catalog import GALAXY_KEYS, TileCatalog
 from bliss.errors import BlissConfigError
 
-__all__ = ["CatalogPrior"]
+__all__ = ["CatalogPrior", "GalaxyShapeCatalog"]
 
 _ARCSEC_PER_ARCMIN = 60.0
+
+
+class GalaxyShapeCatalog(Protocol):
+    """Draws galaxy shapes (each of :data:`GALAXY_KEYS`, ``n 1``) for reference-band magnitudes ``n``."""
+
+    def sample(self, ref_mag: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Shapes of ``len(ref_mag)`` galaxies."""
+        ...  # a protocol
 
 
 class CatalogPrior:
@@ -52,6 +61,9 @@ class CatalogPrior:
             group to learn to claim a source that its three neighbours split between them and
             left.
         corner_px: see ``corner_fraction`` [default: 0.05].
+        galaxy_shape_catalog: draws galaxy shapes from a catalog of real galaxies given their
+            reference-band magnitudes (e.g. :class:`bliss.simulator.cosmos.CosmosShapes`),
+            instead of ``galaxy_shape`` [default: none].
 
     Example:
         >>> prior = CatalogPrior(["g", "r"], "r", 0.396, density_per_arcmin2=2000.0,
@@ -78,6 +90,7 @@ class CatalogPrior:
         galaxy_shape: Mapping | None = None,
         corner_fraction: float = 0.0,
         corner_px: float = 0.05,
+        galaxy_shape_catalog: GalaxyShapeCatalog | None = None,
     ) -> None:
         self.bands = tuple(bands)
         if reference_band not in self.bands:
@@ -126,6 +139,7 @@ class CatalogPrior:
             )
         self.corner_fraction = corner_fraction
         self.corner_px = corner_px
+        self.galaxy_shape_catalog = galaxy_shape_catalog
 
     def _color_table(self, key: str, colors: Mapping[str, Mapping[str, float]]) -> Tensor:
         """Colour parameters as a tensor ``3 c`` (mean, slope, scatter) in channel order."""
@@ -218,7 +232,11 @@ class CatalogPrior:
             _sample_power_law(shape, self.star_flux, generator),
         )
         galaxy = rearrange(is_galaxy.float(), "n -> n 1")
-        shapes = self._sample_galaxy_shapes(shape, generator)
+        if self.galaxy_shape_catalog is None:
+            shapes = self._sample_galaxy_shapes(shape, generator)
+        else:
+            ref_mag = 22.5 - 2.5 * torch.log10(ref_flux)
+            shapes = self.galaxy_shape_catalog.sample(ref_mag, generator)
         return {
             "locs": locs,
             "source_type": galaxy,
