@@ -16,6 +16,7 @@ from bliss.errors import BlissValueError
 from bliss.metrics.matching import match_catalogs
 from bliss.predict.plots import plot_detections
 from bliss.predict.predictor import Predictor
+from bliss.predict.region_quantities import write_region_quantities
 from bliss.predict.regional import CROWDED_KEY, RegionalPredictor
 from bliss.protocols import ImageSource, Survey, SurveyImage
 
@@ -46,7 +47,9 @@ def predict_file(
 ) -> dict[str, Any]:
     """Catalog one image and write its files next to ``output``.
 
-    Writes ``output`` (the catalog), ``<stem>.reg`` (a DS9 region file), and on request
+    Writes ``output`` (the catalog), ``<stem>.reg`` (a DS9 region file), ``<stem>_regions.fits``
+    for a model with region factors (a shear per image, a convergence map:
+    :mod:`bliss.predict.region_quantities`), and on request
     ``<stem>_samples<suffix>``, ``<stem>.png`` and ``<stem>_check.fits`` / ``<stem>_check.png``
     (model, residual and background; :mod:`bliss.predict.check_images`).
 
@@ -69,7 +72,8 @@ def predict_file(
     Returns:
         ``table`` (the catalog), ``catalog`` (its :class:`~bliss.catalog.FullCatalog`),
         ``samples`` (sample catalogs), ``image`` (the :class:`~bliss.protocols.SurveyImage`
-        read) and ``written`` (kind -> path).
+        read), ``regions`` (name -> :class:`~bliss.predict.region_quantities.RegionEstimate`) and
+        ``written`` (kind -> path).
     """
     output = Path(output)
     bands = tuple(predictor.encoder.bands)
@@ -80,7 +84,13 @@ def predict_file(
         image = survey.read_image(input_path, bands, sky=sky)
         meta = {**meta, "SKYCONV": sky}
     drawn = max(n_samples, marginal_samples)
-    catalog, samples = predictor.predict_and_sample(image, threshold, drawn, _QUANTILES)
+    regions = {}
+    if isinstance(predictor, RegionalPredictor):
+        catalog, samples = predictor.predict_and_sample(image, threshold, drawn, _QUANTILES)
+    else:
+        catalog, samples, regions = predictor.predict_with_regions(
+            image, threshold, drawn, _QUANTILES
+        )
     if marginal_samples:
         marginal = marginal_prob_source(catalog, samples[:marginal_samples])
         catalog = FullCatalog(
@@ -121,6 +131,10 @@ def predict_file(
     table = catalog_to_table(catalog, image.bands, wcs=image.wcs, meta=meta, flags=flags)
     label = input_label(input_path)
     written = {"catalog": write_table(table, output)}
+    if regions:
+        written["region_quantities"] = write_region_quantities(
+            regions, output.with_name(f"{output.stem}_regions.fits"), meta
+        )
     written["regions"] = write_regions(
         table,
         output.with_suffix(".reg"),
@@ -172,6 +186,7 @@ def predict_file(
         "catalog": catalog,
         "samples": samples,
         "image": image,
+        "regions": regions,
         "written": written,
     }
 

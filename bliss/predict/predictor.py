@@ -15,6 +15,7 @@ from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
 from bliss.predict.psf_photometry import refine_star_fluxes
+from bliss.predict.region_quantities import RegionEstimate, region_estimates
 from bliss.protocols import ModelConditions, ObservingSetup, SurveyImage
 
 __all__ = [
@@ -281,11 +282,41 @@ class Predictor:
         Raises:
             BlissConfigError: ``threshold`` is not in (0, 1) or ``n_samples`` is negative.
         """
+        catalog, samples, _ = self.predict_with_regions(
+            image, threshold, n_samples, quantiles, star_photometry
+        )
+        return catalog, samples
+
+    @torch.no_grad()
+    def predict_with_regions(
+        self,
+        image: SurveyImage,
+        threshold: float = 0.5,
+        n_samples: int = 0,
+        quantiles: tuple[float, ...] = (0.05, 0.95),
+        star_photometry: bool = True,
+    ) -> tuple[FullCatalog, list[FullCatalog], dict[str, RegionEstimate]]:
+        """:meth:`predict_and_sample` plus the model's region quantities (a shear, a map).
+
+        The third item has a :class:`~bliss.predict.region_quantities.RegionEstimate` per region factor of
+        the encoder (empty for a model without any), computed from the same features.
+
+        Raises:
+            BlissConfigError: ``threshold`` is not in (0, 1) or ``n_samples`` is negative.
+            BlissValueError: a region of the model does not divide the (tile-padded) image.
+        """
         check_threshold(threshold)
         _check_n_samples(n_samples)
         features = self.tile_features(image)
         catalog = self._point_catalog(features, image, threshold, quantiles, star_photometry)
-        return catalog, self._samples(features, image, n_samples)
+        regions = {}
+        if self.encoder.regions:
+            shape = (features.shape[-2] * self.tile_slen, features.shape[-1] * self.tile_slen)
+            params = self.encoder.region_params(features)
+            regions = region_estimates(
+                self.encoder.regions, params, self.tile_slen, shape, quantiles
+            )
+        return catalog, self._samples(features, image, n_samples), regions
 
     def _point_catalog(
         self,

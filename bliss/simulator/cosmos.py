@@ -153,13 +153,13 @@ def load_cosmos_galaxies(
         * ``mag``: SExtractor ``MAG_AUTO`` in HST/ACS F814W (AB).
         * ``redshift``: COSMOS photometric redshift (``zphot``; NaN if the file has none).
         * the :data:`~bliss.catalog.GALAXY_KEYS` of the bulge+disk fit: ``disk_frac`` (disk
-          share of the flux, [0, 1]), ``beta_rad`` (position angle of the brighter component,
-          radians in [0, pi), counter-clockwise from +x towards +y), ``disk_q``,
-          ``disk_hlr_arcsec``, ``bulge_q``, ``bulge_hlr_arcsec`` (axis ratios in (0, 1],
-          circular half-light radii in arcsec; see the module docstring).
+            share of the flux, [0, 1]), ``beta_rad`` (position angle of the brighter component,
+            radians in [0, pi), counter-clockwise from +x towards +y), ``disk_q``,
+            ``disk_hlr_arcsec``, ``bulge_q``, ``bulge_hlr_arcsec`` (axis ratios in (0, 1],
+            circular half-light radii in arcsec; see the module docstring).
         * ``disk_beta_rad``, ``bulge_beta_rad``: each component's own position angle.
         * ``sersic_n`` (clipped to GalSim's [0.3, 6], as COSMOSCatalog draws it),
-          ``sersic_hlr_arcsec``, ``sersic_q``, ``sersic_beta_rad``: the single-Sersic fit.
+            ``sersic_hlr_arcsec``, ``sersic_q``, ``sersic_beta_rad``: the single-Sersic fit.
         * ``use_bulgefit`` (bool): GalSim's choice, bulge+disk where True, else Sersic.
         * ``ident``: the COSMOS ``IDENT``.
 
@@ -269,7 +269,11 @@ class CosmosShapes:
         target = (ref_mag.double() + self.mag_offset).clamp(self.mag[0], self.mag[-1])
         low = torch.searchsorted(self.mag, target - self.mag_window)
         high = torch.searchsorted(self.mag, target + self.mag_window, right=True)
-        nearest = torch.searchsorted(self.mag, target).clamp(max=len(self.mag) - 1)
+        # an empty window falls back to the nearer of the galaxies either side of the target
+        above = torch.searchsorted(self.mag, target).clamp(max=len(self.mag) - 1)
+        below = (above - 1).clamp(min=0)
+        nearer_below = (target - self.mag[below]) < (self.mag[above] - target)
+        nearest = torch.where(nearer_below, below, above)
         empty = high <= low
         low, high = torch.where(empty, nearest, low), torch.where(empty, nearest + 1, high)
         u = torch.rand(target.shape, generator=generator, dtype=torch.float64)

@@ -50,6 +50,9 @@ FIELD_KINDS = ("constant", "power_spectrum", "nfw")
 #: an NFW halo's field is scaled down where it would exceed these (its strong-lensing core)
 _NFW_KAPPA_CAP = 0.5
 _NFW_G_CAP = 0.5
+#: normal shear draws need g_max >= this * g_sigma: then 1 - exp(-0.142^2 / 2) = 1.0 % of them fall
+#: inside |g| <= g_max (the rest are redrawn)
+_MIN_G_MAX_OVER_SIGMA = 0.142
 
 
 def reduced_shear(gamma: np.ndarray, kappa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +201,7 @@ class LensingPrior:
     Args:
         kind: ``"constant"``, ``"power_spectrum"`` or ``"nfw"``.
         g_max: constant fields: reduced shear uniform in the disk ``|g| <= g_max``, or the bound of
-            the normal draws [default: 0.05].
+            the normal draws, then at least ``0.142 * g_sigma`` [default: 0.05].
         distribution: constant fields: ``"disk"`` (uniform in the disk) or ``"normal"`` (each
             component normal with standard deviation ``g_sigma``, redrawn beyond ``g_max``)
             [default: "disk"].
@@ -216,8 +219,9 @@ class LensingPrior:
             ``convergence_map``), px, or None for image-level truth only [default: None].
 
     Raises:
-        BlissConfigError: an unknown kind, ``g_max`` not in [0, 1), ``kappa >= 1``, or a
-            non-positive amplitude, grid or mass.
+        BlissConfigError: an unknown kind or distribution, ``g_max`` not in [0, 1) (or, for
+            normal draws, below ``0.142 * g_sigma``), a non-positive ``g_sigma``, ``kappa >= 1``,
+            or a non-positive amplitude, grid or mass.
     """
 
     def __init__(
@@ -250,6 +254,14 @@ class LensingPrior:
             raise BlissConfigError(
                 f"simulator.lensing.distribution={distribution!r}, g_sigma={g_sigma}; expected "
                 "'disk' or 'normal' and a positive g_sigma."
+            )
+        # normal draws are redrawn until |g| <= g_max (g_max = 0 would loop forever)
+        if distribution == "normal" and not g_max >= _MIN_G_MAX_OVER_SIGMA * g_sigma:
+            raise BlissConfigError(
+                f"simulator.lensing.g_max={g_max} with distribution='normal', g_sigma={g_sigma}: "
+                "under 1 % of the normal draws land inside |g| <= g_max, and each is redrawn "
+                f"until one does; expected g_max >= {_MIN_G_MAX_OVER_SIGMA} * g_sigma, or "
+                "distribution='disk'."
             )
         self.distribution, self.g_sigma = distribution, float(g_sigma)
         low, high = (float(m) for m in mass_msun)

@@ -1,6 +1,7 @@
 """The COSMOS parametric catalog reader: conventions on a synthetic file, then the real catalog.
 
 The real catalog ships in the optional fpfs wheel; its tests skip when fpfs is not installed.
+The magnitude-matched shape sampler (CosmosShapes) is tested last, on both.
 """
 
 import math
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 
 from bliss.catalog import GALAXY_KEYS
 from bliss.errors import BlissConfigError, BlissIOError, BlissValueError
 from bliss.simulator import cosmos
-from bliss.simulator.cosmos import cosmos_catalog_path, load_cosmos_galaxies
+from bliss.simulator.cosmos import CosmosShapes, cosmos_catalog_path, load_cosmos_galaxies
+from bliss.simulator.prior import CatalogPrior
 
 N_GOOD_ROWS = 81_448  # of 81,499 in fpfs 3.1.1 (see load_cosmos_galaxies)
 
@@ -207,3 +210,174 @@ def test_conversion_matches_the_catalogs_own_columns(
     np.testing.assert_allclose(galaxies["disk_hlr_arcsec"][drawn], hlr[drawn, 2], rtol=1e-6)
     disk_frac = flux[drawn, 2] / (flux[drawn, 1] + flux[drawn, 2])
     np.testing.assert_allclose(galaxies["disk_frac"][drawn], disk_frac, atol=1e-4)
+
+
+# ---- CosmosShapes: magnitude-matched draws --------------------------------------------------------
+
+N_DRAWS = 2000
+
+
+def _draw(shapes: CosmosShapes, ref_mag: float | torch.Tensor, seed: int = 0) -> dict:
+    ref_mag = torch.as_tensor(ref_mag, dtype=torch.float32).expand(N_DRAWS).contiguous()
+    return shapes.sample(ref_mag, torch.Generator().manual_seed(seed))
+
+
+def _shape_catalog(tmp_path: Path, mags: list[float]) -> Path:
+    """One galaxy per magnitude; row ``i`` has a disk of ``10 + i`` px, so ``hlr = 0.015 (10 + i)``."""
+    rows = [
+        {
+            "mag": mag,
+            "sersic": _fit(1.0, 10.0, 1.5, 0.5, 0.3),
+            "disk": _fit(1.0, 10.0 + i, 1, 0.25, 0.5),
+            "bulge": _fit(2.0, 4.0, 4, 0.64, 0.4),
+        }
+        for i, mag in enumerate(mags)
+    ]
+    return _write_catalog(tmp_path / "shapes.fits", rows)
+
+
+def _rows(draws: dict) -> torch.Tensor:
+    """The synthetic catalog row each draw came from (see ``_shape_catalog``)."""
+    return torch.round(draws["disk_hlr_arcsec"][:, 0].double() / 0.015 - 10).long()
+
+
+def test_faint_and_bright_targets_take_the_catalogs_extreme_galaxies(tmp_path: Path) -> None:
+    path = _shape_catalog(tmp_path, [20.0, 21.0, 22.0, 24.8, 25.0, 25.1])
+    shapes = CosmosShapes(path, mag_window=0.25)
+    for target in (25.1, 27.0, 40.0):  # clamped to the limit 25.1: the window [24.85, 25.1]
+        rows = _rows(_draw(shapes, target))
+        assert set(rows.tolist()) == {4, 5}, target  # not 24.8, outside the window
+        # uniform over the two: Bernoulli(1/2) standard error sqrt(1/4 / n)
+        assert float((rows == 5).double().mean()) == pytest.approx(
+            0.5, abs=5 * math.sqrt(0.25 / N_DRAWS)
+        )
+    for target in (20.0, 15.0):
+        assert set(_rows(_draw(shapes, target)).tolist()) == {0}, target
+
+
+def test_an_empty_window_takes_the_nearest_galaxy(tmp_path: Path) -> None:
+    shapes = CosmosShapes(_shape_catalog(tmp_path, [20.0, 22.0]), mag_window=0.25)
+    for target, row in ((20.5, 0), (20.9, 0), (21.1, 1), (21.5, 1)):
+        assert set(_rows(_draw(shapes, target)).tolist()) == {row}, target
+
+
+def test_mag_offset_shifts_the_target(tmp_path: Path) -> None:
+    path = _shape_catalog(tmp_path, [20.0, 21.0, 22.0])
+    for offset, row in ((0.0, 1), (1.0, 2), (-1.0, 0)):
+        shapes = CosmosShapes(path, mag_window=0.25, mag_offset=offset)
+        assert set(_rows(_draw(shapes, 21.0)).tolist()) == {row}, offset
+
+
+@pytest.mark.parametrize("mag_window", [0.0, -0.25, float("nan")])
+def test_a_non_positive_mag_window_is_a_config_error(mag_window: float, tmp_path: Path) -> None:
+    # refused before any file is read
+    with pytest.raises(BlissConfigError, match=r"mag_window=.*positive width"):
+        CosmosShapes(tmp_path / "never_read.fits", mag_window=mag_window)
+
+
+@pytest.fixture(scope="module")
+def cosmos_shapes(catalog_path: Path) -> CosmosShapes:
+    return CosmosShapes()
+
+
+def _indexed(shapes: CosmosShapes) -> CosmosShapes:
+    """The same sampler with every shape replaced by its row index in ``shapes.mag``."""
+    n_rows = len(shapes.mag)
+    assert n_rows < 2**24  # float32 holds every index exactly
+    indexed = CosmosShapes.__new__(CosmosShapes)
+    indexed.__dict__.update(shapes.__dict__)
+    indexed.shapes = torch.arange(n_rows, dtype=torch.float32)[:, None].expand(-1, len(GALAXY_KEYS))
+    return indexed
+
+
+def test_drawn_shapes_are_in_the_support(cosmos_shapes: CosmosShapes) -> None:
+    ref_mag = torch.linspace(15.0, 28.0, 20 * N_DRAWS)  # brighter and fainter than the catalog
+    draws = cosmos_shapes.sample(ref_mag, torch.Generator().manual_seed(0))
+    assert list(draws) == list(GALAXY_KEYS)
+    for key, values in draws.items():
+        assert values.shape == (len(ref_mag), 1) and values.dtype == torch.float32, key
+        assert bool(torch.isfinite(values).all()), key
+    for key in ("disk_q", "bulge_q"):
+        assert float(draws[key].min()) > 0 and float(draws[key].max()) <= 1, key
+    for key in ("disk_hlr_arcsec", "bulge_hlr_arcsec"):
+        assert float(draws[key].min()) > 0, key
+    assert float(draws["disk_frac"].min()) >= 0 and float(draws["disk_frac"].max()) <= 1
+    # compared in float64: a float32 angle must not round up to pi
+    beta = draws["beta_rad"].double()
+    assert float(beta.min()) >= 0 and float(beta.max()) < math.pi
+
+
+def test_bright_targets_draw_larger_galaxies(cosmos_shapes: CosmosShapes) -> None:
+    """F814W 20 galaxies have disks ~5x the size of 25th-magnitude ones (0.71 vs 0.15 arcsec)."""
+    bright = float(_draw(cosmos_shapes, 20.0)["disk_hlr_arcsec"].median())
+    faint = float(_draw(cosmos_shapes, 25.0)["disk_hlr_arcsec"].median())
+    assert bright > 2 * faint
+    assert 0.3 < bright < 1.5 and 0.05 < faint < 0.3
+
+
+@pytest.mark.parametrize("mag_window", [0.1, 0.25, 0.5])
+def test_drawn_galaxies_are_within_the_magnitude_window(
+    cosmos_shapes: CosmosShapes, mag_window: float
+) -> None:
+    shapes = _indexed(cosmos_shapes)
+    shapes.mag_window = mag_window
+    mag = shapes.mag
+    # the catalog's widest magnitude gap is 0.197, so every target in range has a galaxy within
+    # 0.1 mag and the nearest-galaxy fallback never applies
+    assert float(torch.diff(mag).max()) < 2 * 0.1
+    target = torch.linspace(float(mag[0]), float(mag[-1]), 10 * N_DRAWS)
+    index = shapes.sample(target, torch.Generator().manual_seed(0))["disk_q"][:, 0].long()
+    offset = (mag[index] - target.double()).abs()
+    assert float(offset.max()) <= mag_window + 1e-9
+
+
+def test_draws_are_uniform_over_the_window(cosmos_shapes: CosmosShapes) -> None:
+    shapes = _indexed(cosmos_shapes)
+    index = _draw(shapes, 22.0)["disk_q"][:, 0].double()
+    in_window = torch.nonzero((shapes.mag - 22.0).abs() <= shapes.mag_window)[:, 0]
+    low, high, n_window = int(in_window[0]), int(in_window[-1]), len(in_window)
+    assert n_window > 1000
+    assert float(index.min()) >= low and float(index.max()) <= high
+    # discrete uniform on [low, high]: mean (low + high) / 2, standard deviation n_window / sqrt(12)
+    assert float(index.mean()) == pytest.approx(
+        (low + high) / 2, abs=5 * n_window / math.sqrt(12 * N_DRAWS)
+    )
+    # n draws with replacement from N galaxies hit N (1 - e^-r) distinct ones, r = n / N, with
+    # variance N e^-r (1 - (1 + r) e^-r) (occupancy problem, large N)
+    rate = N_DRAWS / n_window
+    hit = math.exp(-rate)
+    expected, spread = n_window * (1 - hit), math.sqrt(n_window * hit * (1 - (1 + rate) * hit))
+    assert len(set(index.tolist())) == pytest.approx(expected, abs=5 * spread)
+
+
+def test_the_same_seed_gives_the_same_shapes(cosmos_shapes: CosmosShapes) -> None:
+    ref_mag = torch.linspace(18.0, 26.0, N_DRAWS)
+    first, again, other = (
+        cosmos_shapes.sample(ref_mag, torch.Generator().manual_seed(seed)) for seed in (3, 3, 4)
+    )
+    for key in GALAXY_KEYS:
+        assert torch.equal(first[key], again[key]), key
+    assert not torch.equal(first["disk_hlr_arcsec"], other["disk_hlr_arcsec"])
+
+
+def test_a_prior_with_cosmos_shapes_draws_bright_galaxies_larger(
+    cosmos_shapes: CosmosShapes,
+) -> None:
+    prior = CatalogPrior(
+        ["r"],
+        "r",
+        0.396,
+        density_per_arcmin2=20_000.0,
+        prob_galaxy=1.0,
+        galaxy_flux={"min_nmgy": 1.0, "max_nmgy": 1e4, "alpha": 0.5},  # r 22.5 to 12.5
+        galaxy_shape_catalog=cosmos_shapes,
+    )
+    catalog = prior.sample(2, 16, 16, torch.Generator().manual_seed(0))
+    on = catalog.is_on_mask
+    ref_mag = 22.5 - 2.5 * torch.log10(catalog["fluxes"][..., 0][on])
+    disk_hlr = catalog["disk_hlr_arcsec"][on][:, 0]
+    assert len(ref_mag) > 200 and float((ref_mag < 20).double().mean()) > 0.1
+    assert float(disk_hlr.min()) > 0 and float(catalog["disk_q"][on].max()) <= 1
+    # COSMOS: median disks of 1.3 arcsec brighter than r = 20, 0.45 fainter than 21.5 (seed 0)
+    bright, faint = disk_hlr[ref_mag < 20].median(), disk_hlr[ref_mag > 21.5].median()
+    assert float(bright) > 1.3 * float(faint)

@@ -213,3 +213,56 @@ def test_simulated_batch_holds_the_truth_and_magnified_fluxes():
     torch.testing.assert_close(ratio[galaxy], mu.expand_as(ratio)[galaxy], rtol=1e-5, atol=0)
     torch.testing.assert_close(ratio[star], torch.ones_like(ratio[star]))
     assert not torch.equal(lensed["images"], plain["images"])
+
+
+def _normal_shears(g_sigma, g_max, n=2000, seed=0):
+    prior = LensingPrior("constant", distribution="normal", g_sigma=g_sigma, g_max=g_max)
+    fields = prior.sample(n, LensingGeometry(64, 64, 8, SCALE), torch.Generator().manual_seed(seed))
+    return np.array([field.g for field in fields])
+
+
+def test_normal_prior_has_the_configured_spread():
+    # g_max = 6 g_sigma: redrawing beyond it removes exp(-18) ~ 2e-8 of the mass, negligible
+    g_sigma, n = 0.05, 2000
+    g = _normal_shears(g_sigma, g_max=0.3, n=n)
+    assert np.hypot(*g.T).max() <= 0.3
+    # a normal sample's standard deviation has relative standard error 1 / sqrt(2 n) = 1.6 %;
+    # its mean has standard error g_sigma / sqrt(n)
+    np.testing.assert_allclose(g.std(0, ddof=1), g_sigma, rtol=5 / np.sqrt(2 * n))
+    assert np.abs(g.mean(0)).max() < 5 * g_sigma / np.sqrt(n)
+    assert abs(np.corrcoef(g.T)[0, 1]) < 5 / np.sqrt(n)  # independent components
+
+
+def test_normal_prior_is_truncated_at_g_max():
+    g_sigma, g_max, n = 0.05, 0.06, 2000
+    radius2 = (_normal_shears(g_sigma, g_max, n=n) ** 2).sum(-1)
+    assert radius2.max() <= g_max**2
+    assert radius2.max() > (0.95 * g_max) ** 2  # 7 % of the draws land that close to the edge
+    # |g| is Rayleigh(g_sigma) cut at g_max: E|g|^2 = 2 s^2 - R^2 e^-t / (1 - e^-t), t = R^2 / 2 s^2
+    t = g_max**2 / (2 * g_sigma**2)
+    expected = 2 * g_sigma**2 - g_max**2 * np.exp(-t) / -np.expm1(-t)
+    assert radius2.mean() == pytest.approx(expected, abs=5 * radius2.std() / np.sqrt(n))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"distribution": "uniform"}, r"simulator\.lensing\.distribution='uniform'"),
+        ({"distribution": "normal", "g_sigma": 0.0}, r"g_sigma=0\.0"),
+        ({"distribution": "normal", "g_sigma": -0.1}, r"g_sigma=-0\.1"),
+        ({"distribution": "normal", "g_sigma": float("nan")}, r"g_sigma=nan"),
+        # redrawing until |g| <= g_max would never stop, or take ~1e6 draws per image
+        ({"distribution": "normal", "g_max": 0.0}, r"simulator\.lensing\.g_max=0\.0"),
+        ({"distribution": "normal", "g_max": 1e-4}, r"simulator\.lensing\.g_max=0\.0001"),
+    ],
+)
+def test_bad_normal_shear_settings_name_the_key(overrides, match):
+    with pytest.raises(BlissConfigError, match=match):
+        LensingPrior("constant", **overrides)
+
+
+def test_a_zero_disk_is_no_shear():
+    fields = LensingPrior("constant", g_max=0.0).sample(
+        3, LensingGeometry(64, 64, 8, SCALE), torch.Generator().manual_seed(0)
+    )
+    assert all(np.array_equal(field.g, [0.0, 0.0]) for field in fields)

@@ -360,3 +360,59 @@ def test_disk_fraction_range_is_respected(prior_cfg):
     assert float(values.min()) >= 0.7 and float(values.max()) <= 0.9
     # uniform on [0.7, 0.9]: mean 0.8, standard error 0.2 / sqrt(12 n)
     assert float(values.mean()) == pytest.approx(0.8, abs=5 * 0.2 / math.sqrt(12 * values.numel()))
+
+
+# ---- galaxy shapes from a catalog of real galaxies ----------------------------------------------
+
+_STUB_SHAPES = {
+    "disk_frac": 0.625,
+    "beta_rad": 1.25,
+    "disk_q": 0.37,
+    "disk_hlr_arcsec": 0.9,
+    "bulge_q": 0.61,
+}
+
+
+class _RecordingShapes:
+    """A ``GalaxyShapeCatalog`` with fixed shapes, except ``bulge_hlr_arcsec = ref_mag / 100``.
+
+    That one value ties every galaxy's shape to the magnitude it was drawn for, so the test sees
+    whether shapes reach the right galaxy through the slot sorting.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[torch.Tensor] = []
+
+    def sample(self, ref_mag: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        self.received.append(ref_mag.clone())
+        shapes = {key: torch.full((len(ref_mag), 1), value) for key, value in _STUB_SHAPES.items()}
+        return {**shapes, "bulge_hlr_arcsec": ref_mag[:, None] / 100}
+
+
+def test_galaxy_shape_catalog_gives_galaxies_its_shapes_for_their_magnitudes(prior_cfg):
+    stub = _RecordingShapes()
+    prior = _prior(
+        prior_cfg,
+        density_per_arcmin2=_density(2.0),
+        prob_galaxy=0.5,
+        max_sources=3,
+        galaxy_shape_catalog=stub,
+    )
+    catalog = prior.sample(4, 16, 16, torch.Generator().manual_seed(0))
+    galaxies, stars = catalog.galaxy_mask, catalog.star_mask
+    assert int(galaxies.sum()) > 500 and int(stars.sum()) > 500
+    assert int((catalog["n_sources"] > 1).sum()) > 100  # the slot sorting was exercised
+    for key, value in _STUB_SHAPES.items():
+        assert bool((catalog[key][galaxies] == value).all()), key
+    for key in GALAXY_KEYS:
+        assert float(catalog[key][stars].abs().max()) == 0.0, key
+
+    ref_mag = 22.5 - 2.5 * torch.log10(catalog["fluxes"][..., prior.reference_index])
+    galaxy_mag = ref_mag[galaxies]
+    torch.testing.assert_close(catalog["bulge_hlr_arcsec"][galaxies][:, 0], galaxy_mag / 100)
+    # one call, holding every galaxy's reference magnitude (stars' may come along, masked out)
+    assert len(stub.received) == 1
+    received = stub.received[0]
+    assert len(galaxy_mag) <= len(received) <= int(catalog.is_on_mask.sum())
+    nearest = (received[None, :] - galaxy_mag[:, None]).abs().min(-1).values
+    assert float(nearest.max()) < 1e-5
