@@ -1,7 +1,7 @@
 """Catalog prior + observing conditions + renderer + noise = simulated survey images."""
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.errors import BlissConfigError
 from bliss.protocols import ObservingSetup
 from bliss.simulator.conditions import ObservingConditions
-from bliss.simulator.lensing import LensingGeometry, LensingPrior
+from bliss.simulator.lensing import ConstantLensing, GridLensing, LensingGeometry, LensingPrior
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
 from bliss.simulator.render import GalsimRenderer, image_psf, moffat_psf
@@ -150,20 +150,60 @@ class ImageSimulator:
         """
         seeds = np.random.SeedSequence(seed).spawn(2)
         generator = torch.Generator().manual_seed(int(seeds[0].generate_state(1)[0]))
-        rng = np.random.default_rng(seeds[1])
         n_padded = self.n_tiles + 2 * self.margin_tiles
         padded = self.prior.sample(n_images, n_padded, n_padded, generator)
         conditions = self.conditions.sample(n_images, generator)
         n_bands = len(self.survey.bands)
         dither = (2 * torch.rand(n_images, n_bands, 2, generator=generator) - 1) * self.dither_px
-        fields: dict[str, Tensor] = {}
+        fields = None
         if self.lensing is not None:
-            padded, fields = self._lens(padded, generator)
+            fields = self.lensing.sample(n_images, self.lensing_geometry, generator)
+        return self.observe(padded, conditions, dither, seeds[1], fields, on_device)
+
+    @property
+    def lensing_geometry(self) -> LensingGeometry:
+        """The image a lensing field is drawn for: size, margin and pixel scale."""
+        margin_px = self.margin_tiles * self.prior.tile_slen
+        return LensingGeometry(
+            self.image_size, self.image_size, margin_px, self.survey.pixel_scale_arcsec
+        )
+
+    def observe(
+        self,
+        padded: TileCatalog,
+        conditions: dict[str, Tensor],
+        dither: Tensor,
+        noise_seed: int | np.random.SeedSequence,
+        lensing: Sequence[ConstantLensing | GridLensing] | None = None,
+        on_device: bool = False,
+    ) -> dict[str, Tensor | TileCatalog]:
+        """Render given catalogs under given conditions (what :meth:`simulate` does after drawing).
+
+        A test set that controls the scene, e.g. one intrinsic scene rotated and sheared both
+        ways (shape-noise cancellation), draws once and observes several times.
+
+        Args:
+            padded: tile catalogs on the grid with margins (``image_size / tile_slen + 2`` margin
+                tiles per side), as ``prior.sample`` draws them.
+            conditions: ``ObservingConditions.sample``'s output for these images.
+            dither: per-band shifts, px. Shape ``b c 2``.
+            noise_seed: seed of the noise.
+            lensing: one lensing field per image (:mod:`bliss.simulator.lensing`) [default: none].
+            on_device: see :meth:`simulate`.
+
+        Returns:
+            As :meth:`simulate`.
+        """
+        seed = noise_seed if isinstance(noise_seed, np.random.SeedSequence) else None
+        seed = seed or np.random.SeedSequence(int(noise_seed))
+        fields: dict[str, Tensor] = {}
+        if lensing is not None:
+            padded, fields = self._lens(padded, lensing)
         full = padded.to_full_catalog()
         if isinstance(self.renderer, TorchRenderer):
-            images = self._render_torch(full, conditions, dither, seeds[1])
+            images = self._render_torch(full, conditions, dither, seed)
         else:
-            images = self._render_galsim(full, conditions, dither, rng)
+            images = self._render_galsim(full, conditions, dither, np.random.default_rng(seed))
         if "lensing" in padded:  # the truth holds the fluxes the galaxies appear with
             data = padded.to_dict()
             data["fluxes"] = data["fluxes"] * data.pop("lensing")[..., 2:]
@@ -180,14 +220,10 @@ class ImageSimulator:
         }
 
     def _lens(
-        self, padded: TileCatalog, generator: torch.Generator
+        self, padded: TileCatalog, fields: Sequence[ConstantLensing | GridLensing]
     ) -> tuple[TileCatalog, dict[str, Tensor]]:
         """The catalog with each galaxy's ``lensing`` ``(g1, g2, mu)`` (``b ht wt m 3``) and the truth."""
         margin_px = self.margin_tiles * self.prior.tile_slen
-        geometry = LensingGeometry(
-            self.image_size, self.image_size, margin_px, self.survey.pixel_scale_arcsec
-        )
-        fields = self.lensing.sample(padded.batch_size, geometry, generator)
         plocs = padded.plocs().double().numpy() - margin_px
         lensing = torch.from_numpy(np.stack([f.at(p) for f, p in zip(fields, plocs, strict=True)]))
         unlensed = torch.tensor([0.0, 0.0, 1.0], dtype=lensing.dtype)
@@ -197,8 +233,9 @@ class ImageSimulator:
             "fields/shear": torch.from_numpy(np.stack([t[0] for t in truth])).float(),
             "fields/convergence": torch.from_numpy(np.stack([t[1] for t in truth])).float(),
         }
-        if self.lensing.region_px is not None:
-            n_regions = self.image_size // self.lensing.region_px
+        region_px = None if self.lensing is None else self.lensing.region_px
+        if region_px is not None:
+            n_regions = self.image_size // region_px
             maps = [field.region_means(n_regions, n_regions) for field in fields]
             out["fields/shear_map"] = torch.from_numpy(np.stack([m[0] for m in maps])).float()
             out["fields/convergence_map"] = torch.from_numpy(np.stack([m[1] for m in maps])).float()
