@@ -215,6 +215,8 @@ class LensingPrior:
         concentration: NFW fields [default: 4].
         z_halo: NFW fields: the halo's redshift [default: 0.3].
         z_source: NFW fields: the galaxies' redshift [default: 1.0].
+        nfw_offset_px: NFW fields: the halo's centre is uniform within this distance (row and
+            col, px) of the image's centre [default: 0, centred].
         region_px: side of the coarse tiles of the map truth (``shear_map``,
             ``convergence_map``), px, or None for image-level truth only [default: None].
 
@@ -238,6 +240,7 @@ class LensingPrior:
         concentration: float = 4.0,
         z_halo: float = 0.3,
         z_source: float = 1.0,
+        nfw_offset_px: float = 0.0,
         region_px: int | None = None,
     ) -> None:
         if kind not in FIELD_KINDS:
@@ -276,6 +279,11 @@ class LensingPrior:
         self.amplitude, self.slope, self.grid_px = float(amplitude), float(slope), int(grid_px)
         self.mass_msun, self.concentration = (low, high), float(concentration)
         self.z_halo, self.z_source = float(z_halo), float(z_source)
+        if not nfw_offset_px >= 0:
+            raise BlissConfigError(
+                f"simulator.lensing.nfw_offset_px={nfw_offset_px}; expected a distance >= 0 px."
+            )
+        self.nfw_offset_px = float(nfw_offset_px)
         self.region_px = region_px
 
     def check_geometry(self, image_size: int, tile_slen: int) -> None:
@@ -342,7 +350,11 @@ class LensingPrior:
     ) -> tuple[np.ndarray, np.ndarray]:
         scale = geometry.pixel_scale_arcsec
         mass = math.exp(rng.uniform(*np.log(self.mass_msun)))
-        centre = (geometry.width_px / 2 * scale, geometry.height_px / 2 * scale)  # (x, y) arcsec
+        offset = rng.uniform(-self.nfw_offset_px, self.nfw_offset_px, 2)
+        centre = (  # (x, y) arcsec
+            (geometry.width_px / 2 + offset[1]) * scale,
+            (geometry.height_px / 2 + offset[0]) * scale,
+        )
         halo = galsim.NFWHalo(mass, self.concentration, self.z_halo, galsim.PositionD(*centre))
         rows, cols = np.meshgrid(coords, coords, indexing="ij")
         x, y = (cols.ravel() + 0.5) * scale, (rows.ravel() + 0.5) * scale
