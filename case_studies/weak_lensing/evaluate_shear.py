@@ -126,9 +126,10 @@ def deconvolved(mean: np.ndarray, sigma: np.ndarray, tau: float) -> tuple[np.nda
 
     NaN where the posterior is not narrower than the prior (no information to divide out).
     """
-    ratio = tau**2 / (tau**2 - sigma**2)
     ok = sigma < tau
-    return np.where(ok, mean * ratio, np.nan), np.where(ok, sigma * np.sqrt(ratio), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the NaN entries are the answer
+        ratio = tau**2 / (tau**2 - sigma**2)
+        return np.where(ok, mean * ratio, np.nan), np.where(ok, sigma * np.sqrt(ratio), np.nan)
 
 
 def coverage(mean: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> list[float]:
