@@ -246,6 +246,27 @@ COLUMNS: tuple[Column, ...] = (
         "Same convention as `disk_hlr_arcsec`. " + _SHAPE_NOTE,
     ),
     Column(
+        "e1",
+        "",
+        "float32",
+        "ellipticity along x minus along y, as the galaxy appears",
+        "`(Q_xx - Q_yy) / (Q_xx + Q_yy + 2 sqrt(det Q))` of the flux-weighted second moments `Q` "
+        "of the galaxy before the PSF, lensing included: a round galaxy sheared by a reduced "
+        "shear `g` has `e = g` (`bliss.simulator.lensing.galaxy_ellipticity`). Spin 2. Written "
+        "by models with an `ellipticity` factor. " + _SHAPE_NOTE,
+    ),
+    Column(
+        "e2",
+        "",
+        "float32",
+        "ellipticity along the diagonal x = y",
+        "`2 Q_xy / (Q_xx + Q_yy + 2 sqrt(det Q))`; see `e1`. " + _SHAPE_NOTE,
+    ),
+    Column("e1_lo", "", "float32", "e1 at the lower quantile (0.05)", kinds=_CATALOG),
+    Column("e1_hi", "", "float32", "e1 at the upper quantile (0.95)", kinds=_CATALOG),
+    Column("e2_lo", "", "float32", "e2 at the lower quantile (0.05)", kinds=_CATALOG),
+    Column("e2_hi", "", "float32", "e2 at the upper quantile (0.95)", kinds=_CATALOG),
+    Column(
         "sample",
         "",
         "int32",

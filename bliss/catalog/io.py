@@ -58,6 +58,8 @@ _BY_SUFFIX = {suffix: fmt for suffix, fmt in CATALOG_FORMATS.values()} | {".fit"
 #: pixel centres of the internal convention sit at ``+ PIXEL_CENTRE`` from the table convention
 PIXEL_CENTRE = 0.5
 #: keys that are not written as their own column (positions and counts; fluxes get per-band ones)
+#: catalog key of the galaxies' ellipticity (e1, e2), written as columns ``e1`` and ``e2``
+ELLIPTICITY_KEY = "ellipticity"
 _NOT_COLUMNS = {
     "plocs",
     "locs",
@@ -112,7 +114,8 @@ def catalog_to_table(
     truth catalog), ``flags`` (when given), per band ``flux_<band>`` (nmgy), ``flux_<band>_lo`` /
     ``_hi`` (the ``interval`` quantiles ``fluxes@<q>``, when present), ``flux_<band>_njy``,
     ``mag_<band>`` (AB), ``mag_<band>_err`` and ``snr_<band>`` (with the error quantiles of
-    ``fluxes``), then one column per other catalog key (galaxy shapes with their units, NaN for
+    ``fluxes``), ``e1``, ``e2`` and their ``_lo`` / ``_hi`` quantiles for a catalog with an
+    ``ellipticity`` key, then one column per other catalog key (galaxy shapes with their units, NaN for
     stars; quantile keys ``<key>@<q>`` are not written). ``meta`` keys should be FITS-safe (at
     most 8 upper-case characters).
 
@@ -178,6 +181,17 @@ def catalog_to_table(
     galaxy = _is_galaxy(columns, n)
     for key, value in columns.items():
         if key in _NOT_COLUMNS or "@" in key:
+            continue
+        if key == ELLIPTICITY_KEY:  # spin-2 (e1, e2): a column per component, NaN for stars
+            for component in range(2):
+                name = f"e{component + 1}"
+                table[name] = np.where(galaxy, value[:, component], np.nan).astype(np.float32)
+                if f"{key}@{low:g}" in columns and f"{key}@{high:g}" in columns:
+                    for suffix, q in (("lo", low), ("hi", high)):
+                        bound = columns[f"{key}@{q:g}"][:, component]
+                        table[f"{name}_{suffix}"] = np.where(galaxy, bound, np.nan).astype(
+                            np.float32
+                        )
             continue
         unit = _SHAPE_UNITS.get(key, u.dimensionless_unscaled)
         value = value[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value

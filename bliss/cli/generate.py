@@ -34,6 +34,7 @@ def build_simulator(cfg: DictConfig) -> Any:
         dither_px=sim.dither_px,
         psf_images=psf_images,
         lensing=None if sim.get("lensing") is None else instantiate(sim.lensing),
+        ellipticity=bool(sim.get("ellipticity", False)),
     )
 
 

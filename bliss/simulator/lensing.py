@@ -31,6 +31,7 @@ import galsim
 import numpy as np
 import torch
 from scipy.interpolate import RegularGridInterpolator
+from scipy.special import gammaincinv, gammaln
 
 from bliss.errors import BlissConfigError, BlissValueError
 
@@ -41,8 +42,10 @@ __all__ = [
     "LensingGeometry",
     "LensingPrior",
     "check_lensing",
+    "galaxy_ellipticity",
     "lensing_matrix",
     "reduced_shear",
+    "sersic_second_moment",
     "stretch",
 ]
 
@@ -102,6 +105,52 @@ def lensing_matrix(lensing: np.ndarray) -> np.ndarray:
     return factor[:, None, None] * np.stack(
         [np.stack([1 + g1, g2], -1), np.stack([g2, 1 - g1], -1)], -2
     )
+
+
+def sersic_second_moment(sersic_n: float) -> float:
+    """``<r^2> / hlr^2`` of a round Sersic profile: ``Gamma(4n) / (b^(2n) Gamma(2n))``."""
+    b = float(gammaincinv(2 * sersic_n, 0.5))
+    return float(np.exp(gammaln(4 * sersic_n) - gammaln(2 * sersic_n) - 2 * sersic_n * np.log(b)))
+
+
+def galaxy_ellipticity(
+    params: np.ndarray, lensing: np.ndarray | None = None, bulge_sersic_n: float = 4.0
+) -> np.ndarray:
+    """The ellipticity ``(e1, e2)`` of bulge + disk galaxies as they appear, lensing included.
+
+    From the flux-weighted unweighted second moments ``Q`` of the profile before the PSF (each
+    component: ``flux * <r^2> * R diag(1/q, q) R^T / 2``; lensing maps ``Q`` to ``M Q M^T``),
+    ``e = (Q11 - Q22, 2 Q12) / (Q11 + Q22 + 2 sqrt(det Q))`` in the ``(col, row)`` basis: the
+    ellipticity of the same kind as the reduced shear, so a round galaxy lensed by ``g`` has
+    ``e = g``, and an elliptical one ``(e_s + g) / (1 + g* e_s)`` (complex notation) when both
+    components share their axes. Spin 2, like :data:`bliss.data.transforms.DEFAULT_ORIENTED_KEYS`.
+
+    Args:
+        params: :data:`~bliss.catalog.GALAXY_KEYS` of each galaxy. Shape ``n 6``.
+        lensing: ``(g1, g2, mu)`` of each galaxy [default: none]. Shape ``n 3``.
+        bulge_sersic_n: the bulge's Sersic index [default: 4].
+
+    Returns:
+        Shape ``n 2``.
+    """
+    disk_frac, beta, disk_q, disk_hlr, bulge_q, bulge_hlr = np.asarray(params, np.float64).T
+    cos, sin = np.cos(beta), np.sin(beta)
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+
+    def moments(q: np.ndarray, hlr: np.ndarray, weight: np.ndarray, n: float) -> np.ndarray:
+        axes = np.zeros((len(q), 2, 2))
+        axes[:, 0, 0], axes[:, 1, 1] = 1 / q, q
+        size = weight * sersic_second_moment(n) * hlr**2 / 2
+        return size[:, None, None] * (rotation @ axes @ np.swapaxes(rotation, -1, -2))
+
+    total = moments(disk_q, disk_hlr, disk_frac, 1.0)
+    total += moments(bulge_q, bulge_hlr, 1 - disk_frac, bulge_sersic_n)
+    if lensing is not None:
+        matrix = lensing_matrix(lensing)
+        total = matrix @ total @ matrix
+    q11, q22, q12 = total[:, 0, 0], total[:, 1, 1], total[:, 0, 1]
+    denominator = q11 + q22 + 2 * np.sqrt(np.clip(q11 * q22 - q12**2, 0, None))
+    return np.stack([q11 - q22, 2 * q12], -1) / denominator[:, None]
 
 
 def stretch(lensing: np.ndarray) -> np.ndarray:

@@ -12,10 +12,16 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.errors import BlissConfigError
 from bliss.protocols import ObservingSetup
 from bliss.simulator.conditions import ObservingConditions
-from bliss.simulator.lensing import ConstantLensing, GridLensing, LensingGeometry, LensingPrior
+from bliss.simulator.lensing import (
+    ConstantLensing,
+    GridLensing,
+    LensingGeometry,
+    LensingPrior,
+    galaxy_ellipticity,
+)
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
-from bliss.simulator.render import GalsimRenderer, image_psf, moffat_psf
+from bliss.simulator.render import DEVAUCOULEURS_N, GalsimRenderer, image_psf, moffat_psf
 from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
 
 __all__ = ["ImageSimulator"]
@@ -45,6 +51,9 @@ class ImageSimulator:
             (:mod:`bliss.simulator.lensing`); the batch then also holds its truth under
             ``fields/<key>`` and the catalog's galaxy fluxes are the magnified ones
             [default: none].
+        ellipticity: add each galaxy's ellipticity as it appears, lensing included, to the
+            catalog as ``ellipticity`` (``(e1, e2)``, the second-moment ellipticity of
+            :func:`bliss.simulator.lensing.galaxy_ellipticity`; 0 for stars) [default: False].
 
     Example:
         >>> from bliss.surveys import ParametricSurvey
@@ -68,6 +77,7 @@ class ImageSimulator:
         dither_px: float = 0.0,
         psf_images: Mapping[str, np.ndarray] | None = None,
         lensing: LensingPrior | None = None,
+        ellipticity: bool = False,
     ) -> None:
         if tuple(prior.bands) != tuple(survey.bands):
             raise BlissConfigError(
@@ -93,6 +103,7 @@ class ImageSimulator:
         if lensing is not None:
             lensing.check_geometry(image_size, prior.tile_slen)
         self.lensing = lensing
+        self.ellipticity = ellipticity
         self.survey = survey
         self.prior = prior
         self.renderer = renderer
@@ -200,6 +211,8 @@ class ImageSimulator:
         if lensing is not None:
             padded, fields = self._lens(padded, lensing)
         full = padded.to_full_catalog()
+        if self.ellipticity:
+            padded = padded.replace(ellipticity=self._ellipticity(padded))
         if isinstance(self.renderer, TorchRenderer):
             images = self._render_torch(full, conditions, dither, seed)
         else:
@@ -240,6 +253,17 @@ class ImageSimulator:
             out["fields/shear_map"] = torch.from_numpy(np.stack([m[0] for m in maps])).float()
             out["fields/convergence_map"] = torch.from_numpy(np.stack([m[1] for m in maps])).float()
         return padded.replace(lensing=lensing), out
+
+    def _ellipticity(self, padded: TileCatalog) -> Tensor:
+        """Every galaxy's ellipticity as it appears (``b ht wt m 2``; 0 for stars)."""
+        galaxy = padded.galaxy_mask
+        params = torch.cat([padded[key][galaxy] for key in GALAXY_KEYS], -1).double().numpy()
+        lensing = padded["lensing"][galaxy].double().numpy() if "lensing" in padded else None
+        sersic_n = getattr(self.renderer, "bulge_sersic_n", DEVAUCOULEURS_N)
+        values = galaxy_ellipticity(params, lensing, sersic_n)
+        out = torch.zeros(*galaxy.shape, 2)
+        out[galaxy] = torch.from_numpy(values).float()
+        return out
 
     def _render_galsim(
         self,

@@ -44,6 +44,9 @@ def point_catalog(n: int = 3) -> FullCatalog:
         data[f"plocs@{q:g}"] = plocs + (q - 0.5)  # 16-84 %: 0.68 px wide, half-width 0.34
     for key in GALAXY_KEYS:
         data[key] = torch.full((1, n, 1), 0.4)
+    data["ellipticity"] = torch.tensor([[[0.1, -0.2]]]).expand(1, n, 2)
+    for q, shift in ((0.05, -0.1), (0.95, 0.1)):
+        data[f"ellipticity@{q:g}"] = data["ellipticity"] + shift
     return FullCatalog(48, 48, data)
 
 
@@ -95,10 +98,14 @@ def test_error_columns_follow_the_one_definition():
 def test_shapes_are_nan_for_stars_and_ra_dec_nan_without_a_wcs():
     table = catalog_to_table(point_catalog(), BANDS)
     assert {"ra", "dec"} <= set(table.colnames) and np.isnan(table["ra"].value).all()
-    for key in GALAXY_KEYS:
+    for key in (*GALAXY_KEYS, "e1", "e2", "e1_lo", "e2_hi"):
         values = np.asarray(getattr(table[key], "value", table[key]))
         # prob_galaxy 0.2, 0.7, 0.5: the star's shape is NaN, galaxies keep theirs
         assert np.isnan(values[0]) and np.isfinite(values[1:]).all(), key
+    # the spin-2 ellipticity is split into its components, with their interval
+    np.testing.assert_allclose(table["e1"][1:], 0.1)
+    np.testing.assert_allclose(table["e2"][1:], -0.2)
+    np.testing.assert_allclose(table["e2_lo"][1:], -0.3, rtol=1e-6)
 
 
 def test_samples_have_source_type_shapes_nan_for_stars_and_no_flags():

@@ -6,6 +6,7 @@ import torch
 
 from bliss.catalog import GALAXY_KEYS, FullCatalog, TileCatalog
 from bliss.data.transforms import flip_cols, rotate90
+from bliss.simulator.lensing import galaxy_ellipticity
 from bliss.simulator.render import GalsimRenderer, moffat_psf
 
 IMAGE_PX = 32
@@ -156,3 +157,21 @@ def test_region_maps_move_with_the_image():
     # a spin-2 map is moved and turned: a half turn of (e1, e2) by -90 degrees flips both signs
     expected = -torch.rot90(item["fields/shear_map"], 1, dims=(0, 1))
     torch.testing.assert_close(rotated["fields/shear_map"], expected)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["rotate", "rotate+flip"])
+@pytest.mark.parametrize("n_rotations", [1, 2, 3])
+def test_ellipticity_turns_with_the_galaxy_it_describes(n_rotations, flip):
+    item = _item()
+    galaxy = item[CAT + "source_type"][..., 0] > 0.5
+    params = torch.cat([item[CAT + key][galaxy] for key in GALAXY_KEYS], -1).double().numpy()
+    ellipticity = torch.zeros(*galaxy.shape, 2)
+    ellipticity[galaxy] = torch.from_numpy(galaxy_ellipticity(params)).float()
+    item[CAT + "ellipticity"] = ellipticity
+    transformed = _transform(item, n_rotations, flip)
+    turned = transformed[CAT + "source_type"][..., 0] > 0.5
+    params = torch.cat([transformed[CAT + key][turned] for key in GALAXY_KEYS], -1).double()
+    expected = galaxy_ellipticity(params.numpy())
+    np.testing.assert_allclose(
+        transformed[CAT + "ellipticity"][turned].numpy(), expected, atol=1e-6
+    )

@@ -12,7 +12,9 @@ from bliss.simulator.lensing import (
     LensingGeometry,
     LensingPrior,
     check_lensing,
+    galaxy_ellipticity,
     reduced_shear,
+    sersic_second_moment,
 )
 from bliss.simulator.render import GalsimRenderer, galaxy_profile, moffat_psf
 from bliss.simulator.torch_render import TorchRenderer
@@ -266,3 +268,62 @@ def test_a_zero_disk_is_no_shear():
         3, LensingGeometry(64, 64, 8, SCALE), torch.Generator().manual_seed(0)
     )
     assert all(np.array_equal(field.g, [0.0, 0.0]) for field in fields)
+
+
+def test_a_round_galaxy_appears_with_the_shear_as_its_ellipticity():
+    round_galaxies = np.array([[1.0, 0.3, 1.0, 0.8, 1.0, 0.3], [0.4, 2.0, 1.0, 0.5, 1.0, 0.2]])
+    lensing = np.array([[0.05, -0.02, 1.0], [-0.1, 0.03, 1.2]])
+    ellipticity = galaxy_ellipticity(round_galaxies, lensing)
+    np.testing.assert_allclose(ellipticity, lensing[:, :2], atol=1e-12)  # magnification: no shape
+
+
+def test_ellipticity_composes_with_the_shear_as_reduced_shears_do():
+    q, beta = 0.6, 0.3
+    galaxy = np.array([[0.5, beta, q, 0.8, q, 0.3]])  # both components share their axes
+    intrinsic = (1 - q) / (1 + q) * np.exp(2j * beta)
+    np.testing.assert_allclose(galaxy_ellipticity(galaxy)[0], [intrinsic.real, intrinsic.imag])
+    g = 0.05 - 0.02j
+    lensed = (intrinsic + g) / (1 + np.conj(g) * intrinsic)
+    ellipticity = galaxy_ellipticity(galaxy, np.array([[g.real, g.imag, 1.1]]))[0]
+    np.testing.assert_allclose(ellipticity, [lensed.real, lensed.imag], atol=1e-12)
+
+
+def test_ellipticity_matches_the_moments_of_galsims_drawing():
+    # an exponential disk (finite moments inside a large stamp) sheared by GalSim
+    galaxy = np.array([[1.0, 0.7, 0.5, 0.3, 1.0, 0.1]])
+    profile = galaxy_profile(galaxy[0]).lens(0.04, 0.03, 1.0)
+    image = profile.drawImage(nx=801, ny=801, scale=0.01, method="no_pixel").array
+    rows, cols = np.indices(image.shape) - 400.0
+    q_xx, q_yy = (image * cols**2).sum(), (image * rows**2).sum()
+    q_xy = (image * rows * cols).sum()
+    expected = np.array([q_xx - q_yy, 2 * q_xy]) / (
+        q_xx + q_yy + 2 * np.sqrt(q_xx * q_yy - q_xy**2)
+    )
+    # the 8 arcsec stamp holds all but ~1e-4 of the moments of a 0.3 arcsec disk
+    np.testing.assert_allclose(
+        galaxy_ellipticity(galaxy, np.array([[0.04, 0.03, 1.0]]))[0], expected, atol=2e-3
+    )
+
+
+def test_second_moments_of_sersic_profiles():
+    assert sersic_second_moment(1.0) == pytest.approx(2.1300, rel=1e-4)  # 6 (hlr / 1.678)^2
+    assert sersic_second_moment(0.5) == pytest.approx(1 / np.log(2), rel=1e-6)  # a Gaussian
+
+
+def test_the_simulator_records_the_ellipticity_the_galaxies_appear_with():
+    simulator = _simulator(noise="none", density=800.0)
+    simulator.ellipticity = True
+    simulator.lensing = LensingPrior("constant", g_max=0.1)
+    batch = simulator.simulate(2, seed=4)
+    catalog = batch["catalog"]
+    galaxy = catalog.galaxy_mask
+    params = torch.cat([catalog[key][galaxy] for key in GALAXY_KEYS], -1).double().numpy()
+    owner = torch.nonzero(galaxy)[:, 0]
+    shear = batch["fields/shear"][owner, 0, 0].double().numpy()
+    lensing = np.concatenate([shear, np.ones((len(shear), 1))], -1)
+    np.testing.assert_allclose(
+        catalog["ellipticity"][galaxy].double().numpy(),
+        galaxy_ellipticity(params, lensing),
+        atol=1e-6,
+    )
+    assert (catalog["ellipticity"][catalog.star_mask] == 0).all()
