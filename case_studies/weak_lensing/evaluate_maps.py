@@ -26,7 +26,7 @@ from bliss.encoder.checkpoint import load_encoder
 from bliss.metrics.shear import map_correlation
 
 sys.path.insert(0, str(Path(__file__).parent))
-from evaluate_shear import LEVELS, coverage  # noqa: E402
+from evaluate_shear import LEVELS, coverage, plot_coverage  # noqa: E402
 from hsm_baseline import hsm_region_shear  # noqa: E402
 
 CONF = Path(__file__).parent / "conf"
@@ -50,7 +50,9 @@ def npe_maps(encoder, batch: dict, batch_size: int = 32) -> dict[str, dict[str, 
     out: dict[str, dict[str, list]] = {}
     for start in range(0, len(batch["images"]), batch_size):
         part = {
-            k: v[start : start + batch_size] for k, v in batch.items() if isinstance(v, torch.Tensor)
+            k: v[start : start + batch_size]
+            for k, v in batch.items()
+            if isinstance(v, torch.Tensor)
         }
         for name, params in encoder.region_params(encoder.tile_features(part)).items():
             loc, scale = encoder.regions[name].factor._loc_scale(params)
@@ -114,24 +116,6 @@ def evaluate(checkpoint: str, n_fields: int, seed: int, with_hsm: bool) -> dict:
     return results
 
 
-def plot_maps(results: dict, path: Path) -> None:
-    """Coverage of the NPE's shear and convergence intervals against the nominal level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1)
-    for key, label in (("npe_shear_coverage", "shear map"), ("npe_kappa_coverage", "kappa map")):
-        ax.plot(results["levels"], results[key], marker=".", label=label)
-    ax.set(xlabel="nominal coverage", ylabel="observed coverage", title="map intervals (NPE)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a map checkpoint; write ``shear_maps.json`` and a coverage plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = evaluate(args.checkpoint, args.n_fields, args.seed, not args.no_hsm)
     (args.out / "shear_maps.json").write_text(json.dumps(results, indent=1))
-    plot_maps(results, args.out / "shear_maps_coverage.png")
+    curves = {
+        "shear map": results["npe_shear_coverage"],
+        "kappa map": results["npe_kappa_coverage"],
+    }
+    plot_coverage(curves, args.out / "shear_maps_coverage.png", "map intervals (NPE)")
     for name in ("npe_shear", "hsm_shear", "npe_kappa"):
         for component, r in results.get(name, {}).items():
             print(

@@ -237,8 +237,8 @@ def evaluate(checkpoint: str, test_set: str, n_scenes: int, seed: int, with_fpfs
     return results
 
 
-def plot_coverage(results: dict, path: Path) -> None:
-    """Observed against nominal coverage of the central intervals, per test set and estimator."""
+def plot_coverage(curves: dict[str, list[float]], path: Path, title: str) -> None:
+    """Observed against nominal coverage of central intervals at :data:`LEVELS`, one line per label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,12 +246,9 @@ def plot_coverage(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="0.6", lw=1)
-    for test_set, result in results.items():
-        for name in ("npe", "npe_deconvolved"):
-            ax.plot(
-                result["levels"], result[name]["coverage"], marker=".", label=f"{test_set}: {name}"
-            )
-    ax.set(xlabel="nominal coverage", ylabel="observed coverage", title="shear intervals")
+    for label, observed in curves.items():
+        ax.plot(LEVELS, observed, marker=".", label=label)
+    ax.set(xlabel="nominal coverage", ylabel="observed coverage", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -274,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         for test_set in args.test_sets
     }
     (args.out / "shear_constant.json").write_text(json.dumps(results, indent=1))
-    plot_coverage(results, args.out / "shear_coverage.png")
+    curves = {
+        f"{test_set}: {name}": result[name]["coverage"]
+        for test_set, result in results.items()
+        for name in ("npe", "npe_deconvolved")
+    }
+    plot_coverage(curves, args.out / "shear_coverage.png", "constant-shear intervals")
     for test_set, result in results.items():
         for name in ("npe", "npe_deconvolved", "fpfs", "fpfs_ensemble"):
             if name in result and "m1" in result[name]:

@@ -32,8 +32,9 @@ import math
 from typing import Any
 
 import numpy as np
+from baseline_inputs import checked_image_and_psf, require_positive
 
-from bliss.errors import BlissShapeError, BlissValueError
+from bliss.errors import BlissValueError
 
 __all__ = ["FPFS_DEFAULTS", "fpfs_shear"]
 
@@ -44,8 +45,6 @@ _REFERENCE_MAG_ZERO = 31.4
 #: twice its 16-pixel background kernel reach
 _CELL_PX = 256
 _CELL_OVERLAP_PX = 32
-#: the largest allowed departure of the PSF image's sum from 1 before it is renormalised
-_PSF_SUM_TOLERANCE = 0.05
 
 #: Configuration of :func:`fpfs_shear` and its defaults. Flux-scale parameters are in units of
 #: the pixel noise standard deviation ``sqrt(noise_variance)``, so they do not depend on the
@@ -117,38 +116,14 @@ def _check_inputs(
     image: np.ndarray, psf_image: np.ndarray, noise_variance: float, pixel_scale_arcsec: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image as float32 and the PSF normalised to unit sum, after checking both."""
-    image = np.asarray(image)
-    psf_image = np.asarray(psf_image, dtype=np.float64)
-    if image.ndim != 2:
-        raise BlissShapeError(
-            f"image has shape {image.shape}; expected one band `h w` (2-D). Pass one band of "
-            "one image at a time and sum the returned dicts over images and bands."
-        )
-    if not np.all(np.isfinite(image)):
-        raise BlissValueError("image has NaN or infinite pixels; mask or fill them first.")
-    if psf_image.ndim != 2:
-        raise BlissShapeError(f"psf_image has shape {psf_image.shape}; expected a 2-D image.")
-    if psf_image.shape[0] % 2 == 0 or psf_image.shape[1] % 2 == 0:
-        raise BlissValueError(
-            f"psf_image has shape {psf_image.shape}; expected odd sides so that the PSF centre "
-            "is the central pixel (draw it with an odd nx, ny)."
-        )
-    psf_sum = float(psf_image.sum())
-    if abs(psf_sum - 1.0) > _PSF_SUM_TOLERANCE:
-        raise BlissValueError(
-            f"psf_image sums to {psf_sum:.4g}; expected 1 (within {_PSF_SUM_TOLERANCE}): pass "
-            "the pixel-convolved PSF normalised to unit flux."
-        )
+    image, psf_image = checked_image_and_psf(image, psf_image)
     if not (math.isfinite(noise_variance) and noise_variance > 0):
         raise BlissValueError(
             f"noise_variance={noise_variance!r}; expected the positive per-pixel variance of "
             "the image noise (electrons^2)."
         )
-    if not (math.isfinite(pixel_scale_arcsec) and pixel_scale_arcsec > 0):
-        raise BlissValueError(
-            f"pixel_scale_arcsec={pixel_scale_arcsec!r}; expected a positive pixel side in arcsec."
-        )
-    return np.ascontiguousarray(image, dtype=np.float32), psf_image / psf_sum
+    require_positive("pixel_scale_arcsec", pixel_scale_arcsec, "a positive pixel side in arcsec")
+    return np.ascontiguousarray(image, dtype=np.float32), psf_image
 
 
 def fpfs_shear(

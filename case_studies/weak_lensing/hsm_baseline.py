@@ -32,13 +32,12 @@ from typing import Literal
 import galsim
 import numpy as np
 import sep
+from baseline_inputs import checked_image_and_psf, require_positive
 
-from bliss.errors import BlissShapeError, BlissValueError, BlissWarning
+from bliss.errors import BlissValueError, BlissWarning
 
 __all__ = ["distortion_rms", "hsm_region_shear"]
 
-#: the largest allowed departure of the PSF image's sum from 1 before it is renormalised
-_PSF_SUM_TOLERANCE = 0.05
 #: |e| must stay below this: REGAUSS distortions of noisy galaxies can exceed 1, and HSC keeps
 #: |e| < 2 (Mandelbaum et al. 2018) so as not to cut the noise distribution asymmetrically
 _MAX_DISTORTION = 2.0
@@ -95,37 +94,13 @@ def _check_inputs(
     min_resolution: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image as float64 and the PSF normalised to unit sum, after checking every input."""
-    image = np.asarray(image)
-    psf_image = np.asarray(psf_image, dtype=np.float64)
-    if image.ndim != 2:
-        raise BlissShapeError(
-            f"image has shape {image.shape}; expected one band `h w` (2-D). Pass one band of "
-            "one image at a time."
-        )
-    if not np.all(np.isfinite(image)):
-        raise BlissValueError("image has NaN or infinite pixels; mask or fill them first.")
-    if psf_image.ndim != 2:
-        raise BlissShapeError(f"psf_image has shape {psf_image.shape}; expected a 2-D image.")
-    if psf_image.shape[0] % 2 == 0 or psf_image.shape[1] % 2 == 0:
-        raise BlissValueError(
-            f"psf_image has shape {psf_image.shape}; expected odd sides so that the PSF centre "
-            "is the central pixel (draw it with an odd nx, ny)."
-        )
-    psf_sum = float(psf_image.sum())
-    if abs(psf_sum - 1.0) > _PSF_SUM_TOLERANCE:
-        raise BlissValueError(
-            f"psf_image sums to {psf_sum:.4g}; expected 1 (within {_PSF_SUM_TOLERANCE}): pass "
-            "the pixel-convolved PSF normalised to unit flux."
-        )
+    image, psf_image = checked_image_and_psf(image, psf_image)
     if not (math.isfinite(background) and background > 0):
         raise BlissValueError(
             f"background={background!r}; expected the positive sky level in electrons per "
             "pixel (its Poisson variance is the pixel noise)."
         )
-    if not (math.isfinite(pixel_scale_arcsec) and pixel_scale_arcsec > 0):
-        raise BlissValueError(
-            f"pixel_scale_arcsec={pixel_scale_arcsec!r}; expected a positive pixel side in arcsec."
-        )
+    require_positive("pixel_scale_arcsec", pixel_scale_arcsec, "a positive pixel side in arcsec")
     if not (math.isfinite(detect_sigma) and detect_sigma > 0):
         raise BlissValueError(
             f"detect_sigma={detect_sigma!r}; expected a positive detection threshold in units "
@@ -142,7 +117,7 @@ def _check_inputs(
             f"min_resolution={min_resolution!r}; expected a REGAUSS resolution factor in "
             "[0, 1) (0: keep PSF-sized sources, 0.3: HSC's cut)."
         )
-    return np.ascontiguousarray(image, dtype=np.float64), psf_image / psf_sum
+    return np.ascontiguousarray(image, dtype=np.float64), psf_image
 
 
 def _region_grid(shape: tuple[int, int], region_px: int | None) -> tuple[int, int, int, int]:
