@@ -83,6 +83,11 @@ def write_simulated_field(
     truth.meta["SEED"] = seed
     truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in batch["psf_fwhm_arcsec"][0].tolist())
     truth.meta["SKY"] = ",".join(f"{v:.1f}" for v in batch["background"][0].tolist())
+    for key, value in batch.items():  # image-level truths of a lensed field: SHEAR1, SHEAR2, ...
+        if key.startswith("fields/") and value.shape[1:3] == (1, 1):
+            name = key.removeprefix("fields/")[:6].upper()
+            for component, number in enumerate(value[0, 0, 0].tolist(), start=1):
+                truth.meta[f"{name}{component}"] = float(number)
     with atomic_path(truth_path) as tmp, warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=".*native FITS format.*"

@@ -327,3 +327,17 @@ def test_the_simulator_records_the_ellipticity_the_galaxies_appear_with():
         atol=1e-6,
     )
     assert (catalog["ellipticity"][catalog.star_mask] == 0).all()
+
+
+def test_a_simulated_field_records_its_shear_in_the_truth_header(tmp_path):
+    from astropy.io import fits
+
+    from bliss.simulator.field import write_simulated_field
+
+    simulator = _simulator(noise="poisson", density=200.0)
+    simulator.lensing = LensingPrior("constant", g_max=0.1)
+    batch = write_simulated_field(simulator, 5, tmp_path / "field.fits", tmp_path / "truth.fits")
+    header = fits.getheader(tmp_path / "truth.fits", 1)
+    shear = batch["fields/shear"][0, 0, 0].tolist()
+    assert (header["SHEAR1"], header["SHEAR2"]) == pytest.approx(shear)
+    assert header["CONVER1"] == 0.0
