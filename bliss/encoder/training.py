@@ -37,10 +37,30 @@ RUN_OUTPUTS = ("checkpoints", "csv", "tensorboard")
 def load_initial_weights(encoder: pl.LightningModule, path: str | Path) -> None:
     """Load a checkpoint's weights; modules the checkpoint lacks keep their fresh initialisation.
 
+    Region heads (``encoder.regions``) of the checkpoint that this encoder lacks, or has with
+    other shapes, are dropped with a warning: a study fine-tunes a model for other quantities.
+
     Raises:
         BlissConfigError: the checkpoint holds weights this encoder does not have.
     """
-    result = encoder.load_state_dict(read_checkpoint(path)["state_dict"], strict=False)
+    state = read_checkpoint(path)["state_dict"]
+    own = encoder.state_dict()
+    # region heads are specific to a study's quantities: a fine-tuned model may have others
+    dropped = [
+        key
+        for key, value in state.items()
+        if ".region_heads." in f".{key}"
+        and (key not in own or tuple(own[key].shape) != tuple(value.shape))
+    ]
+    if dropped:
+        warnings.warn(
+            f"train.init_weights={path}: region-head weights {dropped[:5]} do not fit this "
+            "encoder's region factors; those heads start from their initialisation.",
+            BlissWarning,
+            stacklevel=2,
+        )
+    state = {key: value for key, value in state.items() if key not in dropped}
+    result = encoder.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise BlissConfigError(
             f"train.init_weights={path} holds weights this encoder does not have "

@@ -1,5 +1,6 @@
 """Region factors: image-level and coarse-tile posteriors learn toy problems, and fail loudly."""
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -105,3 +106,25 @@ def test_the_full_loss_includes_the_region_loss(tmp_path) -> None:
     tiles = encoder.nll_from_features(features, catalog_from_batch(batch, 4))
     expected = tiles + encoder.region_nll(features, batch)
     torch.testing.assert_close(encoder.nll(batch), expected)
+
+
+def test_attention_pooling_weighs_tiles_within_each_region() -> None:
+    from bliss.encoder.region_head import RegionHead
+
+    head = RegionHead(feature_width=8, width=4, n_params=2, tiles_per_region=2)
+    values = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    # equal logits: the plain mean of each 2 x 2 region, and log(4) of mass
+    pooled, log_mass = head._attend(values, torch.zeros(1, 1, 4, 4))
+    torch.testing.assert_close(pooled, torch.nn.functional.avg_pool2d(values, 2))
+    torch.testing.assert_close(log_mass, torch.full((1, 1, 2, 2), float(np.log(4))))
+    # one dominant tile per region: its value, whatever the others hold
+    logits = torch.full((1, 1, 4, 4), -30.0)
+    logits[..., 0::2, 1::2] = 30.0
+    pooled, log_mass = head._attend(values, logits)
+    torch.testing.assert_close(pooled, values[..., 0::2, 1::2])
+    torch.testing.assert_close(log_mass, torch.full((1, 1, 2, 2), 30.0), atol=1e-4, rtol=0)
+    # the whole image: one region; a shift of every logit changes the mass, not the pool
+    whole = RegionHead(feature_width=8, width=4, n_params=2, tiles_per_region=None)
+    shifted = whole._attend(values, logits + 5.0)
+    torch.testing.assert_close(shifted[0], whole._attend(values, logits)[0])
+    torch.testing.assert_close(shifted[1], whole._attend(values, logits)[1] + 5.0)
