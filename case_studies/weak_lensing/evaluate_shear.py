@@ -208,12 +208,23 @@ def summarize(estimate: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> di
     return result
 
 
-def evaluate(checkpoint: str, test_set: str, n_scenes: int, seed: int, with_fpfs: bool) -> dict:
-    """Every estimator's m, c, RMSE and (posteriors) coverage on one test set."""
+def evaluate(
+    checkpoint: str,
+    test_set: str,
+    n_scenes: int,
+    seed: int,
+    with_fpfs: bool,
+    shears: tuple[float, float] | None = None,
+) -> dict:
+    """Every estimator's m, c, RMSE and (posteriors) coverage on one test set.
+
+    ``shears``: ``(g_sigma, g_max)`` of the test shears [default: the training prior's].
+    """
     cfg = compose_config(test_set)
     simulator = build_simulator(cfg)
     lensing = cfg.simulator.lensing
-    batch = cancelled_scenes(simulator, n_scenes, lensing.g_sigma, lensing.g_max, seed)
+    g_sigma, g_max = shears or (lensing.g_sigma, lensing.g_max)
+    batch = cancelled_scenes(simulator, n_scenes, g_sigma, g_max, seed)
     truth = batch["fields/shear"][:, 0, 0].double().numpy()
     groups = batch["groups"].numpy()
     encoder, _ = load_encoder(checkpoint)
@@ -263,20 +274,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7_000_000)
     parser.add_argument("--test-sets", nargs="+", default=list(TEST_SETS), choices=list(TEST_SETS))
     parser.add_argument("--no-fpfs", action="store_true", help="skip the AnaCal baseline")
+    parser.add_argument(
+        "--shears",
+        nargs=2,
+        type=float,
+        metavar=("G_SIGMA", "G_MAX"),
+        help="test shears: normal per component, |g| <= G_MAX [default: the training prior's]",
+    )
+    parser.add_argument("--name", default="shear_constant", help="stem of the output files")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
-        test_set: evaluate(args.checkpoint, test_set, args.n_scenes, args.seed, not args.no_fpfs)
+        test_set: evaluate(
+            args.checkpoint, test_set, args.n_scenes, args.seed, not args.no_fpfs, args.shears
+        )
         for test_set in args.test_sets
     }
-    (args.out / "shear_constant.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     curves = {
         f"{test_set}: {name}": result[name]["coverage"]
         for test_set, result in results.items()
         for name in ("npe", "npe_deconvolved")
     }
-    plot_coverage(curves, args.out / "shear_coverage.png", "constant-shear intervals")
+    plot_coverage(curves, args.out / f"{args.name}_coverage.png", "constant-shear intervals")
     for test_set, result in results.items():
         for name in ("npe", "npe_deconvolved", "fpfs", "fpfs_ensemble"):
             if name in result and "m1" in result[name]:
