@@ -27,7 +27,6 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import galsim
 import numpy as np
 import torch
 from scipy.interpolate import RegularGridInterpolator
@@ -378,6 +377,8 @@ class LensingPrior:
     def _power_spectrum_grid(
         self, rng: np.random.Generator, n_grid: int, scale: float
     ) -> tuple[np.ndarray, np.ndarray]:
+        import galsim  # lazily: the torch renderer imports this module and never needs GalSim
+
         amplitude, slope = self.amplitude, self.slope
         power = galsim.PowerSpectrum(
             e_power_function=lambda k: amplitude * np.maximum(k, 1e-6) ** slope,
@@ -397,6 +398,8 @@ class LensingPrior:
     def _nfw_grid(
         self, rng: np.random.Generator, coords: np.ndarray, geometry: LensingGeometry
     ) -> tuple[np.ndarray, np.ndarray]:
+        import galsim
+
         scale = geometry.pixel_scale_arcsec
         mass = math.exp(rng.uniform(*np.log(self.mass_msun)))
         offset = rng.uniform(-self.nfw_offset_px, self.nfw_offset_px, 2)

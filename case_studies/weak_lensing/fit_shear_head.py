@@ -1,4 +1,4 @@
-"""Stage 2 of the constant-shear model: fit the shear head on the trained encoder's features.
+"""Stage 2 of the weak-lensing models: fit the region heads on a trained encoder's features.
 
 In joint training the image-level shear head sat on a plateau (its output varied by 1e-4 between
 images after 1400 steps) although the features measure every galaxy's ellipticity (correlation
@@ -6,7 +6,9 @@ images after 1400 steps) although the features measure every galaxy's ellipticit
 of 64 images. This script simulates ``--n-images`` fresh images (plus ``--val-images``) from the
 preset, computes their features once with the stage-1 encoder, fits the head by the same negative
 log posterior, keeps the weights of the best validation loss, and writes a small checkpoint (the
-stage-1 weights with the new head; ``bliss.encoder.checkpoint.export_checkpoint`` format). It is
+stage-1 weights with the new heads and the preset's region factors; ``--preset shear_map`` fits
+shear and convergence maps on the constant-shear model's features;
+``bliss.encoder.checkpoint.export_checkpoint`` format). It is
 still neural posterior estimation: ``q(g | image)`` with the image summarised by features that the
 catalog posterior taught. Usage::
 
@@ -20,46 +22,71 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from bliss.cli.generate import build_simulator
-from bliss.encoder.checkpoint import export_checkpoint, load_encoder, write_checksum_sidecar
+from bliss.encoder.checkpoint import (
+    CONFIG_KEY,
+    export_checkpoint,
+    load_encoder,
+    write_checksum_sidecar,
+)
 from bliss.encoder.region_head import RegionHead
+from bliss.posterior.regions import RegionFactor
 
-sys.path.insert(0, str(Path(__file__).parent))
-from evaluate_shear import compose_config  # noqa: E402
+CONF = Path(__file__).parent / "conf"
 
-NAME = "shear"
+
+def compose_preset(preset: str):  # noqa: ANN201
+    """The case study's preset ``preset`` (``shear_constant`` or ``shear_map``)."""
+    overrides = [
+        f"hydra.searchpath=[file://{CONF.resolve()}]",
+        "mode=train",
+        f"experiment={preset}",
+    ]
+    with initialize_config_module("bliss.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def region_factors(cfg) -> dict[str, RegionFactor]:  # noqa: ANN001
+    """The preset's region factors, by name (entries set to null dropped)."""
+    return {
+        name: instantiate(spec) for name, spec in cfg.encoder.regions.items() if spec is not None
+    }
 
 
 @torch.no_grad()
-def simulated_features(encoder, simulator, n_images: int, seed: int, batch: int = 64):  # noqa: ANN001, ANN201
-    """Features (``n f ht wt``) and true shears (``n 2``) of ``n_images`` fresh images."""
-    features, truth = [], []
+def simulated_features(encoder, simulator, keys, n_images: int, seed: int, batch: int = 64):  # noqa: ANN001, ANN201
+    """Features (``n f ht wt``) and the truths ``fields/<key>`` of ``n_images`` fresh images."""
+    features, truths = [], {key: [] for key in keys}
     for index in tqdm(range(-(-n_images // batch)), desc="features", unit="batch"):
         images = simulator.simulate(batch, seed=seed + index)
         features.append(encoder.tile_features(images))
-        truth.append(images["fields/shear"])
-    return torch.cat(features)[:n_images], torch.cat(truth)[:n_images]
+        for key in keys:
+            truths[key].append(images[f"fields/{key}"])
+    return torch.cat(features)[:n_images], {k: torch.cat(v)[:n_images] for k, v in truths.items()}
 
 
-def fit_head(encoder, train, val, steps: int, batch: int, lr: float, seed: int) -> dict:  # noqa: ANN001
-    """A fresh region head fitted on (features, truth) pairs; returns its best state and losses."""
+def fit_head(
+    region: RegionFactor,
+    head: RegionHead,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+) -> dict:
+    """Fit ``head`` on (features, truth) pairs; returns its best state and validation loss."""
     torch.manual_seed(seed)
-    old = encoder.region_heads[NAME]
-    head = RegionHead(
-        encoder.features.width,
-        old.regions[0].out_channels,
-        encoder.regions[NAME].n_params,
-        old.tiles_per_region,
-        norm=encoder.features.norm,
-    )
-    region = encoder.regions[NAME]
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     best = {"val_loss": float("inf"), "step": -1}
     generator = torch.Generator().manual_seed(seed)
-    for step in tqdm(range(steps), desc="shear head", unit="step"):
+    for step in tqdm(range(steps), desc=f"{region.key} head", unit="step"):
         index = torch.randint(len(train[0]), (batch,), generator=generator)
         loss = -region.log_prob(head(train[0][index]), train[1][index]).mean()
         optimizer.zero_grad()
@@ -74,11 +101,18 @@ def fit_head(encoder, train, val, steps: int, batch: int, lr: float, seed: int) 
     return best
 
 
+def new_head(encoder, region: RegionFactor, width: int = 64) -> RegionHead:  # noqa: ANN001
+    """A fresh head for ``region`` on ``encoder``'s features."""
+    tiles = None if region.region_px is None else region.region_px // encoder.tile_slen
+    return RegionHead(encoder.features.width, width, region.n_params, tiles, encoder.features.norm)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Fit the head and write the checkpoint."""
+    """Fit the heads and write the checkpoint."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="the stage-1 checkpoint")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--preset", default="shear_constant", help="experiment with the regions")
     parser.add_argument("--n-images", type=int, default=4096)
     parser.add_argument("--val-images", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4000)
@@ -87,26 +121,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5_000_000)
     args = parser.parse_args(argv)
     encoder, _ = load_encoder(args.checkpoint)
-    simulator = build_simulator(compose_config("in_prior"))
-    train = simulated_features(encoder, simulator, args.n_images, args.seed)
-    val = simulated_features(encoder, simulator, args.val_images, args.seed + 100_000)
-    best = fit_head(encoder, train, val, args.steps, args.batch, args.lr, args.seed)
-    print(f"best validation loss {best['val_loss']:.4f} at step {best['step']}")
-    encoder.region_heads[NAME].load_state_dict(best["state"])
-    with torch.no_grad():
-        params = encoder.region_heads[NAME](val[0])
-    loc, _ = encoder.regions[NAME].factor._loc_scale(params[:, 0, 0])
-    truth = val[1][:, 0, 0]
-    corr = [float(np.corrcoef(loc[:, i], truth[:, i])[0, 1]) for i in range(2)]
-    rmse = float((loc - truth).pow(2).mean().sqrt())
-    print(f"validation: rmse {rmse:.4f}, correlation {corr[0]:.3f} / {corr[1]:.3f}")
-    # the stage-1 checkpoint with the new head: export it, then swap the head's weights in
+    cfg = compose_preset(args.preset)
+    regions = region_factors(cfg)
+    keys = [region.key for region in regions.values()]
+    simulator = build_simulator(cfg)
+    train = simulated_features(encoder, simulator, keys, args.n_images, args.seed)
+    val = simulated_features(encoder, simulator, keys, args.val_images, args.seed + 100_000)
+    states, report = {}, {}
+    for name, region in regions.items():
+        head = new_head(encoder, region)
+        best = fit_head(
+            region,
+            head,
+            (train[0], train[1][region.key]),
+            (val[0], val[1][region.key]),
+            args.steps,
+            args.batch,
+            args.lr,
+            args.seed,
+        )
+        head.load_state_dict(best["state"])
+        with torch.no_grad():
+            loc, _ = region.factor._loc_scale(head(val[0]))
+        truth = val[1][region.key]
+        rmse = float((loc - truth).pow(2).mean().sqrt())
+        corr = [
+            float(np.corrcoef(loc[..., i].ravel(), truth[..., i].ravel())[0, 1])
+            for i in range(truth.shape[-1])
+        ]
+        print(
+            f"{name}: best validation loss {best['val_loss']:.4f} at step {best['step']}; "
+            f"rmse {rmse:.4f}, correlation {[round(c, 3) for c in corr]}"
+        )
+        states[name] = best["state"]
+        report[name] = {"val_loss": best["val_loss"], "val_rmse": rmse, "val_corr": corr}
+    # the stage-1 weights with the preset's region heads, and its region config
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    stage2 = {"shear_head": vars(args) | {"val_loss": best["val_loss"], "val_rmse": rmse}}
-    export_checkpoint(args.checkpoint, args.out, extra={"stage2": str(stage2)})
+    record = {"region_heads": vars(args) | {"fit": report}}
+    export_checkpoint(args.checkpoint, args.out, extra={"stage2": str(record)})
     small = torch.load(args.out, map_location="cpu", weights_only=False)
-    for key, value in best["state"].items():
-        small["state_dict"][f"region_heads.{NAME}.{key}"] = value.half()
+    weights = {k: v for k, v in small["state_dict"].items() if not k.startswith("region_heads.")}
+    for name, state in states.items():
+        weights.update({f"region_heads.{name}.{k}": v.half() for k, v in state.items()})
+    small["state_dict"] = weights
+    small[CONFIG_KEY]["encoder"]["regions"] = OmegaConf.to_container(
+        cfg.encoder.regions, resolve=True
+    )
+    small[CONFIG_KEY]["simulator"] = OmegaConf.to_container(cfg.simulator, resolve=True)
     torch.save(small, args.out)
     write_checksum_sidecar(args.out)
     print(f"wrote {args.out}")

@@ -262,10 +262,12 @@ def test_the_stage2_head_learns_what_the_features_carry(tmp_path) -> None:
         return features, shear
 
     train, val = pairs(512), pairs(128)
-    best = fit_shear_head.fit_head(encoder, train, val, steps=600, batch=64, lr=3e-3, seed=0)
-    encoder.region_heads["shear"].load_state_dict(best["state"])
+    region = encoder.regions["shear"]
+    head = fit_shear_head.new_head(encoder, region)
+    best = fit_shear_head.fit_head(region, head, train, val, steps=600, batch=64, lr=3e-3, seed=0)
+    head.load_state_dict(best["state"])
     with torch.no_grad():
-        estimate = encoder.regions["shear"].point_estimate(encoder.region_heads["shear"](val[0]))
+        estimate = region.point_estimate(head(val[0]))
     error = (estimate - val[1]).pow(2).mean().sqrt()
     # the prior's spread is 0.1: a head that learned nothing has an error of ~0.1
     assert float(error) < 0.03, float(error)
