@@ -197,10 +197,20 @@ class Encoder(nn.Module):
             out[name] = self.region_heads[name](features)
         return out
 
-    def region_nll(self, features: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
-        """Negative log posterior of the true region values ``fields/<key>``, averaged over images."""
+    def region_nll(
+        self,
+        features: Tensor,
+        batch: Mapping[str, Tensor],
+        region_params: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Negative log posterior of the true region values ``fields/<key>``, averaged over images.
+
+        ``region_params``: what :meth:`region_params` gives for ``features``, when already computed.
+        """
+        if region_params is None:
+            region_params = self.region_params(features)
         total = features.new_zeros(())
-        for name, params in self.region_params(features).items():
+        for name, params in region_params.items():
             key = field_key(self.regions[name].key)
             if key not in batch:
                 raise BlissValueError(

@@ -98,25 +98,23 @@ class EncoderModule(Encoder, pl.LightningModule):
     def _evaluate_step(self, batch: dict[str, Tensor], stage: str) -> None:
         from bliss.encoder.evaluation import collect_step
 
-        loss = self.nll(batch)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=True,
-            batch_size=batch["images"].shape[0],
-            sync_dist=True,
-        )
+        # the features once, for the loss, the region factors and the catalog
+        n_images = batch["images"].shape[0]
+        truth = catalog_from_batch(batch, self.tile_slen)
+        features = self.tile_features(batch)
+        loss = self.nll_from_features(features, truth)
         if self.regions:  # the region factors' share of the loss, and their point estimates' error
-            n_images = batch["images"].shape[0]
-            features = self.tile_features(batch)
-            self.log(f"{stage}/region_nll", self.region_nll(features, batch), batch_size=n_images)
-            for name, params in self.region_params(features).items():
+            region_params = self.region_params(features)
+            region_loss = self.region_nll(features, batch, region_params)
+            loss = loss + region_loss
+            self.log(f"{stage}/region_nll", region_loss, batch_size=n_images)
+            for name, params in region_params.items():
                 region = self.regions[name]
                 error = region.point_estimate(params) - batch[field_key(region.key)]
                 rmse = error.pow(2).mean().sqrt()
                 self.log(f"{stage}/{name}_rmse", rmse, batch_size=n_images, prog_bar=True)
-        truth = catalog_from_batch(batch, self.tile_slen)
-        estimate, params = self.infer(batch)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n_images, sync_dist=True)
+        estimate, params = self.infer_from_features(features)
         self._validation.append(collect_step(self, truth, estimate, params))
 
     def on_validation_epoch_end(self) -> None:

@@ -84,13 +84,7 @@ def predict_file(
         image = survey.read_image(input_path, bands, sky=sky)
         meta = {**meta, "SKYCONV": sky}
     drawn = max(n_samples, marginal_samples)
-    regions = {}
-    if isinstance(predictor, RegionalPredictor):
-        catalog, samples = predictor.predict_and_sample(image, threshold, drawn, _QUANTILES)
-    else:
-        catalog, samples, regions = predictor.predict_with_regions(
-            image, threshold, drawn, _QUANTILES
-        )
+    catalog, samples, regions = predictor.predict_with_regions(image, threshold, drawn, _QUANTILES)
     if marginal_samples:
         marginal = marginal_prob_source(catalog, samples[:marginal_samples])
         catalog = FullCatalog(

@@ -21,6 +21,7 @@ from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
 from bliss.predict.crowding import CrowdingSettings, crowded_blocks, crowded_boxes
 from bliss.predict.predictor import Predictor, PredictorSettings, build_predictor
+from bliss.predict.region_quantities import RegionEstimate
 from bliss.protocols import ModelConditions, SurveyImage
 
 __all__ = ["CROWDED_KEY", "CrowdedModel", "RegionalPredictor", "build_regional"]
@@ -78,7 +79,7 @@ class RegionalPredictor:
         crowded_checkpoint: the crowded model's file name (catalog meta).
 
     Attributes:
-        picks: what the last :meth:`predict_and_sample` picked (catalog meta): crowded blocks,
+        picks: what the last :meth:`predict_with_regions` picked (catalog meta): crowded blocks,
             their size, and the share of the image they cover.
     """
 
@@ -125,6 +126,17 @@ class RegionalPredictor:
         quantiles: tuple[float, ...] = (0.05, 0.95),
     ) -> tuple[FullCatalog, list[FullCatalog]]:
         """As :meth:`Predictor.predict_and_sample`, with the crowded blocks from the crowded model."""
+        catalog, samples, _ = self.predict_with_regions(image, threshold, n_samples, quantiles)
+        return catalog, samples
+
+    def predict_with_regions(
+        self,
+        image: SurveyImage,
+        threshold: float = 0.5,
+        n_samples: int = 0,
+        quantiles: tuple[float, ...] = (0.05, 0.95),
+    ) -> tuple[FullCatalog, list[FullCatalog], dict[str, RegionEstimate]]:
+        """:meth:`predict_and_sample` plus the sparse model's region quantities, over the image."""
         ref = self.encoder.reference_index
         blocks = crowded_blocks(image.images[ref], image.background[ref], self.settings)
         block = self.settings.block_px
@@ -135,12 +147,12 @@ class RegionalPredictor:
         }
         # PSF-fitting the main model's many sources on a crowded frame would cost minutes
         # (M2: 40 s -> 86 s): a frame with crowded blocks keeps the network's fluxes
-        catalog, samples = self.sparse.predict_and_sample(
+        catalog, samples, regions = self.sparse.predict_with_regions(
             image, threshold, n_samples, quantiles, star_photometry=not blocks.any()
         )
         catalog = _mark(catalog, 0.0)  # joint samples carry no flags, so no mark either
         if not blocks.any():
-            return catalog, samples
+            return catalog, samples, regions
         height, width = image.images.shape[1:]
         for rows, cols, member in crowded_boxes(blocks, block, (height, width)):
             crop, origin = _crop(image, rows, cols, self.context_px)
@@ -154,7 +166,7 @@ class RegionalPredictor:
             samples = [
                 _replace(s, d, origin, owned, block) for s, d in zip(samples, drawn, strict=True)
             ]
-        return catalog, samples
+        return catalog, samples, regions
 
 
 def _mark(catalog: FullCatalog, value: float) -> FullCatalog:

@@ -169,8 +169,8 @@ class ConstantLensing:
             raise BlissValueError(f"convergence kappa = {kappa}; expected kappa < 1.")
         self.g = np.array([g1, g2], dtype=np.float64)
         self.kappa = float(kappa)
-        gamma = self.g * (1 - self.kappa)
-        self.mu = 1.0 / ((1 - self.kappa) ** 2 - float((gamma**2).sum()))
+        _, mu = reduced_shear(self.g * (1 - self.kappa), np.asarray(self.kappa))
+        self.mu = float(mu)
 
     def at(self, plocs: np.ndarray) -> np.ndarray:
         """``(g1, g2, mu)`` at positions ``(row, col)`` px (``... 2``). Shape ``... 3``."""

@@ -205,8 +205,11 @@ class ImageSimulator:
         Returns:
             As :meth:`simulate`.
         """
-        seed = noise_seed if isinstance(noise_seed, np.random.SeedSequence) else None
-        seed = seed or np.random.SeedSequence(int(noise_seed))
+        seed = (
+            noise_seed
+            if isinstance(noise_seed, np.random.SeedSequence)
+            else np.random.SeedSequence(int(noise_seed))
+        )
         fields: dict[str, Tensor] = {}
         if lensing is not None:
             padded, fields = self._lens(padded, lensing)
@@ -236,8 +239,7 @@ class ImageSimulator:
         self, padded: TileCatalog, fields: Sequence[ConstantLensing | GridLensing]
     ) -> tuple[TileCatalog, dict[str, Tensor]]:
         """The catalog with each galaxy's ``lensing`` ``(g1, g2, mu)`` (``b ht wt m 3``) and the truth."""
-        margin_px = self.margin_tiles * self.prior.tile_slen
-        plocs = padded.plocs().double().numpy() - margin_px
+        plocs = padded.plocs().double().numpy() - self.lensing_geometry.margin_px
         lensing = torch.from_numpy(np.stack([f.at(p) for f, p in zip(fields, plocs, strict=True)]))
         unlensed = torch.tensor([0.0, 0.0, 1.0], dtype=lensing.dtype)
         lensing = torch.where(padded.galaxy_mask.unsqueeze(-1), lensing, unlensed).float()

@@ -18,7 +18,6 @@ from pathlib import Path
 import galsim
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
 from tqdm import tqdm
 
 from bliss.cli.generate import build_simulator
@@ -26,22 +25,8 @@ from bliss.encoder.checkpoint import load_encoder
 from bliss.metrics.shear import map_correlation
 
 sys.path.insert(0, str(Path(__file__).parent))
-from evaluate_shear import LEVELS, coverage, plot_coverage  # noqa: E402
+from evaluate_shear import LEVELS, compose_preset, coverage, plot_coverage  # noqa: E402
 from hsm_baseline import hsm_region_shear  # noqa: E402
-
-CONF = Path(__file__).parent / "conf"
-
-
-def compose_config(extra: list[str] | None = None):  # noqa: ANN201
-    """The shear_map preset with overrides."""
-    overrides = [
-        f"hydra.searchpath=[file://{CONF.resolve()}]",
-        "mode=generate",
-        "experiment=shear_map",
-        *(extra or []),
-    ]
-    with initialize_config_module("bliss.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 @torch.no_grad()
@@ -94,7 +79,7 @@ def _scores(estimate: np.ndarray, truth: np.ndarray) -> dict:
 
 def evaluate(checkpoint: str, n_fields: int, seed: int, with_hsm: bool) -> dict:
     """Map scores of the NPE (and the HSM baseline) on ``n_fields`` NFW test fields."""
-    cfg = compose_config()
+    cfg = compose_preset("shear_map")
     simulator = build_simulator(cfg)
     batch = simulator.simulate(n_fields, seed=seed)
     encoder, _ = load_encoder(checkpoint)

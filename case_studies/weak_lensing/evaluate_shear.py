@@ -52,17 +52,21 @@ TEST_SETS = {
 }
 
 
-def compose_config(test_set: str, extra: list[str] | None = None):  # noqa: ANN201
-    """The constant-shear preset with the test set's overrides."""
+def compose_preset(preset: str, overrides: list[str] | None = None):  # noqa: ANN201
+    """The case study's preset (``shear_constant`` or ``shear_map``) with overrides."""
     overrides = [
         f"hydra.searchpath=[file://{CONF.resolve()}]",
         "mode=generate",
-        "experiment=shear_constant",
-        *TEST_SETS[test_set],
-        *(extra or []),
+        f"experiment={preset}",
+        *(overrides or []),
     ]
     with initialize_config_module("bliss.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def compose_config(test_set: str, extra: list[str] | None = None):  # noqa: ANN201
+    """The constant-shear preset with the test set's overrides."""
+    return compose_preset("shear_constant", [*TEST_SETS[test_set], *(extra or [])])
 
 
 def _rotated(padded: TileCatalog) -> TileCatalog:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -37,18 +36,8 @@ from bliss.encoder.checkpoint import (
 from bliss.encoder.region_head import RegionHead
 from bliss.posterior.regions import RegionFactor
 
-CONF = Path(__file__).parent / "conf"
-
-
-def compose_preset(preset: str):  # noqa: ANN201
-    """The case study's preset ``preset`` (``shear_constant`` or ``shear_map``)."""
-    overrides = [
-        f"hydra.searchpath=[file://{CONF.resolve()}]",
-        "mode=train",
-        f"experiment={preset}",
-    ]
-    with initialize_config_module("bliss.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+sys.path.insert(0, str(Path(__file__).parent))
+from evaluate_shear import compose_preset  # noqa: E402
 
 
 def region_factors(cfg) -> dict[str, RegionFactor]:  # noqa: ANN001

@@ -117,11 +117,11 @@ def _check_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image as float32 and the PSF normalised to unit sum, after checking both."""
     image, psf_image = checked_image_and_psf(image, psf_image)
-    if not (math.isfinite(noise_variance) and noise_variance > 0):
-        raise BlissValueError(
-            f"noise_variance={noise_variance!r}; expected the positive per-pixel variance of "
-            "the image noise (electrons^2)."
-        )
+    require_positive(
+        "noise_variance",
+        noise_variance,
+        "the positive per-pixel variance of the image noise (electrons^2)",
+    )
     require_positive("pixel_scale_arcsec", pixel_scale_arcsec, "a positive pixel side in arcsec")
     return np.ascontiguousarray(image, dtype=np.float32), psf_image
 

@@ -95,17 +95,17 @@ def _check_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image as float64 and the PSF normalised to unit sum, after checking every input."""
     image, psf_image = checked_image_and_psf(image, psf_image)
-    if not (math.isfinite(background) and background > 0):
-        raise BlissValueError(
-            f"background={background!r}; expected the positive sky level in electrons per "
-            "pixel (its Poisson variance is the pixel noise)."
-        )
+    require_positive(
+        "background",
+        background,
+        "the positive sky level in electrons per pixel (its Poisson variance is the pixel noise)",
+    )
     require_positive("pixel_scale_arcsec", pixel_scale_arcsec, "a positive pixel side in arcsec")
-    if not (math.isfinite(detect_sigma) and detect_sigma > 0):
-        raise BlissValueError(
-            f"detect_sigma={detect_sigma!r}; expected a positive detection threshold in units "
-            "of the sky noise (e.g. 5)."
-        )
+    require_positive(
+        "detect_sigma",
+        detect_sigma,
+        "a positive detection threshold in units of the sky noise (e.g. 5)",
+    )
     is_int = isinstance(stamp_px, numbers.Integral) and not isinstance(stamp_px, bool)
     if not is_int or not _MIN_STAMP_PX <= stamp_px <= min(image.shape):
         raise BlissValueError(

@@ -83,6 +83,12 @@ class _FixedPredictor:
         catalog = FullCatalog(height, width, data)
         return catalog, [catalog] * n_samples
 
+    def predict_with_regions(self, image, threshold, n_samples, quantiles, star_photometry=True):
+        return (
+            *self.predict_and_sample(image, threshold, n_samples, quantiles, star_photometry),
+            {},
+        )
+
 
 def _image(images: np.ndarray) -> SurveyImage:
     return SurveyImage(
