@@ -101,8 +101,23 @@ class ImagePsf:
             image = np.asarray(self.psf_at(row - 0.5, col - 0.5), dtype=np.float64)
             spline = self._splines[key] = ndimage.spline_filter(image, order=3)
         first = spline.shape[0] // 2 - half
-        # a cubic B-spline on a shifted regular grid is separable: (n x m) @ (m x m) @ (m x n)
         size = 2 * half + 1
+        row_base, col_base = math.floor(first - offset_row), math.floor(first - offset_col)
+        inside = min(row_base, col_base) >= 1 and max(row_base, col_base) + size + 2 <= min(
+            spline.shape
+        )
+        if inside:  # the common case, a stamp within the model: four shifted slices per axis
+            row_taps = _cubic_bspline_taps(first - offset_row - row_base)
+            col_taps = _cubic_bspline_taps(first - offset_col - col_base)
+            rows = sum(
+                tap * spline[row_base - 1 + s : row_base - 1 + s + size]
+                for s, tap in enumerate(row_taps)
+            )
+            return sum(
+                tap * rows[:, col_base - 1 + s : col_base - 1 + s + size]
+                for s, tap in enumerate(col_taps)
+            )
+        # a cubic B-spline on a shifted regular grid is separable: (n x m) @ (m x m) @ (m x n)
         rows = _cubic_bspline_weights(first - offset_row, size, spline.shape[0])
         cols = _cubic_bspline_weights(first - offset_col, size, spline.shape[1])
         return rows @ spline @ cols.T
@@ -116,12 +131,20 @@ def _cubic_bspline_weights(first: float, k: int, n: int) -> np.ndarray:
     mode="constant")`` sums: a band of four diagonals.
     """
     base = math.floor(first)
-    t = first - base
-    taps = ((1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3)
     weights = np.zeros((k, n))
-    for shift, tap in enumerate(taps):
-        weights += (tap / 6) * np.eye(k, n, base - 1 + shift)
+    for shift, tap in enumerate(_cubic_bspline_taps(first - base)):
+        weights += tap * np.eye(k, n, base - 1 + shift)
     return weights
+
+
+def _cubic_bspline_taps(t: float) -> tuple[float, float, float, float]:
+    """The four cubic B-spline weights at fraction ``t`` past a knot (coefficients -1..2)."""
+    return (
+        (1 - t) ** 3 / 6,
+        (3 * t**3 - 6 * t**2 + 4) / 6,
+        (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
+        t**3 / 6,
+    )
 
 
 def moffat_stamp(

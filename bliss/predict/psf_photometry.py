@@ -72,11 +72,22 @@ POINT_CHI2 = 3.0
 #: survey PSF model's percent-level errors, which would otherwise call every star brighter than
 #: S/N ~100 extended. A Moffat fitted to the image's own stars gets none
 PROFILE_ERROR = 0.1
-#: stars fitted together at most; larger groups keep the network's fluxes
+#: stars fitted together at most; a larger tangle (a crowded field) is fitted in blocks
 MAX_GROUP = 20
+#: a tangle's blocks: each fits the stars within ``BLOCK_MARGIN_PX`` of its side, with the light
+#: of all others subtracted, and keeps the fluxes of the stars inside it
+BLOCK_PX = 24
+BLOCK_MARGIN_PX = 4
 #: with an image's own PSF model, the aperture its total fluxes refer to, arcsec (SDSS PHOTO's
 #: PSF magnitudes are calibrated to the light within 7.43")
 TOTAL_APERTURE_ARCSEC = 7.43
+#: the fit's prior on each star's flux: the network's, give or take the larger of itself and
+#: this many of its posterior sigmas. Weak on purpose (the network's fluxes can be biased where
+#: its prior is wrong, as in a crowded field): it only settles what the pixels cannot, such as
+#: the split of light between two detections closer than the PSF resolves
+PRIOR_WIDEN = 3.0
+#: the prior on a moving star's position step, pixels (keeps coincident stars from diverging)
+SHIFT_PRIOR_PX = 0.5
 #: the aperture correction is applied when it differs from 1 by this many standard errors
 APERTURE_SIGNIFICANCE = 3.0
 
@@ -100,6 +111,29 @@ def _groups(positions: np.ndarray, radius: float) -> list[list[int]]:
     return list(members.values())
 
 
+def _fit_sets(positions: np.ndarray, radius: float) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """What is fitted together: ``(members, kept, block)``, index arrays into ``positions``.
+
+    Stars closer than ``radius`` (transitively) are fitted together and all keep their fits. A
+    tangle of more than :data:`MAX_GROUP` (a crowded field) would need a design matrix that
+    grows with the square of its size, so it is cut into blocks of :data:`BLOCK_PX`: each block
+    fits its stars and those within :data:`BLOCK_MARGIN_PX` of it (the light they share pulls
+    on both), and keeps only its own.
+    """
+    sets = []
+    for group in _groups(positions, radius):
+        group = np.asarray(group)
+        if len(group) <= MAX_GROUP:
+            sets.append((group, group, False))
+            continue
+        cells = np.floor(positions[group] / BLOCK_PX).astype(int)
+        for cell in np.unique(cells, axis=0):
+            low, high = cell * BLOCK_PX - BLOCK_MARGIN_PX, (cell + 1) * BLOCK_PX + BLOCK_MARGIN_PX
+            inside = np.all((positions[group] >= low) & (positions[group] < high), axis=1)
+            sets.append((group[inside], group[np.all(cells == cell, axis=1)], True))
+    return sets
+
+
 def _design(
     positions: np.ndarray,
     top: int,
@@ -107,21 +141,34 @@ def _design(
     region: tuple[int, int],
     psf: PsfStamps,
     half: int,
+    slopes: np.ndarray,
+    centred: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """PSF stamps of each star on the region, and their derivatives in row and col."""
-    n = len(positions)
-    stamps = np.zeros((3, n, *region))
+    """PSF stamps of each star on the region, and the derivatives in row and col of ``slopes``.
+
+    ``centred``: the stamps of an earlier call, kept for the stars whose ``slopes`` is False
+    (they have not moved since). Shapes: ``n h w``, and ``m h w`` for the ``m`` slopes.
+    """
     step = 0.05
-    for k, (row, col) in enumerate(positions):
+    update = np.ones(len(positions), dtype=bool) if centred is None else slopes
+    centred = np.zeros((len(positions), *region)) if centred is None else centred.copy()
+    d_row, d_col = np.zeros((2, int(slopes.sum()), *region))
+    slope_index = np.cumsum(slopes) - 1
+    for k in np.flatnonzero(update | slopes):
+        row, col = positions[k]
         cut = stamp_slices(row - top, col - left, region, half)
         if cut is None:
             return None
         rows, cols, s_rows, s_cols, offset_row, offset_col = cut
-        for index, (d_row, d_col) in enumerate(((0, 0), (step, 0), (0, step))):
-            stamp = psf.stamp(row, col, offset_row + d_row, offset_col + d_col, half)
-            stamps[index, k, rows, cols] = stamp[s_rows, s_cols]
-    centred = stamps[0]
-    return centred, (stamps[1] - centred) / step, (stamps[2] - centred) / step
+        stamp = psf.stamp(row, col, offset_row, offset_col, half)[s_rows, s_cols]
+        if update[k]:
+            centred[k] = 0
+            centred[k, rows, cols] = stamp
+        if slopes[k]:
+            for out, (dr, dc) in ((d_row, (step, 0)), (d_col, (0, step))):
+                moved = psf.stamp(row, col, offset_row + dr, offset_col + dc, half)
+                out[slope_index[k], rows, cols] = (moved[s_rows, s_cols] - stamp) / step
+    return centred, d_row, d_col
 
 
 def _region(positions: np.ndarray, image_shape: tuple[int, int], half: int) -> tuple[slice, slice]:
@@ -141,6 +188,8 @@ def _fit_group(
     psf_model: PsfStamps,
     half: int,
     others: np.ndarray | None = None,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
+    local_sky: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
     """Fluxes (electrons), standard deviations, positions and misfit of a group.
 
@@ -153,25 +202,30 @@ def _fit_group(
     (two Gauss-Newton steps on flux and position, at most half a pixel); the flux variance is
     that of the joint fit, so it includes the position uncertainty. ``others`` is the light of
     the stars outside the group on the group's :func:`_region`, subtracted from the data.
+    ``prior``: a Gaussian prior on each star's flux, ``(mean, sigma)`` in electrons (sigma inf:
+    none); position steps then get one of :data:`SHIFT_PRIOR_PX`. None if the fit fails.
     """
     n = len(positions)
     rows, cols = _region(positions, data.shape, half)
     top, left = rows.start, cols.start
     region = (rows.stop - top, cols.stop - left)
     pixels = data[rows, cols] if others is None else data[rows, cols] - others
-    sky = background[rows, cols]
+    # the pixels' variance counts the light of the stars outside the group too (a crowd's)
+    sky = background[rows, cols] + (0 if others is None else np.clip(others, 0, None))
     fluxes = np.clip(start, 0, None)
     positions = positions.copy()
     moving = np.zeros(n, dtype=bool)
+    n_sky = int(local_sky)
+    psf = None
     for iteration in range(3):
-        design = _design(positions, top, left, region, psf_model, half)
+        design = _design(positions, top, left, region, psf_model, half, moving, psf)
         if design is None:
             return None
         psf, d_row, d_col = design
         use = (psf.sum(0) > 0) & np.isfinite(pixels)
-        columns = [psf[:, use], np.ones((1, int(use.sum())))]  # stars, then a local sky
+        columns = [psf[:, use], np.ones((n_sky, int(use.sum())))]  # stars, then a local sky
         if moving.any():
-            columns += [d_row[moving][:, use], d_col[moving][:, use]]
+            columns += [d_row[:, use], d_col[:, use]]
         matrix = np.concatenate(columns).T
         if use.sum() <= matrix.shape[1]:
             return None
@@ -179,16 +233,26 @@ def _fit_group(
         # variance from the model, not the data: no bias towards low counts
         weight = 1 / np.clip(sky[use] + psf[:, use].T @ np.clip(fluxes, 0, None), 1e-3, None)
         normal = matrix.T @ (matrix * weight[:, None])
+        target = matrix.T @ (values * weight)
+        if prior is not None:
+            precision = np.zeros(matrix.shape[1])
+            precision[:n] = 1 / prior[1] ** 2
+            shift_sigma = SHIFT_PRIOR_PX * np.clip(fluxes[moving], 1e-6, None)
+            precision[n + n_sky :] = np.tile(1 / shift_sigma**2, 2)
+            normal[np.diag_indices_from(normal)] += precision
+            target[:n] += prior[0] * precision[:n]
         try:
             covariance = np.linalg.inv(normal)
         except np.linalg.LinAlgError:
             return None
-        solution = covariance @ (matrix.T @ (values * weight))
+        solution = covariance @ target
+        if not np.all(np.isfinite(solution)):
+            return None
         fluxes = solution[:n]
         if moving.any():
             m = int(moving.sum())
             safe = np.clip(fluxes[moving], 1e-6, None)
-            steps = solution[n + 1 :]
+            steps = solution[n + n_sky :]
             shift = np.stack([steps[:m], steps[m:]], -1) / safe[:, None]
             positions[moving] += np.clip(shift, -0.5, 0.5)
         sigma = np.sqrt(np.clip(np.diag(covariance)[:n], 0, None))
@@ -344,10 +408,13 @@ def refine_star_fluxes(
     """
     n = int(catalog["n_sources"][0])
     shapes: list[PsfStamps] = []
-    if n == 0 or "prob_galaxy" not in catalog:
+    if n == 0:
         return catalog, shapes
     positions = catalog["plocs"][0, :n].double().numpy()
-    prob_galaxy = catalog["prob_galaxy"][0, :n, 0].numpy()
+    # a model without a galaxy factor (the crowded-field one) catalogs only stars
+    prob_galaxy = (
+        catalog["prob_galaxy"][0, :n, 0].numpy() if "prob_galaxy" in catalog else np.zeros(n)
+    )
     galaxy = prob_galaxy >= 0.5
     fluxes = catalog["fluxes"][0, :n].double().numpy().copy()
     sigma_net = _network_sigma(catalog, quantiles)
@@ -370,12 +437,12 @@ def refine_star_fluxes(
     )
     new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
     misfit = np.full_like(fluxes, np.inf)
+    in_block = np.zeros(n, dtype=bool)
     galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
-    # a tangle of more stars than MAX_GROUP (a crowded field, where the crowded-field model
-    # takes over) is not fitted: its design matrix grows with the square of its size
-    groups = [
-        stars[group] for group in _groups(positions[stars], 2 * half + 1) if len(group) <= MAX_GROUP
-    ]
+    fit_sets = []
+    for members, kept, block in _fit_sets(positions[stars], 2 * half + 1):
+        fit_sets.append((stars[members], stars[kept], block))
+        in_block[stars[kept]] = block
     for band in range(len(image.bands)):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
         subtracted = image.images[band] - image.background[band]
@@ -404,18 +471,30 @@ def refine_star_fluxes(
         # galaxies are not PSFs: their cores are left out of every star's fit
         data = np.where(galaxy_mask, np.nan, data)
         band_fluxes = fluxes[:, band] / per_electron / scale
+        prior_mean = band_fluxes.copy()
+        prior_sigma = np.maximum(
+            sigma_net[:, band] / per_electron / scale * PRIOR_WIDEN, np.abs(prior_mean)
+        )
+        prior_sigma = np.where(prior_sigma > 0, prior_sigma, np.inf)
         star_positions = positions.copy()
         # two passes: the second fits each group with the wings of every other star removed
         for _ in range(2):
-            wings = _render(star_positions[stars], band_fluxes[stars], model, data.shape, 2 * half)
-            for members in groups:
+            # the light of a fit's members is taken out of ``wings`` as drawn, though blocks
+            # fitted earlier in the pass have since moved their margins' stars
+            # ``others`` keeps the members' own wings beyond the fit's stamps, as drawn: without
+            # them a bright member's wings on its neighbours' pixels would be misfit
+            drawn_fluxes, drawn_positions = band_fluxes.copy(), star_positions.copy()
+            wings = _render(
+                drawn_positions[stars], drawn_fluxes[stars], model, data.shape, 2 * half
+            )
+            for members, kept, block in fit_sets:
                 rows, cols = _region(positions[members], data.shape, half)
                 own = _render(
-                    star_positions[members],
-                    band_fluxes[members],
+                    drawn_positions[members],
+                    drawn_fluxes[members],
                     model,
                     (rows.stop - rows.start, cols.stop - cols.start),
-                    2 * half,
+                    half,
                     origin=(rows.start, cols.start),
                 )
                 fit = _fit_group(
@@ -426,14 +505,21 @@ def refine_star_fluxes(
                     model,
                     half,
                     others=wings[rows, cols] - own,
+                    prior=(prior_mean[members], prior_sigma[members]),
+                    # a block's sky term would take up its margin's misfit and spread it over
+                    # the stars inside (the passes then converge slowly, fluxes low); the
+                    # image's background is its sky
+                    local_sky=not block,
                 )
                 if fit is None:
                     continue
-                new_fluxes[members, band] = fit[0] * per_electron
-                new_sigma[members, band] = fit[1] * per_electron
-                misfit[members, band] = fit[3]
-                band_fluxes[members] = fit[0]
-                star_positions[members] = fit[2]
+                own = np.isin(members, kept)
+                kept = members[own]
+                new_fluxes[kept, band] = fit[0][own] * per_electron
+                new_sigma[kept, band] = fit[1][own] * per_electron
+                misfit[kept, band] = fit[3]
+                band_fluxes[kept] = fit[0][own]
+                star_positions[kept] = fit[2][own]
         if isinstance(model, ImagePsf):
             model.clear_cache()  # five bands' PSFs at every star would add ~150 MB to the peak
             # the image's aperture correction was measured with another fit of the same model
@@ -474,11 +560,15 @@ def refine_star_fluxes(
     fitted_well = np.isfinite(new_sigma) & (new_fluxes >= FIT_SNR * new_sigma)
     # a source the PSF does not describe (an extended galaxy called a star) keeps the network's
     point_like = misfit < POINT_CHI2
+    # a block of a crowded tangle fits hundreds of stars beside the faint ones no catalog holds:
+    # its misfit says nothing of one source, and the network's fluxes there are the prior of its
+    # fit, so the fit (posterior given the network's and the pixels') is kept wherever it ran
+    block_fit = in_block[:, None] & np.isfinite(new_sigma)
     # ... and a source the network nearly called a galaxy keeps its posterior (STAR_PROB)
     survey_psf = np.array([isinstance(model, ImagePsf) for model in shapes])
     sure_point = (new_fluxes >= SURE_POINT_SNR * new_sigma) & survey_psf[None, :]
     star_like = (prob_galaxy < STAR_PROB)[:, None] | sure_point
-    keep = (fitted_well | (new_sigma < sigma_net)) & point_like & star_like
+    keep = ((fitted_well | (new_sigma < sigma_net)) & point_like & star_like) | block_fit
     data = dict(catalog.items())
     refined = np.where(keep, new_fluxes, fluxes)
     data["fluxes"] = _padded(catalog["fluxes"], refined)

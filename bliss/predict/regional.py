@@ -56,12 +56,11 @@ def build_regional(
 ) -> "RegionalPredictor":
     """Wrap a sparse-field predictor with the crowded-field model's predictor.
 
-    The crowded model keeps the network's star fluxes: its PSF-fit refinement assumes isolated
-    groups of stars, which a cluster core is not.
+    With ``predict.psf_photometry`` on, the crowded model's star fluxes are PSF-fit too: a
+    cluster core is one tangle of stars, fitted in blocks with the network's fluxes as their
+    prior (:func:`bliss.predict.psf_photometry.refine_star_fluxes`).
     """
-    settings = dataclasses.replace(
-        predictor_settings, psf_photometry=False, window_px=crowded.window_px
-    )
+    settings = dataclasses.replace(predictor_settings, window_px=crowded.window_px)
     predictor = build_predictor(settings, crowded.encoder, crowded.model, progress=sparse.progress)
     return RegionalPredictor(
         sparse, predictor, crowded.settings, crowded.context_px, crowded.checkpoint

@@ -35,6 +35,8 @@ from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
 from bliss.metrics import match_full_catalogs
 from bliss.metrics.calibration import binned_coverage
+from bliss.predict.psf_photometry import refine_star_fluxes
+from bliss.protocols import SurveyImage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import daophot_catalog, sep_catalog  # noqa: E402
@@ -124,6 +126,41 @@ def score_bliss(encoder, batch, n_samples: int, band: int) -> dict:
     }
 
 
+def psf_fit(
+    estimate: FullCatalog, batch: dict, magzero: np.ndarray, psf: np.ndarray, cfg
+) -> FullCatalog:
+    """``estimate`` with every star's fluxes refit by PSF photometry on its positions, per image.
+
+    The crowded-field photometry of predict (:func:`bliss.predict.psf_photometry.refine_star_fluxes`)
+    with the test set's own PSF (``psf``: ``c h w``, one place, as the DAOPHOT baseline gets it).
+    """
+    quantiles = tuple(float(k.split("@")[1]) for k in estimate.keys() if k.startswith("fluxes@"))
+    pixel_scale = float(cfg.survey.pixel_scale_arcsec)
+    refined = []
+    for i in range(estimate.batch_size):
+        data = {key: value[i : i + 1] for key, value in estimate.items()}
+        data["prob_galaxy"] = torch.zeros_like(data["fluxes"][..., :1])
+        one = FullCatalog(estimate.height_px, estimate.width_px, data)
+        image = SurveyImage(
+            path=Path(f"field{i}"),
+            bands=tuple(cfg.survey.bands),
+            images=batch["images"][i].double().numpy(),
+            background=np.broadcast_to(
+                batch["background"][i].double().numpy().reshape(len(magzero), -1, 1),
+                batch["images"][i].shape,
+            ).copy(),
+            psf_fwhm_arcsec=batch["psf_fwhm_arcsec"][i].double().numpy(),
+            magzero=magzero,
+            wcs=None,
+            psf=lambda band, row, col: psf[band],
+        )
+        fitted, _ = refine_star_fluxes(image, one, quantiles, pixel_scale)
+        data = dict(fitted.items())
+        data.pop("prob_galaxy")
+        refined.append(FullCatalog(one.height_px, one.width_px, data))
+    return concat_full_catalogs(refined)
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Every method on every test set; returns the results (also written to ``--out``)."""
     encoders = {}
@@ -139,13 +176,15 @@ def evaluate(args: argparse.Namespace) -> dict:
         psf = table.psf_images[0, band]
         fwhm_px = float(table.psf_fwhm_arcsec[0, band]) / cfg.survey.pixel_scale_arcsec
         nmgy = nmgy_per_electron(float(simulator.magzero[band]))
-        methods = [*encoders, "sep"] + ([] if args.no_daophot else ["daophot"])
+        fitted = {f"{name}+fit": name for name in encoders} if args.psf_fit else {}
+        magzero = np.asarray(simulator.magzero, dtype=np.float64)
+        methods = [*encoders, *fitted, "sep"] + ([] if args.no_daophot else ["daophot"])
         scores = {m: {p: DetectionScore() for p in PROTOCOLS} for m in methods}
         pairs = {m: [0, 0] for m in [*methods, "truth"]}  # close pairs, sources (r < 22)
         covered = {m: [] for m in encoders}
         widths = {m: [] for m in encoders}
         nll = {m: [] for m in encoders}
-        catalogs = {m: [] for m in [*encoders, "truth"]}  # for the interval coverage
+        catalogs = {m: [] for m in [*encoders, *fitted, "truth"]}  # for the interval coverage
         seconds = {m: 0.0 for m in methods}
         example = None
         for start in tqdm(range(0, args.fields, args.batch), desc=test_set, unit="batch"):
@@ -160,10 +199,17 @@ def evaluate(args: argparse.Namespace) -> dict:
             for name, encoder in encoders.items():
                 tic = time.perf_counter()
                 out = score_bliss(encoder, batch, args.samples, band)
-                seconds[name] += time.perf_counter() - tic
+                seconds_bliss = time.perf_counter() - tic
+                seconds[name] += seconds_bliss
                 nll[name].append(out["nll"] * n)
                 catalogs[name].append(out["estimate"])
                 per_method[name] = [_field_catalog(out["estimate"], i, band) for i in range(n)]
+                if args.psf_fit:
+                    tic = time.perf_counter()
+                    refined = psf_fit(out["estimate"], batch, magzero, table.psf_images[0], cfg)
+                    seconds[f"{name}+fit"] += time.perf_counter() - tic + seconds_bliss
+                    catalogs[f"{name}+fit"].append(refined)
+                    per_method[f"{name}+fit"] = [_field_catalog(refined, i, band) for i in range(n)]
                 for i in range(n):
                     true_count = int((truths[i][1] < MAG_LIMIT).sum())
                     low, high = count_interval(out["sample_counts"][i])
@@ -213,6 +259,10 @@ def evaluate(args: argparse.Namespace) -> dict:
             }
             entry["close_pairs_per_1000"] = 1000 * pairs[name][0] / max(pairs[name][1], 1)
             entry["seconds_per_field"] = seconds[name] / args.fields
+            if name in fitted:
+                entry["calibration"] = interval_coverage_by_bin(
+                    catalogs["truth"], catalogs[name], tuple(cfg.survey.bands), band
+                )
             if name in encoders:
                 entry["count_coverage90"] = float(np.mean(covered[name]))
                 entry["count_interval_width"] = float(np.mean(widths[name]))
@@ -363,6 +413,11 @@ def main() -> None:
     )
     parser.add_argument("--sdss-data", default=os.environ.get("BLISS_SDSS_DATA", "data/sdss"))
     parser.add_argument("--no-daophot", action="store_true")
+    parser.add_argument(
+        "--psf-fit",
+        action="store_true",
+        help="also score each model with its star fluxes refit by PSF photometry (NAME+fit)",
+    )
     parser.add_argument("--out", default="case_studies/spatial_tiling/results")
     args = parser.parse_args()
     out = Path(args.out)
