@@ -103,4 +103,5 @@ def load_crowded_model(spec: DictConfig, survey_config: DictConfig) -> "CrowdedM
         settings,
         int(crowded.context_px),
         window if window == "auto" else int(window),
+        bool(crowded.get("psf_photometry", False)),
     )

@@ -41,6 +41,8 @@ class CrowdedModel:
         settings: what makes a block crowded.
         context_px: image kept around each group of crowded blocks.
         window_px: the crowded predictor's window side (``"auto"``: its training images).
+        psf_photometry: PSF-fit its star fluxes (with ``predict.psf_photometry`` also on): off
+            by default, since a cluster frame holds ~10^5 of them (~1.5 ms per star and band).
     """
 
     encoder: Encoder
@@ -49,6 +51,7 @@ class CrowdedModel:
     settings: CrowdingSettings
     context_px: int = 16
     window_px: int | str = "auto"
+    psf_photometry: bool = False
 
 
 def build_regional(
@@ -56,12 +59,19 @@ def build_regional(
 ) -> "RegionalPredictor":
     """Wrap a sparse-field predictor with the crowded-field model's predictor.
 
-    With ``predict.psf_photometry`` on, the crowded model's star fluxes are PSF-fit too: a
+    With ``predict.psf_photometry`` and ``predict.crowded.psf_photometry`` on, the crowded
+    model's star fluxes are PSF-fit too: a
     cluster core is one tangle of stars, fitted in blocks with the network's fluxes as their
     prior (:func:`bliss.predict.psf_photometry.refine_star_fluxes`).
     """
-    settings = dataclasses.replace(predictor_settings, window_px=crowded.window_px)
+    settings = dataclasses.replace(
+        predictor_settings,
+        psf_photometry=predictor_settings.psf_photometry and crowded.psf_photometry,
+        window_px=crowded.window_px,
+    )
     predictor = build_predictor(settings, crowded.encoder, crowded.model, progress=sparse.progress)
+    # the same survey as the sparse model's: its pixel scale and nominal PSF
+    predictor.star_photometry = sparse.star_photometry if settings.psf_photometry else None
     return RegionalPredictor(
         sparse, predictor, crowded.settings, crowded.context_px, crowded.checkpoint
     )

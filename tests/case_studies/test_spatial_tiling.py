@@ -113,6 +113,7 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
         seed=5,
         sdss_data=str(data),
         no_daophot=True,
+        psf_fit=True,
         out=str(tmp_path),
     )
     results = evaluate_tiling.evaluate(args)
@@ -135,6 +136,10 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
     for row in rows:
         if row["n"]:
             assert 0.0 <= row["coverage_flux_r"] <= 1.0 and 0.0 <= row["coverage_x"] <= 1.0
+    # the PSF fit changes fluxes, not positions: the same stars match within 1 px
+    fitted = scores["K4+fit"]
+    assert fitted["1px"]["n_est"] > 0
+    assert sum(row["n"] for row in fitted["calibration"]) == n_matched
     assert (tmp_path / "field_m2_like.png").is_file()
     evaluate_tiling.write_markdown(results, tmp_path / "results.md")
     assert "| K4 |" in (tmp_path / "results.md").read_text()

@@ -183,3 +183,25 @@ def test_marginal_probability_counts_the_samples_that_hold_each_source():
 def test_crowding_settings_refuse_non_positive_values(key):
     with pytest.raises(BlissConfigError, match=f"predict.crowded.{key}"):
         CrowdingSettings(**{key: 0})
+
+
+def test_the_crowded_model_gets_psf_photometry_unless_switched_off():
+    from pathlib import Path
+
+    import bliss
+    from bliss.encoder.checkpoint import load_encoder
+    from bliss.predict.model import model_conditions
+    from bliss.predict.predictor import PredictorSettings, build_predictor
+    from bliss.predict.regional import CrowdedModel, build_regional
+    from tests.integration.test_shipped_model import SDSS
+
+    path = Path(bliss.__file__).parent / "models" / "sdss_crowded.ckpt"
+    encoder, config = load_encoder(path)
+    model = model_conditions(tuple(encoder.bands), config)
+    sparse = build_predictor(PredictorSettings(), encoder, model, progress=False, survey=SDSS)
+    for switch, expected in ((True, True), (False, False)):
+        crowded = CrowdedModel(encoder, model, "c.ckpt", CrowdingSettings(), psf_photometry=switch)
+        regional = build_regional(sparse, crowded, PredictorSettings())
+        assert (regional.crowded.star_photometry is not None) is expected
+    off = build_regional(sparse, crowded, PredictorSettings(psf_photometry=False))
+    assert off.crowded.star_photometry is None
