@@ -126,11 +126,20 @@ def _fit_sets(positions: np.ndarray, radius: float) -> list[tuple[np.ndarray, np
         if len(group) <= MAX_GROUP:
             sets.append((group, group, False))
             continue
-        cells = np.floor(positions[group] / BLOCK_PX).astype(int)
-        for cell in np.unique(cells, axis=0):
-            low, high = cell * BLOCK_PX - BLOCK_MARGIN_PX, (cell + 1) * BLOCK_PX + BLOCK_MARGIN_PX
-            inside = np.all((positions[group] >= low) & (positions[group] < high), axis=1)
-            sets.append((group[inside], group[np.all(cells == cell, axis=1)], True))
+        # each star belongs to the blocks whose side, widened by the margin, holds it: at most
+        # two per axis, so the cost grows with the stars, not stars x blocks
+        first = np.floor((positions[group] - BLOCK_MARGIN_PX) / BLOCK_PX).astype(int)
+        last = np.floor((positions[group] + BLOCK_MARGIN_PX) / BLOCK_PX).astype(int)
+        own = np.floor(positions[group] / BLOCK_PX).astype(int)
+        members: dict[tuple[int, int], list[int]] = {}
+        kept: dict[tuple[int, int], list[int]] = {}
+        for star, (r0, c0), (r1, c1), cell in zip(group, first, last, own, strict=True):
+            kept.setdefault(tuple(cell), []).append(star)
+            for row in range(r0, r1 + 1):
+                for col in range(c0, c1 + 1):
+                    members.setdefault((row, col), []).append(star)
+        for cell in sorted(kept):
+            sets.append((np.array(members[cell]), np.array(kept[cell]), True))
     return sets
 
 
