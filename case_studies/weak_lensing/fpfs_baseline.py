@@ -103,8 +103,7 @@ def _check_config(config: dict[str, Any]) -> dict[str, Any]:
             "None to derive it from the PSF."
         )
     for key in ("snr_peak_min", "omega_f", "omega_v", "fpfs_c0"):
-        if not merged[key] > 0:
-            raise BlissValueError(f"{key}={merged[key]!r}; expected a positive number.")
+        require_positive(key, merged[key], "a positive number")
     if not isinstance(merged["image_bound"], int) or merged["image_bound"] < 0:
         raise BlissValueError(
             f"image_bound={merged['image_bound']!r}; expected a non-negative number of pixels."
