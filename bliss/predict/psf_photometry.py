@@ -488,10 +488,9 @@ def refine_star_fluxes(
         star_positions = positions.copy()
         # two passes: the second fits each group with the wings of every other star removed
         for _ in range(2):
-            # the light of a fit's members is taken out of ``wings`` as drawn, though blocks
-            # fitted earlier in the pass have since moved their margins' stars
-            # ``others`` keeps the members' own wings beyond the fit's stamps, as drawn: without
-            # them a bright member's wings on its neighbours' pixels would be misfit
+            # ``others`` is the pass's drawing less the members' stamps as drawn (blocks fitted
+            # earlier in the pass may have moved their margins' stars since); it keeps the
+            # members' own wings beyond the stamps, which would otherwise be misfit
             drawn_fluxes, drawn_positions = band_fluxes.copy(), star_positions.copy()
             wings = _render(
                 drawn_positions[stars], drawn_fluxes[stars], model, data.shape, 2 * half
