@@ -17,7 +17,12 @@ _ARCSEC_PER_ARCMIN = 60.0
 
 
 class GalaxyShapeCatalog(Protocol):
-    """Draws galaxy shapes (each of :data:`GALAXY_KEYS`, ``n 1``) for reference-band magnitudes ``n``."""
+    """Draws galaxy shapes (each of :data:`GALAXY_KEYS`, ``n 1``) for reference-band magnitudes ``n``.
+
+    It may also return ``colors`` (``n c``, each band's magnitude minus the reference band's),
+    which then replace the prior's galaxy colours, and further keys (``n d``, e.g. a
+    redshift), which become catalog keys of the galaxies (0 for stars).
+    """
 
     def sample(self, ref_mag: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Shapes of ``len(ref_mag)`` galaxies."""
@@ -63,7 +68,9 @@ class CatalogPrior:
         corner_px: see ``corner_fraction`` [default: 0.05].
         galaxy_shape_catalog: draws galaxy shapes from a catalog of real galaxies given their
             reference-band magnitudes (e.g. :class:`bliss.simulator.cosmos.CosmosShapes`),
-            instead of ``galaxy_shape`` [default: none].
+            instead of ``galaxy_shape`` [default: none]; one that also draws colours (e.g.
+            :class:`bliss.simulator.cosmos_population.CosmosPopulation`) replaces
+            ``galaxy_colors`` too.
 
     Example:
         >>> prior = CatalogPrior(["g", "r"], "r", 0.396, density_per_arcmin2=2000.0,
@@ -237,11 +244,21 @@ class CatalogPrior:
         else:
             ref_mag = 22.5 - 2.5 * torch.log10(ref_flux)
             shapes = self.galaxy_shape_catalog.sample(ref_mag, generator)
+        fluxes = self._sample_fluxes(ref_flux, is_galaxy, generator)
+        if "colors" in shapes:
+            drawn = rearrange(ref_flux, "n -> n 1") * torch.pow(10.0, -0.4 * shapes["colors"])
+            fluxes = torch.where(rearrange(is_galaxy, "n -> n 1"), drawn, fluxes)
         return {
             "locs": locs,
             "source_type": galaxy,
-            "fluxes": self._sample_fluxes(ref_flux, is_galaxy, generator),
+            "fluxes": fluxes,
             **{key: shapes[key] * galaxy for key in GALAXY_KEYS},
+            # what a catalog draws beyond shapes and colours (a redshift) belongs to galaxies
+            **{
+                key: value * galaxy
+                for key, value in shapes.items()
+                if key not in GALAXY_KEYS and key != "colors"
+            },
         }
 
     def _sample_fluxes(
