@@ -252,8 +252,12 @@ COLUMNS: tuple[Column, ...] = (
         "ellipticity along x minus along y, as the galaxy appears",
         "`(Q_xx - Q_yy) / (Q_xx + Q_yy + 2 sqrt(det Q))` of the flux-weighted second moments `Q` "
         "of the galaxy before the PSF, lensing included: a round galaxy sheared by a reduced "
-        "shear `g` has `e = g` (`bliss.simulator.lensing.galaxy_ellipticity`). Spin 2. Written "
-        "by models with an `ellipticity` factor. " + _SHAPE_NOTE,
+        "shear `g` has `e = g` (`bliss.catalog.ellipticity`). Spin 2. From the model's "
+        "`ellipticity` factor, or, for models with bulge + disk shape factors only (the shipped "
+        "SDSS models), the posterior median of the ellipticity of 64 draws of those factors, "
+        "which goes to 0 where the orientation is unknown; the ellipticity of the shape columns' "
+        "point estimates does not, and is biased. In samples, that of the drawn shape. "
+        + _SHAPE_NOTE,
     ),
     Column(
         "e2",

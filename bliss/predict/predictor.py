@@ -16,6 +16,11 @@ from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
+from bliss.predict.shape_ellipticity import (
+    add_drawn_ellipticity,
+    add_shape_ellipticity,
+    shape_parameter_columns,
+)
 from bliss.protocols import ModelConditions, ObservingSetup, SurveyImage
 
 __all__ = [
@@ -340,7 +345,9 @@ class Predictor:
             columns[factor.key] = factor.point_estimate(split[name])
             for q in quantiles:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
+        columns.update(shape_parameter_columns(posterior, split))
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
+        catalog = add_shape_ellipticity(catalog, posterior, quantiles)
         # an aperture correction refers to the image's PSF model: the fit needs that model
         if (
             star_photometry
@@ -363,7 +370,8 @@ class Predictor:
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(features, sample=True)
             drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
-            samples.append(_full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image))
+            sample = _full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image)
+            samples.append(add_drawn_ellipticity(sample))
         return samples
 
     def _flux_scale(self, image: SurveyImage) -> Tensor | None:

@@ -30,8 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.interpolate import RegularGridInterpolator
-from scipy.special import gammaincinv, gammaln
 
+from bliss.catalog.ellipticity import (
+    galaxy_second_moments,
+    moments_ellipticity,
+    sersic_second_moment,
+)
 from bliss.errors import BlissConfigError, BlissValueError
 
 __all__ = [
@@ -106,21 +110,13 @@ def lensing_matrix(lensing: np.ndarray) -> np.ndarray:
     )
 
 
-def sersic_second_moment(sersic_n: float) -> float:
-    """``<r^2> / hlr^2`` of a round Sersic profile: ``Gamma(4n) / (b^(2n) Gamma(2n))``."""
-    b = float(gammaincinv(2 * sersic_n, 0.5))
-    return float(np.exp(gammaln(4 * sersic_n) - gammaln(2 * sersic_n) - 2 * sersic_n * np.log(b)))
-
-
 def galaxy_ellipticity(
     params: np.ndarray, lensing: np.ndarray | None = None, bulge_sersic_n: float = 4.0
 ) -> np.ndarray:
     """The ellipticity ``(e1, e2)`` of bulge + disk galaxies as they appear, lensing included.
 
-    From the flux-weighted unweighted second moments ``Q`` of the profile before the PSF (each
-    component: ``flux * <r^2> * R diag(1/q, q) R^T / 2``; lensing maps ``Q`` to ``M Q M^T``),
-    ``e = (Q11 - Q22, 2 Q12) / (Q11 + Q22 + 2 sqrt(det Q))`` in the ``(col, row)`` basis: the
-    ellipticity of the same kind as the reduced shear, so a round galaxy lensed by ``g`` has
+    :mod:`bliss.catalog.ellipticity`'s definition, with the second moments ``Q`` of the profile
+    before the PSF mapped to ``M Q M^T`` by lensing: a round galaxy lensed by ``g`` has
     ``e = g``, and an elliptical one ``(e_s + g) / (1 + g* e_s)`` (complex notation) when both
     components share their axes. Spin 2, like :data:`bliss.data.transforms.DEFAULT_ORIENTED_KEYS`.
 
@@ -132,24 +128,11 @@ def galaxy_ellipticity(
     Returns:
         Shape ``n 2``.
     """
-    disk_frac, beta, disk_q, disk_hlr, bulge_q, bulge_hlr = np.asarray(params, np.float64).T
-    cos, sin = np.cos(beta), np.sin(beta)
-    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
-
-    def moments(q: np.ndarray, hlr: np.ndarray, weight: np.ndarray, n: float) -> np.ndarray:
-        axes = np.zeros((len(q), 2, 2))
-        axes[:, 0, 0], axes[:, 1, 1] = 1 / q, q
-        size = weight * sersic_second_moment(n) * hlr**2 / 2
-        return size[:, None, None] * (rotation @ axes @ np.swapaxes(rotation, -1, -2))
-
-    total = moments(disk_q, disk_hlr, disk_frac, 1.0)
-    total += moments(bulge_q, bulge_hlr, 1 - disk_frac, bulge_sersic_n)
+    total = galaxy_second_moments(params, bulge_sersic_n)
     if lensing is not None:
         matrix = lensing_matrix(lensing)
         total = matrix @ total @ matrix
-    q11, q22, q12 = total[:, 0, 0], total[:, 1, 1], total[:, 0, 1]
-    denominator = q11 + q22 + 2 * np.sqrt(np.clip(q11 * q22 - q12**2, 0, None))
-    return np.stack([q11 - q22, 2 * q12], -1) / denominator[:, None]
+    return moments_ellipticity(total)
 
 
 def stretch(lensing: np.ndarray) -> np.ndarray:
