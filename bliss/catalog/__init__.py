@@ -20,12 +20,13 @@ from bliss.catalog.flags import FLAG_BITS, source_flags
 from bliss.catalog.full import FullCatalog, concat_full_catalogs
 from bliss.catalog.io import catalog_to_table, read_table, table_to_full_catalog, write_table
 from bliss.catalog.regions import write_regions
-from bliss.catalog.tile import GALAXY_KEYS, TileCatalog
+from bliss.catalog.tile import GALAXY_KEYS, SERSIC_KEY, TileCatalog
 
 __all__ = [
     "COLUMNS",
     "FLAG_BITS",
     "GALAXY_KEYS",
+    "SERSIC_KEY",
     "FullCatalog",
     "TileCatalog",
     "catalog_to_table",

@@ -19,18 +19,26 @@ __all__ = [
 ]
 
 
-def sersic_second_moment(sersic_n: float) -> float:
-    """``<r^2> / hlr^2`` of a round Sersic profile: ``Gamma(4n) / (b^(2n) Gamma(2n))``."""
-    b = float(gammaincinv(2 * sersic_n, 0.5))
-    return float(np.exp(gammaln(4 * sersic_n) - gammaln(2 * sersic_n) - 2 * sersic_n * np.log(b)))
+def sersic_second_moment(sersic_n: float | np.ndarray) -> float | np.ndarray:
+    """``<r^2> / hlr^2`` of a round Sersic profile: ``Gamma(4n) / (b^(2n) Gamma(2n))``.
+
+    Elementwise for an array of indices.
+    """
+    n = np.asarray(sersic_n, dtype=np.float64)
+    b = gammaincinv(2 * n, 0.5)
+    value = np.exp(gammaln(4 * n) - gammaln(2 * n) - 2 * n * np.log(b))
+    return float(value) if value.ndim == 0 else value
 
 
-def galaxy_second_moments(params: np.ndarray, bulge_sersic_n: float = 4.0) -> np.ndarray:
+def galaxy_second_moments(
+    params: np.ndarray, bulge_sersic_n: float | np.ndarray = 4.0
+) -> np.ndarray:
     """Flux-weighted second moments ``Q`` (arcsec^2, per unit flux) before the PSF.
 
     Args:
         params: :data:`~bliss.catalog.GALAXY_KEYS` of each galaxy. Shape ``n 6``.
-        bulge_sersic_n: the bulge's Sersic index [default: 4].
+        bulge_sersic_n: the bulge's Sersic index, one for all or one per galaxy (``n``)
+            [default: 4].
 
     Returns:
         Shape ``n 2 2``, in the ``(col, row)`` basis.
@@ -39,7 +47,9 @@ def galaxy_second_moments(params: np.ndarray, bulge_sersic_n: float = 4.0) -> np
     cos, sin = np.cos(beta), np.sin(beta)
     rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
 
-    def moments(q: np.ndarray, hlr: np.ndarray, weight: np.ndarray, n: float) -> np.ndarray:
+    def moments(
+        q: np.ndarray, hlr: np.ndarray, weight: np.ndarray, n: float | np.ndarray
+    ) -> np.ndarray:
         axes = np.zeros((len(q), 2, 2))
         axes[:, 0, 0], axes[:, 1, 1] = 1 / q, q
         size = weight * sersic_second_moment(n) * hlr**2 / 2
@@ -56,7 +66,7 @@ def moments_ellipticity(moments: np.ndarray) -> np.ndarray:
     return np.stack([q11 - q22, 2 * q12], -1) / denominator[:, None]
 
 
-def galaxy_ellipticity(params: np.ndarray, bulge_sersic_n: float = 4.0) -> np.ndarray:
+def galaxy_ellipticity(params: np.ndarray, bulge_sersic_n: float | np.ndarray = 4.0) -> np.ndarray:
     """``(e1, e2)`` of bulge + disk galaxies before the PSF (``params``: ``n 6``). Shape ``n 2``.
 
     Example:

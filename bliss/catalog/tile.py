@@ -14,13 +14,16 @@ from bliss.errors import BlissValueError
 if TYPE_CHECKING:
     from bliss.catalog.full import FullCatalog
 
-__all__ = ["GALAXY_KEYS", "TileCatalog"]
+__all__ = ["GALAXY_KEYS", "SERSIC_KEY", "TileCatalog"]
 
 #: Galaxy shape keys, each ``b ht wt m 1``: disk flux fraction in [0, 1]; position angle in
 #: radians in [0, pi), counter-clockwise from the +col axis towards +row; axis ratios (minor /
 #: major) in (0, 1]; half-light radii in arcsec of the circular profile before it is sheared to
 #: axis ratio q (GalSim's convention: the major semi-axis is ``hlr / sqrt(q)``).
 GALAXY_KEYS = ("disk_frac", "beta_rad", "disk_q", "disk_hlr_arcsec", "bulge_q", "bulge_hlr_arcsec")
+#: catalog key of a per-galaxy bulge Sersic index (``... 1``; GALAXY_KEYS' bulge is de Vaucouleurs
+#: without it); the GalSim renderer draws it, for test sets off the training profile family
+SERSIC_KEY = "bulge_sersic_n"
 
 
 class TileCatalog(CatalogMapping):

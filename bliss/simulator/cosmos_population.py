@@ -28,12 +28,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bliss.catalog import GALAXY_KEYS
+from bliss.catalog import GALAXY_KEYS, SERSIC_KEY
 from bliss.errors import BlissConfigError
 from bliss.simulator.cosmos import load_cosmos_galaxies
 from bliss.simulator.template_colors import F814W_BANDPASS, LSST_BANDPASSES, TemplateColors
 
-__all__ = ["CosmosPopulation"]
+__all__ = ["PROFILES", "CosmosPopulation"]
+
+#: galaxy profile families a population can draw
+PROFILES = ("bulge_disk", "sersic")
 
 _N_TYPES = 3.0  # t runs over [0, 3]: E, Sbc, Scd, Im
 _HLR_KEYS = ("disk_hlr_arcsec", "bulge_hlr_arcsec")
@@ -56,6 +59,11 @@ class CosmosPopulation:
         seed: seed of the spectral types [default: 0].
         redshift_key: the catalog key that receives each galaxy's redshift, or None for none
             [default: None; a photometric-redshift study names one and adds a factor for it].
+        profile: ``"bulge_disk"`` (the catalog's bulge + disk fit, the family models are trained
+            on) or ``"sersic"`` (its single-Sersic fit, with the fit's own index under
+            :data:`~bliss.catalog.tile.SERSIC_KEY`: a test set off the training profile family;
+            draw it with ``simulator=galsim``) [default: ``"bulge_disk"``]. The spectral type
+            comes from the bulge + disk fit either way.
 
     Raises:
         BlissConfigError: a band without a bandpass, a non-positive window, a negative scatter.
@@ -73,7 +81,12 @@ class CosmosPopulation:
         size_slope: float = 0.3,
         seed: int = 0,
         redshift_key: str | None = None,
+        profile: str = "bulge_disk",
     ) -> None:
+        if profile not in PROFILES:
+            raise BlissConfigError(
+                f"galaxy_shape_catalog.profile={profile!r}; expected one of {list(PROFILES)}."
+            )
         if not mag_window > 0:
             raise BlissConfigError(
                 f"galaxy_shape_catalog.mag_window={mag_window}; expected a positive width in mag."
@@ -110,8 +123,21 @@ class CosmosPopulation:
         self.complete_mag = float(galaxies["mag"][keep].max() + np.quantile(to_ref, 0.05))
         order = np.argsort(ref_mag, kind="stable")
         self.mag = torch.from_numpy(ref_mag[order])
+        columns = {key: galaxies[key] for key in GALAXY_KEYS}
+        self.sersic_n = None
+        if profile == "sersic":
+            q, hlr = galaxies["sersic_q"], galaxies["sersic_hlr_arcsec"]
+            columns = {
+                "disk_frac": np.zeros_like(q),
+                "beta_rad": galaxies["sersic_beta_rad"],
+                "disk_q": q,
+                "disk_hlr_arcsec": hlr,
+                "bulge_q": q,
+                "bulge_hlr_arcsec": hlr,
+            }
+            self.sersic_n = torch.from_numpy(galaxies["sersic_n"][keep][order].astype(np.float32))
         self.shapes = torch.from_numpy(
-            np.stack([galaxies[k][keep][order] for k in GALAXY_KEYS], axis=-1).astype(np.float32)
+            np.stack([columns[k][keep][order] for k in GALAXY_KEYS], axis=-1).astype(np.float32)
         )
         self.redshift = torch.from_numpy(redshift[order].astype(np.float32))
         self.colors = colors[torch.from_numpy(order)]
@@ -124,7 +150,8 @@ class CosmosPopulation:
 
         Returns:
             Every key of :data:`GALAXY_KEYS` (``n 1``), ``colors`` (magnitude minus the
-            reference band's, per band, ``n c``) and, with ``redshift_key``, that key (``n 1``).
+            reference band's, per band, ``n c``), with ``redshift_key`` that key (``n 1``) and
+            with ``profile="sersic"`` :data:`~bliss.catalog.tile.SERSIC_KEY` (``n 1``).
         """
         target = ref_mag.double()
         clamped = target.clamp(self.mag[0], self.complete_mag - self.mag_window)
@@ -146,4 +173,6 @@ class CosmosPopulation:
         drawn["colors"] = self.colors[index] + scatter
         if self.redshift_key is not None:
             drawn[self.redshift_key] = self.redshift[index][:, None]
+        if self.sersic_n is not None:
+            drawn[SERSIC_KEY] = self.sersic_n[index][:, None]
         return drawn

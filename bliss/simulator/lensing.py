@@ -111,7 +111,9 @@ def lensing_matrix(lensing: np.ndarray) -> np.ndarray:
 
 
 def galaxy_ellipticity(
-    params: np.ndarray, lensing: np.ndarray | None = None, bulge_sersic_n: float = 4.0
+    params: np.ndarray,
+    lensing: np.ndarray | None = None,
+    bulge_sersic_n: float | np.ndarray = 4.0,
 ) -> np.ndarray:
     """The ellipticity ``(e1, e2)`` of bulge + disk galaxies as they appear, lensing included.
 
@@ -123,7 +125,7 @@ def galaxy_ellipticity(
     Args:
         params: :data:`~bliss.catalog.GALAXY_KEYS` of each galaxy. Shape ``n 6``.
         lensing: ``(g1, g2, mu)`` of each galaxy [default: none]. Shape ``n 3``.
-        bulge_sersic_n: the bulge's Sersic index [default: 4].
+        bulge_sersic_n: the bulge's Sersic index, one or one per galaxy (``n``) [default: 4].
 
     Returns:
         Shape ``n 2``.

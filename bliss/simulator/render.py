@@ -17,6 +17,7 @@ Coordinates follow :mod:`bliss.catalog`: ``(row, col)`` pixels, pixel ``(i, j)``
 
 __all__ = [
     "DEVAUCOULEURS_N",
+    "SERSIC_KEY",
     "GalsimRenderer",
     "check_sersic_n",
     "galaxy_profile",
@@ -34,6 +35,7 @@ import galsim
 import numpy as np
 
 from bliss.catalog.shapes import check_shape
+from bliss.catalog.tile import SERSIC_KEY
 from bliss.errors import BlissValueError, BlissWarning
 from bliss.simulator._stamps import (
     checked_inputs,
@@ -53,6 +55,8 @@ _EXP_HLR_PER_SCALE_RADIUS = 1.6783469900166605
 DEVAUCOULEURS_N = 4.0
 #: Sersic indices GalSim draws
 _SERSIC_N_RANGE = (0.3, 6.2)
+#: per-galaxy Sersic indices are rounded to this step (one Fourier table per index)
+_SERSIC_N_STEP = 0.05
 #: bulge Fourier table: ``log1p(k * hlr)`` grid up to this ``k * hlr`` (value ~5e-7)
 _DEV_TABLE_MAX_K = 1e4
 _DEV_TABLE_SIZE = 4096
@@ -260,9 +264,7 @@ class GalsimRenderer:
         # light radius (arcsec) of unit-hlr components, holding 1 - folding_threshold of the flux
         self._disk_radius = math.pi / galsim.Exponential(1.0, gsparams=self.gsparams).stepk
         self.bulge_sersic_n = check_sersic_n(bulge_sersic_n)
-        self._bulge_radius = (
-            math.pi / _bulge(self.bulge_sersic_n, 1.0, gsparams=self.gsparams).stepk
-        )
+        self._bulge_radii: dict[float, float] = {}
         # per PSF profile (by value; by identity for an unhashable one): radius, Fourier images
         self._psf_cache: dict[tuple, tuple[galsim.GSObject, Any]] = {}
 
@@ -277,6 +279,7 @@ class GalsimRenderer:
         pixel_scale_arcsec: float,
         band_offsets_px: np.ndarray | None = None,
         lensing: np.ndarray | None = None,
+        bulge_sersic_n: np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw all sources of one image in every band.
 
@@ -296,6 +299,9 @@ class GalsimRenderer:
                 galaxies as GalSim's ``lens(g1, g2, mu)`` does, flux included (see
                 :mod:`bliss.simulator.lensing`); rows of stars are ignored [default: none].
                 Shape: ``n 3``.
+            bulge_sersic_n: each galaxy's bulge Sersic index, rounded to 0.05 [default: the
+                renderer's ``bulge_sersic_n`` for all]; with ``disk_frac = 0`` a galaxy is a
+                single Sersic profile. Rows of stars are ignored. Shape: ``n``.
 
         Returns:
             The noise-free, sky-free image. Shape: ``c h w`` (float32).
@@ -318,6 +324,7 @@ class GalsimRenderer:
                     f"lensing has {len(lensing)} rows for {len(plocs)} sources; expected one "
                     "(g1, g2, mu) row per source."
                 )
+        sersic_n = self._sersic_indices(bulge_sersic_n, is_galaxy)
         scale = pixel_scale_arcsec
         if len(image_shape) != 2 or min(image_shape) < 1 or not scale > 0:
             raise BlissValueError(
@@ -327,7 +334,7 @@ class GalsimRenderer:
         image = np.zeros((len(psfs), *image_shape), dtype=np.float32)
         psf_radius = max((self._psf_radius(psf) for psf in psfs), default=0.0)
         size_px = np.full(len(plocs), self._stamp_size(psf_radius, scale))
-        galaxy_radii = self._galaxy_radius(params[is_galaxy])
+        galaxy_radii = self._galaxy_radius(params[is_galaxy], sersic_n[is_galaxy])
         if lensing is not None:
             galaxy_radii = galaxy_radii * stretch(lensing[is_galaxy])
         size_px[is_galaxy] = self._stamp_size(np.hypot(galaxy_radii, psf_radius), scale)
@@ -346,7 +353,7 @@ class GalsimRenderer:
             if galaxies.any():
                 lensed = None if lensing is None else lensing[chosen[galaxies]]
                 profile[galaxies] = self._galaxy_fourier(
-                    params[chosen[galaxies]], size, scale, lensed
+                    params[chosen[galaxies]], size, scale, lensed, sersic_n[chosen[galaxies]]
                 )
             psf_fourier = np.stack([self._psf_fourier(psf, size, scale) for psf in psfs])
             stamps = draw_stamps(profile, flux[chosen], shift, psf_fourier)
@@ -374,9 +381,34 @@ class GalsimRenderer:
             psf, ("radius",), lambda: math.pi / psf.withGSParams(self.gsparams).stepk
         )
 
-    def _galaxy_radius(self, params: np.ndarray) -> np.ndarray:
+    def _sersic_indices(
+        self, bulge_sersic_n: np.ndarray | None, is_galaxy: np.ndarray
+    ) -> np.ndarray:
+        """Each source's bulge Sersic index (``n``), on the 0.05 grid the Fourier tables use."""
+        if bulge_sersic_n is None:
+            return np.full(len(is_galaxy), self.bulge_sersic_n)
+        values = np.asarray(bulge_sersic_n, dtype=np.float64).reshape(-1)
+        if len(values) != len(is_galaxy):
+            raise BlissValueError(
+                f"bulge_sersic_n has {len(values)} values for {len(is_galaxy)} sources; expected "
+                "one Sersic index per source (rows of stars are ignored)."
+            )
+        values = np.where(is_galaxy, values, self.bulge_sersic_n)
+        for n in np.unique(values):
+            check_sersic_n(n)
+        return np.round(values / _SERSIC_N_STEP) * _SERSIC_N_STEP
+
+    def _galaxy_radius(self, params: np.ndarray, sersic_n: np.ndarray) -> np.ndarray:
         """Radius (arcsec) holding all but about ``folding_threshold`` of each galaxy's light."""
-        return galaxy_radius(params, self._disk_radius, self._bulge_radius)
+        bulge_radius = np.array([self._bulge_unit_radius(float(n)) for n in sersic_n])
+        return galaxy_radius(params, self._disk_radius, bulge_radius)
+
+    def _bulge_unit_radius(self, sersic_n: float) -> float:
+        """Radius, in half-light radii, holding all but ``folding_threshold`` of a Sersic bulge."""
+        if sersic_n not in self._bulge_radii:
+            bulge = _bulge(sersic_n, 1.0, gsparams=self.gsparams)
+            self._bulge_radii[sersic_n] = math.pi / bulge.stepk
+        return self._bulge_radii[sersic_n]
 
     def _stamp_size(self, radius_arcsec: float | np.ndarray, scale: float) -> np.ndarray:
         """Smallest allowed stamp side (odd, px) holding a disk of ``radius_arcsec`` plus margin."""
@@ -406,7 +438,12 @@ class GalsimRenderer:
         return self._psf_cached(psf, ("fourier", int(size), float(scale)), compute)
 
     def _galaxy_fourier(
-        self, params: np.ndarray, size: int, scale: float, lensing: np.ndarray | None = None
+        self,
+        params: np.ndarray,
+        size: int,
+        scale: float,
+        lensing: np.ndarray | None,
+        sersic_n: np.ndarray,
     ) -> np.ndarray:
         """Fourier transform of galaxies before the PSF (unit flux unless lensed). Shape: ``g size m``."""
         freq_row, freq_col = frequencies(size)
@@ -429,7 +466,12 @@ class GalsimRenderer:
         k_major2, k_minor2 = k_major**2, k_minor**2
         disk_k2 = (k_major2 / disk_q + k_minor2 * disk_q) * disk_hlr**2
         disk = (1 + disk_k2 / _EXP_HLR_PER_SCALE_RADIUS**2) ** -1.5
-        step, table = _bulge_ft_table(self.bulge_sersic_n)
         bulge_k = np.sqrt((k_major2 / bulge_q + k_minor2 * bulge_q) * bulge_hlr**2)
-        bulge = np.interp(np.log1p(bulge_k) / step, np.arange(len(table)), table, right=0.0)
+        bulge = np.empty_like(bulge_k)
+        for n in np.unique(sersic_n):
+            step, table = _bulge_ft_table(float(n))
+            rows = sersic_n == n
+            bulge[rows] = np.interp(
+                np.log1p(bulge_k[rows]) / step, np.arange(len(table)), table, right=0.0
+            )
         return amplitude * (disk_frac * disk + (1 - disk_frac) * bulge)

@@ -21,7 +21,13 @@ from bliss.simulator.lensing import (
 )
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
-from bliss.simulator.render import DEVAUCOULEURS_N, GalsimRenderer, image_psf, moffat_psf
+from bliss.simulator.render import (
+    DEVAUCOULEURS_N,
+    SERSIC_KEY,
+    GalsimRenderer,
+    image_psf,
+    moffat_psf,
+)
 from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
 
 __all__ = ["ImageSimulator"]
@@ -262,6 +268,8 @@ class ImageSimulator:
         params = torch.cat([padded[key][galaxy] for key in GALAXY_KEYS], -1).double().numpy()
         lensing = padded["lensing"][galaxy].double().numpy() if "lensing" in padded else None
         sersic_n = getattr(self.renderer, "bulge_sersic_n", DEVAUCOULEURS_N)
+        if SERSIC_KEY in padded:
+            sersic_n = padded[SERSIC_KEY][galaxy][:, 0].double().numpy()
         values = galaxy_ellipticity(params, lensing, sersic_n)
         out = torch.zeros(*galaxy.shape, 2)
         out[galaxy] = torch.from_numpy(values).float()
@@ -288,6 +296,9 @@ class ImageSimulator:
             ).astype(np.float64)
             is_galaxy = full["source_type"][index, :n_sources, 0].numpy() > 0.5
             lensing = full["lensing"][index, :n_sources].numpy() if "lensing" in full else None
+            sersic_n = (
+                full[SERSIC_KEY][index, :n_sources, 0].numpy() if SERSIC_KEY in full else None
+            )
             psfs = self._image_psfs(conditions, index)
             clean = self.renderer.render(
                 plocs=plocs,
@@ -301,6 +312,7 @@ class ImageSimulator:
                 if self.dither_px
                 else None,
                 lensing=lensing,
+                bulge_sersic_n=sersic_n,
             )
             sky = conditions["sky_electrons"][index].numpy().astype(np.float64)
             add_sky_and_noise(clean, sky, self.noise, rng, out=images[index])
@@ -314,6 +326,11 @@ class ImageSimulator:
         seed: np.random.SeedSequence,
     ) -> Tensor:
         """Noisy images (``b c h w``, on the rendering device), the whole batch in one :class:`TorchRenderer` call."""
+        if SERSIC_KEY in full:
+            raise BlissConfigError(
+                f"the prior draws a Sersic index per galaxy (`{SERSIC_KEY}`), which the torch "
+                "renderer cannot draw (its bulges are de Vaucouleurs); use simulator=galsim."
+            )
         electrons_per_nmgy = torch.from_numpy(_electrons_per_nmgy(self.magzero)).float()
         data = {key: full[key] for key in ("n_sources", "source_type", *GALAXY_KEYS)}
         data["plocs"] = full["plocs"] - self.margin_tiles * self.prior.tile_slen

@@ -12,7 +12,7 @@ import torch
 from astropy.io import fits
 from hydra.utils import instantiate
 
-from bliss.catalog import GALAXY_KEYS
+from bliss.catalog import GALAXY_KEYS, SERSIC_KEY
 from bliss.errors import BlissConfigError, BlissValueError
 from bliss.simulator.cosmos import cosmos_catalog_path
 from bliss.simulator.cosmos_population import CosmosPopulation
@@ -217,3 +217,44 @@ def test_the_dc2_like_preset_composes_and_draws_its_density(tmp_path: Path) -> N
     # sd 25; the cap of 3 per tile removes ~1e-6 of them)
     area = 8 * (64 * 0.8 / 60) ** 2
     assert int(catalog["n_sources"].sum()) == pytest.approx(103.0 * area, abs=5 * 25)
+
+
+def test_the_sersic_profile_takes_the_single_sersic_fit(tmp_path: Path) -> None:
+    path = _catalog(tmp_path / "c.fits", [(20.0, 0.4, 0.0), (22.0, 1.0, 1.0)])
+    population = CosmosPopulation(LSST, "r", path=path, profile="sersic", color_scatter=0.0)
+    draw = population.sample(torch.tensor([20.0, 22.0]), torch.Generator().manual_seed(0))
+    # every synthetic Sersic fit: n = 1, q = 0.5, 10 COSMOS px along the major axis, phi = 0.3
+    torch.testing.assert_close(draw[SERSIC_KEY][:, 0], torch.tensor([1.0, 1.0]))
+    assert bool((draw["disk_frac"] == 0).all())
+    hlr = 0.03 * 10.0 * math.sqrt(0.5)
+    shrink = torch.pow(10.0, -0.4 * 0.3 * (torch.tensor([20.0, 22.0]) - population.mag[:2]))
+    torch.testing.assert_close(
+        draw["bulge_hlr_arcsec"][:, 0], hlr * shrink.float(), rtol=1e-4, atol=0
+    )
+    torch.testing.assert_close(draw["bulge_q"][:, 0], torch.tensor([0.5, 0.5]))
+    with pytest.raises(BlissConfigError, match="profile"):
+        CosmosPopulation(LSST, "r", path=path, profile="moffat")
+
+
+def test_sersic_galaxies_render_with_galsim_only(tmp_path: Path) -> None:
+    from bliss.cli.generate import build_simulator
+
+    path = _catalog(tmp_path / "c.fits", [(20.0, 0.4, 0.0), (21.0, 1.0, 1.0)])
+    overrides = [
+        "survey=lsst_coadd",
+        "prior=dc2_like",
+        f"prior.galaxy_shape_catalog.path={path}",
+        "prior.galaxy_shape_catalog.profile=sersic",
+        "prior.density_per_arcmin2=2000",
+        "simulator.image_size=32",
+    ]
+    simulator = build_simulator(compose_config([*overrides, "simulator=galsim"]))
+    batch = simulator.simulate(2, seed=0)
+    catalog = batch["catalog"]
+    galaxy = catalog.galaxy_mask
+    assert int(galaxy.sum()) > 3
+    assert bool((catalog[SERSIC_KEY][galaxy] == 1.0).all())
+    assert bool(torch.isfinite(batch["images"]).all())
+    torch_simulator = build_simulator(compose_config([*overrides, "simulator=torch"]))
+    with pytest.raises(BlissConfigError, match="simulator=galsim"):
+        torch_simulator.simulate(2, seed=0)
