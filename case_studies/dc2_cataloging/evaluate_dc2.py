@@ -1,0 +1,370 @@
+"""Catalog LSST-depth DC2-like fields with bliss, sep and photutils deblending; score each.
+
+Two test sets, drawn from the ``dc2_like`` prior on the ten-year ``lsst_coadd`` survey (seeds
+away from training): ``in_prior`` (bulge + disk galaxies, as trained) and ``sersic`` (the same
+sky with every galaxy drawn as COSMOS's single-Sersic fit of its own index: a profile family
+the model never saw). Methods on the same images: bliss (a checkpoint for the survey's bands),
+``sep`` (:func:`bliss.evaluate.baseline.sep_catalog`) and photutils segmentation with
+``deblend_sources`` plus GalSim HSM shapes (:mod:`baselines`).
+
+Scores (matching within ``--match-arcsec``, one-to-one):
+
+* F1 per true / estimated r bin, and for sources in blends (a true source with another within
+  1 arcsec; estimated sources whose nearest true source is such a one);
+* star/galaxy accuracy of matched sources at r < 24;
+* median |Δmag| in r per bin;
+* e1 / e2 RMSE of matched true galaxies at r < 24 (bliss's ``ellipticity``; HSM on the
+  photutils detections, over those it measures, with the share it measures);
+* 90 % interval coverage of bliss's r flux and e1 / e2 (and sep's Gaussian flux errors).
+
+    python case_studies/dc2_cataloging/evaluate_dc2.py --checkpoint CKPT --n-fields 20 \\
+        --out case_studies/dc2_cataloging/results [HYDRA_OVERRIDES...]
+
+Further arguments are Hydra overrides of the simulation (e.g.
+``prior.galaxy_shape_catalog.path=...``).
+
+Needs the COSMOS catalog of the ``fpfs`` wheel (``pip install "bliss-toolkit[weak_lensing]"``)
+and photutils. Writes ``dc2_<set>.json`` and ``dc2.md`` in ``--out``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.table import Table
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from tqdm import tqdm
+
+from bliss.catalog import GALAXY_KEYS, SERSIC_KEY
+from bliss.catalog.ellipticity import galaxy_ellipticity
+from bliss.cli.generate import build_simulator
+from bliss.encoder.checkpoint import load_encoder
+from bliss.errors import BlissConfigError
+from bliss.evaluate.baseline import sep_catalog
+from bliss.metrics import match_catalogs
+from bliss.predict.model import model_conditions
+from bliss.predict.predictor import PredictorSettings, build_predictor
+from bliss.simulator.field import write_simulated_field
+from bliss.simulator.render import moffat_psf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baselines import hsm_shapes, photutils_catalog  # noqa: E402
+
+SETS = {
+    "in_prior": [],
+    "sersic": ["prior.galaxy_shape_catalog.profile=sersic", "simulator=galsim"],
+}
+BASE = ["mode=simulate", "survey=lsst_coadd", "prior=dc2_like"]
+SEED = 7_000_001
+MAG_BINS = (16.0, 22.0, 23.0, 24.0, 25.7, 26.5)
+BLEND_ARCSEC = 1.0
+SHAPE_MAX_MAG = 24.0
+QUANTILES = (0.05, 0.95)
+METHODS = ("bliss", "sep", "photutils")
+
+
+def simulate(
+    directory: Path, n_fields: int, name: str, image_size: int, overrides: list[str]
+) -> tuple:
+    """Fields and truth tables of one set (kept between runs), and the composed config.
+
+    ``overrides`` are further Hydra overrides of the simulation (e.g. a COSMOS catalog path).
+    """
+    size = f"simulator.image_size={image_size}"
+    with initialize_config_module("bliss.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*BASE, size, *SETS[name], *overrides])
+    simulator = build_simulator(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for index in range(n_fields):
+        image, truth = directory / f"field_{index:03d}.fits", directory / f"truth_{index:03d}.fits"
+        if not (image.exists() and truth.exists()):
+            write_simulated_field(simulator, SEED + index, image, truth)
+        pairs.append((image, truth))
+    return pairs, cfg
+
+
+def _column(table: Table, key: str) -> np.ndarray:
+    return np.asarray(getattr(table[key], "value", table[key]), dtype=np.float64)
+
+
+def truth_arrays(table: Table, bands: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Positions (``(row, col)``, centres at +0.5), fluxes, types and ellipticities of a truth table."""
+    galaxy = _column(table, "source_type") > 0.5
+    params = np.stack([_column(table, k) for k in GALAXY_KEYS], -1)
+    sersic = _column(table, SERSIC_KEY) if SERSIC_KEY in table.colnames else 4.0
+    e = np.full((len(table), 2), np.nan)
+    if galaxy.any():
+        n = sersic[galaxy] if np.ndim(sersic) else sersic
+        e[galaxy] = galaxy_ellipticity(params[galaxy], n)
+    return {
+        "plocs": np.stack([_column(table, "y") + 0.5, _column(table, "x") + 0.5], -1),
+        "fluxes": np.stack([_column(table, f"flux_{b}") for b in bands], -1),
+        "galaxy": galaxy,
+        "e": e,
+    }
+
+
+def bliss_arrays(catalog) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """The same arrays from a predictor's one-image catalog, plus its intervals."""
+    n = int(catalog["n_sources"][0])
+    out = {
+        "plocs": catalog["plocs"][0, :n].numpy().astype(np.float64),
+        "fluxes": catalog["fluxes"][0, :n].numpy().astype(np.float64),
+        "flux_lo": catalog[f"fluxes@{QUANTILES[0]:g}"][0, :n].numpy(),
+        "flux_hi": catalog[f"fluxes@{QUANTILES[1]:g}"][0, :n].numpy(),
+        "galaxy": catalog["prob_galaxy"][0, :n, 0].numpy() > 0.5,
+    }
+    if "ellipticity" in catalog:
+        out["e"] = catalog["ellipticity"][0, :n].numpy().astype(np.float64)
+        out["e_lo"] = catalog[f"ellipticity@{QUANTILES[0]:g}"][0, :n].numpy()
+        out["e_hi"] = catalog[f"ellipticity@{QUANTILES[1]:g}"][0, :n].numpy()
+    return out
+
+
+def blended(plocs: np.ndarray, radius_px: float) -> np.ndarray:
+    """Which sources have another within ``radius_px``. Shape ``n``."""
+    if len(plocs) < 2:
+        return np.zeros(len(plocs), bool)
+    from scipy.spatial import cKDTree
+
+    distance, _ = cKDTree(plocs).query(plocs, k=2)
+    return distance[:, 1] <= radius_px
+
+
+def score_field(truth: dict, est: dict, ref: int, match_px: float, blend_px: float) -> dict:
+    """Per-source records of one field for one method (pooled over fields by :func:`summarise`)."""
+    true_idx, est_idx = match_catalogs(
+        torch.from_numpy(truth["plocs"]).float(),
+        torch.from_numpy(est["plocs"]).float(),
+        max_dist_px=match_px,
+    )
+    true_idx, est_idx = true_idx.numpy(), est_idx.numpy()
+    true_matched = np.zeros(len(truth["plocs"]), bool)
+    est_matched = np.zeros(len(est["plocs"]), bool)
+    true_matched[true_idx], est_matched[est_idx] = True, True
+    true_blend = blended(truth["plocs"], blend_px)
+    est_blend = np.zeros(len(est["plocs"]), bool)
+    if len(est["plocs"]) and len(truth["plocs"]):
+        from scipy.spatial import cKDTree
+
+        distance, nearest = cKDTree(truth["plocs"]).query(est["plocs"])
+        est_blend = (distance <= 2 * match_px) & true_blend[nearest]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        true_mag = 22.5 - 2.5 * np.log10(truth["fluxes"][:, ref])
+        est_mag = 22.5 - 2.5 * np.log10(est["fluxes"][:, ref])
+    pairs = {
+        "true_mag": true_mag[true_idx],
+        "dmag": est_mag[est_idx] - true_mag[true_idx],
+        "true_galaxy": truth["galaxy"][true_idx],
+        "est_galaxy": est["galaxy"][est_idx],
+    }
+    if "flux_lo" in est:
+        f = truth["fluxes"][true_idx, ref]
+        pairs["flux_cover"] = (est["flux_lo"][est_idx, ref] <= f) & (
+            f <= est["flux_hi"][est_idx, ref]
+        )
+    if "e" in est:
+        pairs["e_err"] = est["e"][est_idx] - truth["e"][true_idx]
+        if "e_lo" in est:
+            e = truth["e"][true_idx]
+            pairs["e_cover"] = (est["e_lo"][est_idx] <= e) & (e <= est["e_hi"][est_idx])
+    return {
+        "true_mag_all": true_mag,
+        "true_matched": true_matched,
+        "true_blend": true_blend,
+        "est_mag_all": est_mag,
+        "est_matched": est_matched,
+        "est_blend": est_blend,
+        **{f"pair_{k}": v for k, v in pairs.items()},
+    }
+
+
+def _f1(matched_true: int, n_true: int, matched_est: int, n_est: int) -> float:
+    recall = matched_true / n_true if n_true else 0.0
+    precision = matched_est / n_est if n_est else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def summarise(records: list[dict]) -> dict:
+    """Pool per-field records into the study's scores."""
+    cat = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+    out: dict = {"n_true": int(len(cat["true_matched"])), "n_est": int(len(cat["est_matched"]))}
+    out["f1"] = _f1(
+        cat["true_matched"].sum(),
+        len(cat["true_matched"]),
+        cat["est_matched"].sum(),
+        len(cat["est_matched"]),
+    )
+    out["f1_per_bin"], out["dmag_per_bin"] = [], []
+    for low, high in zip(MAG_BINS[:-1], MAG_BINS[1:], strict=True):
+        t = (cat["true_mag_all"] >= low) & (cat["true_mag_all"] < high)
+        e = (cat["est_mag_all"] >= low) & (cat["est_mag_all"] < high)
+        out["f1_per_bin"].append(
+            _f1(cat["true_matched"][t].sum(), t.sum(), cat["est_matched"][e].sum(), e.sum())
+        )
+        p = (cat["pair_true_mag"] >= low) & (cat["pair_true_mag"] < high)
+        out["dmag_per_bin"].append(
+            float(np.median(np.abs(cat["pair_dmag"][p]))) if p.any() else float("nan")
+        )
+    tb, eb = cat["true_blend"], cat["est_blend"]
+    out["f1_blends"] = _f1(
+        cat["true_matched"][tb].sum(), tb.sum(), cat["est_matched"][eb].sum(), eb.sum()
+    )
+    out["n_true_blended"] = int(tb.sum())
+    bright = cat["pair_true_mag"] < SHAPE_MAX_MAG
+    out["star_galaxy_accuracy"] = (
+        float(np.mean(cat["pair_true_galaxy"][bright] == cat["pair_est_galaxy"][bright]))
+        if bright.any()
+        else float("nan")
+    )
+    if "pair_flux_cover" in cat:
+        out["flux_coverage90"] = float(np.mean(cat["pair_flux_cover"]))
+    if "pair_e_err" in cat:
+        galaxies = bright & cat["pair_true_galaxy"]
+        err = cat["pair_e_err"][galaxies]
+        measured = np.isfinite(err).all(axis=1)
+        out["e_measured_share"] = float(np.mean(measured)) if len(measured) else float("nan")
+        nan = float("nan")
+        out["e_rmse"] = [
+            float(np.sqrt(np.mean(err[measured, k] ** 2))) if measured.any() else nan
+            for k in range(2)
+        ]
+        if "pair_e_cover" in cat:
+            cover = cat["pair_e_cover"][galaxies][measured]
+            out["e_coverage90"] = [
+                float(np.mean(cover[:, k])) if len(cover) else nan for k in range(2)
+            ]
+    return out
+
+
+def table(results: dict) -> str:
+    """Markdown: one block per set, a row per score and a column per method."""
+    lines = []
+    for name, by_method in results.items():
+        lines += [
+            f"### {name}",
+            "",
+            "| score | " + " | ".join(by_method) + " |",
+            "| --- |" + " --- |" * len(by_method),
+        ]
+        rows = [("F1", lambda r: f"{r['f1']:.3f}")]
+        for j, (low, high) in enumerate(zip(MAG_BINS[:-1], MAG_BINS[1:], strict=True)):
+            rows.append((f"F1, r {low:g}-{high:g}", lambda r, j=j: f"{r['f1_per_bin'][j]:.3f}"))
+        rows.append(("F1, blended sources", lambda r: f"{r['f1_blends']:.3f}"))
+        rows.append(
+            (
+                f"star/galaxy accuracy, r < {SHAPE_MAX_MAG:g}",
+                lambda r: f"{r['star_galaxy_accuracy']:.3f}",
+            )
+        )
+        for j, (low, high) in enumerate(zip(MAG_BINS[:-1], MAG_BINS[1:], strict=True)):
+            rows.append(
+                (
+                    f"median abs dmag, r {low:g}-{high:g}",
+                    lambda r, j=j: f"{r['dmag_per_bin'][j]:.3f}",
+                )
+            )
+        rows.append(
+            (
+                "e1 / e2 RMSE, galaxies r < 24",
+                lambda r: (
+                    "/".join(f"{v:.3f}" for v in r["e_rmse"])
+                    + f" ({r['e_measured_share']:.0%} measured)"
+                    if "e_rmse" in r
+                    else "-"
+                ),
+            )
+        )
+        rows.append(
+            (
+                "r flux 90 % coverage",
+                lambda r: f"{r['flux_coverage90']:.3f}" if "flux_coverage90" in r else "-",
+            )
+        )
+        rows.append(
+            (
+                "e1 / e2 90 % coverage",
+                lambda r: (
+                    "/".join(f"{v:.3f}" for v in r["e_coverage90"]) if "e_coverage90" in r else "-"
+                ),
+            )
+        )
+        for label, cell in rows:
+            lines.append(f"| {label} | " + " | ".join(cell(r) for r in by_method.values()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a model for the survey's ugrizy bands")
+    parser.add_argument("--n-fields", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=128, help="pixels (0.2 arcsec)")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--match-arcsec", type=float, default=0.5)
+    parser.add_argument("--out", default="outputs/dc2_cataloging")
+    args, overrides = parser.parse_known_args(argv)
+    names = args.sets.split(",")
+    if unknown := [n for n in names if n not in SETS]:
+        raise BlissConfigError(f"--sets: unknown {unknown}; expected names from {list(SETS)}.")
+    encoder, model_config = load_encoder(args.checkpoint)
+    model = model_conditions(tuple(encoder.bands), model_config)
+    results: dict = {}
+    out = Path(args.out)
+    for name in names:
+        pairs, cfg = simulate(out / name, args.n_fields, name, args.image_size, overrides)
+        survey = instantiate(cfg.survey)
+        if tuple(encoder.bands) != tuple(survey.bands):
+            raise BlissConfigError(
+                f"{args.checkpoint} is for bands {list(encoder.bands)}, the test fields have "
+                f"{list(survey.bands)}; pass a model trained for survey=lsst_coadd."
+            )
+        predictor = build_predictor(PredictorSettings(), encoder, model, False, survey)
+        scale = survey.pixel_scale_arcsec
+        ref = survey.bands.index(survey.reference_band)
+        match_px, blend_px = args.match_arcsec / scale, BLEND_ARCSEC / scale
+        records: dict[str, list] = {m: [] for m in METHODS}
+        for image_path, truth_path in tqdm(pairs, desc=name, unit="field"):
+            image = survey.read_image(image_path, tuple(encoder.bands))
+            truth = truth_arrays(Table.read(truth_path), tuple(survey.bands))
+            ours = bliss_arrays(predictor.predict(image, quantiles=QUANTILES))
+            sep = sep_catalog(
+                image, survey.reference_band, scale, survey.psf_beta, quantiles=QUANTILES
+            )
+            n = int(sep["n_sources"][0])
+            sep_arrays = {
+                "plocs": sep["plocs"][0, :n].numpy().astype(np.float64),
+                "fluxes": sep["fluxes"][0, :n].numpy().astype(np.float64),
+                "flux_lo": sep[f"fluxes@{QUANTILES[0]:g}"][0, :n].numpy(),
+                "flux_hi": sep[f"fluxes@{QUANTILES[1]:g}"][0, :n].numpy(),
+                "galaxy": sep["source_type"][0, :n, 0].numpy() > 0.5,
+            }
+            photo = photutils_catalog(image, survey.reference_band, scale)
+            psf = moffat_psf(float(image.psf_fwhm_arcsec[ref]), survey.psf_beta)
+            psf_image = psf.drawImage(nx=25, ny=25, scale=scale).array
+            photo["e"] = hsm_shapes(
+                image,
+                survey.reference_band,
+                psf_image,
+                photo["plocs"],
+                photo["segmentation"],
+                photo["label"],
+                scale,
+            )
+            for method, est in (("bliss", ours), ("sep", sep_arrays), ("photutils", photo)):
+                records[method].append(score_field(truth, est, ref, match_px, blend_px))
+        results[name] = {m: summarise(r) for m, r in records.items()}
+        (out / f"dc2_{name}.json").write_text(json.dumps(results[name], indent=1))
+    text = table(results)
+    (out / "dc2.md").write_text(text)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
