@@ -5,7 +5,7 @@ away from training): ``in_prior`` (bulge + disk galaxies, as trained) and ``sers
 sky with every galaxy drawn as COSMOS's single-Sersic fit of its own index: a profile family
 the model never saw). Methods on the same images: bliss (a checkpoint for the survey's bands),
 ``sep`` (:func:`bliss.evaluate.baseline.sep_catalog`) and photutils segmentation with
-``deblend_sources`` plus GalSim HSM shapes (:mod:`baselines`).
+``deblend_sources`` plus GalSim HSM shapes (:mod:`dc2_baselines`).
 
 Scores (matching within ``--match-arcsec``, one-to-one):
 
@@ -52,7 +52,7 @@ from bliss.simulator.field import write_simulated_field
 from bliss.simulator.render import moffat_psf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baselines import hsm_shapes, photutils_catalog  # noqa: E402
+from dc2_baselines import hsm_shapes, photutils_catalog  # noqa: E402
 
 SETS = {
     "in_prior": [],

@@ -19,7 +19,7 @@ pytest.importorskip("photutils")
 pytest.importorskip("skimage")  # deblend_sources
 sys.path.insert(0, str(Path(__file__).parents[2] / "case_studies" / "dc2_cataloging"))
 import evaluate_dc2  # noqa: E402
-from baselines import distortion_to_shear, hsm_shapes, photutils_catalog  # noqa: E402
+from dc2_baselines import distortion_to_shear, hsm_shapes, photutils_catalog  # noqa: E402
 
 SCALE = 0.2
 SKY = 1000.0
