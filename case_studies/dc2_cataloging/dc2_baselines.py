@@ -13,17 +13,16 @@ numpy arrays: positions as ``(row, col)`` with pixel centres at ``+0.5`` (like b
 ``plocs``), fluxes in nanomaggies.
 """
 
-import math
-
 import numpy as np
 
 from bliss.catalog.convert import nmgy_per_electron
+from bliss.evaluate.hsm import distortion_to_shear, regauss_shapes
 from bliss.protocols import SurveyImage
 
-__all__ = ["distortion_to_shear", "hsm_shapes", "photutils_catalog"]
+__all__ = ["hsm_shapes", "photutils_catalog"]
 
-#: a REGAUSS distortion this large is a failed measurement
-_MAX_DISTORTION = 0.99
+#: a distortion of 1 or more has no axis ratio: a failed measurement for a shape comparison
+_MAX_DISTORTION = 1.0
 
 
 def photutils_catalog(
@@ -106,16 +105,6 @@ def photutils_catalog(
     }
 
 
-def distortion_to_shear(distortion: np.ndarray) -> np.ndarray:
-    """REGAUSS's distortion ``(1 - q^2) / (1 + q^2)`` to the reduced-shear kind ``(1 - q) / (1 + q)``.
-
-    Shape ``n 2`` in and out; the direction is kept.
-    """
-    magnitude = np.hypot(distortion[:, 0], distortion[:, 1])
-    factor = np.where(magnitude > 0, 1.0 / (1.0 + np.sqrt(np.clip(1 - magnitude**2, 0, None))), 0.5)
-    return distortion * factor[:, None]
-
-
 def hsm_shapes(
     image: SurveyImage,
     band: str,
@@ -129,44 +118,21 @@ def hsm_shapes(
 ) -> np.ndarray:
     """PSF-corrected REGAUSS ellipticities (reduced-shear kind) at each detection. Shape ``n 2``.
 
-    NaN where the stamp leaves the image, HSM fails, or the galaxy is not resolved (resolution
-    factor below ``min_resolution``: smaller than about the PSF).
+    NaN where the stamp leaves the image, HSM fails, ``|e| >= 1``, or the galaxy is not resolved
+    (resolution factor below ``min_resolution``: smaller than about the PSF);
+    :func:`bliss.evaluate.hsm.regauss_shapes` does the measuring.
     """
-    import galsim
-
     c = image.bands.index(band)
-    data = np.nan_to_num(image.images[c] - image.background[c])
-    sky_var = float(np.median(image.background[c]))
-    psf = galsim.Image(np.ascontiguousarray(psf_image, dtype=np.float64), scale=pixel_scale_arcsec)
-    half = stamp_px // 2
-    n_rows, n_cols = data.shape
-    out = np.full((len(plocs), 2), np.nan)
-    for i, ((row, col), label) in enumerate(zip(plocs, labels, strict=True)):
-        row0, col0 = int(math.floor(row)) - half, int(math.floor(col)) - half
-        if row0 < 0 or col0 < 0 or row0 + stamp_px > n_rows or col0 + stamp_px > n_cols:
-            continue
-        window = np.s_[row0 : row0 + stamp_px, col0 : col0 + stamp_px]
-        own_or_sky = np.isin(segmentation[window], (0, label)).astype(np.int32)
-        stamp = galsim.Image(
-            np.ascontiguousarray(data[window]), xmin=col0, ymin=row0, scale=pixel_scale_arcsec
-        )
-        weight = galsim.Image(own_or_sky, xmin=col0, ymin=row0, scale=pixel_scale_arcsec)
-        result = galsim.hsm.EstimateShear(
-            stamp,
-            psf,
-            weight=weight,
-            sky_var=sky_var,
-            shear_est="REGAUSS",
-            guess_centroid=galsim.PositionD(col - 0.5, row - 0.5),
-            strict=False,
-        )
-        shape = np.array([result.corrected_e1, result.corrected_e2])
-        if (
-            result.error_message
-            or not np.all(np.isfinite(shape))
-            or np.hypot(*shape) >= _MAX_DISTORTION
-            or not result.resolution_factor >= min_resolution
-        ):
-            continue
-        out[i] = distortion_to_shear(shape[None])[0]
-    return out
+    distortions, _ = regauss_shapes(
+        np.nan_to_num(image.images[c] - image.background[c]),
+        float(np.median(image.background[c])),
+        psf_image,
+        pixel_scale_arcsec,
+        plocs[:, ::-1] - 0.5,
+        segmentation=segmentation,
+        labels=labels,
+        stamp_px=stamp_px,
+        min_resolution=min_resolution,
+        max_distortion=_MAX_DISTORTION,
+    )
+    return distortion_to_shear(distortions)

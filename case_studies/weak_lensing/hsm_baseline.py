@@ -35,6 +35,7 @@ import sep
 from baseline_inputs import checked_image_and_psf, require_positive
 
 from bliss.errors import BlissValueError, BlissWarning
+from bliss.evaluate.hsm import regauss_shapes
 
 __all__ = ["distortion_rms", "hsm_region_shear"]
 
@@ -150,48 +151,24 @@ def _measure_shapes(
     objects, segmentation = sep.extract(
         sky_subtracted, detect_sigma, err=math.sqrt(background), segmentation_map=True
     )
-    n_rows, n_cols = sky_subtracted.shape
-    half = stamp_px // 2
-    positions, distortions, errors = [], [], []
-    for index, source in enumerate(objects):
-        col0 = round(float(source["x"])) - half
-        row0 = round(float(source["y"])) - half
-        if row0 < 0 or col0 < 0 or row0 + stamp_px > n_rows or col0 + stamp_px > n_cols:
-            continue
-        window = np.s_[row0 : row0 + stamp_px, col0 : col0 + stamp_px]
+    centres = np.stack([objects["x"], objects["y"]], axis=1).astype(np.float64)
+    distortions, errors = regauss_shapes(
+        sky_subtracted,
+        background,
+        psf.array,
+        pixel_scale_arcsec,
+        centres,
         # pixels of other detections get zero weight, so neighbours do not bias the moments
-        own_or_sky = np.isin(segmentation[window], (0, index + 1)).astype(np.int32)
-        # xmin = col0: a stamp pixel's GalSim coordinates are its indices in the full image
-        stamp = galsim.Image(sky_subtracted[window], xmin=col0, ymin=row0, scale=pixel_scale_arcsec)
-        weight = galsim.Image(own_or_sky, xmin=col0, ymin=row0, scale=pixel_scale_arcsec)
-        result = galsim.hsm.EstimateShear(
-            stamp,
-            psf,
-            weight=weight,
-            sky_var=background,
-            shear_est="REGAUSS",
-            guess_sig_gal=max(1.0, math.sqrt(float(source["a"] * source["b"]))),
-            guess_centroid=galsim.PositionD(float(source["x"]), float(source["y"])),
-            strict=False,
-        )
-        shape = np.array([result.corrected_e1, result.corrected_e2])
-        if (
-            result.error_message
-            or not np.all(np.isfinite(shape))
-            or np.hypot(*shape) >= _MAX_DISTORTION
-            or not result.resolution_factor >= min_resolution
-        ):
-            continue
-        positions.append((float(source["y"]) + 0.5, float(source["x"]) + 0.5))
-        distortions.append(shape)
-        # GalSim's corrected_shape_err is per component in SHEAR units; twice it is the
-        # distortion error (it underestimates REGAUSS's scatter: see hsm_region_shear)
-        errors.append(2 * result.corrected_shape_err)
-    return (
-        np.array(positions, dtype=np.float64).reshape(-1, 2),
-        np.array(distortions, dtype=np.float64).reshape(-1, 2),
-        np.array(errors, dtype=np.float64),
+        segmentation=segmentation,
+        labels=np.arange(1, len(objects) + 1),
+        guess_sigma_px=np.maximum(1.0, np.sqrt(objects["a"] * objects["b"])),
+        stamp_px=stamp_px,
+        min_resolution=min_resolution,
+        max_distortion=_MAX_DISTORTION,
     )
+    kept = np.isfinite(errors)
+    # GalSim's corrected_shape_err underestimates REGAUSS's scatter: see hsm_region_shear
+    return centres[kept, ::-1] + 0.5, distortions[kept], errors[kept]
 
 
 def _measured_distortion_rms(distortions: np.ndarray, errors: np.ndarray) -> float:

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bliss.encoder.checkpoint import CONFIG_KEY
+from bliss.evaluate.hsm import distortion_to_shear
 from bliss.protocols import SurveyImage
 from tests.conftest import compose_config
 from tests.unit.simulator.test_cosmos_population import _catalog
@@ -19,7 +20,7 @@ pytest.importorskip("photutils")
 pytest.importorskip("skimage")  # deblend_sources
 sys.path.insert(0, str(Path(__file__).parents[2] / "case_studies" / "dc2_cataloging"))
 import evaluate_dc2  # noqa: E402
-from dc2_baselines import distortion_to_shear, hsm_shapes, photutils_catalog  # noqa: E402
+from dc2_baselines import hsm_shapes, photutils_catalog  # noqa: E402
 
 SCALE = 0.2
 SKY = 1000.0
