@@ -84,7 +84,7 @@ def photutils_catalog(
     reference = SourceCatalog(
         subtracted[ref], segments, convolved_data=smoothed, error=error[ref], mask=~valid
     )
-    x, y = reference.xcentroid, reference.ycentroid
+    x, y = reference.x_centroid, reference.y_centroid
     fluxes, errors = [], []
     for c in range(len(image.bands)):
         band = SourceCatalog(
