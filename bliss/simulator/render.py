@@ -17,7 +17,6 @@ Coordinates follow :mod:`bliss.catalog`: ``(row, col)`` pixels, pixel ``(i, j)``
 
 __all__ = [
     "DEVAUCOULEURS_N",
-    "SERSIC_KEY",
     "GalsimRenderer",
     "check_sersic_n",
     "galaxy_profile",
@@ -35,7 +34,6 @@ import galsim
 import numpy as np
 
 from bliss.catalog.shapes import check_shape
-from bliss.catalog.tile import SERSIC_KEY
 from bliss.errors import BlissValueError, BlissWarning
 from bliss.simulator._stamps import (
     checked_inputs,
@@ -400,7 +398,8 @@ class GalsimRenderer:
 
     def _galaxy_radius(self, params: np.ndarray, sersic_n: np.ndarray) -> np.ndarray:
         """Radius (arcsec) holding all but about ``folding_threshold`` of each galaxy's light."""
-        bulge_radius = np.array([self._bulge_unit_radius(float(n)) for n in sersic_n])
+        indices, which = np.unique(sersic_n, return_inverse=True)
+        bulge_radius = np.array([self._bulge_unit_radius(float(n)) for n in indices])[which]
         return galaxy_radius(params, self._disk_radius, bulge_radius)
 
     def _bulge_unit_radius(self, sersic_n: float) -> float:

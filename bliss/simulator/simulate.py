@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bliss.catalog import GALAXY_KEYS, FullCatalog, TileCatalog
+from bliss.catalog import GALAXY_KEYS, SERSIC_KEY, FullCatalog, TileCatalog
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.errors import BlissConfigError
 from bliss.protocols import ObservingSetup
@@ -21,13 +21,7 @@ from bliss.simulator.lensing import (
 )
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
-from bliss.simulator.render import (
-    DEVAUCOULEURS_N,
-    SERSIC_KEY,
-    GalsimRenderer,
-    image_psf,
-    moffat_psf,
-)
+from bliss.simulator.render import DEVAUCOULEURS_N, GalsimRenderer, image_psf, moffat_psf
 from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
 
 __all__ = ["ImageSimulator"]
