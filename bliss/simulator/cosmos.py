@@ -44,7 +44,13 @@ from astropy.io import fits
 from bliss.catalog import GALAXY_KEYS
 from bliss.errors import BlissConfigError, BlissIOError, BlissValueError
 
-__all__ = ["COSMOS_PIXEL_ARCSEC", "CosmosShapes", "cosmos_catalog_path", "load_cosmos_galaxies"]
+__all__ = [
+    "COSMOS_PIXEL_ARCSEC",
+    "CosmosShapes",
+    "cosmos_catalog_path",
+    "draw_in_window",
+    "load_cosmos_galaxies",
+]
 
 #: pixel side (arcsec) of the COSMOS HST reductions the fits were made on
 COSMOS_PIXEL_ARCSEC = 0.03
@@ -267,16 +273,32 @@ class CosmosShapes:
     def sample(self, ref_mag: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Shapes for galaxies of these reference-band magnitudes (``n``): each key ``n 1``."""
         target = (ref_mag.double() + self.mag_offset).clamp(self.mag[0], self.mag[-1])
-        low = torch.searchsorted(self.mag, target - self.mag_window)
-        high = torch.searchsorted(self.mag, target + self.mag_window, right=True)
-        # an empty window falls back to the nearer of the galaxies either side of the target
-        above = torch.searchsorted(self.mag, target).clamp(max=len(self.mag) - 1)
-        below = (above - 1).clamp(min=0)
-        nearer_below = (target - self.mag[below]) < (self.mag[above] - target)
-        nearest = torch.where(nearer_below, below, above)
-        empty = high <= low
-        low, high = torch.where(empty, nearest, low), torch.where(empty, nearest + 1, high)
-        u = torch.rand(target.shape, generator=generator, dtype=torch.float64)
-        index = (low + (u * (high - low)).long()).clamp(max=len(self.mag) - 1)
-        rows = self.shapes[index]
+        rows = self.shapes[draw_in_window(self.mag, target, self.mag_window, generator)]
         return {key: rows[:, i : i + 1] for i, key in enumerate(GALAXY_KEYS)}
+
+
+def draw_in_window(
+    mags: torch.Tensor, target: torch.Tensor, window: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rows of a catalog drawn to match magnitudes.
+
+    Args:
+        mags: the catalog's magnitudes, sorted increasingly (float64). Shape ``k``.
+        target: the magnitudes to match (float64). Shape ``n``.
+        window: half-width of the window, mag.
+        generator: the random stream.
+
+    Returns:
+        For each target, a row index drawn uniformly among the rows within ``window`` of it, or
+        the nearer of the rows either side of it where the window is empty. Shape ``n``.
+    """
+    low = torch.searchsorted(mags, target - window)
+    high = torch.searchsorted(mags, target + window, right=True)
+    above = torch.searchsorted(mags, target).clamp(max=len(mags) - 1)
+    below = (above - 1).clamp(min=0)
+    nearer_below = (target - mags[below]) < (mags[above] - target)
+    nearest = torch.where(nearer_below, below, above)
+    empty = high <= low
+    low, high = torch.where(empty, nearest, low), torch.where(empty, nearest + 1, high)
+    u = torch.rand(target.shape, generator=generator, dtype=torch.float64)
+    return (low + (u * (high - low)).long()).clamp(max=len(mags) - 1)

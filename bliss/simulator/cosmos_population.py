@@ -30,7 +30,7 @@ from torch import Tensor
 
 from bliss.catalog import GALAXY_KEYS, SERSIC_KEY
 from bliss.errors import BlissConfigError
-from bliss.simulator.cosmos import load_cosmos_galaxies
+from bliss.simulator.cosmos import draw_in_window, load_cosmos_galaxies
 from bliss.simulator.template_colors import F814W_BANDPASS, LSST_BANDPASSES, TemplateColors
 
 __all__ = ["PROFILES", "CosmosPopulation"]
@@ -155,12 +155,7 @@ class CosmosPopulation:
         """
         target = ref_mag.double()
         clamped = target.clamp(self.mag[0], self.complete_mag - self.mag_window)
-        low = torch.searchsorted(self.mag, clamped - self.mag_window)
-        high = torch.searchsorted(self.mag, clamped + self.mag_window, right=True)
-        high = torch.maximum(high, low + 1).clamp(max=len(self.mag))
-        low = low.clamp(max=len(self.mag) - 1)
-        u = torch.rand(target.shape, generator=generator, dtype=torch.float64)
-        index = (low + (u * (high - low)).long()).clamp(max=len(self.mag) - 1)
+        index = draw_in_window(self.mag, clamped, self.mag_window, generator)
         rows = self.shapes[index].clone()
         shrink = torch.pow(10.0, -0.4 * self.size_slope * (target - self.mag[index])).float()
         for key in _HLR_KEYS:
