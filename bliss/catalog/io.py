@@ -38,6 +38,7 @@ __all__ = [
     "CATALOG_FORMATS",
     "PIXEL_CENTRE",
     "catalog_to_table",
+    "column_values",
     "plocs_to_xy",
     "read_table",
     "stack_samples",
@@ -216,6 +217,12 @@ def _is_galaxy(columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     return np.ones(n, dtype=bool)
 
 
+def column_values(table: Table, name: str) -> np.ndarray:
+    """A table column as float64 numbers, without its unit (a ``Quantity`` column's ``value``)."""
+    column = table[name]
+    return np.asarray(getattr(column, "value", column), dtype=np.float64)
+
+
 def table_to_full_catalog(
     table: Table, bands: Sequence[str], height_px: int, width_px: int, name: str = "table"
 ) -> FullCatalog:
@@ -232,22 +239,22 @@ def table_to_full_catalog(
             f"{name} lacks columns {missing}; expected x, y and flux_<band> for {list(bands)}."
         )
 
-    def column(key: str) -> np.ndarray:
-        value = table[key]
-        return np.asarray(getattr(value, "value", value), dtype=np.float64)
-
-    plocs = xy_to_plocs(column("x"), column("y"))
+    plocs = xy_to_plocs(column_values(table, "x"), column_values(table, "y"))
     data = {
         "n_sources": torch.tensor([len(table)]),
         "plocs": torch.from_numpy(plocs).float().reshape(1, len(table), 2),
-        "fluxes": torch.from_numpy(np.stack([column(f"flux_{b}") for b in bands], -1))
+        "fluxes": torch.from_numpy(np.stack([column_values(table, f"flux_{b}") for b in bands], -1))
         .float()
         .reshape(1, len(table), len(bands)),
     }
     if "source_type" in table.colnames:
-        data["source_type"] = torch.from_numpy(column("source_type")).float().view(1, -1, 1)
+        data["source_type"] = (
+            torch.from_numpy(column_values(table, "source_type")).float().view(1, -1, 1)
+        )
     elif "prob_galaxy" in table.colnames:
-        data["source_type"] = torch.from_numpy(column("prob_galaxy") > 0.5).float().view(1, -1, 1)
+        data["source_type"] = (
+            torch.from_numpy(column_values(table, "prob_galaxy") > 0.5).float().view(1, -1, 1)
+        )
     return FullCatalog(height_px, width_px, data)
 
 

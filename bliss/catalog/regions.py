@@ -13,6 +13,7 @@ import numpy as np
 from astropy.table import Table
 
 from bliss.atomic import atomic_path
+from bliss.catalog.io import column_values
 from bliss.errors import BlissValueError
 
 __all__ = ["REGION_COLORS", "write_regions"]
@@ -55,14 +56,14 @@ def write_regions(
         )
     galaxy = np.zeros(len(table), dtype=bool)
     if "prob_galaxy" in table.colnames:
-        galaxy = _values(table, "prob_galaxy") >= 0.5
+        galaxy = column_values(table, "prob_galaxy") >= 0.5
     elif "source_type" in table.colnames:
-        galaxy = _values(table, "source_type") >= 0.5
+        galaxy = column_values(table, "source_type") >= 0.5
     sky = (
         pixel_scale_arcsec is not None
         and {"ra", "dec"} <= set(table.colnames)
-        and bool(np.isfinite(_values(table, "ra")).all())
-        and bool(np.isfinite(_values(table, "dec")).all())
+        and bool(np.isfinite(column_values(table, "ra")).all())
+        and bool(np.isfinite(column_values(table, "dec")).all())
     )
     lines = [
         "# Region file format: DS9 version 4.1",
@@ -74,13 +75,13 @@ def write_regions(
     ]
     if sky:
         lines.append("fk5")
-        first, second = _values(table, "ra"), _values(table, "dec")
+        first, second = column_values(table, "ra"), column_values(table, "dec")
         radius = f'{radius_px * pixel_scale_arcsec:.3f}"'
         position = "{:.7f},{:.7f}"
     else:
         lines.append("image")
-        first = _values(table, "x") + _DS9_ORIGIN
-        second = _values(table, "y") + _DS9_ORIGIN
+        first = column_values(table, "x") + _DS9_ORIGIN
+        second = column_values(table, "y") + _DS9_ORIGIN
         radius = f"{radius_px:.3f}"
         position = "{:.3f},{:.3f}"
     for a, b, is_galaxy in zip(first, second, galaxy, strict=True):
@@ -89,8 +90,3 @@ def write_regions(
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     return Path(path)
-
-
-def _values(table: Table, name: str) -> np.ndarray:
-    column = table[name]
-    return np.asarray(getattr(column, "value", column), dtype=np.float64)

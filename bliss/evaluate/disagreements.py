@@ -18,7 +18,7 @@ from scipy import ndimage
 from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_to_mag
 from bliss.catalog.flags import BRIGHT_MAG, EDGE_PX, bright_radius_px
-from bliss.catalog.io import PIXEL_CENTRE, plocs_to_xy, xy_to_plocs
+from bliss.catalog.io import PIXEL_CENTRE, column_values, plocs_to_xy, xy_to_plocs
 from bliss.evaluate.plots import plot_cutout_grid
 from bliss.protocols import SurveyImage
 
@@ -77,9 +77,9 @@ def list_disagreements(
     rows_px, cols_px = np.mgrid[0:height, 0:width] + PIXEL_CENTRE
     edge = np.minimum.reduce([rows_px, cols_px, height - rows_px, width - cols_px]) < _EDGE_PX
     all_ref_mag = nmgy_to_mag(
-        torch.from_numpy(_column(reference, f"flux_{image.bands[band]}"))
+        torch.from_numpy(column_values(reference, f"flux_{image.bands[band]}"))
     ).numpy()
-    all_ref_pos = xy_to_plocs(_column(reference, "x"), _column(reference, "y"))
+    all_ref_pos = xy_to_plocs(column_values(reference, "x"), column_values(reference, "y"))
     bright = np.flatnonzero(np.isfinite(all_ref_mag) & (all_ref_mag < _BRIGHT_MAG))
     rows: list[dict[str, Any]] = []
     for name, comparison in comparisons.items():
@@ -207,11 +207,6 @@ def plot_disagreements(
         path,
         title=f"{image.path}: disagreements (band {image.bands[band]})",
     )
-
-
-def _column(table: Table, key: str) -> np.ndarray:
-    value = table[key]
-    return np.asarray(getattr(value, "value", value), dtype=np.float64)
 
 
 def _sources(catalog: FullCatalog, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

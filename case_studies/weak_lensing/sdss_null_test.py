@@ -45,16 +45,13 @@ from astropy.table import Table
 from bliss.catalog import GALAXY_KEYS
 from bliss.catalog.ellipticity import galaxy_ellipticity
 from bliss.catalog.flags import flag_value
+from bliss.catalog.io import column_values
 from bliss.errors import BlissIOError
 from bliss.surveys.sdss.psf import SdssPsf
 
 #: catalog flags that make a shape untrustworthy (not ``masked``: on SDSS frames it marks 30 % of
 #: the sources, mostly where the u, g, i or z frame does not cover the r grid)
 EXCLUDED_FLAGS = ("edge", "near_bright", "blended")
-
-
-def _column(table: Table, key: str) -> np.ndarray:
-    return np.asarray(getattr(table[key], "value", table[key]), dtype=float)
 
 
 def select_galaxies(catalog: Table, max_mag: float) -> np.ndarray:
@@ -67,15 +64,17 @@ def select_galaxies(catalog: Table, max_mag: float) -> np.ndarray:
             "model with galaxy shapes (e.g. the shipped sdss_generalist)."
         )
     flags = np.asarray(catalog["flags"], dtype=np.int64)
-    keep = (np.asarray(catalog["prob_galaxy"]) > 0.5) & (_column(catalog, "mag_r") < max_mag)
+    keep = (np.asarray(catalog["prob_galaxy"]) > 0.5) & (column_values(catalog, "mag_r") < max_mag)
     return np.flatnonzero(keep & ((flags & flag_value(*EXCLUDED_FLAGS)) == 0))
 
 
 def galaxy_shapes(catalog: Table, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Each estimator's ``(e1, e2)`` of the selected galaxies. Shape ``n 2`` each."""
-    params = np.stack([_column(catalog, k)[rows] for k in GALAXY_KEYS], axis=-1)
+    params = np.stack([column_values(catalog, k)[rows] for k in GALAXY_KEYS], axis=-1)
     return {
-        "posterior": np.stack([_column(catalog, "e1")[rows], _column(catalog, "e2")[rows]], -1),
+        "posterior": np.stack(
+            [column_values(catalog, "e1")[rows], column_values(catalog, "e2")[rows]], -1
+        ),
         "point": galaxy_ellipticity(params),
     }
 
@@ -97,16 +96,18 @@ def response(catalogs: Path, truths: Path, max_mag: float) -> dict[str, list[flo
         truth = Table.read(Path(truths) / path.name.replace("field_", "truth_"))
         catalog = Table.read(path)
         rows = select_galaxies(catalog, max_mag)
-        galaxy = np.flatnonzero(_column(truth, "source_type") == 1)
+        galaxy = np.flatnonzero(column_values(truth, "source_type") == 1)
         if not len(rows) or not len(galaxy):
             continue
-        tree = cKDTree(np.stack([_column(truth, "x")[galaxy], _column(truth, "y")[galaxy]], -1))
-        xy = np.stack([_column(catalog, "x")[rows], _column(catalog, "y")[rows]], -1)
+        tree = cKDTree(
+            np.stack([column_values(truth, "x")[galaxy], column_values(truth, "y")[galaxy]], -1)
+        )
+        xy = np.stack([column_values(catalog, "x")[rows], column_values(catalog, "y")[rows]], -1)
         distance, nearest = tree.query(xy)
         ok = distance < 1.5
         for name, e in galaxy_shapes(catalog, rows[ok]).items():
             estimated[name].append(e)
-        params = np.stack([_column(truth, k)[galaxy[nearest[ok]]] for k in GALAXY_KEYS], -1)
+        params = np.stack([column_values(truth, k)[galaxy[nearest[ok]]] for k in GALAXY_KEYS], -1)
         true.append(galaxy_ellipticity(params))
     truth_e = np.concatenate(true)
     out: dict[str, list[float]] = {"n_galaxies": [float(len(truth_e))]}
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.catalog}: {len(rows)} clean galaxies brighter than r = {args.max_mag}; a null "
             "test needs at least 10 (raise --max-mag or use a larger field)."
         )
-    x, y = _column(catalog, "x")[rows], _column(catalog, "y")[rows]
+    x, y = column_values(catalog, "x")[rows], column_values(catalog, "y")[rows]
     shapes = galaxy_shapes(catalog, rows)
     e_psf = psf_shapes(SdssPsf.from_psfield(args.psfield, args.band), x, y)
     report: dict = {"config": vars(args)}
