@@ -37,10 +37,12 @@ import torch
 from astropy.table import Table
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from bliss.catalog import GALAXY_KEYS, SERSIC_KEY
 from bliss.catalog.ellipticity import galaxy_ellipticity
+from bliss.catalog.io import column_values
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
 from bliss.errors import BlissConfigError
@@ -88,29 +90,26 @@ def simulate(
     return pairs, cfg
 
 
-def _column(table: Table, key: str) -> np.ndarray:
-    return np.asarray(getattr(table[key], "value", table[key]), dtype=np.float64)
-
-
 def truth_arrays(table: Table, bands: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Positions (``(row, col)``, centres at +0.5), fluxes, types and ellipticities of a truth table."""
-    galaxy = _column(table, "source_type") > 0.5
-    params = np.stack([_column(table, k) for k in GALAXY_KEYS], -1)
-    sersic = _column(table, SERSIC_KEY) if SERSIC_KEY in table.colnames else 4.0
+    galaxy = column_values(table, "source_type") > 0.5
+    params = np.stack([column_values(table, k) for k in GALAXY_KEYS], -1)
+    sersic = column_values(table, SERSIC_KEY) if SERSIC_KEY in table.colnames else 4.0
     e = np.full((len(table), 2), np.nan)
     if galaxy.any():
         n = sersic[galaxy] if np.ndim(sersic) else sersic
         e[galaxy] = galaxy_ellipticity(params[galaxy], n)
     return {
-        "plocs": np.stack([_column(table, "y") + 0.5, _column(table, "x") + 0.5], -1),
-        "fluxes": np.stack([_column(table, f"flux_{b}") for b in bands], -1),
+        "plocs": np.stack([column_values(table, "y") + 0.5, column_values(table, "x") + 0.5], -1),
+        "fluxes": np.stack([column_values(table, f"flux_{b}") for b in bands], -1),
         "galaxy": galaxy,
         "e": e,
     }
 
 
-def bliss_arrays(catalog) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """The same arrays from a predictor's one-image catalog, plus its intervals."""
+def catalog_arrays(catalog) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """The same arrays from a one-image catalog (the predictor's or ``sep_catalog``'s), plus
+    its flux intervals and, where it has them, its ellipticities and their intervals."""
     n = int(catalog["n_sources"][0])
     out = {
         "plocs": catalog["plocs"][0, :n].numpy().astype(np.float64),
@@ -130,8 +129,6 @@ def blended(plocs: np.ndarray, radius_px: float) -> np.ndarray:
     """Which sources have another within ``radius_px``. Shape ``n``."""
     if len(plocs) < 2:
         return np.zeros(len(plocs), bool)
-    from scipy.spatial import cKDTree
-
     distance, _ = cKDTree(plocs).query(plocs, k=2)
     return distance[:, 1] <= radius_px
 
@@ -150,8 +147,6 @@ def score_field(truth: dict, est: dict, ref: int, match_px: float, blend_px: flo
     true_blend = blended(truth["plocs"], blend_px)
     est_blend = np.zeros(len(est["plocs"]), bool)
     if len(est["plocs"]) and len(truth["plocs"]):
-        from scipy.spatial import cKDTree
-
         distance, nearest = cKDTree(truth["plocs"]).query(est["plocs"])
         est_blend = (distance <= 2 * match_px) & true_blend[nearest]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -332,18 +327,12 @@ def main(argv: list[str] | None = None) -> dict:
         for image_path, truth_path in tqdm(pairs, desc=name, unit="field"):
             image = survey.read_image(image_path, tuple(encoder.bands))
             truth = truth_arrays(Table.read(truth_path), tuple(survey.bands))
-            ours = bliss_arrays(predictor.predict(image, quantiles=QUANTILES))
-            sep = sep_catalog(
-                image, survey.reference_band, scale, survey.psf_beta, quantiles=QUANTILES
+            ours = catalog_arrays(predictor.predict(image, quantiles=QUANTILES))
+            sep = catalog_arrays(
+                sep_catalog(
+                    image, survey.reference_band, scale, survey.psf_beta, quantiles=QUANTILES
+                )
             )
-            n = int(sep["n_sources"][0])
-            sep_arrays = {
-                "plocs": sep["plocs"][0, :n].numpy().astype(np.float64),
-                "fluxes": sep["fluxes"][0, :n].numpy().astype(np.float64),
-                "flux_lo": sep[f"fluxes@{QUANTILES[0]:g}"][0, :n].numpy(),
-                "flux_hi": sep[f"fluxes@{QUANTILES[1]:g}"][0, :n].numpy(),
-                "galaxy": sep["source_type"][0, :n, 0].numpy() > 0.5,
-            }
             photo = photutils_catalog(image, survey.reference_band, scale)
             psf = moffat_psf(float(image.psf_fwhm_arcsec[ref]), survey.psf_beta)
             psf_image = psf.drawImage(nx=25, ny=25, scale=scale).array
@@ -356,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
                 photo["label"],
                 scale,
             )
-            for method, est in (("bliss", ours), ("sep", sep_arrays), ("photutils", photo)):
+            for method, est in (("bliss", ours), ("sep", sep), ("photutils", photo)):
                 records[method].append(score_field(truth, est, ref, match_px, blend_px))
         results[name] = {m: summarise(r) for m, r in records.items()}
         (out / f"dc2_{name}.json").write_text(json.dumps(results[name], indent=1))
