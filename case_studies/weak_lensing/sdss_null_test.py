@@ -47,6 +47,7 @@ from bliss.catalog.ellipticity import galaxy_ellipticity
 from bliss.catalog.flags import flag_value
 from bliss.catalog.io import column_values
 from bliss.errors import BlissIOError
+from bliss.metrics import shear_bias
 from bliss.surveys.sdss.psf import SdssPsf
 
 #: catalog flags that make a shape untrustworthy (not ``masked``: on SDSS frames it marks 30 % of
@@ -129,18 +130,20 @@ def psf_shapes(psf: SdssPsf, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(shapes)
 
 
-def leakage(e_gal: np.ndarray, e_psf: np.ndarray) -> dict[str, float]:
-    """Least squares ``e_gal = c + alpha e_psf`` for one component, with standard errors."""
-    design = np.stack([np.ones_like(e_psf), e_psf], axis=1)
-    coef, *_ = np.linalg.lstsq(design, e_gal, rcond=None)
-    residual = e_gal - design @ coef
-    dof = max(len(e_gal) - 2, 1)
-    cov = np.linalg.inv(design.T @ design) * (residual @ residual) / dof
+def leakage(e_gal: np.ndarray, e_psf: np.ndarray) -> dict[str, dict[str, float]]:
+    """Least squares ``e_gal = c + alpha e_psf`` per component (``n 2`` each), with errors.
+
+    It is :func:`bliss.metrics.shear_bias`'s regression, with ``alpha = 1 + m``.
+    """
+    fit = shear_bias(e_gal, e_psf)
     return {
-        "c": float(coef[0]),
-        "c_se": float(math.sqrt(cov[0, 0])),
-        "alpha": float(coef[1]),
-        "alpha_se": float(math.sqrt(cov[1, 1])),
+        name: {
+            "c": fit[f"c{k}"],
+            "c_se": fit[f"c{k}_err"],
+            "alpha": 1.0 + fit[f"m{k}"],
+            "alpha_se": fit[f"m{k}_err"],
+        }
+        for k, name in ((1, "e1"), (2, "e2"))
     }
 
 
@@ -148,6 +151,7 @@ def null_test(e_gal: np.ndarray, e_psf: np.ndarray) -> dict:
     """Mean ellipticity (with standard errors and z-scores) and leakage per component."""
     n = len(e_gal)
     report: dict = {"n_galaxies": n, "shape_noise": float(np.std(e_gal, ddof=1))}
+    fits = leakage(e_gal, e_psf)
     for k, name in enumerate(("e1", "e2")):
         mean = float(np.mean(e_gal[:, k]))
         se = float(np.std(e_gal[:, k], ddof=1) / math.sqrt(n))
@@ -157,7 +161,7 @@ def null_test(e_gal: np.ndarray, e_psf: np.ndarray) -> dict:
             "z": mean / se if se > 0 else float("nan"),
             "psf_mean": float(np.mean(e_psf[:, k])),
             "psf_sd": float(np.std(e_psf[:, k], ddof=1)),
-            **leakage(e_gal[:, k], e_psf[:, k]),
+            **fits[name],
         }
     return report
 

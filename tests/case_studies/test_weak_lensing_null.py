@@ -21,9 +21,9 @@ PSFIELD = (
 
 def test_leakage_recovers_a_known_slope_and_offset():
     rng = np.random.default_rng(0)
-    e_psf = rng.normal(0.02, 0.02, size=4000)
-    e_gal = 0.01 + 0.5 * e_psf + rng.normal(0, 0.2, size=4000)
-    fit = sdss_null_test.leakage(e_gal, e_psf)
+    e_psf = rng.normal(0.02, 0.02, size=(4000, 2))
+    e_gal = 0.01 + 0.5 * e_psf + rng.normal(0, 0.2, size=(4000, 2))
+    fit = sdss_null_test.leakage(e_gal, e_psf)["e1"]
     # standard errors: 0.2 / (0.02 sqrt(4000)) = 0.16 for alpha, ~0.005 for c
     assert fit["alpha_se"] == pytest.approx(0.158, rel=0.1)
     assert abs(fit["alpha"] - 0.5) < 3 * fit["alpha_se"]
