@@ -31,11 +31,7 @@ import numpy as np
 import torch
 from scipy.interpolate import RegularGridInterpolator
 
-from bliss.catalog.ellipticity import (
-    galaxy_second_moments,
-    moments_ellipticity,
-    sersic_second_moment,
-)
+from bliss.catalog.ellipticity import galaxy_second_moments, moments_ellipticity
 from bliss.errors import BlissConfigError, BlissValueError
 
 __all__ = [
@@ -48,7 +44,6 @@ __all__ = [
     "galaxy_ellipticity",
     "lensing_matrix",
     "reduced_shear",
-    "sersic_second_moment",
     "stretch",
 ]
 

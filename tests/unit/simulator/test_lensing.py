@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bliss.catalog import GALAXY_KEYS, FullCatalog
+from bliss.catalog.ellipticity import sersic_second_moment
 from bliss.errors import BlissConfigError, BlissValueError
 from bliss.simulator.lensing import (
     ConstantLensing,
@@ -14,7 +15,6 @@ from bliss.simulator.lensing import (
     check_lensing,
     galaxy_ellipticity,
     reduced_shear,
-    sersic_second_moment,
 )
 from bliss.simulator.render import GalsimRenderer, galaxy_profile, moffat_psf
 from bliss.simulator.torch_render import TorchRenderer
