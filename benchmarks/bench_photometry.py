@@ -7,8 +7,9 @@ Simulates 512 x 512 px 5-band `sdss` fields (the quality gate's prior: ~100 sour
 half galaxies): nominal seeing and sky; seeing and sky drawn per field; a misspecified PSF (a
 Kolmogorov or a Gaussian profile of the nominal FWHM, where the model was trained on Moffat
 PSFs and the header still says "Moffat"). Each field is cataloged with the shipped generalist
-with `predict.psf_photometry` off (the network's fluxes) and on (the default), and with the
-`sep` baseline. For matched sources (1.5 px) it prints, per r bin and type: median |dmag|,
+with `predict.psf_photometry` off (the network's fluxes, column ``network``), on with
+`predict.galaxy_photometry` off (PSF-fit stars, ``psf_photometry``) and with both on (the
+default, ``model_fits``: bright galaxies model-fitted too), and with the `sep` baseline. For matched sources (1.5 px) it prints, per r bin and type: median |dmag|,
 median dmag (bias), coverage of the 90 % interval, for stars the ratio of the median absolute
 flux error to the Cramer-Rao bound; and it draws a reliability plot (expected vs observed
 coverage at 10 levels) per set.
@@ -172,7 +173,7 @@ def table(rows: dict[str, np.ndarray]) -> tuple[str, dict]:
                 line += (
                     f"{entry['abs_dmag']:>14.4f}{entry['bias']:>+8.4f}{entry['coverage90']:>7.2f}"
                 )
-            star = summary.get("psf_photometry", {}).get(f"{lo}-{hi} star", {})
+            star = summary.get("model_fits", {}).get(f"{lo}-{hi} star", {})
             line += f"{star.get('cr_ratio', float('nan')):>10.2f}" if kind == 0 else ""
             lines.append(line)
     return "\n".join(lines), summary
@@ -219,7 +220,10 @@ def main() -> None:
             "network": build_predictor(
                 PredictorSettings(psf_photometry=False), encoder, model, False, survey
             ),
-            "psf_photometry": build_predictor(PredictorSettings(), encoder, model, False, survey),
+            "psf_photometry": build_predictor(
+                PredictorSettings(galaxy_photometry=False), encoder, model, False, survey
+            ),
+            "model_fits": build_predictor(PredictorSettings(), encoder, model, False, survey),
         }
         rows = measure(images, survey, predictors)
         text, summary = table(rows)

@@ -156,8 +156,9 @@ COLUMNS: tuple[Column, ...] = (
         "float32",
         "<band>-band flux in nanomaggies (posterior median)",
         "On the input's own zero point (`MAGZERO`), aperture-corrected for real SDSS frames (see "
-        "`APCOR_<BAND>`). Stars the network is sure of take a PSF fit's flux where it measures "
-        "them better ([star photometry](photometry.md)). "
+        "`APCOR_<BAND>`). Stars the network is sure of take a PSF fit's flux, and bright "
+        "galaxies a bulge + disk model fit's, where the fit measures them better "
+        "([photometry](photometry.md)). "
         "`nmgy` is not a FITS-standard unit: 1 nmgy = 3631 nJy = AB mag 22.5.",
     ),
     Column(

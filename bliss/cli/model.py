@@ -56,6 +56,7 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         device=spec.device,
         precision=spec.get("precision", "32-true"),
         psf_photometry=spec.get("psf_photometry", True),
+        galaxy_photometry=spec.get("galaxy_photometry", True),
     )
 
 

@@ -14,11 +14,14 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
+from bliss.predict.galaxy_photometry import nominal_psf_models, refine_galaxy_fluxes
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
 from bliss.predict.shape_ellipticity import (
     add_drawn_ellipticity,
     add_shape_ellipticity,
+    drop_shape_parameters,
+    shape_draws,
     shape_parameter_columns,
 )
 from bliss.protocols import ModelConditions, ObservingSetup, SurveyImage
@@ -354,14 +357,26 @@ class Predictor:
             and self.star_photometry is not None
             and (image.psf is not None or not self.applies_aperture_correction(image))
         ):
-            catalog, _ = refine_star_fluxes(
-                image,
-                catalog,
-                quantiles,
-                self.star_photometry.pixel_scale_arcsec,
-                self.star_photometry.psf_beta,
+            settings = self.star_photometry
+            catalog, psf_models = refine_star_fluxes(
+                image, catalog, quantiles, settings.pixel_scale_arcsec, settings.psf_beta
             )
-        return catalog
+            draws = shape_draws(catalog, posterior) if settings.galaxies else None
+            if draws is not None:
+                if len(psf_models) != len(image.bands):  # no star was fitted
+                    psf_models = nominal_psf_models(
+                        image, settings.pixel_scale_arcsec, settings.psf_beta
+                    )
+                catalog = refine_galaxy_fluxes(
+                    image,
+                    catalog,
+                    psf_models,
+                    draws,
+                    quantiles,
+                    settings.pixel_scale_arcsec,
+                    image.aperture_correction if image.psf is not None else None,
+                )
+        return drop_shape_parameters(catalog)
 
     def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
         """``n_samples`` joint posterior catalogs drawn from the features (see :meth:`sample`)."""
@@ -461,6 +476,7 @@ class PredictorSettings:
     device: str = "auto"
     precision: str = "32-true"
     psf_photometry: bool = True
+    galaxy_photometry: bool = True
 
 
 @dataclass(frozen=True)
@@ -470,10 +486,13 @@ class StarPhotometry:
     Attributes:
         pixel_scale_arcsec: pixel side, arcsec (turns the header PSF FWHM into pixels).
         psf_beta: the Moffat beta of the survey's nominal PSF.
+        galaxies: also model-fit bright galaxies' fluxes, marginalised over their shape
+            posterior (:mod:`bliss.predict.galaxy_photometry`).
     """
 
     pixel_scale_arcsec: float
     psf_beta: float
+    galaxies: bool = True
 
 
 def build_predictor(
@@ -512,7 +531,9 @@ def build_predictor(
         model_magzero=model.magzero,
         aperture_correction=model.observed_psfs,
         precision=settings.precision,
-        star_photometry=StarPhotometry(survey.pixel_scale_arcsec, survey.psf_beta)
+        star_photometry=StarPhotometry(
+            survey.pixel_scale_arcsec, survey.psf_beta, settings.galaxy_photometry
+        )
         if settings.psf_photometry and survey is not None
         else None,
     )

@@ -39,7 +39,7 @@ from bliss.predict.psf_model import (
 )
 from bliss.protocols import SurveyImage
 
-__all__ = ["PsfStamps", "refine_star_fluxes"]
+__all__ = ["PsfStamps", "network_sigma", "padded", "refine_star_fluxes"]
 
 #: a PSF model that draws a star's stamp (:mod:`bliss.predict.psf_model`)
 PsfStamps = MoffatShape | ImagePsf
@@ -377,7 +377,7 @@ def _near(positions: np.ndarray, image_shape: tuple[int, int], radius: float) ->
     return mask
 
 
-def _network_sigma(catalog: FullCatalog, quantiles: Sequence[float]) -> np.ndarray | None:
+def network_sigma(catalog: FullCatalog, quantiles: Sequence[float]) -> np.ndarray | None:
     """The network's flux posterior width as a Gaussian sigma, from its widest quantile pair."""
     lows = sorted(q for q in quantiles if q < 0.5 and f"fluxes@{1 - q:g}" in catalog)
     if not lows:
@@ -426,7 +426,7 @@ def refine_star_fluxes(
     )
     galaxy = prob_galaxy >= 0.5
     fluxes = catalog["fluxes"][0, :n].double().numpy().copy()
-    sigma_net = _network_sigma(catalog, quantiles)
+    sigma_net = network_sigma(catalog, quantiles)
     if sigma_net is None:
         return catalog, shapes
     sigma_net = sigma_net[:n]
@@ -579,13 +579,13 @@ def refine_star_fluxes(
     keep = ((fitted_well | (new_sigma < sigma_net)) & point_like & star_like) | block_fit
     data = dict(catalog.items())
     refined = np.where(keep, new_fluxes, fluxes)
-    data["fluxes"] = _padded(catalog["fluxes"], refined)
+    data["fluxes"] = padded(catalog["fluxes"], refined)
     for q in quantiles:
         key = f"fluxes@{q:g}"
         if key in catalog:
             gaussian = new_fluxes + float(ndtri(q)) * np.where(keep, new_sigma, 0)
             old = catalog[key][0, :n].double().numpy()
-            data[key] = _padded(catalog[key], np.where(keep, gaussian, old))
+            data[key] = padded(catalog[key], np.where(keep, gaussian, old))
     return FullCatalog(catalog.height_px, catalog.width_px, data), shapes
 
 
@@ -616,7 +616,8 @@ def _fitted_moffat(
     return fit_moffat_shape(data, variance, centred, fwhm_px, default_beta, half)
 
 
-def _padded(template: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+def padded(template: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+    """``template`` (``1 n_max d``) with its first ``len(values)`` rows replaced by ``values``."""
     out = template.clone()
     out[0, : len(values)] = torch.as_tensor(values, dtype=template.dtype)
     return out

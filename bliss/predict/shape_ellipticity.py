@@ -20,7 +20,14 @@ from bliss.catalog.io import ELLIPTICITY_KEY
 from bliss.catalog.tile import GALAXY_KEYS
 from bliss.posterior.variational import VariationalPosterior
 
-__all__ = ["N_DRAWS", "add_drawn_ellipticity", "add_shape_ellipticity", "shape_parameter_columns"]
+__all__ = [
+    "N_DRAWS",
+    "add_drawn_ellipticity",
+    "add_shape_ellipticity",
+    "drop_shape_parameters",
+    "shape_draws",
+    "shape_parameter_columns",
+]
 
 #: draws per galaxy: the median's standard error is ~1.25 sd / 8
 N_DRAWS = 64
@@ -40,40 +47,55 @@ def shape_parameter_columns(
 ) -> dict[str, Tensor]:
     """The raw parameters of the six shape factors, as extra catalog columns.
 
-    Empty when the posterior has an ``ellipticity`` factor of its own or lacks a shape factor.
+    They give :func:`shape_draws` (for the ellipticity and galaxy model photometry) and are
+    removed by :func:`drop_shape_parameters`. Empty when the posterior lacks a shape factor.
     """
     by_key = {factor.key: name for name, factor in posterior.slot_factors.items()}
-    if ELLIPTICITY_KEY in by_key or not all(key in by_key for key in GALAXY_KEYS):
+    if not all(key in by_key for key in GALAXY_KEYS):
         return {}
     return {f"{_PREFIX}{key}": split[by_key[key]] for key in GALAXY_KEYS}
+
+
+def shape_draws(catalog: FullCatalog, posterior: VariationalPosterior) -> Tensor | None:
+    """``N_DRAWS`` seeded draws of each source's six shape parameters from its posterior.
+
+    Independent of the global random state (seed :data:`SEED`). None when the catalog has no
+    shape-parameter columns (see :func:`shape_parameter_columns`). Shape ``N_DRAWS n 6``, in the
+    order of :data:`~bliss.catalog.tile.GALAXY_KEYS`.
+    """
+    if f"{_PREFIX}{GALAXY_KEYS[0]}" not in catalog:
+        return None
+    factors = {factor.key: factor for factor in posterior.slot_factors.values()}
+    n = int(catalog["n_sources"][0])
+    if n == 0:
+        return torch.zeros(N_DRAWS, 0, len(GALAXY_KEYS))
+    devices = [catalog["plocs"].device] if catalog["plocs"].is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(SEED)
+        draws = [_draws(factors[key], catalog[f"{_PREFIX}{key}"][0, :n]) for key in GALAXY_KEYS]
+    return torch.stack(draws, -1)
 
 
 def add_shape_ellipticity(
     catalog: FullCatalog, posterior: VariationalPosterior, quantiles: tuple[float, ...]
 ) -> FullCatalog:
-    """Replace the shape-parameter columns by ``ellipticity`` and ``ellipticity@<q>``.
+    """Add ``ellipticity`` and ``ellipticity@<q>`` from :func:`shape_draws`.
 
-    A catalog without those columns (see :func:`shape_parameter_columns`) is returned as is.
+    A catalog without shape-parameter columns, or with an ``ellipticity`` of the model's own
+    factor, is returned as is.
     """
-    if f"{_PREFIX}{GALAXY_KEYS[0]}" not in catalog:
+    draws = None if ELLIPTICITY_KEY in catalog else shape_draws(catalog, posterior)
+    if draws is None:
         return catalog
-    factors = {factor.key: factor for factor in posterior.slot_factors.values()}
     n = int(catalog["n_sources"][0])
-    data = {k: v for k, v in catalog.items() if not k.startswith(_PREFIX)}
+    data = dict(catalog.items())
     width = catalog["plocs"].shape[1]
     if n == 0:
         data[ELLIPTICITY_KEY] = torch.zeros(1, width, 2)
         for q in quantiles:
             data[f"{ELLIPTICITY_KEY}@{q:g}"] = torch.zeros(1, width, 2)
         return FullCatalog(catalog.height_px, catalog.width_px, data)
-    devices = [catalog["plocs"].device] if catalog["plocs"].is_cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(SEED)
-        draws = [
-            _draws(factors[key], catalog[f"{_PREFIX}{key}"][0, :n]) for key in GALAXY_KEYS
-        ]  # each N_DRAWS n
-    params = torch.stack(draws, -1).reshape(N_DRAWS * n, len(GALAXY_KEYS))
-    e = _ellipticity(params).reshape(N_DRAWS, n, 2)
+    e = _ellipticity(draws.reshape(N_DRAWS * n, len(GALAXY_KEYS))).reshape(N_DRAWS, n, 2)
     levels = torch.tensor([0.5, *quantiles])
     values = torch.quantile(e, levels, dim=0)  # levels n 2
     for name, value in zip(
@@ -82,6 +104,14 @@ def add_shape_ellipticity(
         padded = torch.zeros(1, width, 2)
         padded[0, :n] = value
         data[name] = padded
+    return FullCatalog(catalog.height_px, catalog.width_px, data)
+
+
+def drop_shape_parameters(catalog: FullCatalog) -> FullCatalog:
+    """The catalog without the shape-parameter columns of :func:`shape_parameter_columns`."""
+    if f"{_PREFIX}{GALAXY_KEYS[0]}" not in catalog:
+        return catalog
+    data = {k: v for k, v in catalog.items() if not k.startswith(_PREFIX)}
     return FullCatalog(catalog.height_px, catalog.width_px, data)
 
 

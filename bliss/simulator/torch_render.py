@@ -10,7 +10,7 @@ rules, so both renderers fold the same light into the same stamps. Coordinates f
 :mod:`bliss.catalog`: ``(row, col)`` pixels, pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)``.
 """
 
-__all__ = ["TorchRenderer", "add_sky_and_noise_torch"]
+__all__ = ["TorchRenderer", "add_sky_and_noise_torch", "draw_unit_stamps", "psf_image_fourier"]
 
 import math
 from collections.abc import Mapping
@@ -390,6 +390,48 @@ def _checked_psf_images(
             )
         checked[band] = (image / total, float(fwhm))
     return checked
+
+
+def psf_image_fourier(images: Tensor, size: int) -> Tensor:
+    """Fourier transforms of PSF images on a stamp of side ``size``, the pixel included.
+
+    ``images``: one per band, pixel-integrated, unit sum, centred on the middle pixel (``c h
+    w``). Compute once and pass to :func:`draw_unit_stamps` for many sources. Shape ``c size m``.
+    """
+    images = images.detach().cpu().double()
+    return _image_psf_fourier(images[None], torch.ones(1, dtype=torch.float64), size, images.device)
+
+
+def draw_unit_stamps(
+    params: Tensor, is_galaxy: Tensor, shift: Tensor, psf_fourier: Tensor, scale: float
+) -> Tensor:
+    """Unit-flux stamps of sources, each on its own copy of one stamp grid, in every band.
+
+    The profiles and pixel integration of :meth:`TorchRenderer.render`, for callers that draw
+    many sources with one PSF per band (model fitting): the PSF's transform is computed once
+    (:func:`psf_image_fourier`). Light beyond the stamp's edges wraps around, so the stamp must
+    be larger than the sources' light.
+
+    Args:
+        params: the :data:`~bliss.catalog.tile.GALAXY_KEYS` of each source (ignored for stars).
+            Shape ``g 6``.
+        is_galaxy: which sources are galaxies (the others are points). Shape ``g``.
+        shift: each source's position in pixels from the centre of the stamp's pixel (0, 0),
+            ``(row, col)``. Shape ``g 2``.
+        psf_fourier: from :func:`psf_image_fourier`. Shape ``c s m``.
+        scale: pixel size, arcsec.
+
+    Returns:
+        The stamps (float64). Shape ``g c s s``.
+    """
+    count, (n_bands, size, _) = len(params), psf_fourier.shape
+    profile = torch.ones(count, size, size // 2 + 1, dtype=torch.float64)
+    if bool(is_galaxy.any()):
+        profile[is_galaxy] = galaxy_fourier(params[is_galaxy].double(), size, scale)
+    shifts = shift.double()[:, None].expand(-1, n_bands, -1)
+    flux = torch.ones(count, n_bands, dtype=torch.float32)
+    psf = psf_fourier[None].expand(count, -1, -1, -1)
+    return _draw_stamps(profile.float(), flux, shifts, psf).double()
 
 
 def _draw_stamps(profile: Tensor, flux: Tensor, shift: Tensor, psf: Tensor) -> Tensor:

@@ -17,8 +17,11 @@ from bliss.posterior.factors import (
     PositionAngleFactor,
 )
 from bliss.predict.shape_ellipticity import (
+    N_DRAWS,
     add_drawn_ellipticity,
     add_shape_ellipticity,
+    drop_shape_parameters,
+    shape_draws,
     shape_parameter_columns,
 )
 
@@ -61,7 +64,7 @@ def test_a_sure_orientation_gives_the_ellipticity_of_the_shape() -> None:
     expected = galaxy_ellipticity([[0.9997, beta, 0.5, 1.0, 0.5, math.exp(-1.0)]])[0]
     # kappa = 1e4 on the doubled angle: beta's sd is 0.005 rad, negligible
     np.testing.assert_allclose(catalog["ellipticity"][0, 0].numpy(), expected, atol=2e-3)
-    assert not any(k.startswith("shape_params") for k in catalog.keys())
+    assert not any(k.startswith("shape_params") for k in drop_shape_parameters(catalog).keys())
     lo, hi = catalog["ellipticity@0.05"][0, 0], catalog["ellipticity@0.95"][0, 0]
     assert bool(
         (lo <= catalog["ellipticity"][0, 0]).all() and (catalog["ellipticity"][0, 0] <= hi).all()
@@ -95,12 +98,18 @@ def test_draws_are_seeded_and_leave_the_global_stream_alone() -> None:
     torch.testing.assert_close(after, expected_after)
 
 
-def test_models_with_their_own_ellipticity_factor_are_left_alone() -> None:
+def test_models_with_their_own_ellipticity_factor_keep_it() -> None:
     factors = {**FACTORS, "ellipticity": NormalFactor("ellipticity", dim=2)}
     split = {name: torch.zeros(1, 1, 3) for name in factors}
-    assert shape_parameter_columns(SimpleNamespace(slot_factors=factors), split) == {}
+    # the shape parameters are still given (galaxy model photometry draws from them) ...
+    columns = shape_parameter_columns(SimpleNamespace(slot_factors=factors), split)
+    assert sorted(columns) == sorted(f"shape_params:{k}" for k in GALAXY_KEYS)
     missing = {k: v for k, v in FACTORS.items() if k != "bulge_q"}
     assert shape_parameter_columns(SimpleNamespace(slot_factors=missing), split) == {}
+    # ... but the factor's ellipticity is not replaced
+    catalog = _catalog([_raw(0.3, 1e4)])
+    own = FullCatalog(10, 10, {**dict(catalog.items()), "ellipticity": torch.full((1, 1, 2), 0.7)})
+    assert add_shape_ellipticity(own, POSTERIOR, (0.05,)) is own
 
 
 def test_an_empty_catalog_gets_empty_columns() -> None:
@@ -115,6 +124,7 @@ def test_an_empty_catalog_gets_empty_columns() -> None:
     )
     out = add_shape_ellipticity(catalog, POSTERIOR, (0.05,))
     assert out["ellipticity"].shape == (1, 0, 2) and "ellipticity@0.05" in out
+    assert shape_draws(catalog, POSTERIOR).shape == (N_DRAWS, 0, len(GALAXY_KEYS))
 
 
 def test_a_sample_gets_the_ellipticity_of_its_drawn_shapes() -> None:

@@ -27,7 +27,13 @@ from bliss.simulator.render import (
     moffat_psf,
 )
 from bliss.simulator.simulate import ImageSimulator
-from bliss.simulator.torch_render import TorchRenderer, _paste, add_sky_and_noise_torch
+from bliss.simulator.torch_render import (
+    TorchRenderer,
+    _paste,
+    add_sky_and_noise_torch,
+    draw_unit_stamps,
+    psf_image_fourier,
+)
 from bliss.surveys import ParametricSurvey
 from tests.conftest import compose_config
 from tests.unit.simulator.test_render import centroid, galsim_reference, second_moments
@@ -387,3 +393,38 @@ def test_cuda_matches_cpu():
         cuda, torch.full((1, 2), 100.0), "poisson", torch.Generator("cuda").manual_seed(0)
     )
     assert noisy.device.type == "cuda"
+
+
+def test_unit_stamps_with_a_shared_psf_match_the_renderer():
+    # the model-fitting path (one PSF transform, many sources) draws what render() draws
+    psf = np.stack(
+        [moffat_psf(fwhm).drawImage(nx=41, ny=41, scale=SCALE).array for fwhm in PSF_FWHM]
+    )
+    params = torch.tensor([[0.6, 0.7, 0.5, 1.2, 0.7, 0.5], [0.0] * 6], dtype=torch.float64)
+    is_galaxy = torch.tensor([True, False])
+    size = 65
+    # sources at (30.3, 33.8) and (36.6, 28.1) in a 65 px image; shifts from pixel (0, 0)'s centre
+    plocs = torch.tensor([[30.3, 33.8], [36.6, 28.1]], dtype=torch.float64)
+    stamps = draw_unit_stamps(
+        params, is_galaxy, plocs - 0.5, psf_image_fourier(torch.from_numpy(psf), size), SCALE
+    )
+    assert stamps.shape == (2, 2, size, size)
+    for index in range(2):
+        catalog = FullCatalog(
+            size,
+            size,
+            {
+                "n_sources": torch.tensor([1]),
+                "plocs": plocs[index][None, None].float(),
+                "fluxes": torch.ones(1, 1, 2),
+                "source_type": is_galaxy[index].float().reshape(1, 1, 1),
+                **{k: params[index, i].float().reshape(1, 1, 1) for i, k in enumerate(GALAXY_KEYS)},
+            },
+        )
+        images = {band: (torch.from_numpy(psf[band]), PSF_FWHM[band]) for band in range(2)}
+        expected = TorchRenderer().render(
+            catalog, torch.tensor([PSF_FWHM]).float(), SCALE, psf_images=images
+        )[0]
+        # the renderer's stamp clips the galaxy's outermost wings (folding threshold 5e-3)
+        np.testing.assert_allclose(stamps[index].numpy(), expected.numpy(), atol=2e-4)
+        assert float(stamps[index].sum()) == pytest.approx(2.0, abs=0.02)
