@@ -9,10 +9,11 @@ Kolmogorov or a Gaussian profile of the nominal FWHM, where the model was traine
 PSFs and the header still says "Moffat"). Each field is cataloged with the shipped generalist
 with `predict.psf_photometry` off (the network's fluxes, column ``network``), on with
 `predict.galaxy_photometry` off (PSF-fit stars, ``psf_photometry``) and with both on (the
-default, ``model_fits``: bright galaxies model-fitted too), and with the `sep` baseline. For matched sources (1.5 px) it prints, per r bin and type: median |dmag|,
-median dmag (bias), coverage of the 90 % interval, for stars the ratio of the median absolute
-flux error to the Cramer-Rao bound; and it draws a reliability plot (expected vs observed
-coverage at 10 levels) per set.
+default, ``model_fits``: bright galaxies model-fitted too), and with the `sep` baseline. For
+matched sources (1.5 px) it prints, per r bin and type: median |dmag|, median dmag (bias),
+coverage of the 90 % interval, for stars the ratio of the median absolute flux error to the
+Cramer-Rao bound; and it draws a reliability plot (expected vs observed coverage at 10 levels)
+per set.
 """
 
 import argparse
