@@ -43,7 +43,11 @@ def test_experiment_composes_and_builds(experiment: str, mode: str, tmp_path: Pa
     cfg = compose_config(overrides, tmp_path)
     assert cfg.mode == mode
     shapes = cfg.prior.get("galaxy_shape_catalog")
-    if shapes is not None and shapes.get("path") is None and importlib.util.find_spec("fpfs") is None:
+    if (
+        shapes is not None
+        and shapes.get("path") is None
+        and importlib.util.find_spec("fpfs") is None
+    ):
         pytest.skip(f"experiment={experiment} reads the COSMOS catalog of fpfs, not installed")
     prior = instantiate(cfg.prior)
     assert tuple(prior.bands) == tuple(cfg.survey.bands)
