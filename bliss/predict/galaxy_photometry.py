@@ -62,6 +62,8 @@ N_NONLINEAR = 8
 NONLINEAR_STEP = 0.01
 #: the fitted shape stays within this many (widened) prior spreads of the network's posterior
 TRUST_SPREAD = 4.0
+#: fractional error of the light the fitted profile puts beyond the region
+EXTRAPOLATION_ERROR = 0.5
 #: a fit is kept where it agrees with the network's flux within this many combined sigmas in
 #: every band: the two measure the same flux, and a larger disagreement means the scene model
 #: (the detections and their profiles) is wrong there
@@ -501,6 +503,10 @@ def _fit_target(
         "rc,rcp->cp", np.clip(fluxes[1:-1], 0, None), neighbour_templates[:-1]
     )
     variance += _missed_light(pixels / root_weight, root_weight, target_light, neighbour_light)
+    # the light the fitted profile puts beyond the region is its extrapolation, not measured:
+    # it is only as right as the profile family (a Sersic bulge of index 6 has far more there)
+    outside = np.clip(1 - target_templates[0].sum(1), 0, 1)
+    variance += (EXTRAPOLATION_ERROR * np.abs(fluxes[0]) * outside) ** 2
     sigma = np.hypot(np.sqrt(np.clip(variance, 0, None)), FLUX_FLOOR * np.abs(fluxes[0]))
     if not (np.all(np.isfinite(fluxes[0])) and np.all(np.isfinite(sigma))):
         return None
