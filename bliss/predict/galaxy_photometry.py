@@ -1,17 +1,17 @@
-"""Model-fit photometry of bright galaxies: their fluxes given the network's shapes and the pixels.
+"""Model-fit photometry of bright galaxies: their fluxes given the pixels and the network's shapes.
 
 For a known profile a galaxy's image is linear in its flux, as a star's is for a known PSF, so
-a weighted least-squares fit of the pixels reaches the information they hold. The profile is
-not known: the network gives a posterior over its six bulge + disk parameters. Each bright
-galaxy's flux is therefore fitted once per draw of its shape from that posterior (its
-neighbours, stars and galaxies, fitted alongside with their point-estimate profiles), and the
-flux posterior is the mixture of the per-draw Gaussians: the shape uncertainty widens the
-interval instead of being ignored. This is SDSS PHOTO's model magnitude, marginalised over the
-shape.
+a weighted least-squares fit of the pixels reaches the information they hold. The profile is not
+known: the network gives a posterior over its six bulge + disk parameters. Each bright galaxy's
+shape, position and per-band fluxes are therefore fitted together (Levenberg-Marquardt), with
+the network's shape posterior as the prior and its neighbours (stars and galaxies) and a local
+sky fitted alongside; the flux interval is the Laplace approximation's, so it includes what
+the pixels leave unknown of the shape. This is SDSS PHOTO's model magnitude with the network's
+posterior as its starting point and prior.
 
 The network's own flux posterior is broad for bright sources (its heads see compressed pixels;
-few bright galaxies are in a steep number-count prior), and is kept where it is narrower: for
-faint galaxies, whose fits would be dominated by the prior anyway. The fit uses the PSF models
+few bright galaxies are in a steep number-count prior). The fit replaces it where the two agree
+and the fit's interval is narrower. The fit uses the PSF models
 :func:`bliss.predict.psf_photometry.refine_star_fluxes` chose per band (the image's own model
 or a Moffat fitted to its stars), on the same flux scale as its star fluxes.
 """
@@ -33,8 +33,7 @@ from bliss.simulator.torch_render import draw_unit_stamps, psf_image_fourier
 
 __all__ = ["N_SHAPE_DRAWS", "nominal_psf_models", "refine_galaxy_fluxes"]
 
-#: shape draws each bright galaxy is fitted with: the mixture's 5 % and 95 % quantiles then move
-#: by ~0.1 of the shape-induced spread between seeds
+#: draws of each galaxy's shape posterior that give the fit its prior (mean and spread)
 N_SHAPE_DRAWS = 16
 #: galaxies whose flux the pixels measure at this S/N in some band are fitted (the network's own
 #: intervals of bright galaxies can span a factor of 2, so they cannot pick them)
@@ -85,7 +84,7 @@ def refine_galaxy_fluxes(
     pixel_scale_arcsec: float,
     aperture_scale: np.ndarray | None = None,
 ) -> FullCatalog:
-    """Replace bright galaxies' fluxes by model fits where their posterior is narrower.
+    """Replace bright galaxies' fluxes by model fits where those agree and are narrower.
 
     Args:
         image: the image the catalog came from (electrons, sky included).
@@ -95,8 +94,8 @@ def refine_galaxy_fluxes(
         psf_models: the PSF model of each band (from ``refine_star_fluxes``).
         shape_draws: draws of the six shape parameters from the posterior of each source.
             Shape: ``k n 6`` (at least :data:`N_SHAPE_DRAWS` draws).
-        quantiles: the flux quantiles in the catalog; where the fit is kept they become the
-            mixture's quantiles.
+        quantiles: the flux quantiles in the catalog; where the fit is kept they become its
+            Gaussian quantiles.
         pixel_scale_arcsec: pixel side (shape radii are in arcsec).
         aperture_scale: per band, the factor the catalog's fluxes carry beyond the PSF model's
             scale (an image's aperture correction), as the star fits divide it out [default: 1].
