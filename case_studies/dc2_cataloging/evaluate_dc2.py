@@ -351,8 +351,37 @@ def main(argv: list[str] | None = None) -> dict:
         (out / f"dc2_{name}.json").write_text(json.dumps(results[name], indent=1))
     text = table(results)
     (out / "dc2.md").write_text(text)
+    plot(results, out / "dc2.png")
     print(text)
     return results
+
+
+def plot(results: dict, path: Path) -> None:
+    """F1 and median |dmag| per r bin, per method and test set, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    centres = [(lo + hi) / 2 for lo, hi in zip(MAG_BINS[:-1], MAG_BINS[1:], strict=True)]
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    for name, styles in zip(results, ("-", "--"), strict=False):
+        for method, colour in zip(METHODS, ("C0", "C1", "C2"), strict=True):
+            scores = results[name][method]
+            label = f"{method}, {name}"
+            axes[0].plot(
+                centres, scores["f1_per_bin"], styles, color=colour, marker="o", label=label
+            )
+            axes[1].plot(
+                centres, scores["dmag_per_bin"], styles, color=colour, marker="o", label=label
+            )
+    axes[0].set_ylabel("F1 (matching within 0.5 arcsec)")
+    axes[1].set_ylabel("median |dmag| (r)")
+    axes[1].set_yscale("log")
+    for axis in axes:
+        axis.set_xlabel("r magnitude (bin centre)")
+    axes[0].legend(fontsize=7)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":
