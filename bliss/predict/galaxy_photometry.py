@@ -37,7 +37,7 @@ __all__ = ["N_SHAPE_DRAWS", "nominal_psf_models", "refine_galaxy_fluxes"]
 N_SHAPE_DRAWS = 16
 #: galaxies whose flux the pixels measure at this S/N in some band are fitted (the network's own
 #: intervals of bright galaxies can span a factor of 2, so they cannot pick them)
-GALAXY_SNR = 10.0
+GALAXY_SNR = 30.0
 #: half-light radii (along the major axis) and PSF FWHMs the fitted region reaches from the centre
 EXTENT_HLR = 3.0
 EXTENT_FWHM = 2.0

@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=128, help="pixels (0.2 arcsec)")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--match-arcsec", type=float, default=0.5)
+    parser.add_argument(
+        "--network-fluxes",
+        action="store_true",
+        help="the network's galaxy fluxes (predict.galaxy_photometry=false), not model fits",
+    )
     parser.add_argument("--out", default="outputs/dc2_cataloging")
     args, overrides = parser.parse_known_args(argv)
     names = args.sets.split(",")
@@ -319,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{args.checkpoint} is for bands {list(encoder.bands)}, the test fields have "
                 f"{list(survey.bands)}; pass a model trained for survey=lsst_coadd."
             )
-        predictor = build_predictor(PredictorSettings(), encoder, model, False, survey)
+        settings = PredictorSettings(galaxy_photometry=not args.network_fluxes)
+        predictor = build_predictor(settings, encoder, model, False, survey)
         scale = survey.pixel_scale_arcsec
         ref = survey.bands.index(survey.reference_band)
         match_px, blend_px = args.match_arcsec / scale, BLEND_ARCSEC / scale
