@@ -138,44 +138,40 @@ def refine_galaxy_fluxes(
     keep = np.zeros_like(fluxes, dtype=bool)
     shapes = _valid_shapes(params)
     priors = {target: _shape_prior(_valid_shapes(draws[:, target])) for target in targets}
-    current = fluxes * to_model
+    network = (fluxes * to_model, sigma_net * to_model)  # electrons on the PSF model's scale
+    current = network[0].copy()
+    widest_fwhm = float(fwhm_px.max())
     fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     # two passes: the second sees each target's neighbours with the shapes, positions and
     # fluxes the first fitted them (the network's point estimates of a blend's members pull
     # each other's fluxes by ~10 %)
     for second in (False, True):
         for target in targets:
-            if second and not any(
-                j in fits
-                for j in _scene(
-                    target,
-                    positions,
-                    shapes,
-                    image.images.shape[1:],
-                    pixel_scale_arcsec,
-                    float(fwhm_px.max()),
-                )[2]
-            ):
+            scene = _scene(
+                target, positions, shapes, image.images.shape[1:], pixel_scale_arcsec, widest_fwhm
+            )
+            if second and not any(j in fits for j in scene[2]):
                 continue  # no fitted neighbour: the first pass's fit stands
             fit = _fit_target(
                 image,
                 target,
+                scene,
                 positions,
                 shapes,
                 priors[target],
                 galaxy,
                 current,
-                (fluxes * to_model, sigma_net * to_model),
+                network,
                 psf_models,
                 pixel_scale_arcsec,
-                float(fwhm_px.max()),
             )
             # a fit that disagrees with the network (a shredded or unrecognised blend, a galaxy
             # cut by the image's edge) is dropped, and its neighbours see the network's again
-            network_flux, network_spread = fluxes[target] * to_model, sigma_net[target] * to_model
-            if fit is None or not _consistent(fit[0], fit[1], network_flux, network_spread):
+            if fit is None or not _consistent(
+                fit[0], fit[1], network[0][target], network[1][target]
+            ):
                 fits.pop(target, None)
-                current[target] = network_flux
+                current[target] = network[0][target]
                 shapes[target] = _valid_shapes(params[[target]])[0]
                 positions[target] = catalog["plocs"][0, target].double().numpy()
                 continue
@@ -312,6 +308,7 @@ def _constrained(u: np.ndarray) -> np.ndarray:
 def _fit_target(
     image: SurveyImage,
     target: int,
+    scene: tuple[slice, slice, np.ndarray],
     positions: np.ndarray,
     shapes: np.ndarray,
     prior: tuple[np.ndarray, np.ndarray],
@@ -320,7 +317,6 @@ def _fit_target(
     network: tuple[np.ndarray, np.ndarray],
     psf_models: Sequence[PsfStamps],
     scale: float,
-    fwhm_px: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """A target's fluxes, their sigmas (``c`` each), its shape (``6``) and position (``2``).
 
@@ -330,13 +326,12 @@ def _fit_target(
     weak prior from the network's, as for stars), neighbours at their current shapes. The
     flux variance is the Laplace approximation's (so it includes the shape's uncertainty),
     widened by each band's reduced chi-square when above 1, plus the light the profile family
-    misses (:func:`_missed_light`). ``start``: every source's starting flux; ``network``: its
-    network flux and sigma (the flux prior); ``n c`` each, electrons on the PSF model's scale.
-    None where the region holds too few pixels or the fit fails.
+    misses (:func:`_missed_light`). ``scene``: the target's region and neighbours
+    (:func:`_scene`); ``start``: every source's starting flux; ``network``: its network flux and
+    sigma (the flux prior); ``n c`` each, electrons on the PSF model's scale. None where the
+    region holds too few pixels or the fit fails.
     """
-    rows, cols, neighbours = _scene(
-        target, positions, shapes, image.images.shape[1:], scale, fwhm_px
-    )
+    rows, cols, neighbours = scene
     top, left = rows.start, cols.start
     size = (rows.stop - top, cols.stop - left)
     local = positions - np.array([top, left])

@@ -350,7 +350,8 @@ class Predictor:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         columns.update(shape_parameter_columns(posterior, split))
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
-        catalog = add_shape_ellipticity(catalog, posterior, quantiles)
+        draws = shape_draws(catalog, posterior)  # seeded: the ellipticity's and the fits' prior
+        catalog = add_shape_ellipticity(catalog, posterior, quantiles, draws)
         # an aperture correction refers to the image's PSF model: the fit needs that model
         if (
             star_photometry
@@ -361,8 +362,7 @@ class Predictor:
             catalog, psf_models = refine_star_fluxes(
                 image, catalog, quantiles, settings.pixel_scale_arcsec, settings.psf_beta
             )
-            draws = shape_draws(catalog, posterior) if settings.galaxies else None
-            if draws is not None:
+            if settings.galaxies and draws is not None:
                 if len(psf_models) != len(image.bands):  # no star was fitted
                     psf_models = nominal_psf_models(
                         image, settings.pixel_scale_arcsec, settings.psf_beta

@@ -77,14 +77,21 @@ def shape_draws(catalog: FullCatalog, posterior: VariationalPosterior) -> Tensor
 
 
 def add_shape_ellipticity(
-    catalog: FullCatalog, posterior: VariationalPosterior, quantiles: tuple[float, ...]
+    catalog: FullCatalog,
+    posterior: VariationalPosterior,
+    quantiles: tuple[float, ...],
+    draws: Tensor | None = None,
 ) -> FullCatalog:
     """Add ``ellipticity`` and ``ellipticity@<q>`` from :func:`shape_draws`.
 
-    A catalog without shape-parameter columns, or with an ``ellipticity`` of the model's own
-    factor, is returned as is.
+    ``draws``: the catalog's :func:`shape_draws` where the caller has them already (they are
+    drawn here otherwise). A catalog without shape-parameter columns, or with an
+    ``ellipticity`` of the model's own factor, is returned as is.
     """
-    draws = None if ELLIPTICITY_KEY in catalog else shape_draws(catalog, posterior)
+    if ELLIPTICITY_KEY in catalog:
+        return catalog
+    if draws is None:
+        draws = shape_draws(catalog, posterior)
     if draws is None:
         return catalog
     n = int(catalog["n_sources"][0])
