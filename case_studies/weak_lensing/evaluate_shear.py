@@ -169,8 +169,13 @@ def ensemble_bias(e: np.ndarray, r: np.ndarray, truth: np.ndarray, groups: np.nd
     """m and c of a ratio-of-sums estimator (FPFS's own), with jackknife errors over scenes.
 
     Per scene and component the images sheared by +g and -g give ``E+ - E- = 2 (1 + m) g R``
-    and ``E+ + E- = 2 c R`` (``E``, ``R``: sums over the scene's two rotations); ``1 + m`` is the
-    least-squares ratio over scenes of ``(E+ - E-)`` to ``2 g R``, and ``c`` is the ratio of sums.
+    and ``E+ + E- = 2 c R`` (``E``, ``R``: sums over the scene's two rotations). Both are
+    estimated as ratios of sums over scenes, ``1 + m = sum g (E+ - E-) / sum 2 g^2 R`` and
+    ``c = sum (E+ + E-) / sum 2 R`` (for one shear shared by every scene, FPFS's usual
+    ``sum E / sum R``). The response of one small scene is noisy (AnaCal's selection responses
+    of a few galaxies vary by several times their mean from image to image); a least-squares
+    slope of ``E+ - E-`` on ``2 g R`` would divide by the sum of the squared noisy responses
+    and bias ``m`` low (errors in the regressor), which the ratio of sums does not.
     """
     n_scenes = int(groups.max()) + 1
     # cancelled_scenes' order: (drawn, +g), (rotated, +g), (drawn, -g), (rotated, -g), n each
@@ -183,8 +188,8 @@ def ensemble_bias(e: np.ndarray, r: np.ndarray, truth: np.ndarray, groups: np.nd
     out = {}
 
     def fit(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, y = 2 * g[mask] * resp[mask], e_plus[mask] - e_minus[mask]
-        m = (x * y).sum(0) / (x * x).sum(0) - 1
+        expected, y = 2 * g[mask] * resp[mask], e_plus[mask] - e_minus[mask]
+        m = (g[mask] * y).sum(0) / (g[mask] * expected).sum(0) - 1
         c = (e_plus[mask] + e_minus[mask]).sum(0) / (2 * resp[mask]).sum(0)
         return m, c
 
