@@ -29,12 +29,12 @@ from bliss.catalog import FullCatalog
 from bliss.catalog.ellipticity import galaxy_ellipticity
 from bliss.catalog.io import ELLIPTICITY_KEY
 from bliss.catalog.tile import GALAXY_KEYS
-from bliss.predict.psf_model import ImagePsf, MoffatShape
+from bliss.predict.psf_model import MoffatShape
 from bliss.predict.psf_photometry import PRIOR_WIDEN, PsfStamps, network_sigma, padded
 from bliss.protocols import SurveyImage
 from bliss.simulator.torch_render import draw_unit_stamps, psf_image_fourier
 
-__all__ = ["N_SHAPE_DRAWS", "nominal_psf_models", "refine_galaxy_fluxes"]
+__all__ = ["N_SHAPE_DRAWS", "refine_galaxy_fluxes"]
 
 #: draws of each galaxy's shape posterior that give the fit its prior (mean and spread)
 N_SHAPE_DRAWS = 16
@@ -298,16 +298,6 @@ def _photon_snr(
     area = 4 * math.pi * (fwhm_px / (2 * math.sqrt(2 * math.log(2)))) ** 2
     signal = np.clip(electrons, 0, None)
     return signal / np.sqrt(signal + np.clip(sky, 0, None) * area)
-
-
-def nominal_psf_models(
-    image: SurveyImage, pixel_scale_arcsec: float, beta: float
-) -> list[PsfStamps]:
-    """Each band's PSF where no star fit chose one: the image's own model, else its header Moffat."""
-    if image.psf is not None:
-        return [ImagePsf(functools.partial(image.psf, band)) for band in range(len(image.bands))]
-    fwhm = np.asarray(image.psf_fwhm_arcsec, dtype=np.float64) / pixel_scale_arcsec
-    return [MoffatShape(float(width), beta, fitted=False) for width in fwhm]
 
 
 def _scene(

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
-from bliss.predict.galaxy_photometry import nominal_psf_models, refine_galaxy_fluxes
+from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
 from bliss.predict.shape_ellipticity import (
@@ -363,10 +363,6 @@ class Predictor:
                 image, catalog, quantiles, settings.pixel_scale_arcsec, settings.psf_beta
             )
             if settings.galaxies and draws is not None:
-                if len(psf_models) != len(image.bands):  # no star was fitted
-                    psf_models = nominal_psf_models(
-                        image, settings.pixel_scale_arcsec, settings.psf_beta
-                    )
                 catalog = refine_galaxy_fluxes(
                     image,
                     catalog,

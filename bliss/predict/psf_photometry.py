@@ -39,7 +39,7 @@ from bliss.predict.psf_model import (
 )
 from bliss.protocols import SurveyImage
 
-__all__ = ["PsfStamps", "network_sigma", "padded", "refine_star_fluxes"]
+__all__ = ["PsfStamps", "network_sigma", "nominal_psf_models", "padded", "refine_star_fluxes"]
 
 #: a PSF model that draws a star's stamp (:mod:`bliss.predict.psf_model`)
 PsfStamps = MoffatShape | ImagePsf
@@ -387,6 +387,16 @@ def network_sigma(catalog: FullCatalog, quantiles: Sequence[float]) -> np.ndarra
     return width.numpy() / (2 * float(ndtri(1 - low)))
 
 
+def nominal_psf_models(
+    image: SurveyImage, pixel_scale_arcsec: float, beta: float
+) -> list[PsfStamps]:
+    """Each band's PSF where no star is fitted: the image's own model, else its header Moffat."""
+    if image.psf is not None:
+        return [ImagePsf(functools.partial(image.psf, band)) for band in range(len(image.bands))]
+    fwhm = np.asarray(image.psf_fwhm_arcsec, dtype=np.float64) / pixel_scale_arcsec
+    return [MoffatShape(float(width), beta, fitted=False) for width in fwhm]
+
+
 def refine_star_fluxes(
     image: SurveyImage,
     catalog: FullCatalog,
@@ -409,16 +419,15 @@ def refine_star_fluxes(
 
     Returns:
         The catalog with refined ``fluxes`` and ``fluxes@<q>`` (other keys unchanged) and the
-        PSF model used per band (a fitted or nominal :class:`MoffatShape`, or the image's
-        :class:`ImagePsf`).
+        PSF model of each band (a fitted or nominal :class:`MoffatShape`, or the image's
+        :class:`ImagePsf`; :func:`nominal_psf_models` where no star is fitted).
 
     Shapes:
         catalog keys ``1 n d``.
     """
     n = int(catalog["n_sources"][0])
-    shapes: list[PsfStamps] = []
     if n == 0:
-        return catalog, shapes
+        return catalog, nominal_psf_models(image, pixel_scale_arcsec, default_beta)
     positions = catalog["plocs"][0, :n].double().numpy()
     # a model without a galaxy factor (the crowded-field one) catalogs only stars
     prob_galaxy = (
@@ -428,7 +437,7 @@ def refine_star_fluxes(
     fluxes = catalog["fluxes"][0, :n].double().numpy().copy()
     sigma_net = network_sigma(catalog, quantiles)
     if sigma_net is None:
-        return catalog, shapes
+        return catalog, nominal_psf_models(image, pixel_scale_arcsec, default_beta)
     sigma_net = sigma_net[:n]
     tree = cKDTree(positions)
     # a galaxy's light is not a PSF: stars with one inside their stamp keep the network's flux
@@ -440,7 +449,8 @@ def refine_star_fluxes(
     )
     stars = np.flatnonzero(~galaxy & ~near_galaxy)
     if not len(stars):
-        return catalog, shapes
+        return catalog, nominal_psf_models(image, pixel_scale_arcsec, default_beta)
+    shapes: list[PsfStamps] = []
     isolated = np.array(
         [len(tree.query_ball_point(positions[i], 2 * half)) == 1 for i in stars], dtype=bool
     )

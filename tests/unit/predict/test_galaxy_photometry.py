@@ -11,9 +11,9 @@ from bliss.catalog.tile import GALAXY_KEYS
 from bliss.predict.galaxy_photometry import (
     GALAXY_SNR,
     N_SHAPE_DRAWS,
-    nominal_psf_models,
     refine_galaxy_fluxes,
 )
+from bliss.predict.psf_photometry import nominal_psf_models
 from bliss.protocols import SurveyImage
 from bliss.simulator.render import galaxy_profile, moffat_psf
 
