@@ -1,5 +1,6 @@
 """Load the model, build the survey, check that their bands agree: once, for predict and evaluate."""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,9 +26,14 @@ __all__ = [
 
 
 def load_model_and_survey(
-    checkpoint: str | Path, survey_config: DictConfig
+    checkpoint: str | Path,
+    survey_config: DictConfig,
+    shipped_models: Mapping[str, str] | None = None,
 ) -> tuple[Encoder, ModelConditions, Survey]:
     """The checkpoint's encoder, what it assumes of its images, and the survey adapted to it.
+
+    ``shipped_models`` (``predict.shipped_models``: survey name -> file in ``bliss/models``)
+    lets a band mismatch say which surveys have a shipped model.
 
     Raises:
         BlissConfigError: the survey's bands differ from the model's (names and order).
@@ -37,10 +43,17 @@ def load_model_and_survey(
     encoder, model_config = load_encoder(checkpoint)
     survey = instantiate(survey_config)
     if tuple(encoder.bands) != tuple(survey.bands):
+        hint = "pick the matching survey or checkpoint."
+        if shipped_models is not None and survey_config.name not in shipped_models:
+            listed = ", ".join(f"survey={name} ({file})" for name, file in shipped_models.items())
+            hint = (
+                f"no model ships for survey={survey_config.name} (models ship for survey=sdss "
+                f"(sdss_generalist.ckpt), {listed}); pass predict.checkpoint=PATH to a model "
+                f"trained for its bands (bliss mode=train survey={survey_config.name} ...)."
+            )
         raise BlissConfigError(
             f"checkpoint {checkpoint} is for bands {list(encoder.bands)} but "
-            f"survey={survey_config.name} has {list(survey.bands)}; pick the matching survey or "
-            "checkpoint."
+            f"survey={survey_config.name} has {list(survey.bands)}; {hint}"
         )
     model = model_conditions(tuple(encoder.bands), model_config)
     return encoder, model, survey.for_model(model)

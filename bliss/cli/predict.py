@@ -139,7 +139,9 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         path = OmegaConf.select(spec, key)
         if path is not None:
             require_checkpoint_file(path, f"predict.{key}")
-    encoder, model, survey = load_model_and_survey(spec.checkpoint, cfg.survey)
+    encoder, model, survey = load_model_and_survey(
+        spec.checkpoint, cfg.survey, spec.get("shipped_models")
+    )
     crowded = load_crowded_model(spec, cfg.survey)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = table_meta(spec.checkpoint, config_yaml)

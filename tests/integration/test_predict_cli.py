@@ -103,3 +103,6 @@ def test_checkpoint_for_other_bands_is_refused(tmp_path):
     )
     assert out.returncode != 0
     assert "bands" in out.stderr and not list(tmp_path.glob("outputs/predict/*.fits"))
+    # the refusal names the surveys that have a shipped model
+    assert "no model ships for survey=des" in out.stderr
+    assert "survey=lsst_coadd (lsst_dc2.ckpt)" in out.stderr
