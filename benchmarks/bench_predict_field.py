@@ -12,13 +12,11 @@ Hydra overrides passed to every run (e.g. ``predict.crowded.checkpoint=null``). 
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_startup import CHILD as _CHILD  # the bliss command, reporting its peak RSS
+from bench_startup import timed  # a fresh bliss process: seconds, peak RSS, last line
 
 
 def run_once(
@@ -26,28 +24,19 @@ def run_once(
 ) -> tuple[float, float, str]:
     """One `bliss mode=predict` of ``field`` ("run-camcol-field"); (seconds, peak GB, last line)."""
     run, camcol, number = field.split("-")
-    command = [
-        sys.executable,
-        "-c",
-        _CHILD,
-        "mode=predict",
-        "survey=sdss_frames",
-        f"survey.data_dir={data_dir}",
-        f"survey.run={run}",
-        f"survey.camcol={camcol}",
-        f"survey.field={number}",
-        f"predict.output={out / f'{field}.fits'}",
-        f"hydra.run.dir={out / 'hydra'}",
-        *overrides,
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"bliss {' '.join(command[3:])} failed:\n{done.stderr[-3000:]}")
-    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_KB ")]
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return seconds, int(peak[-1].split()[1]) / 1e6, last
+    return timed(
+        [
+            "mode=predict",
+            "survey=sdss_frames",
+            f"survey.data_dir={data_dir}",
+            f"survey.run={run}",
+            f"survey.camcol={camcol}",
+            f"survey.field={number}",
+            f"predict.output={out / f'{field}.fits'}",
+            f"hydra.run.dir={out / 'hydra'}",
+            *overrides,
+        ]
+    )
 
 
 def main() -> None:

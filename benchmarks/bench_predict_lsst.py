@@ -19,12 +19,11 @@ within 8 GiB on 2 CPU cores; the time is reported.
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_startup import CHILD  # the bliss command, reporting its peak RSS
+from bench_startup import timed  # a fresh bliss process: seconds, peak RSS, last line
 
 ROWS = {
     "default": [],
@@ -64,25 +63,16 @@ def simulate(size: int, work: Path) -> Path:
 
 def run_once(image: Path, overrides: list[str], out: Path) -> tuple[float, float, str]:
     """One `bliss mode=predict survey=lsst_coadd`: (seconds, peak GB, its last stdout line)."""
-    command = [
-        sys.executable,
-        "-c",
-        CHILD,
-        "mode=predict",
-        "survey=lsst_coadd",
-        f"predict.input={image}",
-        f"predict.output={out / 'catalog.fits'}",
-        f"hydra.run.dir={out / 'hydra'}",
-        *overrides,
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"bliss {' '.join(command[3:])} failed:\n{done.stderr[-3000:]}")
-    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_KB ")]
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return seconds, int(peak[-1].split()[1]) / 1e6, last
+    return timed(
+        [
+            "mode=predict",
+            "survey=lsst_coadd",
+            f"predict.input={image}",
+            f"predict.output={out / 'catalog.fits'}",
+            f"hydra.run.dir={out / 'hydra'}",
+            *overrides,
+        ]
+    )
 
 
 def main() -> None:
