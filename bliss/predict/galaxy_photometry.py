@@ -219,7 +219,7 @@ def refine_galaxy_fluxes(
             old = catalog[key][0, :n].double().numpy()
             data[key] = padded(catalog[key], np.where(keep, new[q], old))
     if ELLIPTICITY_KEY in catalog:
-        kept = {target: fit for target, fit in fits.items() if keep[target]}
+        kept = {target: fit for target, fit in fits.items() if keep[target].any()}
         data.update(_fitted_ellipticity(catalog, kept, quantiles))
     return FullCatalog(catalog.height_px, catalog.width_px, data)
 
