@@ -257,10 +257,8 @@ COLUMNS: tuple[Column, ...] = (
         "`ellipticity` factor, or, for models with bulge + disk shape factors only (the shipped "
         "SDSS models), the posterior median of the ellipticity of 64 draws of those factors, "
         "which goes to 0 where the orientation is unknown; the ellipticity of the shape columns' "
-        "point estimates does not, and is biased. Galaxies whose flux comes from a bulge + disk "
-        "model fit take the fit's ellipticity (the median over draws of its shape posterior) "
-        "where its interval is narrower in both components (docs/photometry.md). In samples, "
-        "that of the drawn shape. " + _SHAPE_NOTE,
+        "point estimates does not, and is biased. In samples, that of the drawn shape. "
+        + _SHAPE_NOTE,
     ),
     Column(
         "e2",

@@ -26,8 +26,6 @@ import torch
 from scipy.special import ndtri
 
 from bliss.catalog import FullCatalog
-from bliss.catalog.ellipticity import galaxy_ellipticity
-from bliss.catalog.io import ELLIPTICITY_KEY
 from bliss.catalog.tile import GALAXY_KEYS
 from bliss.predict.psf_model import MoffatShape
 from bliss.predict.psf_photometry import PRIOR_WIDEN, PsfStamps, network_sigma, padded
@@ -76,25 +74,19 @@ MAX_SHIFT_PX = 1.5
 #: Levenberg-Marquardt iterations at most, and the relative cost decrease that ends them
 MAX_ITERATIONS = 15
 CONVERGED = 1e-4
-#: draws of a fitted shape's Laplace posterior that give its ellipticity, and their seed
-N_ELLIPTICITY_DRAWS = 64
-ELLIPTICITY_SEED = 0
 
 
 class _Fit(NamedTuple):
     """One galaxy's fit.
 
-    Fluxes and sigmas (``c`` each, electrons on the PSF model's scale), shape (``6``), position
-    (``2``), and the shape's unconstrained coordinates (``6``) with their Laplace covariance
-    (``6 6``).
+    Fluxes and sigmas (``c`` each, electrons on the PSF model's scale), shape (``6``) and
+    position (``2``).
     """
 
     fluxes: np.ndarray
     sigma: np.ndarray
     shape: np.ndarray
     position: np.ndarray
-    shape_coordinates: np.ndarray
-    shape_covariance: np.ndarray
 
 
 def refine_galaxy_fluxes(
@@ -123,9 +115,7 @@ def refine_galaxy_fluxes(
             scale (an image's aperture correction), as the star fits divide it out [default: 1].
 
     Returns:
-        The catalog with refined ``fluxes`` and ``fluxes@<q>``, and, where the catalog has an
-        ``ellipticity``, the fitted galaxies' ellipticities where the fit's intervals are
-        narrower in both components (:func:`_fitted_ellipticity`); other keys unchanged.
+        The catalog with refined ``fluxes`` and ``fluxes@<q>``; other keys unchanged.
 
     Shapes:
         catalog keys ``1 n d``.
@@ -218,63 +208,7 @@ def refine_galaxy_fluxes(
         if key in catalog:
             old = catalog[key][0, :n].double().numpy()
             data[key] = padded(catalog[key], np.where(keep, new[q], old))
-    if ELLIPTICITY_KEY in catalog:
-        kept = {target: fit for target, fit in fits.items() if keep[target].any()}
-        data.update(_fitted_ellipticity(catalog, kept, quantiles))
     return FullCatalog(catalog.height_px, catalog.width_px, data)
-
-
-def _fitted_ellipticity(
-    catalog: FullCatalog, fits: dict[int, _Fit], quantiles: Sequence[float]
-) -> dict[str, torch.Tensor]:
-    """``ellipticity`` and ``ellipticity@<q>`` with the fitted galaxies' where those are narrower.
-
-    A fit's ellipticity is the median (and quantiles) over :data:`N_ELLIPTICITY_DRAWS` seeded
-    draws of its shape's Laplace posterior (the pixels and the network's shape posterior as
-    prior), as the network's is over draws of its shape posterior
-    (:mod:`bliss.predict.shape_ellipticity`). It replaces the network's where its central
-    interval is narrower in both components: for galaxies the pixels resolve; for the rest the
-    fit only restates the network's prior. Empty where no fit qualifies.
-    """
-    keys = {q: f"{ELLIPTICITY_KEY}@{q:g}" for q in quantiles}
-    low, high = min(quantiles, default=0.5), max(quantiles, default=0.5)
-    if not fits or low == high or not all(key in catalog for key in keys.values()):
-        return {}
-    rng = np.random.default_rng(ELLIPTICITY_SEED)
-    unit = rng.standard_normal((N_ELLIPTICITY_DRAWS, 6))
-    levels = [0.5, *quantiles]
-    values = {
-        level: catalog[keys[level] if level in keys else ELLIPTICITY_KEY].clone()
-        for level in levels
-    }
-    replaced = False
-    for target, fit in fits.items():
-        root = _covariance_root(fit.shape_covariance)
-        if root is None:
-            continue
-        draws = _constrained(fit.shape_coordinates + unit @ root.T)
-        e = galaxy_ellipticity(draws)  # N 2
-        fitted = np.quantile(e, levels, axis=0)  # levels 2
-        width = fitted[levels.index(high)] - fitted[levels.index(low)]
-        network = (values[high][0, target] - values[low][0, target]).double().numpy()
-        if np.all(width < network):
-            for level, value in zip(levels, fitted, strict=True):
-                values[level][0, target] = torch.from_numpy(value).to(values[level].dtype)
-            replaced = True
-    if not replaced:
-        return {}
-    return {keys[level] if level in keys else ELLIPTICITY_KEY: values[level] for level in levels}
-
-
-def _covariance_root(covariance: np.ndarray) -> np.ndarray | None:
-    """A square root ``L`` of a covariance (``L L^T``), None where it is not finite.
-
-    Eigenvalues below 0 (round-off of a nearly singular Laplace matrix) are clipped to 0.
-    """
-    if not np.all(np.isfinite(covariance)):
-        return None
-    values, vectors = np.linalg.eigh(0.5 * (covariance + covariance.T))
-    return vectors * np.sqrt(np.clip(values, 0, None))
 
 
 def _consistent(
@@ -396,8 +330,7 @@ def _fit_target(
     weak prior from the network's, as for stars), neighbours at their current shapes. The
     flux variance is the Laplace approximation's (so it includes the shape's uncertainty),
     widened by each band's reduced chi-square when above 1, plus the light the profile family
-    misses (:func:`_missed_light`); the shape's covariance is the Laplace approximation's too,
-    widened by the median band's reduced chi-square when above 1. ``scene``: the target's region and neighbours
+    misses (:func:`_missed_light`). ``scene``: the target's region and neighbours
     (:func:`_scene`); ``start``: every source's starting flux; ``network``: its network flux and
     sigma (the flux prior); ``n c`` each, electrons on the PSF model's scale. None where the
     region holds too few pixels or the fit fails.
@@ -576,8 +509,7 @@ def _fit_target(
     if not (np.all(np.isfinite(fluxes[0])) and np.all(np.isfinite(sigma))):
         return None
     position = positions[target] + u[6:]
-    shape_covariance = covariance[:6, :6] * max(float(np.median(reduced_chi2)), 1.0)
-    return _Fit(fluxes[0], sigma, _constrained(u[None, :6])[0], position, u[:6], shape_covariance)
+    return _Fit(fluxes[0], sigma, _constrained(u[None, :6])[0], position)
 
 
 def _missed_light(

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from bliss.catalog import FullCatalog
-from bliss.catalog.ellipticity import galaxy_ellipticity
 from bliss.catalog.tile import GALAXY_KEYS
 from bliss.predict.galaxy_photometry import (
     GALAXY_SNR,
@@ -157,51 +156,3 @@ def test_catalog_without_types_or_intervals_is_returned_as_is(missing):
     catalog, draws = _network(position, SHAPE[None], [2e5], rng)
     reduced = FullCatalog(SIZE, SIZE, {k: v for k, v in catalog.items() if k != missing})
     assert _refined(image, reduced, draws) is reduced
-
-
-def _with_ellipticity(
-    catalog: FullCatalog, draws: torch.Tensor, shrink: float = 1.0
-) -> FullCatalog:
-    """The catalog with the network's ellipticity columns: median and quantiles over ``draws``,
-    the interval scaled by ``shrink`` about the median."""
-    e = galaxy_ellipticity(draws.reshape(-1, 6).double().numpy()).reshape(len(draws), -1, 2)
-    median = np.median(e, 0)
-    data = dict(catalog.items())
-    data["ellipticity"] = torch.tensor(median).float()[None]
-    for q in QUANTILES:
-        value = median + shrink * (np.quantile(e, q, axis=0) - median)
-        data[f"ellipticity@{q:g}"] = torch.tensor(value).float()[None]
-    return FullCatalog(catalog.height_px, catalog.width_px, data)
-
-
-def test_bright_galaxy_ellipticity_comes_from_the_fit():
-    # the stand-in network's position angle is 0.2 rad off (0.4 rad in e, ~0.1 in a component)
-    # and its bulge/disk mix wrong; at S/N ~400 the pixels pin e to ~0.01 (12 draws: mean error
-    # +0.003 / +0.008, z-scores' rms 1.1)
-    rng = np.random.default_rng(11)
-    torch.manual_seed(11)
-    position = np.array([31.3, 32.6])
-    truth = galaxy_ellipticity(SHAPE[None])[0]
-    clean = _render([(position, SHAPE, 2e5)]) + SKY
-    errors, zscores = [], []
-    for trial in range(6):
-        image = _survey_image(rng.poisson(clean).astype(np.float64))
-        catalog, draws = _network(position[None], SHAPE[None], [2e5], rng)
-        catalog = _with_ellipticity(catalog, draws)
-        refined = _refined(image, catalog, draws)
-        e = refined["ellipticity"][0, 0].numpy()
-        low, high = (refined[f"ellipticity@{q:g}"][0, 0].numpy() for q in QUANTILES)
-        network_width = (catalog["ellipticity@0.95"] - catalog["ellipticity@0.05"])[0, 0].numpy()
-        assert np.all(high - low < network_width)
-        assert np.abs(catalog["ellipticity"][0, 0].numpy() - truth).max() > 0.05
-        errors.append(e - truth)
-        zscores.append((e - truth) / ((high - low) / 3.29))
-        if trial == 0:  # a network interval narrower than the fit's is kept
-            narrow = _with_ellipticity(catalog, draws, shrink=1e-3)
-            kept = _refined(image, narrow, draws)
-            assert torch.equal(kept["ellipticity"], narrow["ellipticity"])
-    errors, zscores = np.array(errors), np.array(zscores)
-    assert np.abs(errors).max() < 0.04, errors
-    assert np.abs(errors.mean(0)).max() < 0.015, errors
-    # honest intervals: a z-score rms of 2 would mean intervals half as wide as the errors
-    assert 0.4 < np.sqrt((zscores**2).mean()) < 2.0, zscores
