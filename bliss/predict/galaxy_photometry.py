@@ -322,7 +322,7 @@ def _fit_target(
     psf_models: Sequence[PsfStamps],
     scale: float,
 ) -> _Fit | None:
-    """A target's fluxes, their sigmas, its shape and position, and its shape's posterior.
+    """A target's fluxes, their sigmas (``c`` each), its shape (``6``) and position (``2``).
 
     A Levenberg-Marquardt fit of the target's shape (six parameters, with the network's shape
     posterior as a prior), its position (a shift from the network's, prior
