@@ -426,8 +426,9 @@ def refine_star_fluxes(
         catalog keys ``1 n d``.
     """
     n = int(catalog["n_sources"][0])
+    nominal = nominal_psf_models(image, pixel_scale_arcsec, default_beta)
     if n == 0:
-        return catalog, nominal_psf_models(image, pixel_scale_arcsec, default_beta)
+        return catalog, nominal
     positions = catalog["plocs"][0, :n].double().numpy()
     # a model without a galaxy factor (the crowded-field one) catalogs only stars
     prob_galaxy = (
@@ -437,7 +438,7 @@ def refine_star_fluxes(
     fluxes = catalog["fluxes"][0, :n].double().numpy().copy()
     sigma_net = network_sigma(catalog, quantiles)
     if sigma_net is None:
-        return catalog, nominal_psf_models(image, pixel_scale_arcsec, default_beta)
+        return catalog, nominal
     sigma_net = sigma_net[:n]
     tree = cKDTree(positions)
     # a galaxy's light is not a PSF: stars with one inside their stamp keep the network's flux
@@ -449,7 +450,7 @@ def refine_star_fluxes(
     )
     stars = np.flatnonzero(~galaxy & ~near_galaxy)
     if not len(stars):
-        return catalog, nominal_psf_models(image, pixel_scale_arcsec, default_beta)
+        return catalog, nominal
     shapes: list[PsfStamps] = []
     isolated = np.array(
         [len(tree.query_ball_point(positions[i], 2 * half)) == 1 for i in stars], dtype=bool
@@ -472,9 +473,8 @@ def refine_star_fluxes(
         scale = 1.0
         if image.psf is not None and image.aperture_correction is not None:
             scale = float(image.aperture_correction[band])
-        if image.psf is not None:
-            model: PsfStamps = ImagePsf(functools.partial(image.psf, band))
-        else:
+        model = nominal[band]  # the image's own model where it has one
+        if image.psf is None:
             model = _fitted_moffat(
                 image,
                 band,
