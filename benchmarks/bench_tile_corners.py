@@ -2,10 +2,12 @@
 
 Issue 13's checkerboard target: a star exactly on the corner four tiles share is found by the
 point estimate in at least 19 of 20 noise draws and held once in at least 95 % of joint samples;
-the same on a border. Per place this prints the point estimate's finds over ``--seeds`` noise
-draws, the joint samples (noise seed 0) that hold the star once / miss it / hold it twice or
-more, and the P(source) each tile around the place had when its colour group was decided
-(noise seed 0), in visiting order.
+the same on a border. With a tiling margin (``encoder.tiling.margin_px``) the first group's tiles
+hold those places well inside, and the ambiguity moves to the corner and edge of their widened
+area, 0.5 px out: both are measured too. Per place this prints the point estimate's finds over
+``--seeds`` noise draws, the joint samples (noise seed 0) that hold the star once / miss it /
+hold it twice or more, and the P(source) each tile around the place had when its colour group
+was decided (noise seed 0), in visiting order.
 
     python benchmarks/bench_tile_corners.py [--checkpoint bliss/models/sdss_generalist.ckpt]
 
@@ -45,9 +47,11 @@ def group_probabilities(predictor: Predictor, image, row: float, col: float) -> 
     _, _, n_h, n_w = features.shape
     colors = encoder.tiling.colors(n_h, n_w, features.device)
     slen = encoder.tile_slen
-    # the tiles within TOUCH_PX of the place: four at a corner, two on a border
-    rows = {int((row - TOUCH_PX) // slen), int((row + TOUCH_PX) // slen)}
-    cols = {int((col - TOUCH_PX) // slen), int((col + TOUCH_PX) // slen)}
+    # the tiles that may hold the place (widened by the tiling margin, plus TOUCH_PX): four at
+    # a corner, two on a border
+    reach = TOUCH_PX + encoder.tiling.margin_px
+    rows = {int((row - reach) // slen), int((row + reach) // slen)}
+    cols = {int((col - reach) // slen), int((col + reach) // slen)}
     tiles = [(r, c) for r in sorted(rows) for c in sorted(cols)]
     with torch.no_grad():
         # each tile's parameters are those its group was decided with, as predict runs it
@@ -74,6 +78,10 @@ def main() -> None:
         "corner": (centre, centre),
         "corner + 0.03 px": (centre + 0.03, centre + 0.03),
         "border": (centre, centre + 2.0),
+        # where a model with a 0.5 px tiling margin is ambiguous instead: the corner and the edge
+        # of the first group's widened tile
+        "corner - 0.5 px": (centre - 0.5, centre - 0.5),
+        "border - 0.5 px": (centre - 0.5, centre + 2.0),
     }
     results = {"checkpoint": args.checkpoint, "places": {}}
     for name, (row, col) in places.items():

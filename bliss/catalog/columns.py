@@ -101,7 +101,8 @@ COLUMNS: tuple[Column, ...] = (
         "float32",
         "x uncertainty: half the 16-84 % posterior interval",
         "From the location posterior's marginal quantiles. That posterior lives inside the "
-        "source's 4 x 4 px tile, so errors stay below about 2 px.",
+        "source's tile (4 x 4 px for the SDSS models), widened by the tiling margin of a model "
+        "trained with one (docs/tiling.md), so errors stay below about half a tile.",
         _CATALOG,
     ),
     Column("y_err", "pix", "float32", "y uncertainty, likewise", kinds=_CATALOG),

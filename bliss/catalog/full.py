@@ -12,7 +12,7 @@ from bliss.catalog.shapes import check_shape
 from bliss.catalog.tile import TileCatalog
 from bliss.errors import BlissValueError, BlissWarning
 
-__all__ = ["FullCatalog", "concat_full_catalogs"]
+__all__ = ["FullCatalog", "concat_full_catalogs", "sort_within_tiles"]
 
 
 class FullCatalog(CatalogMapping):
@@ -115,12 +115,28 @@ class FullCatalog(CatalogMapping):
         return FullCatalog(bottom - top, right - left, data)
 
     def to_tile_catalog(
-        self, tile_slen: int, max_sources: int, ref_band: int = 0, *, warn_on_drop: bool = True
+        self,
+        tile_slen: int,
+        max_sources: int,
+        ref_band: int = 0,
+        *,
+        warn_on_drop: bool = True,
+        tile_index: Tensor | None = None,
     ) -> TileCatalog:
         """Assign sources to tiles; within a tile, order by decreasing ``fluxes[..., ref_band]``.
 
         Sources outside the image are dropped. When a tile holds more than ``max_sources``, the
         faintest are dropped (with a :class:`BlissWarning` unless ``warn_on_drop`` is False).
+
+        Args:
+            tile_slen: tile side, pixels.
+            max_sources: slots per tile.
+            ref_band: band whose flux orders the sources of a tile.
+            warn_on_drop: warn when a tile overflows.
+            tile_index: the ``(row, col)`` tile of each source (``b n 2``, long) when it is not
+                the tile that contains it (a tile that also holds sources beyond its border);
+                ``locs`` are then relative to that tile and may lie outside ``[0, 1]``. Sources
+                with a negative index are dropped [default: the containing tile].
 
         Returns:
             A :class:`TileCatalog` with ``ht = ceil(height_px / tile_slen)`` tile rows.
@@ -129,8 +145,10 @@ class FullCatalog(CatalogMapping):
         n_tiles_w = -(-self.width_px // tile_slen)
         b, n = self.batch_size, self.max_n_sources
         plocs = self["plocs"]
-        tile_idx = torch.div(plocs, tile_slen, rounding_mode="floor").long()
-        rows, cols = tile_idx.unbind(-1)
+        if tile_index is None:
+            tile_index = torch.div(plocs, tile_slen, rounding_mode="floor").long()
+        check_shape("tile_index", tile_index, "b n 2", {"b": b, "n": n})
+        rows, cols = tile_index.unbind(-1)
         inside = (
             self.is_on_mask & (rows >= 0) & (rows < n_tiles_h) & (cols >= 0) & (cols < n_tiles_w)
         )
@@ -140,18 +158,8 @@ class FullCatalog(CatalogMapping):
             brightness = self["fluxes"][..., ref_band]
         else:
             brightness = torch.zeros(b, n, device=plocs.device)
-        # sort by tile, then by decreasing flux: two stable sorts
-        order = torch.sort(-brightness, dim=1, stable=True).indices
-        order = torch.gather(
-            order, 1, torch.sort(torch.gather(flat_tile, 1, order), dim=1, stable=True).indices
-        )
+        order, rank = sort_within_tiles(flat_tile, -brightness)
         sorted_tile = torch.gather(flat_tile, 1, order)
-        # rank of each source within its tile
-        positions = torch.arange(n, device=plocs.device).expand(b, n)
-        is_first = torch.ones_like(sorted_tile, dtype=torch.bool)
-        is_first[:, 1:] = sorted_tile[:, 1:] != sorted_tile[:, :-1]
-        run_start = torch.cummax(torch.where(is_first, positions, 0), dim=1).values
-        rank = positions - run_start
         valid = (sorted_tile < n_tiles) & (rank < max_sources)
         if warn_on_drop and bool(((sorted_tile < n_tiles) & (rank >= max_sources)).any()):
             warnings.warn(
@@ -198,6 +206,31 @@ class FullCatalog(CatalogMapping):
             f"FullCatalog(b={self.batch_size}, n={self.max_n_sources}, "
             f"{self.height_px}x{self.width_px} px, keys={self.keys()})"
         )
+
+
+def sort_within_tiles(flat_tile: Tensor, *keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Sources ordered by tile, then by ``keys`` (ascending, the first key most significant).
+
+    Args:
+        flat_tile: each source's flat tile index (``b n``, long).
+        keys: per-source sort keys (``b n`` each).
+
+    Returns:
+        ``order`` (``b n``: source indices in sorted order) and ``rank`` (``b n``: the place of the
+        ``i``-th sorted source within its tile, from 0).
+    """
+    b, n = flat_tile.shape
+    order = torch.arange(n, device=flat_tile.device).expand(b, n)
+    for key in (*reversed(keys), flat_tile):  # stable sorts, least significant key first
+        order = torch.gather(
+            order, 1, torch.sort(torch.gather(key, 1, order), dim=1, stable=True).indices
+        )
+    sorted_tile = torch.gather(flat_tile, 1, order)
+    positions = torch.arange(n, device=flat_tile.device).expand(b, n)
+    is_first = torch.ones_like(sorted_tile, dtype=torch.bool)
+    is_first[:, 1:] = sorted_tile[:, 1:] != sorted_tile[:, :-1]
+    run_start = torch.cummax(torch.where(is_first, positions, 0), dim=1).values
+    return order, positions - run_start
 
 
 def concat_full_catalogs(catalogs: list[FullCatalog]) -> FullCatalog:

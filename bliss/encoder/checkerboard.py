@@ -29,16 +29,38 @@ class TilingSchedule:
     Args:
         n_colors: ``K``, one of 1, 2, 4.
         randomize_order: during training, visit the groups in a random order each step.
+        margin_px: how far past its border a tile may hold a source, pixels (less than a tile);
+            a source there is held by the first tile visited that can hold it
+            (:mod:`bliss.encoder.claims`). The ``locs`` factor's bounds must take it in.
+        self_conditioning: the share of training steps whose later groups are conditioned on
+            catalogs drawn from the posterior of the earlier ones instead of the truth, so that a
+            source an earlier group declined becomes a later group's target.
     """
 
-    def __init__(self, n_colors: int = 4, randomize_order: bool = False) -> None:
+    def __init__(
+        self,
+        n_colors: int = 4,
+        randomize_order: bool = False,
+        margin_px: float = 0.0,
+        self_conditioning: float = 0.0,
+    ) -> None:
         if n_colors not in SCHEDULES:
             raise BlissConfigError(
                 f"encoder.tiling.n_colors={n_colors}; expected one of {sorted(SCHEDULES)} "
                 f"({', '.join(f'{k} = {v}' for k, v in SCHEDULES.items())})."
             )
+        if margin_px < 0:
+            raise BlissConfigError(
+                f"encoder.tiling.margin_px={margin_px}; expected a distance >= 0 (pixels)."
+            )
+        if not 0 <= self_conditioning <= 1:
+            raise BlissConfigError(
+                f"encoder.tiling.self_conditioning={self_conditioning}; expected a share in [0, 1]."
+            )
         self.n_colors = n_colors
         self.randomize_order = randomize_order
+        self.margin_px = float(margin_px)
+        self.self_conditioning = float(self_conditioning)
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ from bliss.catalog import TileCatalog
 from bliss.catalog.batch import field_key, unflatten_catalog
 from bliss.catalog.shapes import check_shape
 from bliss.encoder.checkerboard import CatalogContext, ContextHead, TilingSchedule
+from bliss.encoder.claims import SourcePool
 from bliss.encoder.features import FeatureNet
 from bliss.encoder.normalizers import ImageNormalizer
 from bliss.encoder.region_head import RegionHead
@@ -117,6 +118,7 @@ class Encoder(nn.Module):
             )
         self.reference_index = self.bands.index(reference_band)
         self.tile_slen = tile_slen
+        _check_margin(tiling, posterior, tile_slen)
         self.normalizer = normalizer
         self.features = features(in_channels=normalizer.n_channels, tile_slen=tile_slen)
         self.posterior = posterior
@@ -238,22 +240,63 @@ class Encoder(nn.Module):
         return loss + self.region_nll(features, batch) if self.regions else loss
 
     def nll_from_features(self, features: Tensor, truth: TileCatalog) -> Tensor:
-        """:meth:`nll` on precomputed features (``b f ht wt``), e.g. those :meth:`infer` also uses."""
+        """:meth:`nll` on precomputed features (``b f ht wt``), e.g. those :meth:`infer` also uses.
+
+        With a tiling margin, or on a self-conditioned training step, each group's targets are
+        the true sources left to it (:class:`~bliss.encoder.claims.SourcePool`); otherwise the
+        true catalog itself, each group conditioned on the truth of the groups before it.
+        """
         colors = self.tiling.colors(truth.n_tiles_h, truth.n_tiles_w, features.device)
+        masks = self._known_masks(self.tiling.order(self.training), colors)
+        conditioning = self.training and self.tiling.self_conditioning > 0
+        if conditioning:
+            conditioning = bool(torch.rand(()) < self.tiling.self_conditioning)
+        if self.tiling.margin_px > 0 or conditioning:
+            return self._nll_of_claims(features, truth, colors, masks, sample=conditioning)
         total = features.new_zeros(())
-        for group, known in self._known_masks(self.tiling.order(self.training), colors):
+        for group, known in masks:
             params = self.group_params(features, truth, known, colors == group)
-            try:
-                log_prob = self.posterior.log_prob(params, truth)
-            except ValueError:
-                # torch.distributions refuses non-finite parameters with a dump of the tensor;
-                # shards are checked for finite content, so non-finite parameters mean the
-                # weights diverged
-                if bool(torch.isfinite(params).all()):
-                    raise
-                raise self._diverged("the posterior parameters are not finite") from None
-            total = total + torch.where(colors == group, log_prob, 0.0).sum()
+            total = total + self._group_log_prob(params, truth, colors == group)
         return -total / truth.batch_size
+
+    def _nll_of_claims(
+        self,
+        features: Tensor,
+        truth: TileCatalog,
+        colors: Tensor,
+        masks: list[tuple[int, Tensor]],
+        sample: bool,
+    ) -> Tensor:
+        """The loss when each group's targets are what the groups before it left."""
+        pool = SourcePool(truth, self.tiling.margin_px, self.reference_index)
+        decided = self._empty(truth.batch_size, truth.n_tiles_h, truth.n_tiles_w, features)
+        total = features.new_zeros(())
+        for group, known in masks:
+            in_group = colors == group
+            target, index = pool.targets(in_group)
+            params = self.group_params(features, decided, known, in_group)
+            total = total + self._group_log_prob(params, target, in_group)
+            if sample:
+                with torch.no_grad():
+                    draw = self.posterior.sample(params.detach(), self.tile_slen)
+            else:
+                draw = target
+            pool.claim(index, torch.where(in_group, draw["n_sources"], 0))
+            decided = _where_tiles(in_group, draw, decided)
+        return -total / truth.batch_size
+
+    def _group_log_prob(self, params: Tensor, target: TileCatalog, in_group: Tensor) -> Tensor:
+        """Log posterior of ``target`` on the tiles of one group, summed."""
+        try:
+            log_prob = self.posterior.log_prob(params, target)
+        except ValueError:
+            # torch.distributions refuses non-finite parameters with a dump of the tensor;
+            # shards are checked for finite content, so non-finite parameters mean the
+            # weights diverged
+            if bool(torch.isfinite(params).all()):
+                raise
+            raise self._diverged("the posterior parameters are not finite") from None
+        return torch.where(in_group, log_prob, 0.0).sum()
 
     def _diverged(self, what: str, batch_idx: int | None = None) -> BlissValueError:
         """The error for weights that no longer give finite numbers (the trainer adds its step)."""
@@ -328,3 +371,20 @@ def _where_tiles(in_group: Tensor, new: TileCatalog, old: TileCatalog) -> TileCa
         mask = in_group.view(1, *in_group.shape, *([1] * (value.ndim - 3)))
         data[key] = torch.where(mask, value, old[key] if key in old else 0)
     return TileCatalog(new.tile_slen, data)
+
+
+def _check_margin(tiling: TilingSchedule, posterior: VariationalPosterior, tile_slen: int) -> None:
+    """The tiling margin is under a tile and inside the bounds of the ``locs`` factor."""
+    margin = tiling.margin_px / tile_slen
+    if margin >= 1:
+        raise BlissConfigError(
+            f"encoder.tiling.margin_px={tiling.margin_px}; expected less than the {tile_slen}-px tile."
+        )
+    for name, factor in posterior.slot_factors.items():
+        low, high = getattr(factor, "low", None), getattr(factor, "high", None)
+        if factor.key == "locs" and low is not None and (low > -margin or high < 1 + margin):
+            raise BlissConfigError(
+                f"encoder.tiling.margin_px={tiling.margin_px} lets a tile hold sources from "
+                f"{-margin:g} to {1 + margin:g} tiles, but encoder.posterior.factors.{name} "
+                f"is bounded to [{low:g}, {high:g}]; set its low={-margin:g} and high={1 + margin:g}."
+            )

@@ -442,7 +442,8 @@ def _full_catalog(
     _, height, width = image.images.shape
     on = catalog.is_on_mask
     plocs = catalog.plocs()[on]
-    inside = (plocs[:, 0] < height) & (plocs[:, 1] < width)
+    # a model with a tiling margin may place a source of an edge tile just outside the image
+    inside = (plocs >= 0).all(-1) & (plocs[:, 0] < height) & (plocs[:, 1] < width)
     data = {"plocs": plocs[inside]}
     columns = dict(columns)
     for key in [k for k in columns if k.startswith(f"{LOCS_KEY}@")]:

@@ -255,3 +255,24 @@ def test_init_weights_starts_a_new_run_from_trained_weights(
         run(
             compose_config([*overrides, f"train.init_weights={last}", f"train.resume={last}"], root)
         )
+
+
+def test_fine_tune_with_a_tiling_margin_and_self_conditioning(
+    root: Path, trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    last, _ = trained
+    margin = [
+        "encoder.tiling.margin_px=0.5",
+        "encoder.tiling.self_conditioning=1.0",
+        "encoder.posterior.factors.locs.low=-0.125",
+        "encoder.posterior.factors.locs.high=1.125",
+    ]
+    run_dir = tmp_path / "margin"
+    overrides = [*TRAIN, *margin, f"paths.run_dir={run_dir}", f"train.init_weights={last}"]
+    metrics = run(compose_config(overrides, root))
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+    # the checkpoint rebuilds the widened tiles, and their location posterior spans the margin
+    encoder, _ = load_encoder(run_dir / "checkpoints" / "last.ckpt")
+    assert encoder.tiling.margin_px == 0.5 and encoder.tiling.self_conditioning == 1.0
+    locs = encoder.posterior.slot_factors["locs"]
+    assert (locs.low, locs.high) == (-0.125, 1.125)
