@@ -8,24 +8,24 @@ contains it. A tile takes the sources inside it before those in its margin, brig
 to ``max_sources``.
 
 A group's targets are claimed by the catalog the group decides. Under teacher forcing that
-catalog is the targets themselves. Under self-conditioning it is drawn from the posterior: a tile
-claims its brightest targets up to the number of sources it drew, and a target it left passes to
-the next group whose widened tiles contain it. The later groups so learn to take up a source
-their neighbours declined, which teacher forcing never shows them, since there the neighbours
-hold every source they own (the star on a four-tile corner of issue 13).
+catalog is the targets themselves. Under self-conditioning it is drawn from the posterior: each
+drawn source claims the nearest unclaimed true source within the matching distance, and a
+target no drawn source claimed passes to the next group whose widened tiles contain it. The
+later groups so learn to take up a source their neighbours declined, which teacher forcing never
+shows them, since there the neighbours hold every source they own (the star on a four-tile
+corner of issue 13).
 """
 
 import torch
 from torch import Tensor
 
 from bliss.catalog import TileCatalog
-from bliss.catalog.full import FullCatalog, sort_within_tiles
+from bliss.catalog.full import sort_within_tiles
 
 __all__ = ["SourcePool"]
 
 _NEIGHBOURS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
 _OWN = _NEIGHBOURS.index((0, 0))
-_INDEX_KEY = "pool_index"
 
 
 class SourcePool:
@@ -44,6 +44,11 @@ class SourcePool:
         self.margin = margin_px / truth.tile_slen
         self.ref_band = ref_band
         self.full = truth.to_full_catalog()
+        # the pool index of each true slot (to_full_catalog keeps tile raster order, then slots)
+        on = truth.is_on_mask
+        index = on.flatten(1).long().cumsum(1).view_as(on) - 1
+        self.slot_index = torch.where(on, index, -1)  # b ht wt m
+        self.slot_plocs = truth.plocs()  # b ht wt m 2
         self.claimed = ~self.full.is_on_mask  # padding counts as taken
         self.position = self.full["plocs"] / self.tile_slen  # b n 2, tile units
         own = torch.floor(self.position).long()
@@ -51,7 +56,7 @@ class SourcePool:
             [own[..., 0].clamp(0, self.shape[0] - 1), own[..., 1].clamp(0, self.shape[1] - 1)], -1
         )
 
-    def targets(self, in_group: Tensor) -> tuple[TileCatalog, Tensor]:
+    def targets(self, in_group: Tensor) -> TileCatalog:
         """The unclaimed sources the tiles of a group must hold.
 
         Args:
@@ -59,8 +64,7 @@ class SourcePool:
 
         Returns:
             The targets as a tile catalog (empty outside the group; ``locs`` relative to the tile
-            that holds them) and the pool index of the source in each slot (``b ht wt m``, -1 on
-            empty slots).
+            that holds them).
         """
         n_h, n_w = self.shape
         offsets = torch.tensor(_NEIGHBOURS, device=self.own.device)
@@ -86,26 +90,43 @@ class SourcePool:
         kept = torch.zeros_like(assigned)
         kept.scatter_(1, order, (rank < self.max_sources) & (torch.gather(assigned, 1, order)))
         tile_index = torch.where(kept.unsqueeze(-1), chosen, -1)
-        b, n = kept.shape
-        data = dict(self.full.items())
-        data[_INDEX_KEY] = torch.arange(n, device=kept.device).expand(b, n).unsqueeze(-1).float()
-        pool = FullCatalog(n_h * self.tile_slen, n_w * self.tile_slen, data)
-        tiles = pool.to_tile_catalog(
+        return self.full.to_tile_catalog(
             self.tile_slen, self.max_sources, self.ref_band, tile_index=tile_index
         )
-        index = torch.where(tiles.is_on_mask, tiles[_INDEX_KEY][..., 0].round().long(), -1)
-        target = {k: v for k, v in tiles.items() if k != _INDEX_KEY}
-        return TileCatalog(self.tile_slen, target), index
 
-    def claim(self, index: Tensor, n_decided: Tensor) -> None:
-        """Mark as claimed the targets the decided catalog holds.
+    def claim(self, decided: TileCatalog, in_group: Tensor, radius_px: float) -> None:
+        """Mark as claimed the true sources the group's decided catalog holds.
+
+        Each source the group decided claims the nearest unclaimed true source within
+        ``radius_px`` of where it put it, wherever that source's tile is: a drawn source near a
+        tile border holds the true one even when the truth lies just past the tile's reach, so
+        the later groups learn not to hold it again. A teacher-forced catalog (the targets
+        themselves) claims exactly its targets.
 
         Args:
-            index: the pool index of each target slot, as :meth:`targets` gave it (``b ht wt m``).
-            n_decided: sources the group's tiles decided (``b ht wt``): a tile claims its first
-                (brightest) targets up to that number.
+            decided: the catalog of the group's tiles (``b ht wt m``, other tiles ignored).
+            in_group: the group's tiles (``ht wt``, bool).
+            radius_px: how far a decided source may be from the true one it claims, pixels.
         """
-        slots = torch.arange(index.shape[-1], device=index.device)
-        taken = (index >= 0) & (slots < n_decided.unsqueeze(-1))
-        batch = torch.arange(index.shape[0], device=index.device).view(-1, 1, 1, 1)
-        self.claimed[batch.expand_as(index)[taken], index[taken]] = True
+        on = decided.is_on_mask & in_group[None, :, :, None]  # b ht wt m
+        candidates = _neighbourhood(self.slot_index, -1)  # b ht wt k, k = 9 m
+        positions = _neighbourhood(self.slot_plocs, 0.0)  # b ht wt k 2
+        batch = torch.arange(on.shape[0], device=on.device).view(-1, 1, 1, 1)
+        free = (candidates >= 0) & ~self.claimed[batch, candidates.clamp(min=0)]
+        offsets = decided.plocs().unsqueeze(-2) - positions.unsqueeze(-3)  # b ht wt m k 2
+        distance = offsets.norm(dim=-1)
+        distance = torch.where(free.unsqueeze(-2) & on.unsqueeze(-1), distance, torch.inf)
+        nearest, choice = distance.min(-1)  # b ht wt m
+        hit = nearest <= radius_px
+        chosen = torch.gather(candidates, -1, choice)
+        self.claimed[batch.expand_as(chosen)[hit], chosen[hit]] = True
+
+
+def _neighbourhood(value: Tensor, fill: float) -> Tensor:
+    """The slots of each tile's 3 x 3 neighbourhood: ``b ht wt m ...`` -> ``b ht wt (9 m) ...``."""
+    b, n_h, n_w = value.shape[:3]
+    shape = (b, n_h + 2, n_w + 2, *value.shape[3:])
+    padded = torch.full(shape, fill, dtype=value.dtype, device=value.device)
+    padded[:, 1:-1, 1:-1] = value
+    views = [padded[:, dr : dr + n_h, dc : dc + n_w] for dr in range(3) for dc in range(3)]
+    return torch.cat(views, dim=3)

@@ -273,7 +273,7 @@ class Encoder(nn.Module):
         total = features.new_zeros(())
         for group, known in masks:
             in_group = colors == group
-            target, index = pool.targets(in_group)
+            target = pool.targets(in_group)
             params = self.group_params(features, decided, known, in_group)
             total = total + self._group_log_prob(params, target, in_group)
             if sample:
@@ -281,7 +281,7 @@ class Encoder(nn.Module):
                     draw = self.posterior.sample(params.detach(), self.tile_slen)
             else:
                 draw = target
-            pool.claim(index, torch.where(in_group, draw["n_sources"], 0))
+            pool.claim(draw, in_group, self.match_dist_px)
             decided = _where_tiles(in_group, draw, decided)
         return -total / truth.batch_size
 

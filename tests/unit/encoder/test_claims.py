@@ -37,14 +37,15 @@ def test_without_margin_the_targets_are_the_truth_of_each_group() -> None:
     pool = SourcePool(truth)
     colors, groups = _groups()
     for in_group in groups:
-        target, index = pool.targets(in_group)
+        target = pool.targets(in_group)
         expected = torch.where(in_group, truth["n_sources"], 0)
         assert torch.equal(target["n_sources"], expected)
         on = target.is_on_mask
         assert torch.allclose(target["locs"][on], truth["locs"][on])
         assert torch.allclose(target["fluxes"][on], truth["fluxes"][on])
-        assert bool((index[on] >= 0).all()) and bool((index[~on] == -1).all())
-        pool.claim(index, target["n_sources"])
+        before = int(pool.claimed.sum())
+        pool.claim(target, in_group, radius_px=1.0)  # teacher forcing claims its targets
+        assert int(pool.claimed.sum()) - before == int(on.sum())
     assert bool(pool.claimed.all())
 
 
@@ -55,21 +56,36 @@ def test_a_corner_star_declined_by_every_earlier_group_is_the_last_groups_target
     _, groups = _groups()
     holders = [(2, 2), (2, 1), (1, 2), (1, 1)]
     for group, (row, col) in zip(range(4), holders, strict=True):
-        target, index = pool.targets(groups[group])
+        target = pool.targets(groups[group])
         assert target["n_sources"].sum() == 1 and target["n_sources"][0, row, col] == 1
         expected = torch.tensor([8.0, 8.0]) / SLEN - torch.tensor([row, col])
         assert torch.allclose(target["locs"][0, row, col, 0], expected)
-        pool.claim(index, torch.zeros_like(target["n_sources"]))  # declined
+        declined = target.replace(n_sources=torch.zeros_like(target["n_sources"]))
+        pool.claim(declined, groups[group], radius_px=1.0)
     assert not bool(pool.claimed[0, 0])
 
 
 def test_a_claimed_star_is_nobody_elses_target() -> None:
     pool = SourcePool(_truth((8.0, 8.0, 40.0)), margin_px=0.5)
     _, groups = _groups()
-    target, index = pool.targets(groups[0])
-    pool.claim(index, target["n_sources"])
+    pool.claim(pool.targets(groups[0]), groups[0], radius_px=1.0)
     for in_group in groups[1:]:
-        assert pool.targets(in_group)[0]["n_sources"].sum() == 0
+        assert pool.targets(in_group)["n_sources"].sum() == 0
+
+
+def test_a_drawn_source_claims_a_true_one_just_past_its_tiles_reach() -> None:
+    # the star is 0.6 px inside tile (1, 1) (colour 3), beyond the 0.5 px margin of tile (2, 2)
+    # (colour 0); tile (2, 2) draws a source 0.55 px out of its corner. That draw holds the star
+    # (0.07 px away), so the later groups must not hold it too; one 1.5 px away does not.
+    _, groups = _groups()
+    for draw_at, claimed in ((7.45, True), (6.0, False)):
+        pool = SourcePool(_truth((7.4, 7.4, 40.0)), margin_px=0.5)
+        assert pool.targets(groups[0])["n_sources"].sum() == 0
+        drawn = _truth((8.0, 8.0, 40.0))
+        drawn = drawn.replace(locs=drawn["locs"] + (draw_at - 8.0) / SLEN)
+        pool.claim(drawn, groups[0], radius_px=1.0)
+        assert bool(pool.claimed[0, 0]) == claimed
+        assert int(pool.targets(groups[3])["n_sources"].sum()) == (0 if claimed else 1)
 
 
 def test_a_tile_holds_its_own_source_before_one_in_its_margin() -> None:
@@ -78,11 +94,11 @@ def test_a_tile_holds_its_own_source_before_one_in_its_margin() -> None:
     # the bright one to its own tile.
     pool = SourcePool(_truth((5.0, 5.0, 2.0), (5.0, 8.3, 50.0)), margin_px=0.5)
     _, groups = _groups()
-    target, index = pool.targets(groups[3])
+    target = pool.targets(groups[3])
     assert target["n_sources"].sum() == 1
     assert torch.isclose(target["fluxes"][0, 1, 1, 0, 0], torch.tensor(2.0))
-    pool.claim(index, target["n_sources"])
-    target, _ = pool.targets(groups[2])
+    pool.claim(target, groups[3], radius_px=1.0)
+    target = pool.targets(groups[2])
     assert target["n_sources"][0, 1, 2] == 1
     assert torch.isclose(target["locs"][0, 1, 2, 0, 1], torch.tensor(8.3 / SLEN - 2))
 
