@@ -108,6 +108,8 @@ class SourcePool:
             in_group: the group's tiles (``ht wt``, bool).
             radius_px: how far a decided source may be from the true one it claims, pixels.
         """
+        if self.claimed.shape[1] == 0:  # no true source in the batch: nothing to claim
+            return
         on = decided.is_on_mask & in_group[None, :, :, None]  # b ht wt m
         candidates = _neighbourhood(self.slot_index, -1)  # b ht wt k, k = 9 m
         positions = _neighbourhood(self.slot_plocs, 0.0)  # b ht wt k 2

@@ -49,6 +49,17 @@ def test_without_margin_the_targets_are_the_truth_of_each_group() -> None:
     assert bool(pool.claimed.all())
 
 
+def test_a_batch_without_sources_has_empty_targets_and_claims_nothing() -> None:
+    empty = _truth((8.0, 8.0, 40.0))
+    empty = empty.replace(n_sources=torch.zeros_like(empty["n_sources"]))
+    pool = SourcePool(empty, margin_px=0.5)
+    _, groups = _groups()
+    target = pool.targets(groups[0])
+    assert int(target["n_sources"].sum()) == 0
+    pool.claim(_truth((8.0, 8.0, 40.0)), groups[0], radius_px=1.0)  # a drawn source, no truth
+    assert pool.claimed.numel() == 0
+
+
 def test_a_corner_star_declined_by_every_earlier_group_is_the_last_groups_target() -> None:
     # a star exactly on the corner the tiles (1, 1), (1, 2), (2, 1), (2, 2) share; with a 0.5 px
     # margin each of them can hold it. Colours: (2, 2) -> 0, (2, 1) -> 1, (1, 2) -> 2, (1, 1) -> 3
