@@ -101,7 +101,9 @@ class SourcePool:
         ``radius_px`` of where it put it, wherever that source's tile is: a drawn source near a
         tile border holds the true one even when the truth lies just past the tile's reach, so
         the later groups learn not to hold it again. A teacher-forced catalog (the targets
-        themselves) claims exactly its targets.
+        themselves) claims exactly its targets. The search covers the 3 x 3 tiles around each
+        decided source, which reaches ``radius_px`` when ``radius_px + margin_px`` is at most a
+        tile (1 + 0.5 px on the 2 px crowded tiles, say).
 
         Args:
             decided: the catalog of the group's tiles (``b ht wt m``, other tiles ignored).
