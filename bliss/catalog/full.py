@@ -147,7 +147,8 @@ class FullCatalog(CatalogMapping):
         plocs = self["plocs"]
         if tile_index is None:
             tile_index = torch.div(plocs, tile_slen, rounding_mode="floor").long()
-        check_shape("tile_index", tile_index, "b n 2", {"b": b, "n": n})
+        else:
+            check_shape("tile_index", tile_index, "b n 2", {"b": b, "n": n})
         rows, cols = tile_index.unbind(-1)
         inside = (
             self.is_on_mask & (rows >= 0) & (rows < n_tiles_h) & (cols >= 0) & (cols < n_tiles_w)

@@ -248,9 +248,12 @@ class Encoder(nn.Module):
         """
         colors = self.tiling.colors(truth.n_tiles_h, truth.n_tiles_w, features.device)
         masks = self._known_masks(self.tiling.order(self.training), colors)
-        conditioning = self.training and self.tiling.self_conditioning > 0
-        if conditioning:
-            conditioning = bool(torch.rand(()) < self.tiling.self_conditioning)
+        # a random share of training steps; no draw otherwise, so the random stream is unchanged
+        conditioning = (
+            self.training
+            and self.tiling.self_conditioning > 0
+            and bool(torch.rand(()) < self.tiling.self_conditioning)
+        )
         if self.tiling.margin_px > 0 or conditioning:
             return self._nll_of_claims(features, truth, colors, masks, sample=conditioning)
         total = features.new_zeros(())

@@ -3,15 +3,14 @@
 import pytest
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from torch import Tensor
 
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.checkerboard import TilingSchedule
 from bliss.encoder.claims import SourcePool
+from bliss.encoder.encoder import catalog_from_batch
 from bliss.errors import BlissConfigError
-from tests.conftest import compose_config
-from tests.unit.encoder.test_encoder import _random_batch, _random_catalog
+from tests.unit.encoder.test_encoder import _encoder, _random_batch, _random_catalog
 
 SLEN = 4
 
@@ -114,28 +113,16 @@ def test_a_tile_holds_its_own_source_before_one_in_its_margin() -> None:
     assert torch.isclose(target["locs"][0, 1, 2, 0, 1], torch.tensor(8.3 / SLEN - 2))
 
 
-def _encoder(tmp_path, *overrides: str):  # noqa: ANN001, ANN202
-    cfg = compose_config(["mode=train", "experiment=debug", *overrides], tmp_path)
-    torch.manual_seed(0)
-    return instantiate(cfg.encoder)
-
-
 def test_claims_loss_without_margin_is_the_teacher_forced_loss(tmp_path) -> None:  # noqa: ANN001
-    encoder = _encoder(tmp_path).eval()
+    encoder = _encoder(tmp_path)  # in eval mode
     batch = _random_batch()
     reference = encoder.nll(batch)
     features = encoder.tile_features(batch)
-    truth = encoder_truth(encoder, batch)
+    truth = catalog_from_batch(batch, encoder.tile_slen)
     colors = encoder.tiling.colors(truth.n_tiles_h, truth.n_tiles_w)
     masks = encoder._known_masks(encoder.tiling.order(False), colors)
     claims = encoder._nll_of_claims(features, truth, colors, masks, sample=False)
     assert torch.allclose(reference, claims, rtol=1e-5)
-
-
-def encoder_truth(encoder, batch):  # noqa: ANN001, ANN201
-    from bliss.encoder.encoder import catalog_from_batch
-
-    return catalog_from_batch(batch, encoder.tile_slen)
 
 
 def test_self_conditioned_training_steps_give_a_finite_loss_with_gradients(tmp_path) -> None:  # noqa: ANN001
