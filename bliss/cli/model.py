@@ -70,6 +70,7 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         precision=spec.get("precision", "32-true"),
         psf_photometry=spec.get("psf_photometry", True),
         galaxy_photometry=spec.get("galaxy_photometry", True),
+        confusion_noise=spec.get("confusion_noise", True),
     )
 
 

@@ -77,7 +77,13 @@ def _check_keys(cfg: DictConfig) -> None:
     for key in ("n_samples", "marginal_samples"):
         if spec.get(key, 0) < 0:
             raise BlissConfigError(f"predict.{key}={spec[key]}; expected an integer >= 0.")
-    for key in ("plot", "check_images", "psf_photometry", "galaxy_photometry"):
+    for key in (
+        "plot",
+        "check_images",
+        "psf_photometry",
+        "galaxy_photometry",
+        "confusion_noise",
+    ):
         if not isinstance(spec.get(key, False), bool):
             raise BlissConfigError(f"predict.{key}={spec[key]!r}; expected true or false.")
     from bliss.predict.predictor import check_threshold

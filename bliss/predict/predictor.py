@@ -14,6 +14,7 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
+from bliss.predict.confusion import confusion_sigma, widen_for_confusion
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
@@ -372,6 +373,12 @@ class Predictor:
                     settings.pixel_scale_arcsec,
                     image.aperture_correction if image.psf is not None else None,
                 )
+            if settings.confusion:
+                sigma, ratio = confusion_sigma(
+                    image, catalog, psf_models, settings.pixel_scale_arcsec
+                )
+                # positions use every band: the middle band's ratio stands for them
+                catalog = widen_for_confusion(catalog, sigma, np.median(ratio, axis=1))
         return drop_shape_parameters(catalog)
 
     def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
@@ -474,6 +481,7 @@ class PredictorSettings:
     precision: str = "32-true"
     psf_photometry: bool = True
     galaxy_photometry: bool = True
+    confusion_noise: bool = True
 
 
 @dataclass(frozen=True)
@@ -485,11 +493,14 @@ class StarPhotometry:
         psf_beta: the Moffat beta of the survey's nominal PSF.
         galaxies: also model-fit bright galaxies' fluxes, marginalised over their shape
             posterior (:mod:`bliss.predict.galaxy_photometry`).
+        confusion: widen flux and position intervals by the confusion noise measured on the
+            image's residual (:mod:`bliss.predict.confusion`).
     """
 
     pixel_scale_arcsec: float
     psf_beta: float
     galaxies: bool = True
+    confusion: bool = True
 
 
 def build_predictor(
@@ -529,7 +540,10 @@ def build_predictor(
         aperture_correction=model.observed_psfs,
         precision=settings.precision,
         star_photometry=StarPhotometry(
-            survey.pixel_scale_arcsec, survey.psf_beta, settings.galaxy_photometry
+            survey.pixel_scale_arcsec,
+            survey.psf_beta,
+            settings.galaxy_photometry,
+            settings.confusion_noise,
         )
         if settings.psf_photometry and survey is not None
         else None,

@@ -3,12 +3,18 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from bliss.catalog import FullCatalog
 from bliss.metrics.photometry import flux_cramer_rao_std
 from bliss.predict.psf_model import MoffatShape, fit_moffat_shape, moffat_stamp
-from bliss.predict.psf_photometry import SURE_POINT_SNR, refine_star_fluxes
+from bliss.predict.psf_photometry import (
+    APERTURE_FWHM,
+    SURE_POINT_SNR,
+    _aperture_correction,
+    refine_star_fluxes,
+)
 from bliss.protocols import SurveyImage
 
 SCALE = 0.4  # arcsec per pixel
@@ -17,11 +23,11 @@ MAGZERO = 22.5  # one electron is one nanomaggy: fluxes read the same in both un
 QUANTILES = (0.05, 0.5, 0.95)
 
 
-def _scene(profile, n_side=6, spacing=40, seed=0, flux_range=(2e4, 2e5)):
-    """Stars on a grid (isolated), Poisson noise; one band."""
+def _scene(profile, n_side=6, spacing=40, seed=0, flux_range=(2e4, 2e5), border=0):
+    """Stars on a grid (isolated at the default spacing), Poisson noise; one band."""
     rng = np.random.default_rng(seed)
-    size = n_side * spacing
-    truth_rows = (np.arange(n_side) + 0.5) * spacing + rng.uniform(-0.5, 0.5, n_side)
+    size = n_side * spacing + 2 * border
+    truth_rows = border + (np.arange(n_side) + 0.5) * spacing + rng.uniform(-0.5, 0.5, n_side)
     rows, cols = np.meshgrid(truth_rows, truth_rows, indexing="ij")
     rows = rows.ravel() + rng.uniform(-0.5, 0.5, rows.size)
     cols = cols.ravel() + rng.uniform(-0.5, 0.5, cols.size)
@@ -237,3 +243,30 @@ def test_the_image_psf_gives_unbiased_fluxes_on_its_aperture_scale():
     assert refined["fluxes"][0, brightest, 0] != catalog["fluxes"][0, brightest, 0]  # the fit's
     assert abs(ratio[brightest] - 1) < 0.01
     assert refined["fluxes"][0, brightest, 0] / ((high - low) / 3.29) >= SURE_POINT_SNR
+
+
+def test_a_crowded_field_measures_no_aperture_correction():
+    fwhm_px, beta = 3.2, 3.5
+    profile = lambda dr, dc, h: moffat_stamp(fwhm_px, beta, dr, dc, h)  # noqa: E731
+    radius = APERTURE_FWHM * fwhm_px  # 12.8 px
+    # 9 isolated stars (120 x 120 px), fluxes given on half the aperture's scale: x2 is measured
+    sparse, positions, fluxes = _scene(profile, n_side=3, spacing=40)
+    sigma = np.full(len(fluxes), 1.0)
+    factor, _ = _aperture_correction(
+        sparse - SKY, positions, fluxes / 2, sigma, positions, radius, model_rejected=True
+    )
+    assert factor == pytest.approx(2.0, rel=0.05)
+    # beside them, 64 stars 12 px apart: most apertures hold neighbours, so the field is
+    # crowded and even the 9 isolated stars' apertures are not trusted
+    crowded, crowded_positions, crowded_fluxes = _scene(
+        profile, n_side=8, spacing=12, seed=1, border=12
+    )
+    image = np.concatenate([sparse, crowded], axis=1) - SKY
+    both = np.concatenate([positions, crowded_positions + [0.0, sparse.shape[1]]])
+    halved = np.concatenate([fluxes, crowded_fluxes]) / 2
+    assert (
+        _aperture_correction(
+            image, both, halved, np.full(len(both), 1.0), both, radius, model_rejected=True
+        )
+        is None
+    )

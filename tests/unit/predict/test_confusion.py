@@ -1,0 +1,128 @@
+"""Confusion noise measured on the residual image and added to the intervals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bliss.catalog import FullCatalog
+from bliss.predict.confusion import confusion_sigma, widen_for_confusion
+from bliss.predict.psf_model import MoffatShape, moffat_stamp
+from bliss.predict.psf_photometry import refine_star_fluxes
+from bliss.protocols import SurveyImage
+
+SCALE = 0.4
+SKY = 100.0
+FWHM_PX, BETA = 3.0, 3.5
+SIZE = 192
+QUANTILES = (0.05, 0.5, 0.95)
+PSF = MoffatShape(FWHM_PX, BETA, fitted=False)
+
+
+def _image(positions, fluxes, seed):
+    rng = np.random.default_rng(seed)
+    clean = np.full((SIZE, SIZE), SKY)
+    half = 12
+    for (row, col), flux in zip(positions, fluxes, strict=True):
+        r0, c0 = int(math.floor(row)), int(math.floor(col))
+        stamp = moffat_stamp(FWHM_PX, BETA, row - (r0 + 0.5), col - (c0 + 0.5), half)
+        top, left = r0 - half, c0 - half
+        rows = slice(max(top, 0), min(top + 2 * half + 1, SIZE))
+        cols = slice(max(left, 0), min(left + 2 * half + 1, SIZE))
+        clean[rows, cols] += (
+            flux * stamp[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+        )
+    return SurveyImage(
+        path=None,
+        bands=("r",),
+        images=rng.poisson(clean).astype(np.float64)[None],
+        background=np.full((1, SIZE, SIZE), SKY),
+        psf_fwhm_arcsec=np.array([FWHM_PX * SCALE]),
+        magzero=np.array([22.5]),  # one electron is one nanomaggy
+        wcs=None,
+    )
+
+
+def _catalog(positions, fluxes, rel_width=0.02):
+    """Stars at their true positions, with Gaussian-like 90 % intervals of ``rel_width``."""
+    n = len(positions)
+    flux = torch.tensor(fluxes, dtype=torch.float32).view(1, n, 1)
+    plocs = torch.tensor(positions, dtype=torch.float32)[None]
+    data = {
+        "n_sources": torch.tensor([n]),
+        "plocs": plocs,
+        "plocs@0.05": plocs - 0.1,
+        "plocs@0.95": plocs + 0.1,
+        "locs": plocs / 4,
+        "locs@0.05": (plocs - 0.1) / 4,
+        "locs@0.95": (plocs + 0.1) / 4,
+        "prob_galaxy": torch.zeros(1, n, 1),
+        "fluxes": flux,
+        "fluxes@0.5": flux,
+    }
+    for q in (0.05, 0.95):
+        data[f"fluxes@{q:g}"] = flux * (1 + rel_width * float(torch.special.ndtri(torch.tensor(q))))
+    return FullCatalog(SIZE, SIZE, data)
+
+
+def test_a_sparse_field_has_no_confusion_and_keeps_its_intervals():
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(8, SIZE - 8, (30, 2))
+    fluxes = np.exp(rng.uniform(math.log(3e3), math.log(3e4), len(positions)))
+    image = _image(positions, fluxes, seed=1)
+    catalog = _catalog(positions, fluxes)
+    sigma, ratio = confusion_sigma(image, catalog, [PSF], SCALE, block_px=64)
+    # the catalog explains all the light: each 64 px block's spread is the sky's, up to noise
+    # smaller than the 20 % margin (MIN_EXCESS)
+    assert np.all(sigma == 0) and np.all(ratio == 1)
+    widened = widen_for_confusion(catalog, sigma, ratio[:, 0])
+    for key in ("fluxes@0.05", "fluxes@0.95", "plocs@0.05", "locs@0.95"):
+        assert torch.allclose(widened[key], catalog[key])
+
+
+def test_a_sea_of_undetected_stars_is_measured_and_widens_the_fit_intervals():
+    rng = np.random.default_rng(2)
+    positions = rng.uniform(8, SIZE - 8, (60, 2))
+    fluxes = np.exp(rng.uniform(math.log(500), math.log(5000), len(positions)))
+    # 3000 stars (0.08 per px²) each below S/N 5, which no catalog holds
+    faint_positions = rng.uniform(0, SIZE, (3000, 2))
+    faint_fluxes = np.exp(rng.uniform(math.log(30), math.log(200), len(faint_positions)))
+    image = _image(
+        np.concatenate([positions, faint_positions]), np.concatenate([fluxes, faint_fluxes]), 3
+    )
+    network = _catalog(positions, fluxes * rng.normal(1, 0.05, len(fluxes)), rel_width=0.15)
+    refined, shapes = refine_star_fluxes(image, network, QUANTILES, SCALE, BETA)
+    sigma, ratio = confusion_sigma(image, refined, shapes, SCALE, block_px=64)
+    assert np.all(sigma > 0) and np.all(ratio > 1.2)
+
+    def coverage(catalog):
+        low = catalog["fluxes@0.05"][0, :, 0].numpy()
+        high = catalog["fluxes@0.95"][0, :, 0].numpy()
+        return np.mean((fluxes >= low) & (fluxes <= high))
+
+    before, after = coverage(refined), coverage(widen_for_confusion(refined, sigma, ratio[:, 0]))
+    # the fit alone (widened by its chi-square) covers 0.77 of the 60 stars, the confusion
+    # noise takes it to 0.90: binomial(60, 0.9) falls below 0.85 with probability ~0.1, below
+    # 0.8 with < 0.01
+    assert before < 0.8
+    assert after >= 0.85
+
+
+def test_widening_adds_the_confusion_in_quadrature_and_scales_positions():
+    positions = np.array([[20.0, 30.0], [50.5, 60.5]])
+    fluxes = np.array([100.0, 1000.0])
+    catalog = _catalog(positions, fluxes, rel_width=0.1)
+    sigma = np.array([[5.0], [0.0]])
+    ratio = np.array([2.0, 1.0])
+    widened = widen_for_confusion(catalog, sigma, ratio)
+    z = float(torch.special.ndtri(torch.tensor(0.95)))
+    own = 0.1 * fluxes  # the Gaussian sigma of each interval
+    half_width = (widened["fluxes@0.95"] - widened["fluxes@0.05"])[0, :, 0].double().numpy() / 2
+    assert half_width == pytest.approx(z * np.sqrt(own**2 + sigma[:, 0] ** 2), rel=1e-4)
+    assert torch.equal(widened["fluxes"], catalog["fluxes"])
+    assert torch.equal(widened["fluxes@0.5"], catalog["fluxes@0.5"])
+    spread = (widened["plocs@0.95"] - widened["plocs"])[0].numpy()
+    assert spread == pytest.approx(np.array([[0.2, 0.2], [0.1, 0.1]]), rel=1e-4)
+    tile_spread = (widened["locs@0.95"] - widened["locs"])[0].numpy()
+    assert tile_spread == pytest.approx(spread / 4, rel=1e-4)
