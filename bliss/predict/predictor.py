@@ -14,7 +14,7 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
-from bliss.predict.confusion import confusion_sigma, widen_for_confusion
+from bliss.predict.confusion import measure_confusion, widen_for_confusion
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
@@ -374,11 +374,10 @@ class Predictor:
                     image.aperture_correction if image.psf is not None else None,
                 )
             if settings.confusion:
-                sigma, ratio = confusion_sigma(
+                confusion = measure_confusion(
                     image, catalog, psf_models, settings.pixel_scale_arcsec
                 )
-                # positions use every band: the middle band's ratio stands for them
-                catalog = widen_for_confusion(catalog, sigma, np.median(ratio, axis=1))
+                catalog = widen_for_confusion(catalog, confusion)
         return drop_shape_parameters(catalog)
 
     def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
