@@ -9,8 +9,9 @@ What a star placed anywhere would absorb of that light is the PSF-matched filter
 image (the data, less the sky and the catalog's stars), scaled to a flux. Its spread over a block
 of the image, against the spread the sky's noise alone gives the same filter, measures the
 excess; the excess is added in quadrature to every source's flux interval in that block, in
-each band, and the position intervals are widened by the reference band's ratio of noise with
-and without it (a position measured against a noisier background is as much less certain). In
+each band, and the position intervals are widened by the ratio of noise with and without it
+(its median over bands, as positions use every band: a position measured against a noisier
+background is as much less certain). In
 a sparse field the ratio is 1 up to its estimate's noise, so nothing changes there.
 
 The spread is taken from the central 90 % of the block's filtered values, not their variance,
@@ -43,8 +44,9 @@ __all__ = ["BLOCK_PX", "MIN_EXCESS", "Confusion", "measure_confusion", "widen_fo
 
 #: side of the blocks the filtered residual's spread is measured in, pixels
 BLOCK_PX = 64
-#: the variance ratio (filtered residual to sky noise) a block must exceed before it counts:
-#: about two standard deviations of its estimate on a 64 px block of a sparse field
+#: the variance ratio (filtered residual to sky noise) a block must exceed before it counts,
+#: and only the excess beyond it is added: about two standard deviations of the ratio's
+#: estimate on a 64 px block of a sparse field (measured: 0.76-1.23, 10-90 %, on 32 px blocks)
 MIN_EXCESS = 1.2
 #: pixels within this distance of a galaxy (plus its half-light radii) are left out: the stars'
 #: model does not hold a galaxy's light, whose residual is its own flux, not confusion
