@@ -1,7 +1,7 @@
 """Quality gate: the shipped model against the `sep` baseline on fresh simulated SDSS fields.
 
 Usage: python benchmarks/bench_quality_gate.py [--checkpoint PATH] [--n-fields 80] [--out DIR]
-       [--sets nominal,varied,faint_red,sersic]
+       [--sets nominal,varied,faint_red,sersic,crowded_stars] [--no-confusion]
 
 Simulates sets of 512 x 512 px 5-band `sdss` fields with a seed never used in training (~100
 sources per field, r from 16 to 23, PSF FWHM in the headers):
