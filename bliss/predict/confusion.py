@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 from scipy.signal import fftconvolve
 from scipy.special import ndtri
 
@@ -53,8 +54,6 @@ MIN_EXCESS = 1.2
 GALAXY_MASK_PX = 6.0
 #: PSF stamp half-width, pixels
 STAMP_HALF_PX = 12
-#: the share of a PSF-weighted footprint that must be unmasked for a position to be counted
-MIN_UNMASKED = 0.5
 #: radius of a star's own residual, in FWHM, whose reduced chi-square widens its flux interval
 MISFIT_RADIUS_FWHM = 1.25
 #: ... where it exceeds 1 by this many standard deviations of the mean of its pixels' chi-square
@@ -257,18 +256,19 @@ def _own_misfit(
     Pixels in ``mask`` are left out; 1 where the mean is within :data:`MISFIT_SIGNIFICANCE`
     standard deviations of 1 (a chi-square mean of ``k`` pixels has one of ``sqrt(2 / k)``).
     """
-    half = int(math.ceil(radius))
-    grid = np.arange(-half, half + 1) + 0.0
-    disk = (grid[:, None] ** 2 + grid[None, :] ** 2 <= radius**2).astype(float)
-    valid = (~mask).astype(float)
-    total = fftconvolve(np.where(mask, 0.0, chi2), disk, mode="same")
-    count = fftconvolve(valid, disk, mode="same")
+    half = int(math.ceil(radius)) + 1
+    steps = np.arange(-half, half + 1)
+    d_rows, d_cols = (grid.ravel() for grid in np.meshgrid(steps, steps, indexing="ij"))
     h, w = chi2.shape
-    rows = np.clip(positions[:, 0].astype(int), 0, h - 1)
-    cols = np.clip(positions[:, 1].astype(int), 0, w - 1)
-    k = np.clip(count[rows, cols], 1, None)
-    mean = total[rows, cols] / k
-    significant = (count[rows, cols] >= 1) & (mean > 1 + MISFIT_SIGNIFICANCE * np.sqrt(2 / k))
+    rows = np.floor(positions[:, :1]).astype(int) + d_rows  # n k
+    cols = np.floor(positions[:, 1:]).astype(int) + d_cols
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    rows, cols = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    near = (rows + 0.5 - positions[:, :1]) ** 2 + (cols + 0.5 - positions[:, 1:]) ** 2
+    use = inside & (near <= radius**2) & ~mask[rows, cols]
+    k = use.sum(axis=1)
+    mean = np.where(use, chi2[rows, cols], 0.0).sum(axis=1) / np.clip(k, 1, None)
+    significant = (k >= 1) & (mean > 1 + MISFIT_SIGNIFICANCE * np.sqrt(2 / np.clip(k, 1, None)))
     return np.where(significant, np.sqrt(np.clip(mean, 1, None)), 1.0)
 
 
@@ -288,28 +288,29 @@ def _block_excess(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per block: the matched-filter flux spread squared over the sky's, and the sky's variance.
 
+    The sky varies slowly on the PSF's scale, so the filter's noise variance at a position is
+    ``sky / sum(psf²)`` there; positions whose PSF footprint touches ``mask`` are left out.
+    Every other position of each axis is enough: the filter is smooth on the PSF's scale.
     Shape ``hb wb`` each (blocks of ``block_px``; a last partial block joins the one before).
     """
-    weight = np.where(mask, 0.0, 1 / sky)
-    flipped = psf[::-1, ::-1]
-    norm = fftconvolve(weight, flipped**2, mode="same")
-    flux = fftconvolve(np.nan_to_num(residual) * weight, flipped, mode="same") / np.clip(
-        norm, 1e-12, None
-    )
-    sky_var = 1 / np.clip(fftconvolve(1 / sky, flipped**2, mode="same"), 1e-12, None)
-    usable = norm * sky_var >= MIN_UNMASKED
+    power = float((psf**2).sum())
+    weighted = np.where(mask, 0.0, np.nan_to_num(residual) / sky).astype(np.float32)
+    flux = fftconvolve(weighted, psf[::-1, ::-1].astype(np.float32), mode="same") * sky / power
+    sky_var = sky / power
+    touched = uniform_filter(mask.astype(np.float32), size=psf.shape[0], mode="constant")
+    usable = touched < 1e-6
     h, w = residual.shape
     n_rows, n_cols = max(h // block_px, 1), max(w // block_px, 1)
     excess, variance = np.ones((n_rows, n_cols)), np.ones((n_rows, n_cols))
     for i in range(n_rows):
         for j in range(n_cols):
             block = (
-                slice(i * block_px, h if i == n_rows - 1 else (i + 1) * block_px),
-                slice(j * block_px, w if j == n_cols - 1 else (j + 1) * block_px),
+                slice(i * block_px, h if i == n_rows - 1 else (i + 1) * block_px, 2),
+                slice(j * block_px, w if j == n_cols - 1 else (j + 1) * block_px, 2),
             )
             variance[i, j] = float(np.median(sky_var[block]))
             values = flux[block][usable[block]]
-            if values.size < block_px:  # mostly galaxies: nothing to measure the crowd on
+            if values.size < block_px // 4:  # mostly galaxies: nothing to measure the crowd on
                 continue
             low, high = np.percentile(values, [5, 95])
             excess[i, j] = ((high - low) / (2 * _Z90)) ** 2 / variance[i, j]
