@@ -113,6 +113,8 @@ def measure_confusion(
     rows = np.clip((positions[:, 0] // block_px).astype(int), 0, max(h // block_px - 1, 0))
     cols = np.clip((positions[:, 1] // block_px).astype(int), 0, max(w // block_px - 1, 0))
     position_sd = _gaussian_sd(catalog, "plocs", n)
+    stamps = [_centred_stamp(psf, h, w) for psf in psf_models]
+    usable = _clear_of(mask, 2 * STAMP_HALF_PX + 1)
     position_sd = np.zeros(n) if position_sd is None else position_sd.mean(axis=1)
     for band in range(n_bands):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
@@ -125,9 +127,7 @@ def measure_confusion(
         )
         residual = image.images[band] - image.background[band] - stars
         sky = np.clip(image.background[band], 1e-3, None)
-        excess, sky_var = _block_excess(
-            residual, sky, mask, _centred_stamp(psf_models[band], h, w), block_px
-        )
+        excess, sky_var = _block_excess(residual, sky, usable, stamps[band], block_px)
         extra = np.clip(excess - MIN_EXCESS, 0, None) * sky_var  # electrons²
         sigma[:, band] = np.sqrt(extra[rows, cols]) * per_electron * scale
         ratio[:, band] = np.sqrt(1 + extra[rows, cols] / sky_var[rows, cols])
@@ -284,34 +284,45 @@ def _centred_stamp(psf: PsfStamps, h: int, w: int) -> np.ndarray:
 
 
 def _block_excess(
-    residual: np.ndarray, sky: np.ndarray, mask: np.ndarray, psf: np.ndarray, block_px: int
+    residual: np.ndarray, sky: np.ndarray, usable: np.ndarray, psf: np.ndarray, block_px: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per block: the matched-filter flux spread squared over the sky's, and the sky's variance.
 
     The sky varies slowly on the PSF's scale, so the filter's noise variance at a position is
-    ``sky / sum(psf²)`` there; positions whose PSF footprint touches ``mask`` are left out.
-    Every other position of each axis is enough: the filter is smooth on the PSF's scale.
+    ``sky / sum(psf²)`` there; only ``usable`` positions count (:func:`_clear_of`). Every
+    other position of each axis is enough: the filter is smooth on the PSF's scale.
     Shape ``hb wb`` each (blocks of ``block_px``; a last partial block joins the one before).
     """
     power = float((psf**2).sum())
-    weighted = np.where(mask, 0.0, np.nan_to_num(residual) / sky).astype(np.float32)
+    weighted = np.where(usable, np.nan_to_num(residual) / sky, 0.0).astype(np.float32)
     flux = fftconvolve(weighted, psf[::-1, ::-1].astype(np.float32), mode="same") * sky / power
     sky_var = sky / power
-    touched = uniform_filter(mask.astype(np.float32), size=psf.shape[0], mode="constant")
-    usable = touched < 1e-6
     h, w = residual.shape
     n_rows, n_cols = max(h // block_px, 1), max(w // block_px, 1)
-    excess, variance = np.ones((n_rows, n_cols)), np.ones((n_rows, n_cols))
-    for i in range(n_rows):
-        for j in range(n_cols):
-            block = (
-                slice(i * block_px, h if i == n_rows - 1 else (i + 1) * block_px, 2),
-                slice(j * block_px, w if j == n_cols - 1 else (j + 1) * block_px, 2),
-            )
-            variance[i, j] = float(np.median(sky_var[block]))
-            values = flux[block][usable[block]]
-            if values.size < block_px // 4:  # mostly galaxies: nothing to measure the crowd on
-                continue
-            low, high = np.percentile(values, [5, 95])
-            excess[i, j] = ((high - low) / (2 * _Z90)) ** 2 / variance[i, j]
-    return excess, variance
+    # the last partial block joins the one before: every kept position's block
+    block_rows = np.minimum(np.arange(0, h, 2) // block_px, n_rows - 1)
+    block_cols = np.minimum(np.arange(0, w, 2) // block_px, n_cols - 1)
+    blocks = (block_rows[:, None] * n_cols + block_cols[None, :]).ravel()
+    keep = usable[::2, ::2].ravel()
+    spreads = _by_block(flux[::2, ::2].ravel()[keep], blocks[keep], n_rows * n_cols)
+    skies = _by_block(sky_var[::2, ::2].ravel(), blocks, n_rows * n_cols)
+    excess, variance = np.ones(n_rows * n_cols), np.ones(n_rows * n_cols)
+    for block, (values, block_sky) in enumerate(zip(spreads, skies, strict=True)):
+        variance[block] = float(np.median(block_sky))
+        if values.size < block_px // 4:  # mostly galaxies: nothing to measure the crowd on
+            continue
+        low, high = np.percentile(values, [5, 95])
+        excess[block] = ((high - low) / (2 * _Z90)) ** 2 / variance[block]
+    return excess.reshape(n_rows, n_cols), variance.reshape(n_rows, n_cols)
+
+
+def _by_block(values: np.ndarray, blocks: np.ndarray, n_blocks: int) -> list[np.ndarray]:
+    """``values`` split by their block index (``0 .. n_blocks - 1``)."""
+    order = np.argsort(blocks, kind="stable")
+    edges = np.searchsorted(blocks[order], np.arange(1, n_blocks))
+    return np.split(values[order], edges)
+
+
+def _clear_of(mask: np.ndarray, side: int) -> np.ndarray:
+    """Positions whose ``side`` x ``side`` footprint holds no pixel of ``mask``."""
+    return uniform_filter(mask.astype(np.float32), size=side, mode="constant") < 1e-6
