@@ -140,6 +140,8 @@ def measure_confusion(
         misfit[~galaxy, band] = _own_misfit(
             residual**2 / variance, mask, positions[~galaxy], radius
         )
+        if isinstance(psf_models[band], ImagePsf):
+            psf_models[band].clear_cache()  # as the fits do: a frame's stamps add ~150 MB
     return Confusion(sigma, ratio, misfit)
 
 

@@ -77,6 +77,7 @@ print("loaded:", sorted(m for m in ("pytorch_lightning", "galsim") if m in sys.m
         ("predict.output=cat.txt", "unknown extension '.txt'"),
         ("predict.plot=maybe", "predict.plot='maybe'; expected true or false"),
         ("predict.galaxy_photometry=1", "predict.galaxy_photometry=1; expected true or false"),
+        ("predict.confusion_noise=yes", "predict.confusion_noise='yes'; expected true or false"),
         ("predict.sky=bogus", "predict.sky='bogus'"),
         ("predict.checkpoint=/no/such.ckpt", "predict.checkpoint=/no/such.ckpt does not exist"),
         ("predict.threshold=1.5", "predict.threshold=1.5"),
