@@ -39,14 +39,7 @@ from bliss.predict.psf_model import (
 )
 from bliss.protocols import SurveyImage
 
-__all__ = [
-    "PsfStamps",
-    "network_sigma",
-    "nominal_psf_models",
-    "padded",
-    "refine_star_fluxes",
-    "render_stars",
-]
+__all__ = ["PsfStamps", "network_sigma", "nominal_psf_models", "padded", "refine_star_fluxes"]
 
 #: a PSF model that draws a star's stamp (:mod:`bliss.predict.psf_model`)
 PsfStamps = MoffatShape | ImagePsf
@@ -311,8 +304,8 @@ def _aperture_correction(
     scale. None when fewer than :data:`MIN_APERTURE_STARS` stars qualify or the field is crowded
     (:data:`MAX_CROWDED_APERTURES`; the PSF model is then trusted as it is), or when the
     nominal PSF was not rejected (``model_rejected`` False) and the correction is consistent
-    with 1. ``local_sky`` False measures the aperture on
-    ``data`` as it is (its sky already subtracted), as SDSS PHOTO's aperture fluxes are.
+    with 1. ``local_sky`` False measures the aperture on ``data`` as it is (its sky already
+    subtracted), as SDSS PHOTO's aperture fluxes are.
     """
     import sep
 
@@ -354,7 +347,7 @@ def _aperture_correction(
     return factor, error
 
 
-def render_stars(
+def _render(
     positions: np.ndarray,
     fluxes: np.ndarray,
     psf: PsfStamps,
@@ -516,12 +509,12 @@ def refine_star_fluxes(
             # earlier in the pass may have moved their margins' stars since); it keeps the
             # members' own wings beyond the stamps, which would otherwise be misfit
             drawn_fluxes, drawn_positions = band_fluxes.copy(), star_positions.copy()
-            wings = render_stars(
+            wings = _render(
                 drawn_positions[stars], drawn_fluxes[stars], model, data.shape, 2 * half
             )
             for members, kept, block in fit_sets:
                 rows, cols = _region(positions[members], data.shape, half)
-                own = render_stars(
+                own = _render(
                     drawn_positions[members],
                     drawn_fluxes[members],
                     model,
