@@ -95,7 +95,6 @@ def measure_confusion(
             :func:`bliss.predict.psf_photometry.refine_star_fluxes`).
         pixel_scale_arcsec: pixel side (turns galaxy half-light radii into pixels).
         block_px: block side, pixels.
-
     """
     n = int(catalog["n_sources"][0])
     n_bands = len(image.bands)
@@ -112,9 +111,9 @@ def measure_confusion(
     h, w = image.images.shape[1:]
     rows = np.clip((positions[:, 0] // block_px).astype(int), 0, max(h // block_px - 1, 0))
     cols = np.clip((positions[:, 1] // block_px).astype(int), 0, max(w // block_px - 1, 0))
-    position_sd = _gaussian_sd(catalog, "plocs", n)
     stamps = [_centred_stamp(psf, h, w) for psf in psf_models]
     usable = _clear_of(mask, 2 * STAMP_HALF_PX + 1)
+    position_sd = _gaussian_sd(catalog, "plocs", n)
     position_sd = np.zeros(n) if position_sd is None else position_sd.mean(axis=1)
     for band in range(n_bands):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
