@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from bliss.catalog import FullCatalog
-from bliss.predict.confusion import Confusion, measure_confusion, widen_for_confusion
+from bliss.predict.confusion import (
+    Confusion,
+    _block_quantiles,
+    measure_confusion,
+    widen_for_confusion,
+)
 from bliss.predict.psf_model import MoffatShape, moffat_stamp
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.protocols import SurveyImage
@@ -165,3 +170,13 @@ def test_a_hidden_neighbour_widens_the_star_that_took_its_light():
     before = (refined["fluxes@0.95"] - refined["fluxes@0.05"])[0, :, 0].double().numpy()
     # at least the misfit's factor (the block's confusion noise comes on top, in quadrature)
     assert np.all(width >= before * confusion.misfit[:, 0] * (1 - 1e-4))
+
+
+def test_block_quantiles_match_numpy_per_block():
+    rng = np.random.default_rng(0)
+    values, blocks = rng.normal(size=1000), rng.integers(0, 7, 1000)
+    low, high, counts = _block_quantiles(values, blocks, 8)
+    for block in range(7):
+        expected = np.percentile(values[blocks == block], [5, 95])
+        assert [low[block], high[block]] == pytest.approx(expected)
+    assert counts[7] == 0 and low[7] == high[7] == 0
