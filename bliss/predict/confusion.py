@@ -29,6 +29,7 @@ without it).
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ from scipy.special import ndtri
 
 from bliss.catalog import FullCatalog
 from bliss.predict.psf_model import ImagePsf, stamp_slices
-from bliss.predict.psf_photometry import PROFILE_ERROR, PsfStamps, padded
+from bliss.predict.psf_photometry import PROFILE_ERROR, PsfStamps, near, network_sigma, padded
 from bliss.protocols import SurveyImage
 
 __all__ = ["BLOCK_PX", "MIN_EXCESS", "Confusion", "measure_confusion", "widen_for_confusion"]
@@ -82,6 +83,7 @@ def measure_confusion(
     image: SurveyImage,
     catalog: FullCatalog,
     psf_models: list[PsfStamps],
+    quantiles: Sequence[float],
     pixel_scale_arcsec: float,
     block_px: int = BLOCK_PX,
 ) -> Confusion:
@@ -93,6 +95,7 @@ def measure_confusion(
             the model has galaxies).
         psf_models: each band's PSF model (from
             :func:`bliss.predict.psf_photometry.refine_star_fluxes`).
+        quantiles: the catalog's quantiles (``plocs@<q>``: the positions' uncertainty).
         pixel_scale_arcsec: pixel side (turns galaxy half-light radii into pixels).
         block_px: block side, pixels.
     """
@@ -107,14 +110,14 @@ def measure_confusion(
         if "prob_galaxy" in catalog
         else np.zeros(n, dtype=bool)
     )
-    mask = _galaxy_mask(catalog, galaxy, image.images.shape[1:], pixel_scale_arcsec)
+    mask = _galaxy_mask(catalog, positions, galaxy, image.images.shape[1:], pixel_scale_arcsec)
     h, w = image.images.shape[1:]
     rows = np.clip((positions[:, 0] // block_px).astype(int), 0, max(h // block_px - 1, 0))
     cols = np.clip((positions[:, 1] // block_px).astype(int), 0, max(w // block_px - 1, 0))
     stamps = [_centred_stamp(psf, h, w) for psf in psf_models]
     usable = _clear_of(mask, 2 * STAMP_HALF_PX + 1)
-    position_sd = _gaussian_sd(catalog, "plocs", n)
-    position_sd = np.zeros(n) if position_sd is None else position_sd.mean(axis=1)
+    position_sd = network_sigma(catalog, quantiles, "plocs")
+    position_sd = np.zeros(n) if position_sd is None else position_sd[:n].mean(axis=1)
     for band in range(n_bands):
         per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
         scale = 1.0  # fluxes carry the image's aperture correction; its PSF model does not
@@ -144,7 +147,9 @@ def measure_confusion(
     return Confusion(sigma, ratio, misfit)
 
 
-def widen_for_confusion(catalog: FullCatalog, confusion: Confusion) -> FullCatalog:
+def widen_for_confusion(
+    catalog: FullCatalog, confusion: Confusion, quantiles: Sequence[float]
+) -> FullCatalog:
     """The catalog with its flux and position intervals widened by confusion noise.
 
     Each flux quantile moves away from the point estimate so that the interval's Gaussian
@@ -159,16 +164,9 @@ def widen_for_confusion(catalog: FullCatalog, confusion: Confusion) -> FullCatal
         return catalog
     data = dict(catalog.items())
     fluxes = catalog["fluxes"][0, :n].double().numpy()
-    pairs = sorted(
-        q
-        for key in catalog.keys()
-        if key.startswith("fluxes@") and (q := float(key.split("@", 1)[1])) < 0.5
-    )
-    widest = pairs[0] if pairs else None
-    if widest is not None and f"fluxes@{1 - widest:g}" in catalog:
-        low = catalog[f"fluxes@{widest:g}"][0, :n].double().numpy()
-        high = catalog[f"fluxes@{1 - widest:g}"][0, :n].double().numpy()
-        own = np.clip((high - low) / (2 * float(ndtri(1 - widest))), 1e-12, None)
+    own = network_sigma(catalog, quantiles)
+    if own is not None:
+        own = np.clip(own[:n], 1e-12, None)
         stretch = confusion.misfit * np.sqrt(own**2 + sigma**2) / own
         for key in catalog.keys():
             if key.startswith("fluxes@"):
@@ -184,7 +182,11 @@ def widen_for_confusion(catalog: FullCatalog, confusion: Confusion) -> FullCatal
 
 
 def _galaxy_mask(
-    catalog: FullCatalog, galaxy: np.ndarray, shape: tuple[int, int], pixel_scale_arcsec: float
+    catalog: FullCatalog,
+    positions: np.ndarray,
+    galaxy: np.ndarray,
+    shape: tuple[int, int],
+    pixel_scale_arcsec: float,
 ) -> np.ndarray:
     """Pixels near a galaxy: within :data:`GALAXY_MASK_PX` plus three half-light radii."""
     n = len(galaxy)
@@ -193,32 +195,7 @@ def _galaxy_mask(
         if key in catalog:
             values = np.nan_to_num(catalog[key][0, :n, 0].double().numpy(), nan=0.0)
             radii = np.maximum(radii, values / pixel_scale_arcsec)
-    mask = np.zeros(shape, dtype=bool)
-    positions = catalog["plocs"][0, :n].double().numpy()
-    for (row, col), radius in zip(
-        positions[galaxy], GALAXY_MASK_PX + 3 * radii[galaxy], strict=True
-    ):
-        top, left = max(int(row - radius), 0), max(int(col - radius), 0)
-        bottom, right = min(int(row + radius) + 1, shape[0]), min(int(col + radius) + 1, shape[1])
-        if top >= bottom or left >= right:
-            continue
-        grid_rows, grid_cols = np.mgrid[top:bottom, left:right] + 0.5
-        mask[top:bottom, left:right] |= (grid_rows - row) ** 2 + (grid_cols - col) ** 2 <= radius**2
-    return mask
-
-
-def _gaussian_sd(catalog: FullCatalog, key: str, n: int) -> np.ndarray | None:
-    """The Gaussian sigma of ``key``'s widest central quantile pair, shape ``n d``; None without."""
-    lows = sorted(
-        q
-        for name in catalog.keys()
-        if name.startswith(f"{key}@") and (q := float(name.split("@", 1)[1])) < 0.5
-    )
-    lows = [q for q in lows if f"{key}@{1 - q:g}" in catalog]
-    if not lows:
-        return None
-    low, high = catalog[f"{key}@{lows[0]:g}"][0, :n], catalog[f"{key}@{1 - lows[0]:g}"][0, :n]
-    return (high - low).double().numpy() / (2 * float(ndtri(1 - lows[0])))
+    return near(positions[galaxy], shape, GALAXY_MASK_PX + 3 * radii[galaxy])
 
 
 def _render_with_variance(

@@ -375,9 +375,9 @@ class Predictor:
                 )
             if settings.confusion:
                 confusion = measure_confusion(
-                    image, catalog, psf_models, settings.pixel_scale_arcsec
+                    image, catalog, psf_models, quantiles, settings.pixel_scale_arcsec
                 )
-                catalog = widen_for_confusion(catalog, confusion)
+                catalog = widen_for_confusion(catalog, confusion, quantiles)
         return drop_shape_parameters(catalog)
 
     def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:

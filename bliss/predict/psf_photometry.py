@@ -39,7 +39,14 @@ from bliss.predict.psf_model import (
 )
 from bliss.protocols import SurveyImage
 
-__all__ = ["PsfStamps", "network_sigma", "nominal_psf_models", "padded", "refine_star_fluxes"]
+__all__ = [
+    "PsfStamps",
+    "near",
+    "network_sigma",
+    "nominal_psf_models",
+    "padded",
+    "refine_star_fluxes",
+]
 
 #: a PSF model that draws a star's stamp (:mod:`bliss.predict.psf_model`)
 PsfStamps = MoffatShape | ImagePsf
@@ -370,27 +377,40 @@ def _render(
     return out
 
 
-def _near(positions: np.ndarray, image_shape: tuple[int, int], radius: float) -> np.ndarray:
-    """Pixels whose centre lies within ``radius`` of any of ``positions``. Shape ``h w``."""
+def near(
+    positions: np.ndarray, image_shape: tuple[int, int], radius: float | np.ndarray
+) -> np.ndarray:
+    """Pixels whose centre lies within ``radius`` (one, or one per position) of any position.
+
+    Shape ``h w``.
+    """
     mask = np.zeros(image_shape, dtype=bool)
-    for row, col in positions:  # a small box each: the cost grows with sources, not pixels
-        top, left = max(int(row - radius), 0), max(int(col - radius), 0)
-        bottom = min(int(row + radius) + 1, image_shape[0])
-        right = min(int(col + radius) + 1, image_shape[1])
+    radii = np.broadcast_to(np.asarray(radius, dtype=float), (len(positions),))
+    # a small box each: the cost grows with sources, not pixels
+    for (row, col), reach in zip(positions, radii, strict=True):
+        top, left = max(int(row - reach), 0), max(int(col - reach), 0)
+        bottom = min(int(row + reach) + 1, image_shape[0])
+        right = min(int(col + reach) + 1, image_shape[1])
         if top >= bottom or left >= right:
             continue
         rows, cols = np.mgrid[top:bottom, left:right] + 0.5
-        mask[top:bottom, left:right] |= (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+        mask[top:bottom, left:right] |= (rows - row) ** 2 + (cols - col) ** 2 <= reach**2
     return mask
 
 
-def network_sigma(catalog: FullCatalog, quantiles: Sequence[float]) -> np.ndarray | None:
-    """The network's flux posterior width as a Gaussian sigma, from its widest quantile pair."""
-    lows = sorted(q for q in quantiles if q < 0.5 and f"fluxes@{1 - q:g}" in catalog)
+def network_sigma(
+    catalog: FullCatalog, quantiles: Sequence[float], key: str = "fluxes"
+) -> np.ndarray | None:
+    """The posterior width of ``key`` (default: fluxes) as a Gaussian sigma; None without one.
+
+    From the widest central pair of ``quantiles`` the catalog holds. Shape: ``n d`` (every
+    slot of the catalog's one image).
+    """
+    lows = sorted(q for q in quantiles if q < 0.5 and f"{key}@{1 - q:g}" in catalog)
     if not lows:
         return None
     low = lows[0]
-    width = catalog[f"fluxes@{1 - low:g}"][0] - catalog[f"fluxes@{low:g}"][0]
+    width = catalog[f"{key}@{1 - low:g}"][0] - catalog[f"{key}@{low:g}"][0]
     return width.numpy() / (2 * float(ndtri(1 - low)))
 
 
@@ -465,7 +485,7 @@ def refine_star_fluxes(
     new_fluxes, new_sigma = fluxes.copy(), np.full_like(fluxes, np.inf)
     misfit = np.full_like(fluxes, np.inf)
     in_block = np.zeros(n, dtype=bool)
-    galaxy_mask = _near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
+    galaxy_mask = near(positions[galaxy], image.images.shape[1:], GALAXY_MASK_PX)
     fit_sets = []
     for members, kept, block in _fit_sets(positions[stars], 2 * half + 1):
         fit_sets.append((stars[members], stars[kept], block))

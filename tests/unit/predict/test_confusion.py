@@ -78,7 +78,7 @@ def test_a_sparse_field_has_no_confusion_and_keeps_its_intervals():
     fluxes = np.exp(rng.uniform(math.log(3e3), math.log(3e4), len(positions)))
     image = _image(positions, fluxes, seed=1)
     catalog = _catalog(positions, fluxes)
-    confusion = measure_confusion(image, catalog, [PSF], SCALE, block_px=64)
+    confusion = measure_confusion(image, catalog, [PSF], QUANTILES, SCALE, block_px=64)
     # the catalog explains all the light: each 64 px block's spread is the sky's, up to noise
     # smaller than the 20 % margin (MIN_EXCESS)
     assert np.all(confusion.sigma == 0) and np.all(confusion.noise_ratio == 1)
@@ -86,7 +86,7 @@ def test_a_sparse_field_has_no_confusion_and_keeps_its_intervals():
     # with Poisson tails): more than 2 of 30 has a probability of ~5e-4
     widened_stars = confusion.misfit[:, 0] > 1
     assert widened_stars.sum() <= 2 and np.all(confusion.misfit < 1.5)
-    widened = widen_for_confusion(catalog, confusion)
+    widened = widen_for_confusion(catalog, confusion, QUANTILES)
     for key in ("plocs@0.05", "locs@0.95"):
         assert torch.allclose(widened[key], catalog[key])
     for key in ("fluxes@0.05", "fluxes@0.95"):
@@ -106,7 +106,7 @@ def test_a_sea_of_undetected_stars_is_measured_and_widens_the_fit_intervals():
     )
     network = _catalog(positions, fluxes * rng.normal(1, 0.05, len(fluxes)), rel_width=0.15)
     refined, shapes = refine_star_fluxes(image, network, QUANTILES, SCALE, BETA)
-    confusion = measure_confusion(image, refined, shapes, SCALE, block_px=64)
+    confusion = measure_confusion(image, refined, shapes, QUANTILES, SCALE, block_px=64)
     assert np.all(confusion.sigma > 0) and np.all(confusion.noise_ratio > 1.2)
 
     def coverage(catalog):
@@ -114,7 +114,7 @@ def test_a_sea_of_undetected_stars_is_measured_and_widens_the_fit_intervals():
         high = catalog["fluxes@0.95"][0, :, 0].numpy()
         return np.mean((fluxes >= low) & (fluxes <= high))
 
-    before, after = coverage(refined), coverage(widen_for_confusion(refined, confusion))
+    before, after = coverage(refined), coverage(widen_for_confusion(refined, confusion, QUANTILES))
     # the fit alone (widened by its chi-square) covers 0.77 of the 60 stars, the confusion
     # noise takes it to 0.90: binomial(60, 0.9) falls below 0.85 with probability ~0.1, below
     # 0.8 with < 0.01
@@ -128,7 +128,7 @@ def test_widening_adds_the_confusion_in_quadrature_and_scales_positions():
     catalog = _catalog(positions, fluxes, rel_width=0.1)
     sigma = np.array([[5.0], [0.0]])
     confusion = Confusion(sigma, np.array([[2.0], [1.0]]), np.array([[1.0], [1.5]]))
-    widened = widen_for_confusion(catalog, confusion)
+    widened = widen_for_confusion(catalog, confusion, QUANTILES)
     z = float(torch.special.ndtri(torch.tensor(0.95)))
     own = 0.1 * fluxes  # the Gaussian sigma of each interval
     half_width = (widened["fluxes@0.95"] - widened["fluxes@0.05"])[0, :, 0].double().numpy() / 2
@@ -160,12 +160,12 @@ def test_a_hidden_neighbour_widens_the_star_that_took_its_light():
         positions, fluxes * rng.normal(1, 0.05, len(fluxes)), rel_width=0.15, half_width_px=0.033
     )
     refined, shapes = refine_star_fluxes(image, network, QUANTILES, SCALE, BETA)
-    confusion = measure_confusion(image, refined, shapes, SCALE, block_px=64)
+    confusion = measure_confusion(image, refined, shapes, QUANTILES, SCALE, block_px=64)
     # flagged at 3 sigma: a hidden neighbour is missed ~1 time in 30 (seeds 5-8 of this scene),
     # and a plain star flagged ~1 in 30
     assert (confusion.misfit[:8, 0] > 1.3).sum() >= 7 and np.median(confusion.misfit[:8]) > 1.5
     assert (confusion.misfit[8:, 0] == 1).sum() >= 7
-    widened = widen_for_confusion(refined, confusion)
+    widened = widen_for_confusion(refined, confusion, QUANTILES)
     width = (widened["fluxes@0.95"] - widened["fluxes@0.05"])[0, :, 0].double().numpy()
     before = (refined["fluxes@0.95"] - refined["fluxes@0.05"])[0, :, 0].double().numpy()
     # at least the misfit's factor (the block's confusion noise comes on top, in quadrature)
