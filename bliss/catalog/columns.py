@@ -100,9 +100,10 @@ COLUMNS: tuple[Column, ...] = (
         "pix",
         "float32",
         "x uncertainty: half the 16-84 % posterior interval",
-        "From the location posterior's marginal quantiles. That posterior lives inside the "
-        "source's tile (4 x 4 px for the SDSS models), widened by the tiling margin of a model "
-        "trained with one (docs/tiling.md), so errors stay below about half a tile.",
+        "From the location posterior's marginal quantiles: a normal fitted to the source's "
+        "position in its tile (4 x 4 px for the SDSS models), not cut at the tile's border, "
+        "because a faint source near a border is found as often by the neighbouring tile "
+        "(docs/tiling.md). Joint samples keep every source inside its tile.",
         _CATALOG,
     ),
     Column("y_err", "pix", "float32", "y uncertainty, likewise", kinds=_CATALOG),

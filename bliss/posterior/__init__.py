@@ -9,6 +9,7 @@ from bliss.posterior.factors import (
     LogNormalFactor,
     NormalFactor,
     PositionAngleFactor,
+    TileLocationFactor,
     TruncatedNormalFactor,
 )
 from bliss.posterior.variational import VariationalPosterior
@@ -22,6 +23,7 @@ __all__ = [
     "LogitNormalFactor",
     "NormalFactor",
     "PositionAngleFactor",
+    "TileLocationFactor",
     "TruncatedNormalFactor",
     "VariationalPosterior",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "LogitNormalFactor",
     "NormalFactor",
     "PositionAngleFactor",
+    "TileLocationFactor",
     "TruncatedNormalFactor",
 ]
 
@@ -210,6 +211,24 @@ class TruncatedNormalFactor(_BoundedFactor):
         raw, scale = self._loc_scale(params)
         loc = self.low + (self.high - self.low) * torch.sigmoid(raw)
         return TruncatedNormal(loc, scale, self.low, self.high)
+
+
+class TileLocationFactor(TruncatedNormalFactor):
+    """A source's location in its tile: fitted as a truncated normal, summarised as the normal.
+
+    The truncation to the tile (and its margin) is the tiling's rule for which tile holds a source,
+    not knowledge of where the source is: a faint source near a border is found by the
+    neighbouring tile about as often as by its own, and then lies outside the tile that reports it.
+    So the point estimate is the normal's centre (the truncated density's mode, always inside the
+    bounds) and the quantiles are the normal's, so an interval may reach past the tile. Training
+    (``log_prob``) and joint samples keep the truncation: every sampled source stays in its tile.
+    """
+
+    def quantile(self, params: Tensor, q: float) -> Tensor:
+        """The ``q`` quantile of the normal before truncation. Shape ``... d``."""
+        raw, scale = self._loc_scale(params)
+        loc = self.low + (self.high - self.low) * torch.sigmoid(raw)
+        return loc + scale * normal_icdf(q).to(loc)
 
 
 class BernoulliFactor(Factor):

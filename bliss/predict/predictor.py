@@ -361,7 +361,12 @@ class Predictor:
         ):
             settings = self.star_photometry
             catalog, psf_models = refine_star_fluxes(
-                image, catalog, quantiles, settings.pixel_scale_arcsec, settings.psf_beta
+                image,
+                catalog,
+                quantiles,
+                settings.pixel_scale_arcsec,
+                settings.psf_beta,
+                reference_band=self.encoder.reference_index,
             )
             if settings.galaxies and draws is not None:
                 catalog = refine_galaxy_fluxes(

@@ -72,20 +72,50 @@ class MoffatShape:
 class ImagePsf:
     """A PSF model given as images: stamps of it at any position and sub-pixel offset.
 
+    A star's position is its light's centroid (adaptive moments, as survey catalogs measure
+    it), not the model image's middle pixel: SDSS psField reconstructions sit up to 0.07 px off
+    theirs (i and z), which a fitted position would otherwise carry.
+
     Args:
         psf_at: ``(row, col) ->`` the pixel-integrated PSF at that 0-indexed pixel, sum 1,
-            centred on its middle pixel (odd side), e.g. one band of ``SurveyImage.psf``.
+            centred near its middle pixel (odd side), e.g. one band of ``SurveyImage.psf``.
         cell_px: the PSF is evaluated once per cell of this side (survey PSF models vary over
             hundreds of pixels) and resampled with a cubic spline.
+        centroid_cell_px: its centroid once per cell of this side (it varies more slowly).
     """
 
     psf_at: Callable[[float, float], np.ndarray]
     cell_px: float = 4.0
+    centroid_cell_px: float = 128.0
     _splines: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _centroids: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def clear_cache(self) -> None:
         """Drop the evaluated PSFs (about 20 kB per star): the next stamps evaluate them again."""
         self._splines.clear()
+        self._centroids.clear()
+
+    def _centroid(self, row: float, col: float, image: np.ndarray | None) -> tuple[float, float]:
+        """Offset of the PSF's centroid from its image's middle pixel (row, col), pixels.
+
+        ``image``: the PSF there if already evaluated.
+        """
+        key = (int(row // self.centroid_cell_px), int(col // self.centroid_cell_px))
+        if key not in self._centroids:
+            import galsim  # only images with their own PSF model need it: start-up stays fast
+
+            if image is None:
+                image = np.asarray(self.psf_at(row - 0.5, col - 0.5), dtype=np.float64)
+            middle = image.shape[0] // 2 + 1  # GalSim's pixel indices start at 1
+            try:
+                centre = galsim.hsm.FindAdaptiveMom(galsim.Image(image)).moments_centroid
+                self._centroids[key] = (centre.y - middle, centre.x - middle)
+            except galsim.GalSimHSMError as err:
+                raise BlissValueError(
+                    f"the image's PSF model at row {row:.0f}, col {col:.0f} has no measurable "
+                    f"centroid ({err}); expected a PSF image with one peak."
+                ) from err
+        return self._centroids[key]
 
     def stamp(
         self, row: float, col: float, offset_row: float, offset_col: float, half: int
@@ -96,10 +126,12 @@ class ImagePsf:
         away from the stamp's central pixel centre. Pixels beyond the model's own stamp are 0.
         """
         key = (int(row // self.cell_px), int(col // self.cell_px))
-        spline = self._splines.get(key)
+        spline, image = self._splines.get(key), None
         if spline is None:
             image = np.asarray(self.psf_at(row - 0.5, col - 0.5), dtype=np.float64)
             spline = self._splines[key] = ndimage.spline_filter(image, order=3)
+        centroid = self._centroid(row, col, image)
+        offset_row, offset_col = offset_row - centroid[0], offset_col - centroid[1]
         first = spline.shape[0] // 2 - half
         size = 2 * half + 1
         row_base, col_base = math.floor(first - offset_row), math.floor(first - offset_col)

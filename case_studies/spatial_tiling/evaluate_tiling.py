@@ -136,6 +136,7 @@ def psf_fit(
     """
     quantiles = tuple(float(k.split("@")[1]) for k in estimate.keys() if k.startswith("fluxes@"))
     pixel_scale = float(cfg.survey.pixel_scale_arcsec)
+    reference_band = list(cfg.survey.bands).index(cfg.survey.reference_band)
     refined = []
     for i in range(estimate.batch_size):
         data = {key: value[i : i + 1] for key, value in estimate.items()}
@@ -154,7 +155,9 @@ def psf_fit(
             wcs=None,
             psf=lambda band, row, col: psf[band],
         )
-        fitted, _ = refine_star_fluxes(image, one, quantiles, pixel_scale)
+        fitted, _ = refine_star_fluxes(
+            image, one, quantiles, pixel_scale, reference_band=reference_band
+        )
         data = dict(fitted.items())
         data.pop("prob_galaxy")
         refined.append(FullCatalog(one.height_px, one.width_px, data))

@@ -119,3 +119,17 @@ def test_coincident_detections_share_the_light_without_diverging():
     sigma = float(single["fluxes@0.95"][0, brightest, 0] - single["fluxes@0.05"][0, brightest, 0])
     sigma /= 2 * 1.645
     assert abs(estimate[brightest] + estimate[-1] - fluxes[brightest]) < 3 * sigma
+
+
+def test_stars_fitted_in_blocks_keep_the_network_positions():
+    """A block's fitted positions are pulled by the stars no catalog holds: not reported."""
+    image, positions, fluxes = _crowded_scene()
+    catalog = _stars_only_catalog(80, positions, fluxes)
+    data = dict(catalog.items())
+    for q, z in zip(QUANTILES, (-1.6449, 1.6449), strict=True):
+        data[f"plocs@{q:g}"] = catalog["plocs"] + 0.3 * z  # wide: a fit would be narrower
+    catalog = FullCatalog(80, 80, data)
+    refined, _ = refine_star_fluxes(image, catalog, QUANTILES, 0.4)
+    for key in ("plocs", "plocs@0.05", "plocs@0.95"):
+        torch.testing.assert_close(refined[key], catalog[key])
+    assert not torch.equal(refined["fluxes"], catalog["fluxes"])  # the fluxes were fitted

@@ -210,6 +210,23 @@ def test_the_image_psf_model_draws_stamps_at_any_offset():
         assert np.abs(stamp - drawn).max() < tolerance * drawn.max(), offset
 
 
+def test_the_image_psf_puts_its_centroid_on_the_star():
+    """A PSF model image off its middle pixel (as SDSS psField ones are, by up to 0.07 px) is
+    drawn with its centroid at the star's position, so fitted positions are centroids."""
+    from bliss.predict.psf_model import ImagePsf
+
+    shift = (0.2, -0.15)
+    psf = ImagePsf(lambda row, col: _double_gaussian(*shift, 12))
+    for offset in ((0.0, 0.0), (0.3, -0.45)):
+        stamp = psf.stamp(40.0, 40.0, *offset, 7)
+        drawn = _double_gaussian(*offset, 7)  # the same profile, centred on the star
+        assert np.abs(stamp - drawn).max() < 1e-2 * drawn.max(), offset
+    # without the recentring the stamp would be off by the shift: 12 % of the peak
+    assert np.abs(_double_gaussian(*shift, 7) - _double_gaussian(0.0, 0.0, 7)).max() > 0.1 * (
+        _double_gaussian(0.0, 0.0, 7).max()
+    )
+
+
 def test_the_image_psf_gives_unbiased_fluxes_on_its_aperture_scale():
     """With ``SurveyImage.psf`` the fit uses that model (no Moffat fitted, none would match
     this PSF to 1 %) and puts its fluxes on the scale of a 7.43" aperture, measured on the
@@ -270,3 +287,50 @@ def test_a_crowded_field_measures_no_aperture_correction():
         )
         is None
     )
+
+
+def _with_position_intervals(catalog, sigma_px):
+    """The stand-in network's location posterior: Gaussian, ``sigma_px`` wide."""
+    data = dict(catalog.items())
+    for q in QUANTILES:
+        data[f"plocs@{q:g}"] = catalog["plocs"] + sigma_px * float(
+            torch.special.ndtri(torch.tensor(q))
+        )
+    return FullCatalog(catalog.height_px, catalog.width_px, data)
+
+
+def test_bright_star_positions_are_fitted_and_their_intervals_cover():
+    fwhm_px, beta = 3.2, 3.5
+    image, positions, fluxes = _scene(lambda dr, dc, h: moffat_stamp(fwhm_px, beta, dr, dc, h))
+    network = _with_position_intervals(
+        _network_catalog(image, positions, fluxes, np.random.default_rng(2)), 0.1
+    )
+    refined, _ = refine_star_fluxes(
+        _surveyimage(image, fwhm_px * SCALE), network, QUANTILES, SCALE, beta
+    )
+    estimate = refined["plocs"][0].double().numpy()
+    low, high = refined["plocs@0.05"][0].numpy(), refined["plocs@0.95"][0].numpy()
+    sigma = (high - low) / (2 * 1.6449)
+    # S/N 100-700 stars: the fit's errors are a few hundredths of a pixel, the network's 0.1
+    assert np.median(sigma) < 0.03
+    assert np.sqrt(np.mean((estimate - positions) ** 2)) < 0.05
+    # 72 coordinates: the rms of z is 1 within ~0.2 (chi2 with 72 dof: 5-95 % is 0.85-1.15)
+    z = (estimate - positions) / sigma
+    assert 0.7 < np.sqrt(np.mean(z**2)) < 1.3
+    assert np.mean((positions >= low) & (positions <= high)) >= 0.8
+
+
+def test_faint_star_positions_keep_the_network_posterior():
+    fwhm_px, beta = 3.2, 3.5
+    image, positions, fluxes = _scene(
+        lambda dr, dc, h: moffat_stamp(fwhm_px, beta, dr, dc, h), flux_range=(300, 600)
+    )
+    network = _with_position_intervals(
+        _network_catalog(image, positions, fluxes, np.random.default_rng(2)), 0.1
+    )
+    refined, _ = refine_star_fluxes(
+        _surveyimage(image, fwhm_px * SCALE), network, QUANTILES, SCALE, beta
+    )
+    # S/N ~4-8, below POSITION_SNR: nothing moves
+    for key in ("plocs", "plocs@0.05", "plocs@0.95"):
+        torch.testing.assert_close(refined[key], network[key])
