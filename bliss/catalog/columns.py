@@ -103,7 +103,9 @@ COLUMNS: tuple[Column, ...] = (
         "From the location posterior's marginal quantiles: a normal fitted to the source's "
         "position in its tile (4 x 4 px for the SDSS models), not cut at the tile's border, "
         "because a faint source near a border is found as often by the neighbouring tile "
-        "(docs/tiling.md). Joint samples keep every source inside its tile.",
+        "(docs/tiling.md). Joint samples keep every source inside its tile. Stars the PSF fit "
+        "measures at S/N >= 20 in the reference band, outside crowded tangles, take the fit's "
+        "position and error instead (docs/photometry.md).",
         _CATALOG,
     ),
     Column("y_err", "pix", "float32", "y uncertainty, likewise", kinds=_CATALOG),
