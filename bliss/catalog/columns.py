@@ -101,9 +101,9 @@ COLUMNS: tuple[Column, ...] = (
         "float32",
         "x uncertainty: half the 16-84 % posterior interval",
         "From the location posterior's marginal quantiles: a normal fitted to the source's "
-        "position in its tile (4 x 4 px for the SDSS models), not cut at the tile's border, "
-        "because a faint source near a border is found as often by the neighbouring tile "
-        "(docs/tiling.md). Joint samples keep every source inside its tile. Stars the PSF fit "
+        "position in its tile (4 x 4 px for the SDSS models). For sdss_generalist and sdss_real "
+        "it is not cut at the tile's border, because a faint source near a border is found as "
+        "often by the neighbouring tile; the other models' is (docs/tiling.md). Stars the PSF fit "
         "measures at S/N >= 20 in the reference band, outside crowded tangles, take the fit's "
         "position and error instead (docs/photometry.md).",
         _CATALOG,
