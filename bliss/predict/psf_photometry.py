@@ -644,11 +644,8 @@ def refine_star_fluxes(
     # of a crowded tangle: the stars below its detection limit pull the fitted positions, whose
     # errors know only the catalog's stars (on crowded_stars their coverage fell to 0.79-0.81)
     sigma_net_position = network_sigma(catalog, quantiles, "plocs")
-    take = np.isfinite(position_sigma).all(-1) & keep[:, reference_band] & ~in_block
-    if sigma_net_position is not None:
-        take &= (position_sigma < sigma_net_position[:n]).all(-1)
-    else:
-        take[:] = False
+    narrower = sigma_net_position is not None and (position_sigma < sigma_net_position[:n]).all(-1)
+    take = np.isfinite(position_sigma).all(-1) & keep[:, reference_band] & ~in_block & narrower
     take = np.repeat(take[:, None], 2, -1)
     _replace(data, "plocs", catalog, quantiles, take, fitted_position, position_sigma)
     return FullCatalog(catalog.height_px, catalog.width_px, data), shapes
