@@ -187,11 +187,14 @@ def evaluate_files(
             truth = catalogs["truth"][-1]
             true_x, true_y = plocs_to_xy(truth["plocs"][0, : int(truth["n_sources"][0])].numpy())
             ours_x, ours_y = plocs_to_xy(ours["plocs"][0].numpy())
+            detections = {"x": ours_x, "y": ours_y}
+            if "prob_galaxy" in ours:  # a stars-only model has none
+                detections["prob_galaxy"] = ours["prob_galaxy"][0, :, 0].numpy()
             plot_detections(
                 image.images[band],
                 image.background[band],
                 output / "detections_bliss.png",
-                {"x": ours_x, "y": ours_y, "prob_galaxy": ours["prob_galaxy"][0, :, 0].numpy()},
+                detections,
                 {"x": true_x, "y": true_y},
                 title=f"{image_path.name}: bliss (circles) vs truth (squares)",
                 band=image.bands[band],

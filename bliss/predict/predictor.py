@@ -14,6 +14,7 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
+from bliss.predict.companions import widen_for_companions
 from bliss.predict.confusion import measure_confusion, widen_for_confusion
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import refine_star_fluxes
@@ -383,6 +384,15 @@ class Predictor:
                     image, catalog, psf_models, quantiles, settings.pixel_scale_arcsec
                 )
                 catalog = widen_for_confusion(catalog, confusion, quantiles)
+                reference = self.encoder.reference_index
+                catalog = widen_for_companions(
+                    image,
+                    catalog,
+                    psf_models,
+                    quantiles,
+                    reference,
+                    settings.pixel_scale_arcsec,
+                )
         return drop_shape_parameters(catalog)
 
     def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
