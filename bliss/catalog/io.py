@@ -62,6 +62,7 @@ PIXEL_CENTRE = 0.5
 #: catalog key of the galaxies' ellipticity (e1, e2), written as columns ``e1`` and ``e2``
 ELLIPTICITY_KEY = "ellipticity"
 _NOT_COLUMNS = {
+    "local_sky",  # bliss.predict.psf_photometry.LOCAL_SKY_KEY: how a flux was measured
     "plocs",
     "locs",
     "n_sources",

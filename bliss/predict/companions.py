@@ -42,6 +42,8 @@ BLIND_RADIUS_FWHM = 1.5
 BLOCK_PX = 64
 #: joint draws of companions and errors per star
 N_DRAWS = 2048
+#: radius, in FWHM, within which a brighter star hides a fainter one from the reported pool
+HIDE_RADIUS_FWHM = 2.0
 #: the most a star's density is raised for stars hidden in turn (e^1.5: ~0.2 stars per px²)
 MAX_HIDDEN_LOG = 1.5
 _STAMP_HALF_PX = 12
@@ -84,7 +86,7 @@ def widen_for_companions(
     radius = BLIND_RADIUS_FWHM * fwhm_px
     responses = [_fit_response(psf, image.images.shape[1:]) for psf in psf_models]
     rate, blocks, pools = _companion_rates(
-        positions, fluxes, star, reference_band, radius, block_px
+        positions, fluxes, star, reference_band, radius, HIDE_RADIUS_FWHM * fwhm_px, block_px
     )
     rng = np.random.default_rng(_SEED)
     grid = ndtri((np.arange(N_DRAWS) + 0.5) / N_DRAWS)
@@ -141,6 +143,7 @@ def _companion_rates(
     star: np.ndarray,
     band: int,
     radius: float,
+    hide_radius: float,
     block_px: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """Each star's expected number of hidden companions, each source's block, the blocks' pools.
@@ -154,7 +157,7 @@ def _companion_rates(
     blocks = (positions[:, 0] // block_px).astype(int) * 100_000 + (
         positions[:, 1] // block_px
     ).astype(int)
-    area = np.pi * radius**2
+    area, hiding = np.pi * radius**2, np.pi * hide_radius**2
     pools = {}
     for block in np.unique(blocks[star]):
         members = np.flatnonzero(star & (blocks == block))
@@ -163,7 +166,7 @@ def _companion_rates(
         weight = np.ones(len(order))
         brighter = 0.0  # true stars per block brighter than the one at hand
         for k in range(len(order) - 1, -1, -1):
-            weight[k] = np.exp(min(area * brighter / block_px**2, MAX_HIDDEN_LOG))
+            weight[k] = np.exp(min(hiding * brighter / block_px**2, MAX_HIDDEN_LOG))
             brighter += weight[k]
         cumulative = np.cumsum(weight)
         pools[int(block)] = order, cumulative

@@ -39,7 +39,14 @@ from scipy.special import ndtri
 
 from bliss.catalog import FullCatalog
 from bliss.predict.psf_model import ImagePsf, stamp_slices
-from bliss.predict.psf_photometry import PROFILE_ERROR, PsfStamps, near, network_sigma, padded
+from bliss.predict.psf_photometry import (
+    LOCAL_SKY_KEY,
+    PROFILE_ERROR,
+    PsfStamps,
+    near,
+    network_sigma,
+    padded,
+)
 from bliss.protocols import SurveyImage
 
 __all__ = ["BLOCK_PX", "MIN_EXCESS", "Confusion", "measure_confusion", "widen_for_confusion"]
@@ -72,11 +79,14 @@ class Confusion:
         noise_ratio: ``sqrt(1 + sigma² / sky-noise sigma²)``.
         misfit: the factor a star's flux interval is widened by for its own residual (>= 1;
             1 for galaxies).
+        offset: what the fluxes took in of the block's typical unexplained light, nanomaggies
+            (the filtered residual's median; 0 where the block has no confusion): subtracted.
     """
 
     sigma: np.ndarray
     noise_ratio: np.ndarray
     misfit: np.ndarray
+    offset: np.ndarray
 
 
 def measure_confusion(
@@ -102,8 +112,9 @@ def measure_confusion(
     n = int(catalog["n_sources"][0])
     n_bands = len(image.bands)
     sigma, ratio, misfit = np.zeros((n, n_bands)), np.ones((n, n_bands)), np.ones((n, n_bands))
+    offset = np.zeros((n, n_bands))
     if n == 0:
-        return Confusion(sigma, ratio, misfit)
+        return Confusion(sigma, ratio, misfit, offset)
     positions = catalog["plocs"][0, :n].double().numpy()
     galaxy = (
         catalog["prob_galaxy"][0, :n, 0].numpy() >= 0.5
@@ -129,9 +140,12 @@ def measure_confusion(
         )
         residual = image.images[band] - image.background[band] - stars
         sky = np.clip(image.background[band], 1e-3, None)
-        excess, sky_var = _block_excess(residual, sky, usable, stamps[band], block_px)
+        excess, sky_var, centre = _block_excess(residual, sky, usable, stamps[band], block_px)
         extra = np.clip(excess - MIN_EXCESS, 0, None) * sky_var  # electrons²
         sigma[:, band] = np.sqrt(extra[rows, cols]) * per_electron * scale
+        offset[:, band] = np.where(extra > 0, centre, 0.0)[rows, cols] * per_electron * scale
+    if LOCAL_SKY_KEY in catalog:  # a local sky term took up the light around those already
+        offset *= catalog[LOCAL_SKY_KEY][0, :n].numpy() < 0.5
         ratio[:, band] = np.sqrt(1 + extra[rows, cols] / sky_var[rows, cols])
         # the residual a catalog explains has the noise's variance plus what its positions'
         # uncertainty leaves (the catalog's are the network's, not the fits'; a fitted flux
@@ -144,7 +158,7 @@ def measure_confusion(
         )
         if isinstance(psf_models[band], ImagePsf):
             psf_models[band].clear_cache()  # as the fits do: a frame's stamps add ~150 MB
-    return Confusion(sigma, ratio, misfit)
+    return Confusion(sigma, ratio, misfit, offset)
 
 
 def widen_for_confusion(
@@ -153,9 +167,9 @@ def widen_for_confusion(
     """The catalog with its flux and position intervals widened by confusion noise.
 
     Each flux quantile moves away from the point estimate so that the interval's Gaussian
-    sigma grows from ``s`` to ``misfit * sqrt(s² + sigma²)``; each position quantile by the
-    median over bands of ``noise_ratio`` (positions use every band). Point estimates are
-    unchanged.
+    sigma grows from ``s`` to ``misfit * sqrt(s² + sigma²)``, then the flux and all its
+    quantiles move by ``-offset``; each position quantile moves away from the position by the
+    median over bands of ``noise_ratio`` (positions use every band).
     """
     sigma = confusion.sigma
     position_ratio = np.median(confusion.noise_ratio, axis=1)
@@ -171,7 +185,10 @@ def widen_for_confusion(
         for key in catalog.keys():
             if key.startswith("fluxes@"):
                 old = catalog[key][0, :n].double().numpy()
-                data[key] = padded(catalog[key], fluxes + (old - fluxes) * stretch)
+                data[key] = padded(
+                    catalog[key], fluxes + (old - fluxes) * stretch - confusion.offset
+                )
+    data["fluxes"] = padded(catalog["fluxes"], fluxes - confusion.offset)
     for centre, prefix in (("plocs", "plocs@"), ("locs", "locs@")):
         point = catalog[centre][0, :n].double().numpy()
         for key in catalog.keys():
@@ -263,10 +280,11 @@ def _centred_stamp(psf: PsfStamps, h: int, w: int) -> np.ndarray:
 
 def _block_excess(
     residual: np.ndarray, sky: np.ndarray, usable: np.ndarray, psf: np.ndarray, block_px: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per block: the matched-filter flux spread squared over the sky's, and the sky's variance.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per block: the filtered flux's spread squared over the sky's, the sky's variance, its median.
 
-    The sky varies slowly on the PSF's scale, so the filter's noise variance at a position is
+    The filter is the PSF's matched filter (the flux a star placed there would take in; the
+    median in electrons). The sky varies slowly on the PSF's scale, so the filter's noise variance at a position is
     ``sky / sum(psf²)`` there; only ``usable`` positions count (:func:`_clear_of`). Every
     other position of each axis is enough: the filter is smooth on the PSF's scale.
     Shape ``hb wb`` each (blocks of ``block_px``; a last partial block joins the one before).
@@ -283,23 +301,28 @@ def _block_excess(
     block_cols = np.minimum(np.arange(0, w, 2) // block_px, n_cols - 1)
     blocks = (block_rows[:, None] * n_cols + block_cols[None, :]).ravel()
     keep = usable[::2, ::2].ravel()
-    low, high, counts = _block_quantiles(flux[::2, ::2].ravel()[keep], blocks[keep], n_blocks)
+    low, median, high, counts = _block_quantiles(
+        flux[::2, ::2].ravel()[keep], blocks[keep], n_blocks
+    )
     # the sky at each block's centre stands for the block's
     centre_rows = np.minimum(np.arange(n_rows) * block_px + block_px // 2, h - 1)
     centre_cols = np.minimum(np.arange(n_cols) * block_px + block_px // 2, w - 1)
     variance = sky_var[np.ix_(centre_rows, centre_cols)].ravel()
     spread = ((high - low) / (2 * _Z90)) ** 2 / variance
     # a block of mostly galaxies has nothing to measure the crowd on
-    excess = np.where(counts >= block_px // 4, spread, 1.0)
-    return excess.reshape(n_rows, n_cols), variance.reshape(n_rows, n_cols)
+    measured = counts >= block_px // 4
+    excess = np.where(measured, spread, 1.0)
+    centre = np.where(measured, median, 0.0)
+    shape = (n_rows, n_cols)
+    return excess.reshape(shape), variance.reshape(shape), centre.reshape(shape)
 
 
 def _block_quantiles(
     values: np.ndarray, blocks: np.ndarray, n_blocks: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The 5 % and 95 % quantiles (linearly interpolated) of ``values`` in each block, and counts.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 5, 50 and 95 % quantiles (linearly interpolated) of ``values`` per block, and counts.
 
-    Blocks without values get 0 for both quantiles.
+    Blocks without values get 0 for every quantile.
     """
     # one sort on the block index plus the value scaled into [0, 1): within a block, by value
     if values.size:
@@ -321,7 +344,7 @@ def _block_quantiles(
         value = ordered[below] + (at - np.floor(at)) * (ordered[above] - ordered[below])
         return np.where(counts > 0, value, 0.0)
 
-    return quantile(0.05), quantile(0.95), counts
+    return quantile(0.05), quantile(0.5), quantile(0.95), counts
 
 
 def _clear_of(mask: np.ndarray, side: int) -> np.ndarray:

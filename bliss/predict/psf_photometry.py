@@ -45,6 +45,7 @@ from bliss.predict.psf_model import (
 from bliss.protocols import SurveyImage
 
 __all__ = [
+    "LOCAL_SKY_KEY",
     "PsfStamps",
     "near",
     "network_sigma",
@@ -55,6 +56,9 @@ __all__ = [
 
 #: a PSF model that draws a star's stamp (:mod:`bliss.predict.psf_model`)
 PsfStamps = MoffatShape | ImagePsf
+#: catalog key (``1 n c``, 0 or 1, not written out): the flux is a fit with its own local sky
+#: term, which took up the light around the star that the image's background does not hold
+LOCAL_SKY_KEY = "local_sky"
 
 #: fractional flux error added in quadrature to the fit's: what a PSF model good to a few
 #: tenths of a percent of the light within the stamp leaves (sub-pixel sampling, centring)
@@ -638,6 +642,7 @@ def refine_star_fluxes(
     keep = ((fitted_well | (new_sigma < sigma_net)) & point_like & star_like) | block_fit
     data = dict(catalog.items())
     _replace(data, "fluxes", catalog, quantiles, keep, new_fluxes, new_sigma)
+    data[LOCAL_SKY_KEY] = padded(catalog["fluxes"], keep & ~in_block[:, None])
     # a star takes its reference-band fit's position where that fit's flux is kept: the other
     # bands' positions differ from it by their WCS registration (~0.1 px on SDSS frames) and by
     # differential chromatic refraction, which varies with each star's colour. Not in a block

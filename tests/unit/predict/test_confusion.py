@@ -127,7 +127,9 @@ def test_widening_adds_the_confusion_in_quadrature_and_scales_positions():
     fluxes = np.array([100.0, 1000.0])
     catalog = _catalog(positions, fluxes, rel_width=0.1)
     sigma = np.array([[5.0], [0.0]])
-    confusion = Confusion(sigma, np.array([[2.0], [1.0]]), np.array([[1.0], [1.5]]))
+    confusion = Confusion(
+        sigma, np.array([[2.0], [1.0]]), np.array([[1.0], [1.5]]), np.zeros((2, 1))
+    )
     widened = widen_for_confusion(catalog, confusion, QUANTILES)
     z = float(torch.special.ndtri(torch.tensor(0.95)))
     own = 0.1 * fluxes  # the Gaussian sigma of each interval
@@ -175,7 +177,7 @@ def test_a_hidden_neighbour_widens_the_star_that_took_its_light():
 def test_block_quantiles_match_numpy_per_block():
     rng = np.random.default_rng(0)
     values, blocks = rng.normal(size=1000), rng.integers(0, 7, 1000)
-    low, high, counts = _block_quantiles(values, blocks, 8)
+    low, _, high, counts = _block_quantiles(values, blocks, 8)
     for block in range(7):
         expected = np.percentile(values[blocks == block], [5, 95])
         assert [low[block], high[block]] == pytest.approx(expected)
