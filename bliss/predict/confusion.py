@@ -79,8 +79,9 @@ class Confusion:
         noise_ratio: ``sqrt(1 + sigma² / sky-noise sigma²)``.
         misfit: the factor a star's flux interval is widened by for its own residual (>= 1;
             1 for galaxies).
-        offset: what the fluxes took in of the block's typical unexplained light, nanomaggies
-            (the filtered residual's median; 0 where the block has no confusion): subtracted.
+        offset: what a star's flux measured against the image's background took in of the
+            block's typical unexplained light, nanomaggies (the filtered residual's median; 0
+            where the block has no confusion, for galaxies and for fits with a local sky).
     """
 
     sigma: np.ndarray
@@ -144,8 +145,6 @@ def measure_confusion(
         extra = np.clip(excess - MIN_EXCESS, 0, None) * sky_var  # electrons²
         sigma[:, band] = np.sqrt(extra[rows, cols]) * per_electron * scale
         offset[:, band] = np.where(extra > 0, centre, 0.0)[rows, cols] * per_electron * scale
-    if LOCAL_SKY_KEY in catalog:  # a local sky term took up the light around those already
-        offset *= catalog[LOCAL_SKY_KEY][0, :n].numpy() < 0.5
         ratio[:, band] = np.sqrt(1 + extra[rows, cols] / sky_var[rows, cols])
         # the residual a catalog explains has the noise's variance plus what its positions'
         # uncertainty leaves (the catalog's are the network's, not the fits'; a fitted flux
@@ -158,6 +157,11 @@ def measure_confusion(
         )
         if isinstance(psf_models[band], ImagePsf):
             psf_models[band].clear_cache()  # as the fits do: a frame's stamps add ~150 MB
+    # a galaxy's fluxes are not a star's: the residual around it is its own light beyond its
+    # model (on `sersic` fields the offset made large galaxies' fluxes fainter still)
+    offset[galaxy] = 0.0
+    if LOCAL_SKY_KEY in catalog:  # a local sky term took up the light around those already
+        offset *= catalog[LOCAL_SKY_KEY][0, :n].numpy() < 0.5
     return Confusion(sigma, ratio, misfit, offset)
 
 

@@ -37,9 +37,10 @@ def field(tmp_path_factory):
 class PerfectPredictor:
     """Returns the truth itself, with intervals that always contain it."""
 
-    def __init__(self, truth_path):
+    def __init__(self, truth_path, stars_only=False):
         self.encoder = SimpleNamespace(bands=BANDS)
         self.truth = Table.read(truth_path)
+        self.stars_only = stars_only
 
     def predict(self, image, threshold, quantiles):
         t = self.truth
@@ -51,6 +52,8 @@ class PerfectPredictor:
             "prob_galaxy": np.asarray(t["source_type"], float),
             "fluxes": fluxes,
         }
+        if self.stars_only:  # a model without a type factor (sdss_crowded)
+            del rows["prob_galaxy"]
         plocs = np.stack([rows["row"], rows["col"]], -1)
         for q in quantiles:
             rows[f"fluxes@{q:g}"] = fluxes * (0.5 if q < 0.5 else 2.0)
@@ -120,3 +123,19 @@ def test_expand_inputs_errors(tmp_path):
         expand_inputs(None, "evaluate.input")
     with pytest.raises(OSError, match="matches no file"):
         expand_inputs(str(tmp_path / "*.fits"), "evaluate.input")
+
+
+def test_a_stars_only_model_is_evaluated(field, tmp_path):
+    survey, image, truth = field
+    results = evaluate_files(
+        PerfectPredictor(truth, stars_only=True),
+        survey,
+        [image],
+        [truth],
+        threshold=0.5,
+        match_dist_px=1.5,
+        mag_bins=[16, 19, 20, 21, 22, 23],
+        output=tmp_path / "out",
+    )
+    assert results["bliss"]["f1"] == 1.0
+    assert (tmp_path / "out" / "detections_bliss.png").exists()

@@ -7,7 +7,7 @@ import torch
 
 from bliss.catalog import FullCatalog
 from bliss.predict.psf_model import ImagePsf, moffat_stamp
-from bliss.predict.psf_photometry import MAX_GROUP, _fit_sets, refine_star_fluxes
+from bliss.predict.psf_photometry import LOCAL_SKY_KEY, MAX_GROUP, _fit_sets, refine_star_fluxes
 from bliss.protocols import SurveyImage
 
 SKY = 100.0
@@ -133,3 +133,5 @@ def test_stars_fitted_in_blocks_keep_the_network_positions():
     for key in ("plocs", "plocs@0.05", "plocs@0.95"):
         torch.testing.assert_close(refined[key], catalog[key])
     assert not torch.equal(refined["fluxes"], catalog["fluxes"])  # the fluxes were fitted
+    # ... against the image's background: a block has no local sky term
+    assert not refined[LOCAL_SKY_KEY][0, :80].bool().any()

@@ -11,6 +11,7 @@ from bliss.metrics.photometry import flux_cramer_rao_std
 from bliss.predict.psf_model import MoffatShape, fit_moffat_shape, moffat_stamp
 from bliss.predict.psf_photometry import (
     APERTURE_FWHM,
+    LOCAL_SKY_KEY,
     SURE_POINT_SNR,
     _aperture_correction,
     refine_star_fluxes,
@@ -141,6 +142,9 @@ def test_galaxies_and_faint_confident_network_fluxes_are_kept():
     before, after = catalog["fluxes"][0, :, 0], refined["fluxes"][0, :, 0]
     assert torch.equal(after[:2], before[:2])  # P(galaxy) >= 0.2: the network's
     assert not torch.equal(after[2:], before[2:])
+    # the isolated stars' fits had their own local sky; the network's fluxes did not
+    local_sky = refined[LOCAL_SKY_KEY][0, :, 0].bool()
+    assert not local_sky[:2].any() and local_sky[2:].all()
     assert torch.equal(refined["plocs"], catalog["plocs"])
 
 
