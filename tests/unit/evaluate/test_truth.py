@@ -62,12 +62,10 @@ class PerfectPredictor:
         return one_image_catalog(rows, height, width)
 
 
-def test_perfect_predictor_scores_one_and_sep_finds_bright_stars(field, tmp_path):
+def _evaluate(predictor, field, tmp_path):
     survey, image, truth = field
-    n_true = len(Table.read(truth))
-    assert n_true >= 5
-    results = evaluate_files(
-        PerfectPredictor(truth),
+    return evaluate_files(
+        predictor,
         survey,
         [image],
         [truth],
@@ -76,6 +74,13 @@ def test_perfect_predictor_scores_one_and_sep_finds_bright_stars(field, tmp_path
         mag_bins=[16, 19, 20, 21, 22, 23],
         output=tmp_path / "out",
     )
+
+
+def test_perfect_predictor_scores_one_and_sep_finds_bright_stars(field, tmp_path):
+    survey, image, truth = field
+    n_true = len(Table.read(truth))
+    assert n_true >= 5
+    results = _evaluate(PerfectPredictor(truth), field, tmp_path)
     ours = results["bliss"]
     assert ours["precision"] == ours["recall"] == ours["f1"] == 1.0
     assert ours["classification_accuracy"] == 1.0
@@ -127,15 +132,6 @@ def test_expand_inputs_errors(tmp_path):
 
 def test_a_stars_only_model_is_evaluated(field, tmp_path):
     survey, image, truth = field
-    results = evaluate_files(
-        PerfectPredictor(truth, stars_only=True),
-        survey,
-        [image],
-        [truth],
-        threshold=0.5,
-        match_dist_px=1.5,
-        mag_bins=[16, 19, 20, 21, 22, 23],
-        output=tmp_path / "out",
-    )
+    results = _evaluate(PerfectPredictor(truth, stars_only=True), field, tmp_path)
     assert results["bliss"]["f1"] == 1.0
     assert (tmp_path / "out" / "detections_bliss.png").exists()

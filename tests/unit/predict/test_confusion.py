@@ -95,16 +95,22 @@ def test_a_sparse_field_has_no_confusion_and_keeps_its_intervals():
         assert torch.allclose(widened[key][0, kept], catalog[key][0, kept])
 
 
-def test_a_sea_of_undetected_stars_is_measured_and_widens_the_fit_intervals():
-    rng = np.random.default_rng(2)
-    positions = rng.uniform(8, SIZE - 8, (60, 2))
+def _sea_with_stars(rng, n_stars):
+    """``n_stars`` stars of 500-5000 electrons in a sea of 3000 (0.08 per px²) each below S/N 5,
+    which no catalog holds: the image, the stars' positions and fluxes."""
+    positions = rng.uniform(8, SIZE - 8, (n_stars, 2))
     fluxes = np.exp(rng.uniform(math.log(500), math.log(5000), len(positions)))
-    # 3000 stars (0.08 per px²) each below S/N 5, which no catalog holds
     faint_positions = rng.uniform(0, SIZE, (3000, 2))
     faint_fluxes = np.exp(rng.uniform(math.log(30), math.log(200), len(faint_positions)))
     image = _image(
         np.concatenate([positions, faint_positions]), np.concatenate([fluxes, faint_fluxes]), 3
     )
+    return image, positions, fluxes
+
+
+def test_a_sea_of_undetected_stars_is_measured_and_widens_the_fit_intervals():
+    rng = np.random.default_rng(2)
+    image, positions, fluxes = _sea_with_stars(rng, 60)
     network = _catalog(positions, fluxes * rng.normal(1, 0.05, len(fluxes)), rel_width=0.15)
     refined, shapes = refine_star_fluxes(image, network, QUANTILES, SCALE, BETA)
     confusion = measure_confusion(image, refined, shapes, QUANTILES, SCALE, block_px=64)
@@ -243,14 +249,7 @@ def test_a_background_raised_by_the_crowd_is_given_back_to_fluxes_measured_again
 
 def test_every_band_is_measured():
     """Each band gets its own noise ratio and misfit (a second band with the same sea)."""
-    rng = np.random.default_rng(2)
-    positions = rng.uniform(8, SIZE - 8, (40, 2))
-    fluxes = np.exp(rng.uniform(math.log(500), math.log(5000), len(positions)))
-    faint_positions = rng.uniform(0, SIZE, (3000, 2))
-    faint_fluxes = np.exp(rng.uniform(math.log(30), math.log(200), len(faint_positions)))
-    one = _image(
-        np.concatenate([positions, faint_positions]), np.concatenate([fluxes, faint_fluxes]), 3
-    )
+    one, positions, fluxes = _sea_with_stars(np.random.default_rng(2), 40)
     image = dataclasses.replace(
         one,
         bands=("g", "r"),
