@@ -30,7 +30,7 @@ from scipy.signal import fftconvolve
 from scipy.special import ndtri
 
 from bliss.catalog import FullCatalog
-from bliss.predict.psf_model import stamp_slices
+from bliss.predict.confusion import centred_stamp
 from bliss.predict.psf_photometry import PsfStamps, padded
 from bliss.protocols import SurveyImage
 
@@ -46,7 +46,6 @@ N_DRAWS = 2048
 HIDE_RADIUS_FWHM = 2.0
 #: the most a star's density is raised for stars hidden in turn (e^1.5: ~0.2 stars per px²)
 MAX_HIDDEN_LOG = 1.5
-_STAMP_HALF_PX = 12
 _CHUNK = 128
 _SEED = 20261206
 
@@ -120,13 +119,7 @@ def widen_for_companions(
 
 def _fit_response(psf: PsfStamps, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The PSF's autocorrelation over 1 at 0, radially: ``(radii in px, response)``."""
-    half = _STAMP_HALF_PX
-    size = 2 * half + 1
-    h, w = shape
-    _, _, s_rows, s_cols, offset_row, offset_col = stamp_slices(
-        half + 0.5, half + 0.5, (size, size), half
-    )
-    stamp = np.asarray(psf.stamp(h / 2, w / 2, offset_row, offset_col, half))[s_rows, s_cols]
+    stamp = centred_stamp(psf, *shape)
     auto = fftconvolve(stamp, stamp[::-1, ::-1], mode="full")
     centre = np.unravel_index(np.argmax(auto), auto.shape)
     rows, cols = np.indices(auto.shape)
@@ -150,7 +143,7 @@ def _companion_rates(
 
     Pool: the block's stars by rising reference flux, and the cumulative weights
     ``exp(hidden)`` of each (raised for the share of stars of its flux that a brighter one hides,
-    ``1 - exp(-pi R² rho(> f))``).
+    ``1 - exp(-pi hide_radius² rho(> f))``).
     """
     n = len(fluxes)
     rate = np.zeros(n)

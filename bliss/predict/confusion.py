@@ -49,7 +49,14 @@ from bliss.predict.psf_photometry import (
 )
 from bliss.protocols import SurveyImage
 
-__all__ = ["BLOCK_PX", "MIN_EXCESS", "Confusion", "measure_confusion", "widen_for_confusion"]
+__all__ = [
+    "BLOCK_PX",
+    "MIN_EXCESS",
+    "Confusion",
+    "centred_stamp",
+    "measure_confusion",
+    "widen_for_confusion",
+]
 
 #: side of the blocks the filtered residual's spread is measured in, pixels
 BLOCK_PX = 64
@@ -126,7 +133,7 @@ def measure_confusion(
     h, w = image.images.shape[1:]
     rows = np.clip((positions[:, 0] // block_px).astype(int), 0, max(h // block_px - 1, 0))
     cols = np.clip((positions[:, 1] // block_px).astype(int), 0, max(w // block_px - 1, 0))
-    stamps = [_centred_stamp(psf, h, w) for psf in psf_models]
+    stamps = [centred_stamp(psf, h, w) for psf in psf_models]
     usable = _clear_of(mask, 2 * STAMP_HALF_PX + 1)
     position_sd = network_sigma(catalog, quantiles, "plocs")
     position_sd = np.zeros(n) if position_sd is None else position_sd[:n].mean(axis=1)
@@ -271,7 +278,7 @@ def _own_misfit(
     return np.where(significant, np.sqrt(np.clip(mean, 1, None)), 1.0)
 
 
-def _centred_stamp(psf: PsfStamps, h: int, w: int) -> np.ndarray:
+def centred_stamp(psf: PsfStamps, h: int, w: int) -> np.ndarray:
     """The PSF at the image's centre, centred on a pixel, normalised to unit sum."""
     half = STAMP_HALF_PX
     size = 2 * half + 1
@@ -288,9 +295,10 @@ def _block_excess(
     """Per block: the filtered flux's spread squared over the sky's, the sky's variance, its median.
 
     The filter is the PSF's matched filter (the flux a star placed there would take in; the
-    median in electrons). The sky varies slowly on the PSF's scale, so the filter's noise variance at a position is
-    ``sky / sum(psf²)`` there; only ``usable`` positions count (:func:`_clear_of`). Every
-    other position of each axis is enough: the filter is smooth on the PSF's scale.
+    median in electrons). The sky varies slowly on the PSF's scale, so the filter's noise
+    variance at a position is ``sky / sum(psf²)`` there; only ``usable`` positions count
+    (:func:`_clear_of`). Every other position of each axis is enough: the filter is smooth on
+    the PSF's scale.
     Shape ``hb wb`` each (blocks of ``block_px``; a last partial block joins the one before).
     """
     power = float((psf**2).sum())

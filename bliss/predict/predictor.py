@@ -361,13 +361,14 @@ class Predictor:
             and (image.psf is not None or not self.applies_aperture_correction(image))
         ):
             settings = self.star_photometry
+            reference = self.encoder.reference_index
             catalog, psf_models = refine_star_fluxes(
                 image,
                 catalog,
                 quantiles,
                 settings.pixel_scale_arcsec,
                 settings.psf_beta,
-                reference_band=self.encoder.reference_index,
+                reference_band=reference,
             )
             if settings.galaxies and draws is not None:
                 catalog = refine_galaxy_fluxes(
@@ -384,7 +385,6 @@ class Predictor:
                     image, catalog, psf_models, quantiles, settings.pixel_scale_arcsec
                 )
                 catalog = widen_for_confusion(catalog, confusion, quantiles)
-                reference = self.encoder.reference_index
                 catalog = widen_for_companions(
                     image,
                     catalog,
