@@ -176,6 +176,8 @@ class ModelConditions:
             (``simulator.conditions.observed``) rather than parametric ones; only then are a real
             frame's aperture corrections (measured against those PSFs) right for it.
         psf_halo: the Moffat halo added to those observed PSFs in training, or None.
+        count_rate_per_tile: the training prior's Poisson mean number of sources per tile, where
+            it is one constant (None for a prior whose density varies, like a cluster's).
     """
 
     bands: tuple[str, ...]
@@ -183,6 +185,7 @@ class ModelConditions:
     magzero: tuple[float, ...] | None = None
     observed_psfs: bool = False
     psf_halo: dict[str, Any] | None = field(default=None, hash=False)
+    count_rate_per_tile: float | None = None
 
 
 @dataclass(frozen=True)

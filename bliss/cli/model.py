@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
+from bliss.predict.density import DensitySettings
 from bliss.predict.model import model_conditions
 from bliss.predict.predictor import PredictorSettings
 from bliss.protocols import ModelConditions, Survey
@@ -71,6 +72,19 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         psf_photometry=spec.get("psf_photometry", True),
         galaxy_photometry=spec.get("galaxy_photometry", True),
         confusion_noise=spec.get("confusion_noise", True),
+        density=density_settings(spec.get("density", {})),
+    )
+
+
+def density_settings(spec: DictConfig | dict | None) -> DensitySettings | None:
+    """The ``predict.density`` keys, or None when set to null (the training prior everywhere)."""
+    if spec is None:
+        return None
+    default = DensitySettings()
+    return DensitySettings(
+        int(spec.get("block_px", default.block_px)),
+        float(spec.get("min_ratio", default.min_ratio)),
+        float(spec.get("min_separation_px", default.min_separation_px)),
     )
 
 

@@ -336,9 +336,18 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def infer_from_features(
-        self, features: Tensor, sample: bool = False, threshold: float | None = None
+        self,
+        features: Tensor,
+        sample: bool = False,
+        threshold: float | None = None,
+        count_prior: Tensor | None = None,
     ) -> tuple[TileCatalog, Tensor]:
-        """The autoregressive loop of :meth:`infer` on precomputed features (``b f ht wt``)."""
+        """The autoregressive loop of :meth:`infer` on precomputed features (``b f ht wt``).
+
+        ``count_prior``, when given, is ``log P'(n) - log P(n)`` per tile (``b ht wt (m+1)``): every
+        tile's count posterior is moved to the prior ``P'`` before it is decided, so later colour
+        groups are conditioned on decisions under ``P'`` (:mod:`bliss.predict.density`).
+        """
         threshold = self.threshold if threshold is None else threshold
         b, _, n_h, n_w = features.shape
         colors = self.tiling.colors(n_h, n_w, features.device)
@@ -346,6 +355,8 @@ class Encoder(nn.Module):
         all_params = features.new_zeros(b, n_h, n_w, self.posterior.n_params)
         for group, known in self._known_masks(self.tiling.order(False), colors):
             params = self.group_params(features, estimate, known, colors == group)
+            if count_prior is not None:
+                params = self.posterior.reweight_counts(params, count_prior)
             if sample:
                 draw = self.posterior.sample(params, self.tile_slen)
             else:

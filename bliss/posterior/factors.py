@@ -360,6 +360,17 @@ class CountFactor:
         """Counts drawn from the posterior (``b ht wt``, long)."""
         return self.distribution(params).sample().long()
 
+    def reweight(self, params: Tensor, log_prior_ratio: Tensor) -> Tensor:
+        """The posterior under another count prior, the likelihood unchanged (Bayes' rule).
+
+        ``log_prior_ratio`` is ``log P'(n) - log P(n)`` for ``n = 0 .. m`` (``b ht wt (m+1)``);
+        a logit gains the ratio of its count (the Bernoulli logit the ratio of 1 to 0).
+        """
+        log_prior_ratio = log_prior_ratio.to(params)
+        if self.max_sources == 1:
+            return params + (log_prior_ratio[..., 1:] - log_prior_ratio[..., :1])
+        return params + log_prior_ratio
+
     def point_estimate(self, params: Tensor, threshold: float = 0.5) -> Tensor:
         """Counts by thresholding ``P(n_sources > j)`` (``b ht wt``, long)."""
         return (self.prob_at_least(params) > threshold).sum(-1)

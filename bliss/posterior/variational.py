@@ -164,6 +164,15 @@ class VariationalPosterior:
         split = self.split(params)
         return {f.key: f.quantile(split[n], q) for n, f in self.slot_factors.items()}
 
+    def reweight_counts(self, params: Tensor, log_prior_ratio: Tensor) -> Tensor:
+        """``params`` with the count factor's posterior moved to another count prior.
+
+        ``log_prior_ratio`` is ``b ht wt (m+1)``; see :meth:`CountFactor.reweight`.
+        """
+        n = self.count.n_params
+        count = self.count.reweight(params[..., :n], log_prior_ratio)
+        return torch.cat([count, params[..., n:]], dim=-1)
+
     def prob_source(self, params: Tensor) -> Tensor:
         """``P(n_sources > j)`` for each slot. Shape ``b ht wt m``."""
         return self.count.prob_at_least(self.split(params)[self.count_name])

@@ -8,12 +8,14 @@ import importlib
 from typing import Any
 
 from bliss.predict.cataloging import predict_file
+from bliss.predict.density import DensitySettings
 from bliss.predict.inputs import PredictInput, resolve_inputs
 from bliss.predict.model import model_conditions
 from bliss.predict.predictor import Predictor, PredictorSettings, build_predictor
 from bliss.predict.provenance import table_meta
 
 __all__ = [
+    "DensitySettings",
     "InputCataloger",
     "PredictInput",
     "Predictor",

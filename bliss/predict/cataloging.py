@@ -106,6 +106,14 @@ def predict_file(
             "CRWDAREA": round(picks["crowded_share"], 4),
             "NCROWDED": int(crowded.sum()),
         }
+    shift = getattr(predictor, "density_shift", None)
+    if shift is not None:  # how far the count prior was moved towards the field's density
+        summary = shift.summary()
+        meta = {
+            **meta,
+            "DENSMAX": round(summary["max_ratio"], 3),
+            "DENSAREA": round(summary["moved_share"], 4),
+        }
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": int(catalog["n_sources"][0])}
     if predictor.applies_aperture_correction(image):  # record what scaled the fluxes
         for band, factor in zip(image.bands, image.aperture_correction, strict=True):

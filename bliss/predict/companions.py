@@ -85,7 +85,13 @@ def widen_for_companions(
     radius = BLIND_RADIUS_FWHM * fwhm_px
     responses = [_fit_response(psf, image.images.shape[1:]) for psf in psf_models]
     rate, blocks, pools = _companion_rates(
-        positions, fluxes, star, reference_band, radius, HIDE_RADIUS_FWHM * fwhm_px, block_px
+        positions,
+        fluxes,
+        star,
+        reference_band,
+        (radius, HIDE_RADIUS_FWHM * fwhm_px),
+        block_px,
+        image.images.shape[1:],
     )
     rng = np.random.default_rng(_SEED)
     grid = ndtri((np.arange(N_DRAWS) + 0.5) / N_DRAWS)
@@ -135,38 +141,48 @@ def _companion_rates(
     fluxes: np.ndarray,
     star: np.ndarray,
     band: int,
-    radius: float,
-    hide_radius: float,
+    radii: tuple[float, float],
     block_px: int,
+    shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """Each star's expected number of hidden companions, each source's block, the blocks' pools.
 
-    Pool: the block's stars by rising reference flux, and the cumulative weights
-    ``exp(hidden)`` of each (raised for the share of stars of its flux that a brighter one hides,
-    ``1 - exp(-pi hide_radius² rho(> f))``).
+    Blocks are the confusion noise's (:mod:`bliss.predict.confusion`: a last partial block joins
+    the one before), each with its own area. Pool: the block's stars by rising reference flux,
+    and the cumulative weights ``exp(hidden)`` of each (raised for the share of stars of its flux
+    that a brighter one hides, ``1 - exp(-pi hide_radius² rho(> f))``). ``radii``: the blind
+    radius and the hiding radius, pixels.
     """
     n = len(fluxes)
     rate = np.zeros(n)
-    blocks = (positions[:, 0] // block_px).astype(int) * 100_000 + (
-        positions[:, 1] // block_px
-    ).astype(int)
-    area, hiding = np.pi * radius**2, np.pi * hide_radius**2
+    counts = [max(size // block_px, 1) for size in shape]
+    index = [
+        np.clip((positions[:, axis] // block_px).astype(int), 0, counts[axis] - 1)
+        for axis in (0, 1)
+    ]
+    blocks = index[0] * counts[1] + index[1]
+    area, hiding = np.pi * radii[0] ** 2, np.pi * radii[1] ** 2
     pools = {}
     for block in np.unique(blocks[star]):
         members = np.flatnonzero(star & (blocks == block))
+        sides = [
+            size - (counts[axis] - 1) * block_px if i == counts[axis] - 1 else block_px
+            for axis, (i, size) in enumerate(zip(divmod(int(block), counts[1]), shape, strict=True))
+        ]
+        block_area = float(sides[0] * sides[1])
         order = members[np.argsort(fluxes[members, band])]  # faint to bright
         flux = fluxes[order, band]
         weight = np.ones(len(order))
         brighter = 0.0  # true stars per block brighter than the one at hand
         for k in range(len(order) - 1, -1, -1):
-            weight[k] = np.exp(min(hiding * brighter / block_px**2, MAX_HIDDEN_LOG))
+            weight[k] = np.exp(min(hiding * brighter / block_area, MAX_HIDDEN_LOG))
             brighter += weight[k]
         cumulative = np.cumsum(weight)
         pools[int(block)] = order, cumulative
         # companions of a star: the pool's stars strictly fainter than it
         fainter = np.searchsorted(flux, flux, side="left")
         below = np.where(fainter > 0, cumulative[np.maximum(fainter - 1, 0)], 0.0)
-        rate[order] = area * below / block_px**2
+        rate[order] = area * below / block_area
     return rate, blocks, pools
 
 

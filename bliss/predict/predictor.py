@@ -16,6 +16,12 @@ from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
 from bliss.predict.companions import widen_for_companions
 from bliss.predict.confusion import measure_confusion, widen_for_confusion
+from bliss.predict.density import (
+    DensitySettings,
+    DensityShift,
+    estimate_density,
+    merge_unresolved,
+)
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
@@ -117,6 +123,8 @@ class Predictor:
         aperture_correction: bool = True,
         precision: str = "32-true",
         star_photometry: "StarPhotometry | None" = None,
+        density: DensitySettings | None = None,
+        count_rate_per_tile: float | None = None,
     ) -> None:
         tile = encoder.tile_slen
         if precision not in PRECISIONS:
@@ -164,6 +172,15 @@ class Predictor:
         self.batch_chunks = batch_chunks
         self.progress = progress
         self.star_photometry = star_photometry
+        # a density shift needs the training prior's one rate; a varying prior has none
+        self.density = density if count_rate_per_tile is not None else None
+        self.count_rate_per_tile = count_rate_per_tile
+        if self.density is not None and self.density.block_px % tile:
+            raise BlissConfigError(
+                f"predict.density.block_px={self.density.block_px}; expected a multiple of the "
+                f"{tile}-px tile."
+            )
+        self.density_shift: DensityShift | None = None
 
     def _padded(self, image: SurveyImage) -> dict[str, Tensor]:
         """Pad to whole tiles (padding is missing data; sky and seeing continue the edge)."""
@@ -273,7 +290,8 @@ class Predictor:
             BlissConfigError: ``n_samples`` is negative.
         """
         _check_n_samples(n_samples)
-        return self._samples(self.tile_features(image), image, n_samples)
+        features = self.tile_features(image)
+        return self._samples(features, image, n_samples, self._count_prior(features))
 
     @torch.no_grad()
     def predict_and_sample(
@@ -318,7 +336,10 @@ class Predictor:
         check_threshold(threshold)
         _check_n_samples(n_samples)
         features = self.tile_features(image)
-        catalog = self._point_catalog(features, image, threshold, quantiles, star_photometry)
+        count_prior = self._count_prior(features)
+        catalog = self._point_catalog(
+            features, image, threshold, quantiles, star_photometry, count_prior
+        )
         regions = {}
         if self.encoder.regions:
             shape = (features.shape[-2] * self.tile_slen, features.shape[-1] * self.tile_slen)
@@ -326,7 +347,29 @@ class Predictor:
             regions = region_estimates(
                 self.encoder.regions, params, self.tile_slen, shape, quantiles
             )
-        return catalog, self._samples(features, image, n_samples), regions
+        samples = self._samples(features, image, n_samples, count_prior)
+        return catalog, samples, regions
+
+    def _count_prior(self, features: Tensor) -> Tensor | None:
+        """The count prior of the image's density where it is well above the training one.
+
+        Sets :attr:`density_shift` (None when the model's prior has no one rate or adapting is
+        off); returns its ``log_prior_ratio`` where a block is moved, else None.
+        """
+        self.density_shift = None
+        if self.density is None or self.count_rate_per_tile is None:
+            return None
+        estimate, params = self.encoder.infer_from_features(features)
+        count = self.encoder.posterior.count
+        self.density_shift = estimate_density(
+            count,
+            params[..., : count.n_params],
+            estimate["n_sources"],
+            self.count_rate_per_tile,
+            self.density.block_px // self.tile_slen,
+            self.density.min_ratio,
+        )
+        return self.density_shift.log_prior_ratio if self.density_shift.moved else None
 
     def _point_catalog(
         self,
@@ -335,10 +378,11 @@ class Predictor:
         threshold: float,
         quantiles: tuple[float, ...],
         star_photometry: bool = True,
+        count_prior: Tensor | None = None,
     ) -> FullCatalog:
         """The point estimate and quantiles of every slot that is on (see :meth:`predict`)."""
         estimate, params = self.encoder.infer_from_features(
-            features, sample=False, threshold=threshold
+            features, sample=False, threshold=threshold, count_prior=count_prior
         )
         posterior = self.encoder.posterior
         split = posterior.split(params)
@@ -352,6 +396,10 @@ class Predictor:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         columns.update(shape_parameter_columns(posterior, split))
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
+        if count_prior is not None:
+            catalog = merge_unresolved(
+                catalog, self.density_shift, self.tile_slen, self.density.min_separation_px
+            )
         draws = shape_draws(catalog, posterior)  # seeded: the ellipticity's and the fits' prior
         catalog = add_shape_ellipticity(catalog, posterior, quantiles, draws)
         # an aperture correction refers to the image's PSF model: the fit needs that model
@@ -395,12 +443,20 @@ class Predictor:
                 )
         return drop_shape_parameters(catalog)
 
-    def _samples(self, features: Tensor, image: SurveyImage, n_samples: int) -> list[FullCatalog]:
+    def _samples(
+        self,
+        features: Tensor,
+        image: SurveyImage,
+        n_samples: int,
+        count_prior: Tensor | None = None,
+    ) -> list[FullCatalog]:
         """``n_samples`` joint posterior catalogs drawn from the features (see :meth:`sample`)."""
         flux_scale = self._flux_scale(image)
         samples = []
         for _ in range(n_samples):
-            draw, _ = self.encoder.infer_from_features(features, sample=True)
+            draw, _ = self.encoder.infer_from_features(
+                features, sample=True, count_prior=count_prior
+            )
             drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
             sample = _full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image)
             samples.append(add_drawn_ellipticity(sample))
@@ -496,6 +552,7 @@ class PredictorSettings:
     psf_photometry: bool = True
     galaxy_photometry: bool = True
     confusion_noise: bool = True
+    density: DensitySettings | None = DensitySettings()
 
 
 @dataclass(frozen=True)
@@ -561,4 +618,6 @@ def build_predictor(
         )
         if settings.psf_photometry and survey is not None
         else None,
+        density=settings.density,
+        count_rate_per_tile=model.count_rate_per_tile,
     )

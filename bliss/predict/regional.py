@@ -123,6 +123,14 @@ class RegionalPredictor:
         """The sparse model's encoder (its bands and reference band name the catalog's)."""
         return self.sparse.encoder
 
+    @property
+    def density_shift(self) -> Any:
+        """The sparse model's density adaptation of the last image.
+
+        The crowded model's prior has no one density to move from.
+        """
+        return self.sparse.density_shift
+
     def applies_aperture_correction(self, image: SurveyImage) -> bool:
         """As the sparse predictor (the crowded one is built for the same survey)."""
         return self.sparse.applies_aperture_correction(image)

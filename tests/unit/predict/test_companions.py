@@ -6,7 +6,12 @@ import torch
 from scipy.spatial import cKDTree
 
 from bliss.catalog import FullCatalog
-from bliss.predict.companions import BLIND_RADIUS_FWHM, _fit_response, widen_for_companions
+from bliss.predict.companions import (
+    BLIND_RADIUS_FWHM,
+    _companion_rates,
+    _fit_response,
+    widen_for_companions,
+)
 from bliss.predict.psf_model import MoffatShape
 from bliss.protocols import SurveyImage
 
@@ -161,3 +166,17 @@ def test_galaxies_are_left_as_they_are():
             after[key][0, : len(truth)][is_galaxy], catalog[key][0, : len(truth)][is_galaxy]
         )
         assert not torch.equal(after[key], catalog[key])
+
+
+def test_an_edge_block_counts_its_own_area():
+    # 100 x 64 px at one star per 100 px²: the last 36 rows join the first block, whose area is
+    # then 6400 px², so a star's companion rate is that of a full block at the same density
+    rng = np.random.default_rng(7)
+    positions = rng.uniform(0, 1, (64, 2)) * np.array([100.0, 64.0])
+    fluxes = rng.uniform(1.0, 10.0, (64, 1))
+    star = np.ones(64, dtype=bool)
+    rate, blocks, _ = _companion_rates(positions, fluxes, star, 0, (3.0, 0.0), 64, (100, 64))
+    assert len(np.unique(blocks)) == 1
+    # the brightest star's rate is pi r² times the density of the 63 fainter ones
+    expected = np.pi * 3.0**2 * 63 / 6400
+    assert rate[np.argmax(fluxes[:, 0])] == pytest.approx(expected)
