@@ -158,10 +158,12 @@ def estimate_density(
         count_params: its raw parameters per tile (``b ht wt p``), from a pass at the training
             prior.
         detected: the sources that pass reported per tile (``b ht wt``). A block is only moved
-            when these alone are ``min_ratio`` times the training rate: on a real frame the sky
+            when these alone are ``min_ratio`` times the training rate of a whole block (so a
+            partial edge block or a small image needs more than its share): on a real frame the sky
             holds far more galaxies below the detection limit than the training prior (which
             stops at r ~ 23.5), their faint tiles add up to a likeliest rate several times the
-            training one, and moving the prior there would report them as noise peaks.
+            training one, and moving the prior there would turn them into sources that nothing
+            has verified.
         train_rate: the training prior's Poisson mean per tile.
         block_tiles: side of a block over which the density is taken as constant, tiles.
         min_ratio: blocks whose estimated rate is below this multiple of ``train_rate`` stay at
@@ -201,7 +203,11 @@ def estimate_density(
         return _block_mean((probs * n).sum(-1), block_tiles) - clamped_poisson_mean(rate, m)
 
     floor = torch.full_like(_block_mean(count_params[..., 0], block_tiles), min_ratio * train_rate)
-    crowded = _block_mean(detected.to(count_params), block_tiles) >= floor
+    # counted against a whole block: a partial edge block or a small image holds too few
+    # sources for its density to mean anything (a 32 px cut-out with 3 stars is "5x" dense)
+    pad = (0, (-shape[1]) % block_tiles, 0, (-shape[0]) % block_tiles)
+    in_block = F.avg_pool2d(F.pad(detected.to(count_params), pad).unsqueeze(1), block_tiles)
+    crowded = in_block.squeeze(1) >= floor
     moved = crowded & (excess(floor) > 0)  # and the likeliest rate is above the floor
     rate = torch.full_like(floor, train_rate)
     if moved.any():

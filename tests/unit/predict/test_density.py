@@ -146,6 +146,15 @@ def test_faint_sky_alone_does_not_move_a_block():
     assert float(shift.ratio[0, 0, 1]) == pytest.approx(30.0 / TRAIN_RATE, rel=1e-4)
 
 
+def test_a_small_image_is_not_dense_for_a_few_stars():
+    # 3 sure stars in an 8 x 8-tile cut-out are 6 times the training rate of its tiles, but 3
+    # sources say nothing about a density: counted against a whole block, it is not moved
+    params = torch.full((1, 8, 8, 1), -8.0, dtype=torch.float64)
+    params[0, 2, 2] = params[0, 5, 5] = params[0, 2, 6] = 8.0
+    shift = estimate_density(CountFactor(1), params, detections(params), 0.0084, min_ratio=5.0)
+    assert not shift.moved
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(BlissConfigError, match="predict.density.block_px"):
         DensitySettings(block_px=0)
