@@ -94,6 +94,13 @@ class Predictor:
             model (real SDSS frames: the psField PSF) is fitted with that model and its aperture
             correction; one with an aperture correction but no model keeps the network's
             fluxes. Joint samples keep the network's fluxes.
+        density: move the count prior of blocks far denser than the training prior to their
+            own density (:mod:`bliss.predict.density`); None: the training prior everywhere.
+        count_rate_per_tile: the training prior's Poisson mean per tile
+            (:attr:`ModelConditions.count_rate_per_tile`); without it nothing is moved.
+
+    Attributes:
+        density_shift: what the last image's density adaptation found (None when off).
 
     Example:
         >>> import numpy as np
