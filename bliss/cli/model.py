@@ -85,6 +85,7 @@ def density_settings(spec: DictConfig | dict | None) -> DensitySettings | None:
         int(spec.get("block_px", default.block_px)),
         float(spec.get("min_ratio", default.min_ratio)),
         float(spec.get("min_separation_px", default.min_separation_px)),
+        bool(spec.get("refit_sky", default.refit_sky)),
     )
 
 

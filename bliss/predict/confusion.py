@@ -54,7 +54,9 @@ __all__ = [
     "MIN_EXCESS",
     "Confusion",
     "centred_stamp",
+    "galaxy_mask",
     "measure_confusion",
+    "render_with_variance",
     "widen_for_confusion",
 ]
 
@@ -129,7 +131,7 @@ def measure_confusion(
         if "prob_galaxy" in catalog
         else np.zeros(n, dtype=bool)
     )
-    mask = _galaxy_mask(catalog, positions, galaxy, image.images.shape[1:], pixel_scale_arcsec)
+    mask = galaxy_mask(catalog, positions, galaxy, image.images.shape[1:], pixel_scale_arcsec)
     h, w = image.images.shape[1:]
     rows = np.clip((positions[:, 0] // block_px).astype(int), 0, max(h // block_px - 1, 0))
     cols = np.clip((positions[:, 1] // block_px).astype(int), 0, max(w // block_px - 1, 0))
@@ -143,7 +145,7 @@ def measure_confusion(
         if image.psf is not None and image.aperture_correction is not None:
             scale = float(image.aperture_correction[band])
         fluxes = catalog["fluxes"][0, :n, band].double().numpy() / per_electron / scale
-        stars, expected = _render_with_variance(
+        stars, expected = render_with_variance(
             positions[~galaxy], fluxes[~galaxy], position_sd[~galaxy], psf_models[band], (h, w)
         )
         residual = image.images[band] - image.background[band] - stars
@@ -209,7 +211,7 @@ def widen_for_confusion(
     return FullCatalog(catalog.height_px, catalog.width_px, data)
 
 
-def _galaxy_mask(
+def galaxy_mask(
     catalog: FullCatalog,
     positions: np.ndarray,
     galaxy: np.ndarray,
@@ -226,7 +228,7 @@ def _galaxy_mask(
     return near(positions[galaxy], shape, GALAXY_MASK_PX + 3 * radii[galaxy])
 
 
-def _render_with_variance(
+def render_with_variance(
     positions: np.ndarray,
     fluxes: np.ndarray,
     position_sd: np.ndarray,

@@ -53,6 +53,8 @@ class DensitySettings:
             training prior.
         min_separation_px: in a moved block, of two sources closer than this the less probable
             is dropped (:func:`merge_unresolved`).
+        refit_sky: measure the background of moved blocks again with the first pass's stars
+            subtracted, and catalog the image again against it (:mod:`bliss.predict.sky`).
 
     Raises:
         BlissConfigError: ``block_px`` is not positive, ``min_ratio`` is under 1 or
@@ -62,6 +64,7 @@ class DensitySettings:
     block_px: int = 128
     min_ratio: float = 5.0
     min_separation_px: float = 1.2
+    refit_sky: bool = True
 
     def __post_init__(self) -> None:
         if self.block_px < 1:
@@ -94,6 +97,13 @@ class DensityShift:
     log_prior_ratio: Tensor
     ratio: Tensor
     block_tiles: int
+
+    def moved_pixels(self, tile_slen: int, shape: tuple[int, int]) -> np.ndarray:
+        """Pixels of the moved blocks (``h w``, bool) of an image of ``shape``."""
+        side = self.block_tiles * tile_slen
+        moved = (self.ratio[0] > 1).numpy()
+        pixels = moved.repeat(side, axis=0).repeat(side, axis=1)
+        return pixels[: shape[0], : shape[1]]
 
     @property
     def moved(self) -> bool:

@@ -23,7 +23,7 @@ from bliss.predict.density import (
     merge_unresolved,
 )
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
-from bliss.predict.psf_photometry import refine_star_fluxes
+from bliss.predict.psf_photometry import nominal_psf_models, refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
 from bliss.predict.shape_ellipticity import (
     add_drawn_ellipticity,
@@ -32,6 +32,7 @@ from bliss.predict.shape_ellipticity import (
     shape_draws,
     shape_parameter_columns,
 )
+from bliss.predict.sky import refit_sky
 from bliss.protocols import ModelConditions, ObservingSetup, SurveyImage
 
 __all__ = [
@@ -347,6 +348,21 @@ class Predictor:
         catalog = self._point_catalog(
             features, image, threshold, quantiles, star_photometry, count_prior
         )
+        if count_prior is not None and self.density.refit_sky and self.star_photometry:
+            # the crowd raised the background the first pass was measured against: measure it
+            # again without the stars found, then catalog again (the same moved prior)
+            settings = self.star_photometry
+            image = refit_sky(
+                image,
+                catalog,
+                nominal_psf_models(image, settings.pixel_scale_arcsec, settings.psf_beta),
+                self.density_shift.moved_pixels(self.tile_slen, image.images.shape[1:]),
+                settings.pixel_scale_arcsec,
+            )
+            features = self.tile_features(image)
+            catalog = self._point_catalog(
+                features, image, threshold, quantiles, star_photometry, count_prior
+            )
         regions = {}
         if self.encoder.regions:
             shape = (features.shape[-2] * self.tile_slen, features.shape[-1] * self.tile_slen)
