@@ -106,6 +106,7 @@ def measure_confusion(
     quantiles: Sequence[float],
     pixel_scale_arcsec: float,
     block_px: int = BLOCK_PX,
+    sky_refitted: np.ndarray | None = None,
 ) -> Confusion:
     """Each source's confusion flux noise, noise ratio and own misfit, per band.
 
@@ -118,6 +119,8 @@ def measure_confusion(
         quantiles: the catalog's quantiles (``plocs@<q>``: the positions' uncertainty).
         pixel_scale_arcsec: pixel side (turns galaxy half-light radii into pixels).
         block_px: block side, pixels.
+        sky_refitted: pixels whose background was measured again with the stars subtracted
+            (``h w``, bool; :mod:`bliss.predict.sky`): sources there take no offset.
     """
     n = int(catalog["n_sources"][0])
     n_bands = len(image.bands)
@@ -169,6 +172,9 @@ def measure_confusion(
     # a galaxy's fluxes are not a star's: the residual around it is its own light beyond its
     # model (on `sersic` fields the offset made large galaxies' fluxes fainter still)
     offset[galaxy] = 0.0
+    if sky_refitted is not None:  # measured without the stars: what the offset stood for
+        pixel = np.clip(positions.astype(int), 0, np.array([h, w]) - 1)
+        offset[sky_refitted[pixel[:, 0], pixel[:, 1]]] = 0.0
     if LOCAL_SKY_KEY in catalog:  # a local sky term took up the light around those already
         offset *= catalog[LOCAL_SKY_KEY][0, :n].numpy() < 0.5
     return Confusion(sigma, ratio, misfit, offset)

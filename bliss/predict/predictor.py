@@ -352,16 +352,17 @@ class Predictor:
             # the crowd raised the background the first pass was measured against: measure it
             # again without the stars found, then catalog again (the same moved prior)
             settings = self.star_photometry
+            moved = self.density_shift.moved_pixels(self.tile_slen, image.images.shape[1:])
             image = refit_sky(
                 image,
                 catalog,
                 nominal_psf_models(image, settings.pixel_scale_arcsec, settings.psf_beta),
-                self.density_shift.moved_pixels(self.tile_slen, image.images.shape[1:]),
+                moved,
                 settings.pixel_scale_arcsec,
             )
             features = self.tile_features(image)
             catalog = self._point_catalog(
-                features, image, threshold, quantiles, star_photometry, count_prior
+                features, image, threshold, quantiles, star_photometry, count_prior, moved
             )
         regions = {}
         if self.encoder.regions:
@@ -402,6 +403,7 @@ class Predictor:
         quantiles: tuple[float, ...],
         star_photometry: bool = True,
         count_prior: Tensor | None = None,
+        sky_refitted: np.ndarray | None = None,
     ) -> FullCatalog:
         """The point estimate and quantiles of every slot that is on (see :meth:`predict`)."""
         estimate, params = self.encoder.infer_from_features(
@@ -453,7 +455,12 @@ class Predictor:
                 )
             if settings.confusion:
                 confusion = measure_confusion(
-                    image, catalog, psf_models, quantiles, settings.pixel_scale_arcsec
+                    image,
+                    catalog,
+                    psf_models,
+                    quantiles,
+                    settings.pixel_scale_arcsec,
+                    sky_refitted=sky_refitted,
                 )
                 catalog = widen_for_confusion(catalog, confusion, quantiles)
                 catalog = widen_for_companions(

@@ -245,6 +245,15 @@ def test_a_background_raised_by_the_crowd_is_given_back_to_fluxes_measured_again
     assert abs(np.median(after - fluxes)) < 60
     shift = (widened["fluxes@0.5"] - catalog["fluxes@0.5"])[0, :, 0].double().numpy()
     np.testing.assert_allclose(shift, after - measured, rtol=1e-5, atol=1e-3)
+    # where the sky was measured again without the stars (the top half), nothing is given back
+    top = np.zeros((SIZE, SIZE), dtype=bool)
+    top[: SIZE // 2] = True
+    refitted = measure_confusion(
+        image, catalog, [PSF], QUANTILES, SCALE, block_px=64, sky_refitted=top
+    )
+    upper = positions[:, 0] < SIZE // 2
+    assert np.all(refitted.offset[upper] == 0)
+    np.testing.assert_array_equal(refitted.offset[~upper], confusion.offset[~upper])
 
 
 def test_every_band_is_measured():
