@@ -54,6 +54,7 @@ __all__ = [
     "MIN_EXCESS",
     "Confusion",
     "centred_stamp",
+    "flux_per_electron",
     "galaxy_mask",
     "measure_confusion",
     "render_with_variance",
@@ -143,11 +144,8 @@ def measure_confusion(
     position_sd = network_sigma(catalog, quantiles, "plocs")
     position_sd = np.zeros(n) if position_sd is None else position_sd[:n].mean(axis=1)
     for band in range(n_bands):
-        per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
-        scale = 1.0  # fluxes carry the image's aperture correction; its PSF model does not
-        if image.psf is not None and image.aperture_correction is not None:
-            scale = float(image.aperture_correction[band])
-        fluxes = catalog["fluxes"][0, :n, band].double().numpy() / per_electron / scale
+        unit = flux_per_electron(image, band)
+        fluxes = catalog["fluxes"][0, :n, band].double().numpy() / unit
         stars, expected = render_with_variance(
             positions[~galaxy], fluxes[~galaxy], position_sd[~galaxy], psf_models[band], (h, w)
         )
@@ -155,8 +153,8 @@ def measure_confusion(
         sky = np.clip(image.background[band], 1e-3, None)
         excess, sky_var, centre = _block_excess(residual, sky, usable, stamps[band], block_px)
         extra = np.clip(excess - MIN_EXCESS, 0, None) * sky_var  # electrons²
-        sigma[:, band] = np.sqrt(extra[rows, cols]) * per_electron * scale
-        offset[:, band] = np.where(extra > 0, centre, 0.0)[rows, cols] * per_electron * scale
+        sigma[:, band] = np.sqrt(extra[rows, cols]) * unit
+        offset[:, band] = np.where(extra > 0, centre, 0.0)[rows, cols] * unit
         ratio[:, band] = np.sqrt(1 + extra[rows, cols] / sky_var[rows, cols])
         # the residual a catalog explains has the noise's variance plus what its positions'
         # uncertainty leaves (the catalog's are the network's, not the fits'; a fitted flux
@@ -215,6 +213,17 @@ def widen_for_confusion(
                 old = catalog[key][0, :n].double().numpy()
                 data[key] = padded(catalog[key], point + (old - point) * position_ratio[:, None])
     return FullCatalog(catalog.height_px, catalog.width_px, data)
+
+
+def flux_per_electron(image: SurveyImage, band: int) -> float:
+    """A catalog flux (nanomaggies) per electron of the band's PSF-model star.
+
+    The fluxes carry the image's aperture correction; its PSF model does not.
+    """
+    per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
+    if image.psf is not None and image.aperture_correction is not None:
+        return per_electron * float(image.aperture_correction[band])
+    return per_electron
 
 
 def galaxy_mask(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bliss.catalog import FullCatalog
-from bliss.predict.confusion import galaxy_mask, render_with_variance
+from bliss.predict.confusion import flux_per_electron, galaxy_mask, render_with_variance
 from bliss.predict.psf_photometry import PsfStamps
 from bliss.protocols import SurveyImage
 from bliss.surveys.fits_reader import estimate_background
@@ -50,11 +50,7 @@ def refit_sky(
     masked = galaxy_mask(catalog, positions, galaxy, shape, pixel_scale_arcsec)
     background = image.background.copy()
     for band in range(len(image.bands)):
-        per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
-        scale = 1.0  # fluxes carry the image's aperture correction; its PSF model does not
-        if image.psf is not None and image.aperture_correction is not None:
-            scale = float(image.aperture_correction[band])
-        electrons = catalog["fluxes"][0, :n, band].double().numpy() / per_electron / scale
+        electrons = catalog["fluxes"][0, :n, band].double().numpy() / flux_per_electron(image, band)
         stars, _ = render_with_variance(
             positions[~galaxy],
             electrons[~galaxy],
