@@ -137,13 +137,17 @@ def clamped_poisson_mean(rate: Tensor, max_count: int) -> Tensor:
     return (clamped_poisson_log_pmf(rate, max_count).exp() * n).sum(-1)
 
 
-def _block_mean(values: Tensor, block_tiles: int) -> Tensor:
-    """Mean over each block of ``block_tiles`` tiles (``b ht wt`` -> ``b hb wb``; partial edges)."""
+def _per_whole_block(values: Tensor, block_tiles: int) -> Tensor:
+    """Mean over each block, as if every block were whole (``b ht wt`` -> ``b hb wb``)."""
     h, w = values.shape[-2:]
     pad = (0, (-w) % block_tiles, 0, (-h) % block_tiles)
-    total = F.avg_pool2d(F.pad(values, pad).unsqueeze(1), block_tiles).squeeze(1)
-    share = F.avg_pool2d(F.pad(torch.ones_like(values), pad).unsqueeze(1), block_tiles).squeeze(1)
-    return total / share
+    return F.avg_pool2d(F.pad(values, pad).unsqueeze(1), block_tiles).squeeze(1)
+
+
+def _block_mean(values: Tensor, block_tiles: int) -> Tensor:
+    """Mean over each block of ``block_tiles`` tiles (``b ht wt`` -> ``b hb wb``; partial edges)."""
+    share = _per_whole_block(torch.ones_like(values), block_tiles)
+    return _per_whole_block(values, block_tiles) / share
 
 
 def _per_tile(blocks: Tensor, block_tiles: int, shape: tuple[int, ...]) -> Tensor:
@@ -215,9 +219,7 @@ def estimate_density(
     floor = torch.full_like(_block_mean(count_params[..., 0], block_tiles), min_ratio * train_rate)
     # counted against a whole block: a partial edge block or a small image holds too few
     # sources for its density to mean anything (a 32 px cut-out with 3 stars is "5x" dense)
-    pad = (0, (-shape[1]) % block_tiles, 0, (-shape[0]) % block_tiles)
-    in_block = F.avg_pool2d(F.pad(detected.to(count_params), pad).unsqueeze(1), block_tiles)
-    crowded = in_block.squeeze(1) >= floor
+    crowded = _per_whole_block(detected.to(count_params), block_tiles) >= floor
     moved = crowded & (excess(floor) > 0)  # and the likeliest rate is above the floor
     rate = torch.full_like(floor, train_rate)
     if moved.any():
@@ -248,11 +250,9 @@ def merge_unresolved(
     if n < 2 or min_separation_px <= 0 or not shift.moved:
         return catalog
     plocs = catalog["plocs"][0, :n].double().numpy()
-    block_px = shift.block_tiles * tile_slen
-    blocks = np.floor(plocs / block_px).astype(int)
-    ratio = shift.ratio[0].numpy()
-    blocks = np.minimum(blocks, np.array(ratio.shape) - 1)
-    moved = ratio[blocks[:, 0], blocks[:, 1]] > 1
+    shape = (catalog.height_px, catalog.width_px)
+    pixel = np.clip(plocs.astype(int), 0, np.array(shape) - 1)
+    moved = shift.moved_pixels(tile_slen, shape)[pixel[:, 0], pixel[:, 1]]
     prob = catalog["prob_source"][0, :n, 0].numpy() if "prob_source" in catalog else np.ones(n)
     keep = np.ones(n, dtype=bool)
     for i, j in sorted(cKDTree(plocs).query_pairs(min_separation_px)):

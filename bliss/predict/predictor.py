@@ -299,7 +299,7 @@ class Predictor:
         """
         _check_n_samples(n_samples)
         features = self.tile_features(image)
-        return self._samples(features, image, n_samples, self._count_prior(features))
+        return self._samples(features, image, n_samples, self._count_prior(features)[0])
 
     @torch.no_grad()
     def predict_and_sample(
@@ -344,9 +344,11 @@ class Predictor:
         check_threshold(threshold)
         _check_n_samples(n_samples)
         features = self.tile_features(image)
-        count_prior = self._count_prior(features)
+        count_prior, first = self._count_prior(features)
+        # an unmoved image at the encoder's own threshold is decided as the first pass was
+        reuse = first if count_prior is None and threshold == self.encoder.threshold else None
         catalog = self._point_catalog(
-            features, image, threshold, quantiles, star_photometry, count_prior
+            features, image, threshold, quantiles, star_photometry, count_prior, decided=reuse
         )
         if count_prior is not None and self.density.refit_sky and self.star_photometry:
             # the crowd raised the background the first pass was measured against: measure it
@@ -374,15 +376,18 @@ class Predictor:
         samples = self._samples(features, image, n_samples, count_prior)
         return catalog, samples, regions
 
-    def _count_prior(self, features: Tensor) -> Tensor | None:
+    def _count_prior(
+        self, features: Tensor
+    ) -> tuple[Tensor | None, tuple[TileCatalog, Tensor] | None]:
         """The count prior of the image's density where it is well above the training one.
 
         Sets :attr:`density_shift` (None when the model's prior has no one rate or adapting is
-        off); returns its ``log_prior_ratio`` where a block is moved, else None.
+        off). Returns its ``log_prior_ratio`` where a block is moved (else None), and the first
+        pass at the training prior and the encoder's threshold (None when off).
         """
         self.density_shift = None
-        if self.density is None or self.count_rate_per_tile is None:
-            return None
+        if self.density is None:
+            return None, None
         estimate, params = self.encoder.infer_from_features(features)
         count = self.encoder.posterior.count
         self.density_shift = estimate_density(
@@ -393,7 +398,8 @@ class Predictor:
             self.density.block_px // self.tile_slen,
             self.density.min_ratio,
         )
-        return self.density_shift.log_prior_ratio if self.density_shift.moved else None
+        moved = self.density_shift.log_prior_ratio if self.density_shift.moved else None
+        return moved, (estimate, params)
 
     def _point_catalog(
         self,
@@ -404,9 +410,14 @@ class Predictor:
         star_photometry: bool = True,
         count_prior: Tensor | None = None,
         sky_refitted: np.ndarray | None = None,
+        decided: tuple[TileCatalog, Tensor] | None = None,
     ) -> FullCatalog:
-        """The point estimate and quantiles of every slot that is on (see :meth:`predict`)."""
-        estimate, params = self.encoder.infer_from_features(
+        """The point estimate and quantiles of every slot that is on (see :meth:`predict`).
+
+        ``decided``: the inference of ``features`` at ``threshold`` and ``count_prior``, when
+        already run.
+        """
+        estimate, params = decided or self.encoder.infer_from_features(
             features, sample=False, threshold=threshold, count_prior=count_prior
         )
         posterior = self.encoder.posterior

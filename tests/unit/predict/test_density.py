@@ -196,5 +196,20 @@ def test_predictor_records_the_shift(encoder):  # noqa: F811
     plain = Predictor(encoder, window_px=32, progress=False, count_rate_per_tile=1e-4)
     plain.predict(image)
     assert plain.density_shift is None
+    # a training rate no block reaches: nothing moves, and the catalog (decided once, by the
+    # first pass) is the one without the adaptation, row for row
+    sparse = Predictor(
+        encoder,
+        window_px=32,
+        progress=False,
+        density=DensitySettings(block_px=32),
+        count_rate_per_tile=0.9,
+    )
+    unmoved = sparse.predict(image)
+    assert not sparse.density_shift.moved
+    off = plain.predict(image)
+    assert unmoved.keys() == off.keys()
+    for key in off.keys():
+        assert torch.equal(unmoved[key], off[key]), key
     with pytest.raises(BlissConfigError, match="predict.density.block_px=30"):
         Predictor(encoder, density=DensitySettings(block_px=30), count_rate_per_tile=1e-4)
