@@ -178,6 +178,8 @@ class ModelConditions:
         psf_halo: the Moffat halo added to those observed PSFs in training, or None.
         count_rate_per_tile: the training prior's Poisson mean number of sources per tile, where
             it is one constant (None for a prior whose density varies, like a cluster's).
+        galaxy_fraction: the training prior's share of galaxies, where it is one constant
+            (None otherwise).
     """
 
     bands: tuple[str, ...]
@@ -186,6 +188,7 @@ class ModelConditions:
     observed_psfs: bool = False
     psf_halo: dict[str, Any] | None = field(default=None, hash=False)
     count_rate_per_tile: float | None = None
+    galaxy_fraction: float | None = None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ def density_settings(spec: DictConfig | dict | None) -> DensitySettings | None:
         float(spec.get("min_ratio", default.min_ratio)),
         float(spec.get("min_separation_px", default.min_separation_px)),
         bool(spec.get("refit_sky", default.refit_sky)),
+        bool(spec.get("galaxy_fraction", default.galaxy_fraction)),
+        float(spec.get("min_galaxy_fraction", default.min_galaxy_fraction)),
     )
 
 

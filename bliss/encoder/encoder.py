@@ -21,7 +21,7 @@ from bliss.encoder.normalizers import ImageNormalizer
 from bliss.encoder.region_head import RegionHead
 from bliss.errors import BlissConfigError, BlissValueError
 from bliss.posterior.regions import RegionFactor, check_regions, region_grid
-from bliss.posterior.variational import VariationalPosterior
+from bliss.posterior.variational import PriorShift, VariationalPosterior
 
 __all__ = ["Encoder", "catalog_from_batch"]
 
@@ -340,13 +340,13 @@ class Encoder(nn.Module):
         features: Tensor,
         sample: bool = False,
         threshold: float | None = None,
-        count_prior: Tensor | None = None,
+        prior_shift: PriorShift | None = None,
     ) -> tuple[TileCatalog, Tensor]:
         """The autoregressive loop of :meth:`infer` on precomputed features (``b f ht wt``).
 
-        ``count_prior``, when given, is ``log P'(n) - log P(n)`` per tile (``b ht wt (m+1)``): every
-        tile's count posterior is moved to the prior ``P'`` before it is decided, so later colour
-        groups are conditioned on decisions under ``P'`` (:mod:`bliss.predict.density`).
+        ``prior_shift``, when given, moves every tile's posterior to another prior of counts and
+        source types before it is decided, so later colour groups are conditioned on decisions
+        under that prior (:mod:`bliss.predict.density`); the parameters returned are the moved ones.
         """
         threshold = self.threshold if threshold is None else threshold
         b, _, n_h, n_w = features.shape
@@ -355,8 +355,8 @@ class Encoder(nn.Module):
         all_params = features.new_zeros(b, n_h, n_w, self.posterior.n_params)
         for group, known in self._known_masks(self.tiling.order(False), colors):
             params = self.group_params(features, estimate, known, colors == group)
-            if count_prior is not None:
-                params = self.posterior.reweight_counts(params, count_prior)
+            if prior_shift is not None:
+                params = self.posterior.reweight(params, prior_shift)
             if sample:
                 draw = self.posterior.sample(params, self.tile_slen)
             else:

@@ -12,7 +12,7 @@ from bliss.posterior.factors import (
     TileLocationFactor,
     TruncatedNormalFactor,
 )
-from bliss.posterior.variational import VariationalPosterior
+from bliss.posterior.variational import PriorShift, VariationalPosterior
 
 __all__ = [
     "BernoulliFactor",
@@ -23,6 +23,7 @@ __all__ = [
     "LogitNormalFactor",
     "NormalFactor",
     "PositionAngleFactor",
+    "PriorShift",
     "TileLocationFactor",
     "TruncatedNormalFactor",
     "VariationalPosterior",

@@ -1,6 +1,7 @@
 """The factorised variational posterior over a tile catalog."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -9,9 +10,27 @@ from torch import Tensor
 from bliss.catalog import TileCatalog
 from bliss.catalog.shapes import check_shape
 from bliss.errors import BlissConfigError, BlissValueError
-from bliss.posterior.factors import CountFactor, Factor, Gate
+from bliss.posterior.factors import BernoulliFactor, CountFactor, Factor, Gate
 
-__all__ = ["VariationalPosterior"]
+__all__ = ["PriorShift", "VariationalPosterior"]
+
+
+@dataclass(frozen=True)
+class PriorShift:
+    """Another prior than the training one, as log ratios to it per tile.
+
+    The network's posterior holds its training prior; where a field's differs (a star cluster is
+    denser and nearly all stars) the posterior under the field's prior follows from Bayes' rule,
+    the likelihood unchanged (:mod:`bliss.predict.density`).
+
+    Attributes:
+        count: ``log P'(n) - log P(n)`` for ``n = 0 .. m`` (``b ht wt (m+1)``), or None.
+        galaxy: the galaxy log-odds of the new prior minus the training one's (``b ht wt``),
+            or None.
+    """
+
+    count: Tensor | None = None
+    galaxy: Tensor | None = None
 
 
 class VariationalPosterior:
@@ -164,14 +183,36 @@ class VariationalPosterior:
         split = self.split(params)
         return {f.key: f.quantile(split[n], q) for n, f in self.slot_factors.items()}
 
-    def reweight_counts(self, params: Tensor, log_prior_ratio: Tensor) -> Tensor:
-        """``params`` with the count factor's posterior moved to another count prior.
+    def reweight(self, params: Tensor, shift: PriorShift) -> Tensor:
+        """``params`` moved to another prior of counts and source types (Bayes' rule).
 
-        ``log_prior_ratio`` is ``b ht wt (m+1)``; see :meth:`CountFactor.reweight`.
+        The likelihood is unchanged: the count factor's posterior gains ``shift.count`` (see
+        :meth:`CountFactor.reweight`) and every slot's ``source_type`` logit ``shift.galaxy``.
+
+        Raises:
+            BlissValueError: ``shift.galaxy`` is given but no Bernoulli factor models
+                ``source_type``.
         """
-        n = self.count.n_params
-        count = self.count.reweight(params[..., :n], log_prior_ratio)
-        return torch.cat([count, params[..., n:]], dim=-1)
+        if shift.count is not None:
+            n = self.count.n_params
+            params = torch.cat(
+                [self.count.reweight(params[..., :n], shift.count), params[..., n:]], dim=-1
+            )
+        if shift.galaxy is not None:
+            start = self.count.n_params
+            for factor in self.slot_factors.values():
+                width = self.max_sources * factor.n_params
+                if factor.key == "source_type" and isinstance(factor, BernoulliFactor):
+                    logits = params[..., start : start + width] + shift.galaxy.to(params)[..., None]
+                    return torch.cat(
+                        [params[..., :start], logits, params[..., start + width :]], dim=-1
+                    )
+                start += width
+            raise BlissValueError(
+                "a galaxy-fraction shift was given, but no Bernoulli factor of the posterior "
+                f"models `source_type` (factors: {self.names})."
+            )
+        return params
 
     def prob_source(self, params: Tensor) -> Tensor:
         """``P(n_sources > j)`` for each slot. Shape ``b ht wt m``."""

@@ -114,6 +114,8 @@ def predict_file(
             "DENSMAX": round(summary["max_ratio"], 3),
             "DENSAREA": round(summary["moved_share"], 4),
         }
+        if "min_galaxy_fraction" in summary:  # and the source-type prior, to its galaxy share
+            meta["DENSGALF"] = round(summary["min_galaxy_fraction"], 4)
     meta = {**meta, "INPUT": str(input_path), "NSOURCES": int(catalog["n_sources"][0])}
     if predictor.applies_aperture_correction(image):  # record what scaled the fluxes
         for band, factor in zip(image.bands, image.aperture_correction, strict=True):

@@ -16,6 +16,7 @@ large bright galaxies reads as up to ~4 times denser (their tiles' probabilities
 network is calibrated at its own density as it is. Nothing is ever moved below it.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from torch import Tensor
 from bliss.catalog import FullCatalog
 from bliss.errors import BlissConfigError
 from bliss.posterior.factors import CountFactor
+from bliss.posterior.variational import PriorShift
 
 __all__ = [
     "DensitySettings",
@@ -35,6 +37,7 @@ __all__ = [
     "clamped_poisson_log_pmf",
     "clamped_poisson_mean",
     "estimate_density",
+    "estimate_galaxy_fraction",
     "merge_unresolved",
 ]
 
@@ -55,16 +58,23 @@ class DensitySettings:
             is dropped (:func:`merge_unresolved`).
         refit_sky: measure the background of moved blocks again with the first pass's stars
             subtracted, and catalog the image again against it (:mod:`bliss.predict.sky`).
+        galaxy_fraction: also move the source-type prior of moved blocks to their galaxy
+            fraction, estimated from the first pass (:func:`estimate_galaxy_fraction`).
+        min_galaxy_fraction: the galaxy fraction of a moved block is taken between this and
+            ``1 - min_galaxy_fraction`` (a block of stars alone would otherwise reach 0, and no
+            galaxy could be reported there).
 
     Raises:
-        BlissConfigError: ``block_px`` is not positive, ``min_ratio`` is under 1 or
-            ``min_separation_px`` is negative.
+        BlissConfigError: ``block_px`` is not positive, ``min_ratio`` is under 1,
+            ``min_separation_px`` is negative or ``min_galaxy_fraction`` not in (0, 0.5].
     """
 
     block_px: int = 128
     min_ratio: float = 5.0
     min_separation_px: float = 1.2
     refit_sky: bool = True
+    galaxy_fraction: bool = True
+    min_galaxy_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         if self.block_px < 1:
@@ -81,6 +91,11 @@ class DensitySettings:
                 f"predict.density.min_separation_px={self.min_separation_px}; expected pixels "
                 ">= 0 (0 keeps every source)."
             )
+        if not 0 < self.min_galaxy_fraction <= 0.5:
+            raise BlissConfigError(
+                f"predict.density.min_galaxy_fraction={self.min_galaxy_fraction}; expected a "
+                "fraction in (0, 0.5]."
+            )
 
 
 @dataclass(frozen=True)
@@ -92,11 +107,22 @@ class DensityShift:
         ratio: per block, the field's rate over the training rate (1 where not moved),
             ``b hb wb``.
         block_tiles: side of a block, tiles.
+        galaxy_log_odds: per tile, the galaxy log-odds of the block's galaxy fraction minus the
+            training one's (``b ht wt``; 0 where not moved), or None when types are not moved.
+        galaxy_fraction: per block, the galaxy fraction moved to (the training one where not
+            moved), ``b hb wb``, or None.
     """
 
     log_prior_ratio: Tensor
     ratio: Tensor
     block_tiles: int
+    galaxy_log_odds: Tensor | None = None
+    galaxy_fraction: Tensor | None = None
+
+    @property
+    def prior_shift(self) -> PriorShift:
+        """The shift of counts and types the encoder applies (:meth:`Encoder.infer_from_features`)."""
+        return PriorShift(self.log_prior_ratio, self.galaxy_log_odds)
 
     def moved_pixels(self, tile_slen: int, shape: tuple[int, int]) -> np.ndarray:
         """Pixels of the moved blocks (``h w``, bool) of an image of ``shape``."""
@@ -111,11 +137,18 @@ class DensityShift:
         return bool((self.ratio > 1).any())
 
     def summary(self) -> dict[str, float]:
-        """The largest ratio applied and the share of blocks moved (catalog meta)."""
-        return {
+        """What was moved, for the catalog meta.
+
+        The largest ratio applied, the share of blocks moved and, when types are moved, the
+        smallest galaxy fraction of a moved block.
+        """
+        summary = {
             "max_ratio": float(self.ratio.max()),
             "moved_share": float((self.ratio > 1).float().mean()),
         }
+        if self.galaxy_fraction is not None and self.moved:
+            summary["min_galaxy_fraction"] = float(self.galaxy_fraction[self.ratio > 1].min())
+        return summary
 
 
 def clamped_poisson_log_pmf(rate: Tensor, max_count: int) -> Tensor:
@@ -230,6 +263,73 @@ def estimate_density(
             low, high = torch.where(up, mid, low), torch.where(up, high, mid)
         rate = torch.where(moved, ((low + high) / 2).exp(), rate)
     return DensityShift(prior_shift(rate).float(), (rate / train_rate).float(), block_tiles)
+
+
+def estimate_galaxy_fraction(
+    shift: DensityShift,
+    prob_galaxy: Tensor,
+    reported: Tensor,
+    train_fraction: float,
+    min_fraction: float = 0.01,
+    n_iter: int = 30,
+) -> DensityShift:
+    """``shift`` with the source-type prior of its moved blocks moved to their galaxy fraction.
+
+    A crowded field is rarely a crowd of both kinds: a cluster's outskirts are nearly all stars,
+    where the training prior says half the sources are galaxies, and the stars whose type the
+    pixels leave open (faint ones, or one whose light mixes with an unresolved neighbour's) are
+    called galaxies as often as the training prior says. Each moved block's galaxy fraction is
+    the one most likely given its reported sources' type posteriors (the same prior-shift EM as
+    the density's: ``P'(galaxy | x) ~ P(galaxy | x) f / f_train``), found by bisection on the score,
+    which falls monotonically in the fraction.
+
+    Args:
+        shift: the density shift of the image (:func:`estimate_density`).
+        prob_galaxy: ``P(galaxy)`` of every slot at the training prior (``b ht wt m``).
+        reported: the slots the pass reported (``b ht wt m``, bool).
+        train_fraction: the training prior's share of galaxies.
+        min_fraction: fractions are kept in ``[min_fraction, 1 - min_fraction]``.
+        n_iter: bisection steps in log-odds (30: to 1e-7 of the interval).
+
+    Raises:
+        BlissConfigError: ``train_fraction`` or ``min_fraction`` is not in (0, 1) and (0, 0.5].
+    """
+    if not 0 < train_fraction < 1 or not 0 < min_fraction <= 0.5:
+        raise BlissConfigError(
+            f"a training galaxy fraction of {train_fraction} and min_galaxy_fraction "
+            f"{min_fraction}; expected fractions in (0, 1) and (0, 0.5] (predict.density."
+            "galaxy_fraction=false keeps the training source types)."
+        )
+    moved = shift.ratio > 1
+    train_odds = math.log(train_fraction / (1 - train_fraction))
+    fraction = torch.full_like(shift.ratio, train_fraction)
+    if moved.any():
+        p = prob_galaxy.double().clamp(1e-9, 1 - 1e-9)
+        weight = reported.to(p)
+        shape = tuple(p.shape[1:3])
+        # the likelihood of a fraction f is the product of f a + (1 - f) b over reported sources
+        a, b = p / train_fraction, (1 - p) / (1 - train_fraction)
+
+        def score(log_odds: Tensor) -> Tensor:
+            f = torch.sigmoid(_per_tile(log_odds.unsqueeze(-1), shift.block_tiles, shape))
+            per_slot = weight * (a - b) / (f * a + (1 - f) * b)
+            return _per_whole_block(per_slot.sum(-1), shift.block_tiles)
+
+        bound = math.log(min_fraction / (1 - min_fraction))
+        low = torch.full_like(fraction, bound, dtype=torch.float64)
+        high = -low
+        for _ in range(n_iter):
+            mid = (low + high) / 2
+            up = score(mid) > 0
+            low, high = torch.where(up, mid, low), torch.where(up, high, mid)
+        has_sources = _per_whole_block(reported.any(-1).to(p), shift.block_tiles) > 0
+        estimated = torch.sigmoid((low + high) / 2).to(fraction)
+        fraction = torch.where(moved & has_sources, estimated, fraction)
+    log_odds = torch.log(fraction / (1 - fraction)) - train_odds
+    per_tile = _per_tile(log_odds.unsqueeze(-1), shift.block_tiles, tuple(prob_galaxy.shape[1:3]))
+    return dataclasses.replace(
+        shift, galaxy_log_odds=per_tile[..., 0].float(), galaxy_fraction=fraction
+    )
 
 
 def merge_unresolved(

@@ -32,6 +32,7 @@ def model_conditions(bands: tuple[str, ...], model_config: Mapping[str, Any]) ->
         observed_psfs=observed is not None,
         psf_halo=None if halo is None else dict(halo),
         count_rate_per_tile=_count_rate(prior),
+        galaxy_fraction=_galaxy_fraction(prior),
     )
 
 
@@ -42,3 +43,11 @@ def _count_rate(prior: Mapping[str, Any]) -> float | None:
         return None
     tile_arcmin = float(prior["tile_slen"]) * float(prior["pixel_scale_arcsec"]) / 60
     return float(prior["density_per_arcmin2"]) * tile_arcmin**2
+
+
+def _galaxy_fraction(prior: Mapping[str, Any]) -> float | None:
+    """The constant galaxy share of a :class:`CatalogPrior` (None for another prior or 0 / 1)."""
+    if prior.get("_target_") != _CONSTANT_DENSITY_PRIOR:
+        return None
+    fraction = float(prior.get("prob_galaxy", 0.5))  # CatalogPrior's default
+    return fraction if 0 < fraction < 1 else None

@@ -14,12 +14,14 @@ from tqdm import tqdm
 from bliss.catalog import FullCatalog, TileCatalog
 from bliss.encoder.encoder import Encoder
 from bliss.errors import BlissConfigError
+from bliss.posterior.variational import PriorShift
 from bliss.predict.companions import widen_for_companions
 from bliss.predict.confusion import measure_confusion, widen_for_confusion
 from bliss.predict.density import (
     DensitySettings,
     DensityShift,
     estimate_density,
+    estimate_galaxy_fraction,
     merge_unresolved,
 )
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
@@ -99,6 +101,8 @@ class Predictor:
             own density (:mod:`bliss.predict.density`); None: the training prior everywhere.
         count_rate_per_tile: the training prior's Poisson mean per tile
             (:attr:`ModelConditions.count_rate_per_tile`); without it nothing is moved.
+        galaxy_fraction: the training prior's share of galaxies
+            (:attr:`ModelConditions.galaxy_fraction`); without it source types are not moved.
 
     Attributes:
         density_shift: what the last image's density adaptation found (None when off).
@@ -133,6 +137,7 @@ class Predictor:
         star_photometry: "StarPhotometry | None" = None,
         density: DensitySettings | None = None,
         count_rate_per_tile: float | None = None,
+        galaxy_fraction: float | None = None,
     ) -> None:
         tile = encoder.tile_slen
         if precision not in PRECISIONS:
@@ -183,6 +188,7 @@ class Predictor:
         # a density shift needs the training prior's one rate; a varying prior has none
         self.density = density if count_rate_per_tile is not None else None
         self.count_rate_per_tile = count_rate_per_tile
+        self.galaxy_fraction = galaxy_fraction
         if self.density is not None and self.density.block_px % tile:
             raise BlissConfigError(
                 f"predict.density.block_px={self.density.block_px}; expected a multiple of the "
@@ -299,7 +305,7 @@ class Predictor:
         """
         _check_n_samples(n_samples)
         features = self.tile_features(image)
-        return self._samples(features, image, n_samples, self._count_prior(features)[0])
+        return self._samples(features, image, n_samples, self._prior_shift(features)[0])
 
     @torch.no_grad()
     def predict_and_sample(
@@ -344,13 +350,13 @@ class Predictor:
         check_threshold(threshold)
         _check_n_samples(n_samples)
         features = self.tile_features(image)
-        count_prior, first = self._count_prior(features)
+        prior_shift, first = self._prior_shift(features)
         # an unmoved image at the encoder's own threshold is decided as the first pass was
-        reuse = first if count_prior is None and threshold == self.encoder.threshold else None
+        reuse = first if prior_shift is None and threshold == self.encoder.threshold else None
         catalog = self._point_catalog(
-            features, image, threshold, quantiles, star_photometry, count_prior, decided=reuse
+            features, image, threshold, quantiles, star_photometry, prior_shift, decided=reuse
         )
-        if count_prior is not None and self.density.refit_sky and self.star_photometry:
+        if prior_shift is not None and self.density.refit_sky and self.star_photometry:
             # the crowd raised the background the first pass was measured against: measure it
             # again without the stars found, then catalog again (the same moved prior)
             settings = self.star_photometry
@@ -364,7 +370,7 @@ class Predictor:
             )
             features = self.tile_features(image)
             catalog = self._point_catalog(
-                features, image, threshold, quantiles, star_photometry, count_prior, moved
+                features, image, threshold, quantiles, star_photometry, prior_shift, moved
             )
         regions = {}
         if self.encoder.regions:
@@ -373,17 +379,17 @@ class Predictor:
             regions = region_estimates(
                 self.encoder.regions, params, self.tile_slen, shape, quantiles
             )
-        samples = self._samples(features, image, n_samples, count_prior)
+        samples = self._samples(features, image, n_samples, prior_shift)
         return catalog, samples, regions
 
-    def _count_prior(
+    def _prior_shift(
         self, features: Tensor
-    ) -> tuple[Tensor | None, tuple[TileCatalog, Tensor] | None]:
-        """The count prior of the image's density where it is well above the training one.
+    ) -> tuple[PriorShift | None, tuple[TileCatalog, Tensor] | None]:
+        """The prior of the image's density and galaxy share where it is far denser than trained.
 
         Sets :attr:`density_shift` (None when the model's prior has no one rate or adapting is
-        off). Returns its ``log_prior_ratio`` where a block is moved (else None), and the first
-        pass at the training prior and the encoder's threshold (None when off).
+        off). Returns its prior shift where a block is moved (else None), and the first pass at
+        the training prior and the encoder's threshold (None when off).
         """
         self.density_shift = None
         if self.density is None:
@@ -398,8 +404,20 @@ class Predictor:
             self.density.block_px // self.tile_slen,
             self.density.min_ratio,
         )
-        moved = self.density_shift.log_prior_ratio if self.density_shift.moved else None
-        return moved, (estimate, params)
+        if not self.density_shift.moved:
+            return None, (estimate, params)
+        prob_galaxy = self.encoder.posterior.prob_galaxy(params)
+        if self.density.galaxy_fraction and self.galaxy_fraction and prob_galaxy is not None:
+            m = prob_galaxy.shape[-1]
+            reported = torch.arange(m, device=params.device) < estimate["n_sources"].unsqueeze(-1)
+            self.density_shift = estimate_galaxy_fraction(
+                self.density_shift,
+                prob_galaxy,
+                reported,
+                self.galaxy_fraction,
+                self.density.min_galaxy_fraction,
+            )
+        return self.density_shift.prior_shift, (estimate, params)
 
     def _point_catalog(
         self,
@@ -408,17 +426,17 @@ class Predictor:
         threshold: float,
         quantiles: tuple[float, ...],
         star_photometry: bool = True,
-        count_prior: Tensor | None = None,
+        prior_shift: PriorShift | None = None,
         sky_refitted: np.ndarray | None = None,
         decided: tuple[TileCatalog, Tensor] | None = None,
     ) -> FullCatalog:
         """The point estimate and quantiles of every slot that is on (see :meth:`predict`).
 
-        ``decided``: the inference of ``features`` at ``threshold`` and ``count_prior``, when
+        ``decided``: the inference of ``features`` at ``threshold`` and ``prior_shift``, when
         already run.
         """
         estimate, params = decided or self.encoder.infer_from_features(
-            features, sample=False, threshold=threshold, count_prior=count_prior
+            features, sample=False, threshold=threshold, prior_shift=prior_shift
         )
         posterior = self.encoder.posterior
         split = posterior.split(params)
@@ -432,7 +450,7 @@ class Predictor:
                 columns[f"{factor.key}@{q:g}"] = factor.quantile(split[name], q)
         columns.update(shape_parameter_columns(posterior, split))
         catalog = _full_catalog(estimate, _rescale_fluxes(columns, self._flux_scale(image)), image)
-        if count_prior is not None:
+        if prior_shift is not None:
             catalog = merge_unresolved(
                 catalog, self.density_shift, self.tile_slen, self.density.min_separation_px
             )
@@ -489,14 +507,14 @@ class Predictor:
         features: Tensor,
         image: SurveyImage,
         n_samples: int,
-        count_prior: Tensor | None = None,
+        prior_shift: PriorShift | None = None,
     ) -> list[FullCatalog]:
         """``n_samples`` joint posterior catalogs drawn from the features (see :meth:`sample`)."""
         flux_scale = self._flux_scale(image)
         samples = []
         for _ in range(n_samples):
             draw, _ = self.encoder.infer_from_features(
-                features, sample=True, count_prior=count_prior
+                features, sample=True, prior_shift=prior_shift
             )
             drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
             sample = _full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image)
@@ -661,4 +679,5 @@ def build_predictor(
         else None,
         density=settings.density,
         count_rate_per_tile=model.count_rate_per_tile,
+        galaxy_fraction=model.galaxy_fraction,
     )

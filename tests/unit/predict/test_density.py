@@ -6,7 +6,8 @@ import torch
 from scipy import stats
 
 from bliss.catalog import FullCatalog
-from bliss.errors import BlissConfigError
+from bliss.errors import BlissConfigError, BlissValueError
+from bliss.posterior import BernoulliFactor, PriorShift, TileLocationFactor, VariationalPosterior
 from bliss.posterior.factors import CountFactor
 from bliss.predict.density import (
     DensitySettings,
@@ -14,6 +15,7 @@ from bliss.predict.density import (
     clamped_poisson_log_pmf,
     clamped_poisson_mean,
     estimate_density,
+    estimate_galaxy_fraction,
     merge_unresolved,
 )
 from bliss.predict.model import model_conditions
@@ -162,6 +164,8 @@ def test_bad_settings_are_refused():
         DensitySettings(min_ratio=0.5)
     with pytest.raises(BlissConfigError, match="predict.density.min_separation_px"):
         DensitySettings(min_separation_px=-1.0)
+    with pytest.raises(BlissConfigError, match="predict.density.min_galaxy_fraction"):
+        DensitySettings(min_galaxy_fraction=0.0)
     with pytest.raises(BlissConfigError, match="positive rate"):
         estimate_density(CountFactor(1), torch.zeros(1, 4, 4, 1), torch.zeros(1, 4, 4), 0.0)
 
@@ -175,8 +179,12 @@ def test_model_conditions_read_the_training_rate():
     }
     model = model_conditions(("r",), {"prior": prior})
     assert model.count_rate_per_tile == pytest.approx(12.0 * (4 * 0.396 / 60) ** 2)
+    assert model.galaxy_fraction == 0.5  # CatalogPrior's default share
     cluster = {**prior, "_target_": "bliss.simulator.cluster_prior.StarClusterPrior"}
     assert model_conditions(("r",), {"prior": cluster}).count_rate_per_tile is None
+    assert model_conditions(("r",), {"prior": cluster}).galaxy_fraction is None
+    stars = {**prior, "prob_galaxy": 0.0}  # nothing to move a type prior from
+    assert model_conditions(("r",), {"prior": stars}).galaxy_fraction is None
 
 
 def test_predictor_records_the_shift(encoder):  # noqa: F811
@@ -193,6 +201,19 @@ def test_predictor_records_the_shift(encoder):  # noqa: F811
     dense.predict(image)
     assert dense.density_shift is not None and dense.density_shift.moved
     assert dense.density_shift.ratio.shape == (1, 2, 2)
+    assert dense.density_shift.galaxy_fraction is None  # no training share given: types stay
+    typed = Predictor(
+        encoder,
+        window_px=32,
+        progress=False,
+        density=DensitySettings(block_px=32),
+        count_rate_per_tile=1e-4,
+        galaxy_fraction=0.5,
+    )
+    typed.predict(image)
+    fraction = typed.density_shift.galaxy_fraction
+    assert fraction.shape == (1, 2, 2) and ((fraction >= 0.01) & (fraction <= 0.99)).all()
+    assert typed.density_shift.galaxy_log_odds.shape == (1, 16, 16)
     plain = Predictor(encoder, window_px=32, progress=False, count_rate_per_tile=1e-4)
     plain.predict(image)
     assert plain.density_shift is None
@@ -213,3 +234,84 @@ def test_predictor_records_the_shift(encoder):  # noqa: F811
         assert torch.equal(unmoved[key], off[key]), key
     with pytest.raises(BlissConfigError, match="predict.density.block_px=30"):
         Predictor(encoder, density=DensitySettings(block_px=30), count_rate_per_tile=1e-4)
+
+
+def test_type_reweight_is_bayes_rule():
+    # the source-type logit of every slot gains the log-odds shift, the other factors keep theirs
+    torch.manual_seed(0)
+    posterior = VariationalPosterior(
+        {
+            "n_sources": CountFactor(2),
+            "source_type": BernoulliFactor("source_type"),
+            "locs": TileLocationFactor("locs", dim=2),
+        },
+        2,
+    )
+    log_lik = torch.randn(1, 3, 4, 2)  # log P(x | galaxy) - log P(x | star) of each slot
+    train, new = 0.5, 0.03
+    logit = lambda f: math.log(f / (1 - f))  # noqa: E731
+    params = torch.randn(1, 3, 4, posterior.n_params)
+    split = posterior.split(params)
+    split["source_type"][..., 0] = log_lik + logit(train)
+    params = torch.cat(
+        [split["n_sources"], *(v.flatten(-2) for k, v in split.items() if k != "n_sources")], -1
+    )
+    shift = PriorShift(galaxy=torch.full((1, 3, 4), logit(new) - logit(train)))
+    moved = posterior.reweight(params, shift)
+    assert torch.allclose(
+        posterior.prob_galaxy(moved), torch.sigmoid(log_lik + logit(new)), atol=1e-6
+    )
+    for name in ("n_sources", "locs"):
+        assert torch.equal(posterior.split(moved)[name], posterior.split(params)[name])
+    stars_only = VariationalPosterior(
+        {"n_sources": CountFactor(1), "locs": TileLocationFactor("locs", dim=2)}, 1
+    )
+    with pytest.raises(BlissValueError, match="source_type"):
+        stars_only.reweight(torch.zeros(1, 1, 1, stars_only.n_params), shift)
+
+
+def synthetic_types(fractions: list[float], seed: int, signal: float = 2.0):
+    """Type posteriors at a training share of 0.5 of one source per tile, blocks of 32 x 32 tiles.
+
+    A source is a galaxy with its block's fraction and shows ``x ~ N(+-signal / 2, 1)``; its
+    posterior at the training share is the likelihood ratio (log odds ``signal * x``).
+    """
+    g = torch.Generator().manual_seed(seed)
+    share = torch.tensor(fractions).repeat_interleave(32).expand(32, -1)[None]
+    galaxy = torch.rand(share.shape, generator=g) < share
+    x = signal * (galaxy.double() - 0.5) + torch.randn(
+        share.shape, generator=g, dtype=torch.float64
+    )
+    return torch.sigmoid(signal * x).unsqueeze(-1), galaxy
+
+
+def test_recovers_the_galaxy_fraction_of_moved_blocks():
+    # 1024 sources a block whose types the pixels half tell (signal 2: 16 % of them on the wrong
+    # side of 0.5): the maximum-likelihood share is within 0.03 of the truth (a standard error of
+    # ~0.01); an unmoved block keeps the training share and its types
+    prob, galaxy = synthetic_types([0.05, 0.6, 0.3], seed=3)
+    ratio = torch.tensor([[[20.0, 20.0, 1.0]]])
+    shift = DensityShift(torch.zeros(1, 32, 96, 2), ratio, 32)
+    moved = estimate_galaxy_fraction(shift, prob, torch.ones_like(prob, dtype=torch.bool), 0.5)
+    fraction = moved.galaxy_fraction[0, 0]
+    assert abs(float(fraction[0]) - 0.05) < 0.03 and abs(float(fraction[1]) - 0.6) < 0.03
+    assert float(fraction[2]) == 0.5 and (moved.galaxy_log_odds[0, :, 64:] == 0).all()
+    assert moved.summary()["min_galaxy_fraction"] == pytest.approx(float(fraction[0]))
+    # Bayes' rule under the estimated share calls fewer stars galaxies in the star-rich block
+    odds = torch.logit(prob[..., 0]) + moved.galaxy_log_odds
+    wrong_before = ((prob[0, :, :32, 0] > 0.5) != galaxy[0, :, :32]).float().mean()
+    wrong_after = ((odds[0, :, :32] > 0) != galaxy[0, :, :32]).float().mean()
+    assert wrong_after < wrong_before / 2
+
+
+def test_a_block_of_stars_stops_at_the_floor():
+    # all stars: the likeliest share is 0, where no galaxy could be reported; it stops at the floor
+    prob, _ = synthetic_types([0.0], seed=4)
+    shift = DensityShift(torch.zeros(1, 32, 32, 2), torch.tensor([[[20.0]]]), 32)
+    moved = estimate_galaxy_fraction(
+        shift, prob, torch.ones_like(prob, dtype=torch.bool), 0.5, 0.01
+    )
+    assert float(moved.galaxy_fraction) == pytest.approx(0.01, rel=1e-4)
+    assert moved.prior_shift.galaxy is moved.galaxy_log_odds
+    with pytest.raises(BlissConfigError, match="galaxy fraction"):
+        estimate_galaxy_fraction(shift, prob, torch.ones_like(prob, dtype=torch.bool), 1.0)
