@@ -6,7 +6,8 @@ prior there (docs/crowded.md). This compares catalogs of the frame (e.g. with an
 on 128 px blocks against photutils `IterativePSFPhotometry` on the r-band frame with the
 psField PSF at each block's centre: the share of photutils stars brighter than r = 21 that a
 catalog finds within 1 px, and how many of the catalog's sources brighter than r = 22 have no
-photutils source within 1.5 px (found by nothing else; not all of them false).
+photutils source within 1.5 px (found by nothing else; not all of them false), and how many
+sources it calls galaxies.
 
     bliss mode=predict survey=sdss_frames survey.data_dir=DIR survey.run=2583 survey.camcol=2 \\
         survey.field=136 predict.output=m2.fits
@@ -81,6 +82,7 @@ def compare(table: Table, phot: np.ndarray, phot_mag: np.ndarray, row: int, col:
     mags = np.asarray(table["mag_r"], float)
     inside = _in_block(plocs, row, col)
     ours, ours_mag = plocs[inside], mags[inside]
+    galaxy = np.asarray(table["prob_galaxy"], float).ravel()[inside] > 0.5
     bright = phot[phot_mag < 21]
     found = int((cKDTree(ours).query(bright)[0] < 1.0).sum()) if len(ours) and len(bright) else 0
     ours22 = ours[ours_mag < 22]
@@ -91,6 +93,10 @@ def compare(table: Table, phot: np.ndarray, phot_mag: np.ndarray, row: int, col:
         "catalog_r_lt_22": len(ours22),
         "without_photutils": alone,
         "catalog_all": len(ours),
+        # a cluster's outskirts are nearly all stars: ~2-3 galaxies of r < 21 are expected in
+        # seven 128 px blocks (5 arcmin²) at SDSS's galaxy counts
+        "galaxies_r_lt_21": int((galaxy & (ours_mag < 21)).sum()),
+        "galaxies_all": int(galaxy.sum()),
     }
 
 
