@@ -518,6 +518,10 @@ class Predictor:
             )
             drawn = {k: draw[k] for k in draw.keys() if k not in ("n_sources", "locs")}
             sample = _full_catalog(draw, _rescale_fluxes(drawn, flux_scale), image)
+            if prior_shift is not None:  # one star drawn twice, as in the point estimate
+                sample = merge_unresolved(
+                    sample, self.density_shift, self.tile_slen, self.density.min_separation_px
+                )
             samples.append(add_drawn_ellipticity(sample))
         return samples
 

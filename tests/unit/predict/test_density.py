@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from scipy.spatial import cKDTree
 
 from bliss.catalog import FullCatalog
 from bliss.errors import BlissConfigError, BlissValueError
@@ -134,6 +135,28 @@ def test_unresolved_pairs_are_merged_only_where_moved():
     assert merge_unresolved(catalog, unmoved, 4, 1.2) is catalog
 
 
+def test_a_joint_sample_keeps_the_light_of_a_star_drawn_twice():
+    # a sample has no prob_source and its fluxes are not fitted again: the pair in the moved
+    # block becomes one source with their summed fluxes at the flux-weighted position
+    plocs = [[10.0, 10.0], [10.0, 10.6], [10.0, 40.0], [10.5, 40.0]]
+    fluxes = [[1.0, 2.0], [3.0, 6.0], [5.0, 5.0], [5.0, 5.0]]
+    sample = FullCatalog(
+        32,
+        64,
+        {
+            "n_sources": torch.tensor([4]),
+            "plocs": torch.tensor([plocs]),
+            "fluxes": torch.tensor([fluxes]),
+        },
+    )
+    shift = DensityShift(torch.zeros(1, 8, 16, 2), torch.tensor([[[20.0, 1.0]]]), block_tiles=8)
+    merged = merge_unresolved(sample, shift, tile_slen=4, min_separation_px=1.2)
+    assert int(merged["n_sources"][0]) == 3
+    assert merged["fluxes"][0, 0].tolist() == [4.0, 8.0]
+    assert merged["plocs"][0, 0].tolist() == pytest.approx([10.0, 10.45])
+    assert merged["plocs"][0, 1:3].tolist() == plocs[2:]  # the unmoved block's pair stays
+
+
 def test_faint_sky_alone_does_not_move_a_block():
     # every tile 20 % likely to hold a source (a real sky's galaxies below the detection limit)
     # makes the likeliest rate 25 times the training one, but nothing is detected: not moved
@@ -202,6 +225,9 @@ def test_predictor_records_the_shift(encoder):  # noqa: F811
     assert dense.density_shift is not None and dense.density_shift.moved
     assert dense.density_shift.ratio.shape == (1, 2, 2)
     assert dense.density_shift.galaxy_fraction is None  # no training share given: types stay
+    for sample in dense.sample(image, 2):  # every block is moved: no star is drawn twice
+        n = int(sample["n_sources"][0])
+        assert n > 1 and not cKDTree(sample["plocs"][0, :n].numpy()).query_pairs(1.2)
     typed = Predictor(
         encoder,
         window_px=32,
