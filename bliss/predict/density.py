@@ -18,6 +18,7 @@ network is calibrated at its own density as it is. Nothing is ever moved below i
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,6 +191,20 @@ def _per_tile(blocks: Tensor, block_tiles: int, shape: tuple[int, ...]) -> Tenso
     return expanded[..., : shape[0], : shape[1], :]
 
 
+def _falling_root(
+    score: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, n_iter: int
+) -> Tensor:
+    """Where a falling score crosses zero in ``[low, high]``, elementwise, by bisection.
+
+    A score that does not cross gives the bound it stays on the side of.
+    """
+    for _ in range(n_iter):
+        mid = (low + high) / 2
+        up = score(mid) > 0
+        low, high = torch.where(up, mid, low), torch.where(up, high, mid)
+    return (low + high) / 2
+
+
 def estimate_density(
     count: CountFactor,
     count_params: Tensor,
@@ -257,12 +272,9 @@ def estimate_density(
     moved = crowded & (excess(floor) > 0)  # and the likeliest rate is above the floor
     rate = torch.full_like(floor, train_rate)
     if moved.any():
-        low, high = floor.log(), torch.full_like(floor, math.log(_MAX_RATE))
-        for _ in range(n_iter):
-            mid = (low + high) / 2
-            up = excess(mid.exp()) > 0
-            low, high = torch.where(up, mid, low), torch.where(up, high, mid)
-        rate = torch.where(moved, ((low + high) / 2).exp(), rate)
+        high = torch.full_like(floor, math.log(_MAX_RATE))
+        log_rate = _falling_root(lambda x: excess(x.exp()), floor.log(), high, n_iter)
+        rate = torch.where(moved, log_rate.exp(), rate)
     return DensityShift(prior_shift(rate).float(), (rate / train_rate).float(), block_tiles)
 
 
@@ -318,13 +330,8 @@ def estimate_galaxy_fraction(
 
         bound = math.log(min_fraction / (1 - min_fraction))
         low = torch.full_like(fraction, bound, dtype=torch.float64)
-        high = -low
-        for _ in range(n_iter):
-            mid = (low + high) / 2
-            up = score(mid) > 0
-            low, high = torch.where(up, mid, low), torch.where(up, high, mid)
         has_sources = _per_whole_block(reported.any(-1).to(p), shift.block_tiles) > 0
-        estimated = torch.sigmoid((low + high) / 2).to(fraction)
+        estimated = torch.sigmoid(_falling_root(score, low, -low, n_iter)).to(fraction)
         fraction = torch.where(moved & has_sources, estimated, fraction)
     log_odds = torch.log(fraction / (1 - fraction)) - train_odds
     per_tile = _per_tile(log_odds.unsqueeze(-1), shift.block_tiles, tuple(prob_galaxy.shape[1:3]))
