@@ -23,7 +23,8 @@ and of both coordinates per true r bin and type (with the median r-band magnitud
 writes a reliability plot per set (`<out>/<set>/evaluation/reliability.png`, coverage at 10
 levels). Gate checks:
 - detection (nominal and varied): F1 >= sep + 0.10 overall and above sep in the two faintest
-  bins, star/galaxy accuracy >= 0.9; (crowded_stars) F1 >= sep + 0.10;
+  bins, star/galaxy accuracy >= 0.9; (crowded_stars) F1 >= sep + 0.10 and star/galaxy
+  accuracy >= 0.98 (every source is a star);
 - calibration (every set): each (type, r bin, quantity) cell's 90 % coverage in [0.85, 0.95]
   up to its binomial noise: cells of at least 20 sources, failed when outside by more than two
   standard errors, so that a calibrated cell of 100 sources is not failed one time in three by
@@ -148,7 +149,12 @@ def simulate(directory: Path, n_fields: int, name: str) -> tuple[list[Path], lis
 def detection_checks(name: str, results: dict) -> list[tuple[str, bool]]:
     ours, theirs = results["bliss"], results["sep"]
     if name == "crowded_stars":
-        return [("F1 >= sep F1 + 0.10", ours["f1"] >= theirs["f1"] + 0.10)]
+        # stars only: the moved blocks' type prior follows their galaxy fraction, so a crowd's
+        # ambiguous faint stars are stars (0.941 when only the counts were moved)
+        return [
+            ("F1 >= sep F1 + 0.10", ours["f1"] >= theirs["f1"] + 0.10),
+            ("star/galaxy accuracy >= 0.98", ours.get("classification_accuracy", 0) >= 0.98),
+        ]
     if name not in ("nominal", "varied"):
         return []
     return [
