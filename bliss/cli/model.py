@@ -1,5 +1,6 @@
 """Load the model, build the survey, check that their bands agree: once, for predict and evaluate."""
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,14 +82,11 @@ def density_settings(spec: DictConfig | dict | None) -> DensitySettings | None:
     if spec is None:
         return None
     default = DensitySettings()
-    return DensitySettings(
-        int(spec.get("block_px", default.block_px)),
-        float(spec.get("min_ratio", default.min_ratio)),
-        float(spec.get("min_separation_px", default.min_separation_px)),
-        bool(spec.get("refit_sky", default.refit_sky)),
-        bool(spec.get("galaxy_fraction", default.galaxy_fraction)),
-        float(spec.get("min_galaxy_fraction", default.min_galaxy_fraction)),
-    )
+    values = {}
+    for field in dataclasses.fields(DensitySettings):
+        value = getattr(default, field.name)  # a missing key keeps it; its type casts the key
+        values[field.name] = type(value)(spec.get(field.name, value))
+    return DensitySettings(**values)
 
 
 def crowding_settings(spec: DictConfig) -> "CrowdingSettings | None":

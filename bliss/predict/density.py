@@ -314,12 +314,12 @@ def estimate_galaxy_fraction(
             "galaxy_fraction=false keeps the training source types)."
         )
     moved = shift.ratio > 1
+    shape = tuple(prob_galaxy.shape[1:3])
     train_odds = math.log(train_fraction / (1 - train_fraction))
     fraction = torch.full_like(shift.ratio, train_fraction)
     if moved.any():
         p = prob_galaxy.double().clamp(1e-9, 1 - 1e-9)
         weight = reported.to(p)
-        shape = tuple(p.shape[1:3])
         # the likelihood of a fraction f is the product of f a + (1 - f) b over reported sources
         a, b = p / train_fraction, (1 - p) / (1 - train_fraction)
 
@@ -334,7 +334,7 @@ def estimate_galaxy_fraction(
         estimated = torch.sigmoid(_falling_root(score, low, -low, n_iter)).to(fraction)
         fraction = torch.where(moved & has_sources, estimated, fraction)
     log_odds = torch.log(fraction / (1 - fraction)) - train_odds
-    per_tile = _per_tile(log_odds.unsqueeze(-1), shift.block_tiles, tuple(prob_galaxy.shape[1:3]))
+    per_tile = _per_tile(log_odds.unsqueeze(-1), shift.block_tiles, shape)
     return dataclasses.replace(
         shift, galaxy_log_odds=per_tile[..., 0].float(), galaxy_fraction=fraction
     )
