@@ -143,6 +143,9 @@ COLUMNS: tuple[Column, ...] = (
         "",
         "float32",
         "posterior probability that the source is a galaxy, not a star",
+        "0 where a PSF fit with the image's own PSF model (an SDSS frame's psField) explains, "
+        "at S/N >= 100, a source the model called a galaxy "
+        "([photometry](photometry.md), star photometry step 2).",
         kinds=_CATALOG,
     ),
     Column("source_type", "", "int16", "0 star, 1 galaxy (drawn)", kinds=_SAMPLES),

@@ -338,3 +338,51 @@ def test_faint_star_positions_keep_the_network_posterior():
     # S/N ~4-8, below POSITION_SNR: nothing moves
     for key in ("plocs", "plocs@0.05", "plocs@0.95"):
         torch.testing.assert_close(refined[key], network[key])
+
+
+def _wide_gaussian(dr, dc, half):
+    """An extended source: a round Gaussian of sigma 2.5 px convolved with the double Gaussian
+    PSF (its core's sigma grows from 1.2 to 2.8 px), pixel-integrated."""
+    grid = np.arange(-half, half + 1)
+    sub = (np.arange(5) + 0.5) / 5 - 0.5
+    r = (grid[:, None] + sub[None] - dr).ravel()
+    c = (grid[:, None] + sub[None] - dc).ravel()
+    d2 = r[:, None] ** 2 + c[None] ** 2
+    profile = sum(
+        w * np.exp(-d2 / (2 * s**2)) / (2 * np.pi * s**2)
+        for w, s in ((0.8, math.hypot(1.2, 2.5)), (0.2, math.hypot(3.5, 2.5)))
+    )
+    return profile.reshape(2 * half + 1, 5, 2 * half + 1, 5).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize(("profile", "star"), [(_double_gaussian, True), (_wide_gaussian, False)])
+def test_a_bright_point_source_called_a_galaxy_becomes_a_star(profile, star):
+    """With the image's own PSF model, a source the network calls a galaxy (P 0.7) that the PSF
+    explains at S/N >= SURE_POINT_SNR becomes a star with the PSF fit's flux; an extended one
+    (the same flux, 2.5 px Gaussian under the PSF) stays a galaxy with the network's flux.
+    Faint ones (S/N < 100) keep their type whatever they are."""
+    import dataclasses
+
+    image, positions, fluxes = _scene(profile, n_side=4, seed=8, flux_range=(2e3, 3e5))
+    prob_galaxy = np.full(len(fluxes), 0.7)
+    catalog = _network_catalog(image, positions, fluxes, np.random.default_rng(9), prob_galaxy)
+    surveyimage = dataclasses.replace(
+        _surveyimage(image, 1.2 * 2.3548 * SCALE),
+        psf=lambda band, row, col: _double_gaussian(0.0, 0.0, 12),
+    )
+    refined, _ = refine_star_fluxes(surveyimage, catalog, QUANTILES, SCALE, 3.5)
+    now_star = refined["prob_galaxy"][0, :, 0].numpy() < 0.5
+    # Poisson S/N of a source of F electrons on SKY per pixel, over ~60 pixels of the core
+    snr = fluxes / np.sqrt(fluxes + 60 * SKY)
+    bright = snr >= 1.5 * SURE_POINT_SNR
+    faint = snr < SURE_POINT_SNR
+    assert bright.sum() >= 3 and faint.sum() >= 2  # the draw spans both sides (seed 8)
+    assert not now_star[faint].any()
+    ratio = refined["fluxes"][0, :, 0].double().numpy() / fluxes
+    if star:
+        assert now_star[bright].all()
+        assert np.abs(ratio[bright] - 1).max() < 0.01  # the fit's flux, not the network's 5 %
+    else:
+        assert not now_star.any()
+        # the network's stand-in flux is kept (a PSF fit of an extended source is low)
+        assert np.allclose(refined["fluxes"][0, :, 0].numpy(), catalog["fluxes"][0, :, 0].numpy())
