@@ -184,17 +184,20 @@ def test_a_field_of_galaxies_only_keeps_every_flux():
     assert torch.equal(refined["fluxes"], catalog["fluxes"])
 
 
-def _double_gaussian(dr, dc, half):
-    """A PSF no Moffat describes: a core and a wide wing (20 % of the light), pixel-integrated."""
+def _gaussian_mixture(dr, dc, half, components):
+    """Round Gaussians ``(weight, sigma px)`` centred at ``(dr, dc)``, pixel-integrated."""
     grid = np.arange(-half, half + 1)
     sub = (np.arange(5) + 0.5) / 5 - 0.5
     r = (grid[:, None] + sub[None] - dr).ravel()
     c = (grid[:, None] + sub[None] - dc).ravel()
     d2 = r[:, None] ** 2 + c[None] ** 2
-    profile = sum(
-        w * np.exp(-d2 / (2 * s**2)) / (2 * np.pi * s**2) for w, s in ((0.8, 1.2), (0.2, 3.5))
-    )
+    profile = sum(w * np.exp(-d2 / (2 * s**2)) / (2 * np.pi * s**2) for w, s in components)
     return profile.reshape(2 * half + 1, 5, 2 * half + 1, 5).mean(axis=(1, 3))
+
+
+def _double_gaussian(dr, dc, half):
+    """A PSF no Moffat describes: a core and a wide wing (20 % of the light), pixel-integrated."""
+    return _gaussian_mixture(dr, dc, half, ((0.8, 1.2), (0.2, 3.5)))
 
 
 def test_the_image_psf_model_draws_stamps_at_any_offset():
@@ -343,16 +346,9 @@ def test_faint_star_positions_keep_the_network_posterior():
 def _wide_gaussian(dr, dc, half):
     """An extended source: a round Gaussian of sigma 2.5 px convolved with the double Gaussian
     PSF (its core's sigma grows from 1.2 to 2.8 px), pixel-integrated."""
-    grid = np.arange(-half, half + 1)
-    sub = (np.arange(5) + 0.5) / 5 - 0.5
-    r = (grid[:, None] + sub[None] - dr).ravel()
-    c = (grid[:, None] + sub[None] - dc).ravel()
-    d2 = r[:, None] ** 2 + c[None] ** 2
-    profile = sum(
-        w * np.exp(-d2 / (2 * s**2)) / (2 * np.pi * s**2)
-        for w, s in ((0.8, math.hypot(1.2, 2.5)), (0.2, math.hypot(3.5, 2.5)))
+    return _gaussian_mixture(
+        dr, dc, half, ((0.8, math.hypot(1.2, 2.5)), (0.2, math.hypot(3.5, 2.5)))
     )
-    return profile.reshape(2 * half + 1, 5, 2 * half + 1, 5).mean(axis=(1, 3))
 
 
 @pytest.mark.parametrize(("profile", "star"), [(_double_gaussian, True), (_wide_gaussian, False)])
