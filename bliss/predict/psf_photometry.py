@@ -7,7 +7,9 @@ than that for bright stars (its heads see normalised, compressed pixels), and it
 calibrated as its training prior. :func:`refine_star_fluxes` fits every star the network found
 (``prob_galaxy < 0.5``) jointly with its star neighbours, in each band, and keeps, per star and
 band, whichever of the two posteriors is narrower: the fit wins for bright stars, the network
-(whose prior matters near the detection limit) for faint ones.
+(whose prior matters near the detection limit) for faint ones. A bright source the network
+called a galaxy that the image's own PSF model explains is a star too (its ``prob_galaxy``
+becomes 0).
 
 The PSF is the image's own model where it has one (``SurveyImage.psf``: an SDSS frame's psField
 PSF with the model's halo, the model its aperture correction refers to, which then scales the
@@ -78,10 +80,6 @@ STAR_PROB = 0.2
 #: source: so bright, a galaxy's extent would show in the misfit, and the network's P(galaxy)
 #: of near-saturated real stars is unsure
 SURE_POINT_SNR = 100.0
-#: a source the network calls a galaxy is fitted as a point source where the image has its own
-#: PSF model and the fit measures it at :data:`SURE_POINT_SNR` or better: if the PSF explains it
-#: (misfit below :data:`POINT_CHI2`) it is a star. The network's P(galaxy) of bright real stars
-#: is unsure (on SDSS 94-1-12 a r = 14.4 star got 0.62 and its galaxy flux was 0.49 mag faint)
 #: stars the fit measures at this S/N or better take its flux even where the network's
 #: interval is narrower (the network's is not calibrated under another PSF)
 FIT_SNR = 10.0
@@ -686,7 +684,9 @@ def _point_like_galaxies(
 ) -> np.ndarray:
     """Which of the sources called galaxies a PSF fit explains at S/N >= :data:`SURE_POINT_SNR`.
 
-    Only with the image's own PSF model (a Moffat fitted to the image's stars cannot tell a
+    Those are stars (misfit below :data:`POINT_CHI2`): the network's P(galaxy) of bright real
+    stars is unsure (on SDSS 94-1-12 a r = 14.4 star got 0.62, and its galaxy flux was 0.49 mag
+    faint). Only with the image's own PSF model (a Moffat fitted to the image's stars cannot tell a
     compact galaxy from a star at that precision). Each candidate is fitted in the reference
     band with the star-typed sources within ``half`` pixels of it (positions free at this S/N)
     and a local sky, the cores of the other galaxies left out; not where its stamp is cut by
