@@ -5,11 +5,13 @@ point estimate in at least 19 of 20 noise draws and held once in at least 95 % o
 the same on a border. With a tiling margin (``encoder.tiling.margin_px``) the first group's tiles
 hold those places well inside, and the ambiguity moves to the corner and edge of their widened
 area, 0.5 px out: both are measured too. Per place this prints the point estimate's finds over
-``--seeds`` noise draws, the joint samples (noise seed 0) that hold the star once / miss it /
-hold it twice or more, and the P(source) each tile around the place had when its colour group
-was decided (noise seed 0), in visiting order.
+``--seeds`` noise draws, the joint samples that hold the star once / miss it / hold it twice
+or more (``--samples`` per noise draw, over ``--sample-draws`` draws, torch seed = noise seed),
+and the P(source) each tile around the place had when its colour group was decided (noise seed
+0), in visiting order.
 
-    python benchmarks/bench_tile_corners.py [--checkpoint bliss/models/sdss_generalist.ckpt]
+    python benchmarks/bench_tile_corners.py [--checkpoint bliss/models/sdss_generalist.ckpt] \
+        [--sample-draws 5]
 
 The star (r = 40 nmgy, SDSS colours, Moffat PSFs at the SDSS preset's seeing, Poisson noise) is
 drawn by ``star_image`` of the shipped-model tests, at the centre of a ``--size`` px image.
@@ -68,7 +70,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(MODEL))
     parser.add_argument("--size", type=int, default=48, help="image side, px (a multiple of 8)")
     parser.add_argument("--seeds", type=int, default=20, help="noise draws for the point estimate")
-    parser.add_argument("--samples", type=int, default=40, help="joint samples (noise seed 0)")
+    parser.add_argument("--samples", type=int, default=40, help="joint samples per noise draw")
+    parser.add_argument(
+        "--sample-draws", type=int, default=1, help="noise draws (seeds 0, 1, ...) for the samples"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     encoder, config = load_encoder(args.checkpoint)
@@ -89,13 +94,19 @@ def main() -> None:
             _held(predictor.predict(star_image(row, col, size=args.size, seed=s)), row, col)
             for s in range(args.seeds)
         ]
+        held = []
+        for draw in range(args.sample_draws):
+            torch.manual_seed(draw)
+            _, samples = predictor.predict_and_sample(
+                star_image(row, col, size=args.size, seed=draw), n_samples=args.samples
+            )
+            held += [_held(sample, row, col) for sample in samples]
         image = star_image(row, col, size=args.size, seed=0)
-        torch.manual_seed(0)
-        _, samples = predictor.predict_and_sample(image, n_samples=args.samples)
-        held = [_held(s, row, col) for s in samples]
+        n_samples = args.samples * args.sample_draws
         entry = {
             "point_found_once": finds.count(1),
             "point_draws": args.seeds,
+            "samples": n_samples,
             "samples_once": held.count(1),
             "samples_missed": held.count(0),
             "samples_twice_or_more": sum(h >= 2 for h in held),
@@ -105,7 +116,7 @@ def main() -> None:
         print(
             f"{name:17s} point estimate once in {entry['point_found_once']}/{args.seeds} | "
             f"samples once/missed/twice+: {entry['samples_once']}/{entry['samples_missed']}/"
-            f"{entry['samples_twice_or_more']} of {args.samples} | P(source) by group: "
+            f"{entry['samples_twice_or_more']} of {n_samples} | P(source) by group: "
             f"{entry['group_p_source']}"
         )
     if args.out:
