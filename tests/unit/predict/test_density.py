@@ -133,6 +133,22 @@ def test_unresolved_pairs_are_merged_only_where_moved():
     assert merged["plocs"][0, :5].tolist() == plocs[1:]
     unmoved = DensityShift(shift.log_prior_ratio, torch.ones(1, 1, 2), block_tiles=8)
     assert merge_unresolved(catalog, unmoved, 4, 1.2) is catalog
+    # the default distance is below the Sparrow limit of SDSS seeing (0.85 FWHM, 2.8 px at
+    # 1.3"): the pair 2 px apart is one source too, a pair 3 px apart is two
+    default = DensitySettings().min_separation_px
+    assert 2.0 < default < 0.85 * 1.3 / 0.396
+    merged = merge_unresolved(catalog, shift, tile_slen=4, min_separation_px=default)
+    assert int(merged["n_sources"][0]) == 4
+    apart = FullCatalog(
+        32,
+        64,
+        {
+            "n_sources": torch.tensor([2]),
+            "plocs": torch.tensor([[[10.0, 10.0], [10.0, 13.0]]]),
+            "prob_source": torch.tensor([[0.6, 0.9]]).unsqueeze(-1),
+        },
+    )
+    assert merge_unresolved(apart, shift, tile_slen=4, min_separation_px=default) is apart
 
 
 def test_a_joint_sample_keeps_the_light_of_a_star_drawn_twice():
