@@ -43,6 +43,7 @@ from bliss.predict.psf_photometry import (
     LOCAL_SKY_KEY,
     PROFILE_ERROR,
     PsfStamps,
+    flux_per_electron,
     near,
     network_sigma,
     padded,
@@ -54,7 +55,6 @@ __all__ = [
     "MIN_EXCESS",
     "Confusion",
     "centred_stamp",
-    "flux_per_electron",
     "galaxy_mask",
     "measure_confusion",
     "render_with_variance",
@@ -213,17 +213,6 @@ def widen_for_confusion(
                 old = catalog[key][0, :n].double().numpy()
                 data[key] = padded(catalog[key], point + (old - point) * position_ratio[:, None])
     return FullCatalog(catalog.height_px, catalog.width_px, data)
-
-
-def flux_per_electron(image: SurveyImage, band: int) -> float:
-    """A catalog flux (nanomaggies) per electron of the band's PSF-model star.
-
-    The fluxes carry the image's aperture correction; its PSF model does not.
-    """
-    per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
-    if image.psf is not None and image.aperture_correction is not None:
-        return per_electron * float(image.aperture_correction[band])
-    return per_electron
 
 
 def galaxy_mask(

@@ -49,6 +49,7 @@ from bliss.protocols import SurveyImage
 __all__ = [
     "LOCAL_SKY_KEY",
     "PsfStamps",
+    "flux_per_electron",
     "near",
     "network_sigma",
     "nominal_psf_models",
@@ -435,6 +436,17 @@ def network_sigma(
     return width.numpy() / (2 * float(ndtri(1 - low)))
 
 
+def flux_per_electron(image: SurveyImage, band: int) -> float:
+    """A catalog flux (nanomaggies) per electron of the band's PSF-model star.
+
+    The fluxes carry the image's aperture correction; its PSF model does not.
+    """
+    per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
+    if image.psf is not None and image.aperture_correction is not None:
+        return per_electron * float(image.aperture_correction[band])
+    return per_electron
+
+
 def nominal_psf_models(
     image: SurveyImage, pixel_scale_arcsec: float, beta: float
 ) -> list[PsfStamps]:
@@ -694,27 +706,28 @@ def _point_like_galaxies(
     ``model``: the band's PSF. Shape ``n`` (bool).
     """
     retyped = np.zeros(len(positions), dtype=bool)
-    if not isinstance(model, ImagePsf) or not galaxy.any():
+    if not isinstance(model, ImagePsf):
         return retyped
-    per_electron = 10 ** (-0.4 * (float(image.magzero[band]) - 22.5))
-    scale = float(image.aperture_correction[band]) if image.aperture_correction is not None else 1.0
-    electrons = np.clip(reference_fluxes / per_electron / scale, 0, None)
+    electrons = np.clip(reference_fluxes / flux_per_electron(image, band), 0, None)
+    # a Poisson S/N is at most the root of the counts: fainter sources cannot qualify
+    candidates = np.flatnonzero(galaxy & (electrons >= SURE_POINT_SNR**2))
+    if not len(candidates):
+        return retyped
     subtracted = image.images[band] - image.background[band]
     shape = subtracted.shape
     masked = np.where(near(positions[galaxy], shape, GALAXY_MASK_PX), np.nan, subtracted)
     tree = cKDTree(positions)
-    # a Poisson S/N is at most the root of the counts: fainter sources cannot qualify
-    for target in np.flatnonzero(galaxy & (electrons >= SURE_POINT_SNR**2)):
-        close = [j for j in tree.query_ball_point(positions[target], 2 * half) if j != target]
-        inside = set(tree.query_ball_point(positions[target], half))
-        members = [target] + [j for j in close if j in inside and not galaxy[j]]
+    for target in candidates:
         rows, cols = _region(positions[[target]], shape, half)
         if rows.stop - rows.start < 2 * half + 1 or cols.stop - cols.start < 2 * half + 1:
             continue  # cut by the image's edge: the fit would extrapolate the missing light
         own = near(positions[[target]], shape, GALAXY_MASK_PX)
         if not np.isfinite(subtracted[own]).all():
             continue  # a core with missing pixels (masked or saturated)
-        others = [j for j in close if galaxy[j]]
+        stars = tree.query_ball_point(positions[target], half)
+        members = [target] + [j for j in stars if not galaxy[j]]
+        others = [j for j in tree.query_ball_point(positions[target], 2 * half) if galaxy[j]]
+        others.remove(target)
         if others:
             own &= ~near(positions[others], shape, GALAXY_MASK_PX)
         data = np.where(own, subtracted, masked)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from bliss.catalog import FullCatalog
-from bliss.predict.confusion import flux_per_electron, galaxy_mask, render_with_variance
-from bliss.predict.psf_photometry import PsfStamps
+from bliss.predict.confusion import galaxy_mask, render_with_variance
+from bliss.predict.psf_photometry import PsfStamps, flux_per_electron
 from bliss.protocols import SurveyImage
 from bliss.surveys.fits_reader import estimate_background
 
