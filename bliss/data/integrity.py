@@ -51,7 +51,7 @@ SUPPORT: dict[str, tuple[float, float, bool, bool, bool]] = {
     "bulge_hlr_arcsec": (0.0, float("inf"), False, False, True),
 }
 #: per-image tensors that must be finite, and those that must also be positive
-_FINITE = ("images", "background", "psf_fwhm_arcsec", "dither_px")
+_FINITE = ("images", "background", "psf_fwhm_arcsec", "psf_shape", "dither_px")
 _POSITIVE = ("background", "psf_fwhm_arcsec")
 
 

@@ -5,7 +5,8 @@ measured counter-clockwise from the +col axis towards +row and has period pi. Ro
 array by 90 degrees with ``torch.rot90(image, 1, dims=(-2, -1))`` sends ``(row, col)`` to
 ``(W - col, row)`` and ``beta`` to ``beta - pi/2``; mirroring the columns sends ``col`` to
 ``W - col`` and ``beta`` to ``pi - beta``. Spin-2 quantities ``(e1, e2)`` (ellipticity, shear)
-turn with twice the angle.
+turn with twice the angle; so do the PSF's ``(e1, e2)`` in an image's ``psf_shape``
+(``c 3``: ``e1, e2, rho4``).
 """
 
 import math
@@ -60,6 +61,10 @@ def _oriented(
             if kind == Orientation.POSITION_ANGLE and galaxy is not None:
                 turned = torch.where(galaxy > 0.5, turned, value)
             item[batch_key] = turned
+    if "psf_shape" in item:  # the PSF turns with the image; its wings (rho4) do not
+        shape = item["psf_shape"]
+        turned = _turn(shape[..., :2], Orientation.SPIN2, angle, mirror)
+        item["psf_shape"] = torch.cat([turned, shape[..., 2:]], dim=-1)
 
 
 def rotate90(

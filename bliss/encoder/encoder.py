@@ -160,7 +160,9 @@ class Encoder(nn.Module):
         """Per-tile features of a batch. Shape ``b f ht wt``."""
         images = batch["images"]
         check_shape("images", images, "b c h w", {"c": len(self.bands)})
-        normalised = self.normalizer(images, batch["background"], batch["psf_fwhm_arcsec"])
+        normalised = self.normalizer(
+            images, batch["background"], batch["psf_fwhm_arcsec"], batch.get("psf_shape")
+        )
         return self._feature_fn(normalised.contiguous(memory_format=self.memory_format))
 
     def group_params(
@@ -323,7 +325,8 @@ class Encoder(nn.Module):
         """Run the colour groups in turn, each conditioned on the catalog of the earlier ones.
 
         Args:
-            batch: ``images``, ``background``, ``psf_fwhm_arcsec``.
+            batch: ``images``, ``background``, ``psf_fwhm_arcsec`` (and ``psf_shape`` for a
+                model that reads it).
             sample: draw from the posterior (joint, through the autoregression) instead of taking
                 point estimates.
             threshold: detection threshold for point estimates [default: the encoder's].

@@ -5,7 +5,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from bliss.catalog.shapes import check_shape
-from bliss.errors import BlissConfigError
+from bliss.errors import BlissConfigError, BlissValueError
 
 __all__ = ["ImageNormalizer"]
 
@@ -19,7 +19,11 @@ class ImageNormalizer(nn.Module):
     * ``clamp(s, -clip, clip)`` if ``linear`` (faint sources, near-Gaussian noise);
     * ``asinh(s / asinh_softening)`` if ``asinh`` (bright sources: logarithmic, never saturates);
     * if ``psf_aware``: constant maps ``(fwhm - fwhm_center) / fwhm_spread`` (arcsec) and
-      ``log(background / sky_center)`` per band, so one network serves images of any seeing/sky.
+      ``log(background / sky_center)`` per band, so one network serves images of any seeing/sky;
+    * if ``psf_shape``: constant maps of the PSF's shape beyond its width per band (its
+      ellipticity ``e1 / shape_spread``, ``e2 / shape_spread`` and wings
+      ``(rho4 - rho4_center) / shape_spread``, :mod:`bliss.simulator.psf_shape`), so PSFs of one
+      FWHM but other shapes are told apart.
 
     Missing pixels (NaN in the image) become 0 in every image channel (no signal).
 
@@ -33,6 +37,9 @@ class ImageNormalizer(nn.Module):
         fwhm_center: centring of the FWHM maps, arcsec.
         fwhm_spread: scaling of the FWHM maps, arcsec.
         sky_center: centring of the log-sky maps, electrons per pixel.
+        psf_shape: add the PSF shape maps [default: False].
+        rho4_center: centring of the wings map (a beta = 3.5 Moffat's ``rho4``).
+        shape_spread: scaling of the shape maps (real seeing: ``|e| <~ 0.15``).
     """
 
     def __init__(
@@ -46,15 +53,19 @@ class ImageNormalizer(nn.Module):
         fwhm_center: float = 1.4,
         fwhm_spread: float = 0.3,
         sky_center: float = 500.0,
+        psf_shape: bool = False,
+        rho4_center: float = 2.14,
+        shape_spread: float = 0.1,
     ) -> None:
         super().__init__()
         if not (linear or asinh):
             raise BlissConfigError(
                 "encoder.normalizer: linear and asinh are both false; enable one."
             )
-        if asinh_softening <= 0 or clip <= 0 or fwhm_spread <= 0 or sky_center <= 0:
+        if min(asinh_softening, clip, fwhm_spread, sky_center, shape_spread) <= 0:
             raise BlissConfigError(
-                "encoder.normalizer: asinh_softening, clip, fwhm_spread and sky_center must be > 0."
+                "encoder.normalizer: asinh_softening, clip, fwhm_spread, sky_center and "
+                "shape_spread must be > 0."
             )
         self.n_bands = n_bands
         self.linear = linear
@@ -65,13 +76,23 @@ class ImageNormalizer(nn.Module):
         self.fwhm_center = fwhm_center
         self.fwhm_spread = fwhm_spread
         self.sky_center = sky_center
+        self.psf_shape = psf_shape
+        self.rho4_center = rho4_center
+        self.shape_spread = shape_spread
 
     @property
     def n_channels(self) -> int:
         """Channels produced per image."""
-        return self.n_bands * (int(self.linear) + int(self.asinh) + 2 * int(self.psf_aware))
+        per_band = int(self.linear) + int(self.asinh) + 2 * int(self.psf_aware)
+        return self.n_bands * (per_band + 3 * int(self.psf_shape))
 
-    def forward(self, images: Tensor, background: Tensor, psf_fwhm_arcsec: Tensor) -> Tensor:
+    def forward(
+        self,
+        images: Tensor,
+        background: Tensor,
+        psf_fwhm_arcsec: Tensor,
+        psf_shape: Tensor | None = None,
+    ) -> Tensor:
         """Normalise a batch.
 
         Args:
@@ -79,9 +100,14 @@ class ImageNormalizer(nn.Module):
             background: sky, electrons per pixel: ``b c`` (flat) or ``b c h w`` (a map).
             psf_fwhm_arcsec: PSF FWHM per band, arcsec: ``b c`` (one per image) or ``b c h w``
                 (a map, for a PSF that varies over the image; each pixel sees its local value).
+            psf_shape: ``(e1, e2, rho4)`` of each band's PSF: ``b c 3``; needed with
+                ``psf_shape`` set, ignored otherwise.
 
         Returns:
             Shape ``b f h w`` with ``f = n_channels``.
+
+        Raises:
+            BlissValueError: the normaliser reads the PSF shape and ``psf_shape`` is None.
         """
         sizes = check_shape("images", images, "b c h w", {"c": self.n_bands})
         if background.ndim == 2:
@@ -108,4 +134,16 @@ class ImageNormalizer(nn.Module):
             sky = torch.log(background.mean(dim=(-2, -1)) / self.sky_center)
             channels.append(fwhm.expand(-1, -1, h, w))
             channels.append(repeat(sky, "b c -> b c h w", h=h, w=w))
+        if self.psf_shape:
+            if psf_shape is None:
+                raise BlissValueError(
+                    "this model reads each band's PSF shape (encoder.normalizer.psf_shape=true) "
+                    "but the batch has no `psf_shape` (b c 3); simulate it with this version of "
+                    "bliss, or give the image's PSF."
+                )
+            check_shape("psf_shape", psf_shape, "b c three", {**sizes, "three": 3})
+            center = psf_shape.new_tensor([0.0, 0.0, self.rho4_center])
+            shape = (psf_shape - center) / self.shape_spread
+            h, w = sizes["h"], sizes["w"]
+            channels.append(repeat(shape, "b c k -> b (c k) h w", h=h, w=w))
         return torch.cat(channels, dim=1)

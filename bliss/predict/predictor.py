@@ -43,6 +43,7 @@ __all__ = [
     "StarPhotometry",
     "build_predictor",
     "check_threshold",
+    "image_psf_shape",
 ]
 
 FLUX_KEY = "fluxes"  # catalog key of the per-band fluxes, nanomaggies
@@ -208,6 +209,8 @@ class Predictor:
             if image.psf_fwhm_map is None
             else np.pad(image.psf_fwhm_map, padding, mode="edge"),
         }
+        if getattr(self.encoder.normalizer, "psf_shape", False):
+            data["psf_shape"] = image_psf_shape(image)
         return {
             k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in data.items()
         }
@@ -248,6 +251,8 @@ class Predictor:
                 }
                 if "psf_fwhm_arcsec" not in maps:
                     batch["psf_fwhm_arcsec"] = data["psf_fwhm_arcsec"].expand(len(part), -1)
+                if "psf_shape" in data:
+                    batch["psf_shape"] = data["psf_shape"].expand(len(part), -1, -1)
                 with self.autocast:
                     out = self.encoder.tile_features(
                         {k: v.to(self.device) for k, v in batch.items()}
@@ -697,3 +702,20 @@ def build_predictor(
         count_rate_per_tile=model.count_rate_per_tile,
         galaxy_fraction=model.galaxy_fraction,
     )
+
+
+def image_psf_shape(image: SurveyImage) -> np.ndarray:
+    """``(e1, e2, rho4)`` of each band's PSF at the image's centre (:mod:`bliss.simulator.psf_shape`).
+
+    From the image's PSF model where it has one (SDSS psField, PSFEx), else from the round
+    beta = 3.5 Moffat that readers without a model assume. Shape ``c 3``.
+    """
+    # GalSim's moments: imported here, so that cataloging with a model that does not read the
+    # PSF shape starts without GalSim
+    from bliss.simulator.psf_shape import moffat_psf_shape, psf_shape
+
+    if image.psf is None:
+        return np.stack([moffat_psf_shape(3.5) for _ in image.bands])
+    height, width = image.images.shape[-2:]
+    centre = ((height - 1) / 2, (width - 1) / 2)
+    return psf_shape(np.stack([image.psf(band, *centre) for band in range(len(image.bands))]))

@@ -21,6 +21,7 @@ from bliss.simulator.lensing import (
 )
 from bliss.simulator.noise import NoiseModel, add_sky_and_noise
 from bliss.simulator.prior import CatalogPrior
+from bliss.simulator.psf_shape import moffat_psf_shape, psf_shape
 from bliss.simulator.render import DEVAUCOULEURS_N, GalsimRenderer, image_psf, moffat_psf
 from bliss.simulator.torch_render import TorchRenderer, add_sky_and_noise_torch
 
@@ -128,6 +129,19 @@ class ImageSimulator:
             for index, band in enumerate(survey.bands)
             if band in (psf_images or {})
         }
+        # the shape of the PSF an image without PSF images of its own is rendered with
+        self._nominal_shape = torch.from_numpy(
+            np.stack(
+                [
+                    psf_shape(np.asarray(psf_images[band]))
+                    if band in (psf_images or {})
+                    else moffat_psf_shape(
+                        survey.psf_beta, survey.psf_fwhm_arcsec(band), survey.pixel_scale_arcsec
+                    )
+                    for band in survey.bands
+                ]
+            )
+        )
 
     @property
     def n_tiles(self) -> int:
@@ -153,7 +167,9 @@ class ImageSimulator:
 
         Returns:
             ``images`` (``b c h w``, electrons, sky included), ``background`` (``b c``, electrons
-            per pixel), ``psf_fwhm_arcsec`` (``b c``), ``dither_px`` (``b c 2``) and ``catalog``
+            per pixel), ``psf_fwhm_arcsec`` (``b c``), ``psf_shape`` (``b c 3``, the PSF's
+            ellipticity and wings, :mod:`bliss.simulator.psf_shape`), ``dither_px`` (``b c 2``)
+            and ``catalog``
             (a :class:`TileCatalog` of the sources inside the image); with lensing also
             ``fields/shear`` (``b 1 1 2``) and ``fields/convergence`` (``b 1 1 1``), the image
             means, and with the prior's ``region_px`` ``fields/shear_map`` and
@@ -231,6 +247,7 @@ class ImageSimulator:
             "images": images.to(device),
             "background": conditions["sky_electrons"].float().to(device),
             "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float().to(device),
+            "psf_shape": self._psf_shape(conditions, len(images)).to(device),
             "dither_px": dither.float().to(device),
             "catalog": padded.crop_tiles(inner, inner).to(device),
         }
@@ -346,13 +363,23 @@ class ImageSimulator:
         # the renderer's canvas is ours: drawing the noise in place spares a fresh array
         return add_sky_and_noise_torch(clean, sky, self.noise, generator, inplace=True)
 
+    def _psf_shape(self, conditions: dict[str, Tensor], n_images: int) -> Tensor:
+        """PSF shape descriptors of every image and band. Shape ``b c 3``."""
+        if "psf_shape" in conditions:
+            return conditions["psf_shape"].float()
+        return self._nominal_shape.float().expand(n_images, -1, -1).clone()
+
     def _image_psfs(self, conditions: dict[str, Tensor], index: int) -> list:
         """The GalSim PSF of every band of image ``index``."""
-        if "psf_images" in conditions:  # observed on a real frame, widened by psf_dilation
+        if "psf_images" in conditions:  # observed or parametric, widened by psf_dilation
             row = int(conditions["observed_row"][index])
             dilation = float(conditions["psf_dilation"][index])
             return [
-                self._observed_psf(row, band, image).dilate(dilation)
+                (
+                    self._observed_psf(row, band, image)
+                    if row >= 0
+                    else image_psf(image.numpy(), self.survey.pixel_scale_arcsec)
+                ).dilate(dilation)
                 for band, image in enumerate(conditions["psf_images"][index])
             ]
         return [

@@ -120,3 +120,60 @@ def test_a_halo_widens_the_psfs_but_not_their_fwhm_labels(observed):
     center = observed.psf_images.shape[-1] // 2
     peak_ratio = haloed.psf_images[..., center, center] / observed.psf_images[..., center, center]
     assert np.all((peak_ratio > 0.93) & (peak_ratio < 0.95))
+
+
+def test_a_mixed_pool_takes_observed_rows_and_parametric_psfs(observed):
+    from bliss.simulator.psf_shape import psf_shape
+
+    spec = {"fwhm_arcsec": [0.8, 2.0], "beta": [2.5, 5.0], "max_ellipticity": 0.15}
+    conditions = ObservingConditions(
+        SURVEY,
+        "r",
+        fwhm_scale=[1.0, 1.2],
+        observed=observed,
+        parametric_psf=spec,
+        observed_fraction=0.25,
+    )
+    drawn = conditions.sample(200, torch.Generator().manual_seed(2))
+    rows = drawn["observed_row"]
+    on_table = rows >= 0
+    # binomial(200, 0.25): 50 +- 6
+    assert 30 < int(on_table.sum()) < 70
+    # observed images hold their row's PSF and shape; parametric ones are undilated Moffats
+    images = drawn["psf_images"]
+    assert images.shape[-2:] == observed.psf_images.shape[-2:]
+    table = torch.from_numpy(observed.psf_images)
+    torch.testing.assert_close(images[on_table], table[rows[on_table]])
+    torch.testing.assert_close(
+        drawn["psf_shape"][on_table], torch.from_numpy(psf_shape(table[rows[on_table]].numpy()))
+    )
+    assert (drawn["psf_dilation"][~on_table] == 1).all()
+    assert drawn["psf_dilation"][on_table].std() > 0.03
+    measured = torch.from_numpy(psf_shape(images[~on_table].numpy()))
+    torch.testing.assert_close(drawn["psf_shape"][~on_table], measured)
+
+
+def test_observed_only_draws_are_those_of_earlier_versions(observed):
+    # no parametric pool: the same rows and dilations as before psf_shape existed
+    conditions = ObservingConditions(SURVEY, "r", fwhm_scale=[0.9, 1.1], observed=observed)
+    generator = torch.Generator().manual_seed(7)
+    drawn = conditions.sample(16, generator)
+    replay = torch.Generator().manual_seed(7)
+    factor = 0.9 + 0.2 * torch.rand(16, 2, generator=replay)[:, 0]
+    rows = torch.randint(len(observed.labels), (16,), generator=replay)
+    torch.testing.assert_close(drawn["observed_row"], rows)
+    torch.testing.assert_close(drawn["psf_dilation"], factor)
+
+
+def test_simulated_batches_carry_the_psf_shape(observed):
+    from bliss.simulator.psf_shape import moffat_psf_shape
+    from bliss.simulator.torch_render import TorchRenderer
+
+    simulator = _simulator(observed, TorchRenderer())
+    batch = simulator.simulate(3, seed=4)
+    assert batch["psf_shape"].shape == (3, 3, 3)
+    assert batch["psf_shape"][..., :2].abs().max() > 0.01  # psField PSFs are not round
+    simulator.conditions = ObservingConditions(SURVEY, "r")  # the survey's round Moffat
+    nominal = simulator.simulate(2, seed=4)["psf_shape"]
+    expected = torch.from_numpy(moffat_psf_shape(3.5, 1.3, 0.396)).expand(2, 3, 3)
+    torch.testing.assert_close(nominal, expected)

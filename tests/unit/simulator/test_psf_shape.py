@@ -1,0 +1,106 @@
+import galsim
+import numpy as np
+import pytest
+import torch
+
+from bliss.data.transforms import flip_cols, rotate90
+from bliss.errors import BlissConfigError, BlissValueError
+from bliss.simulator.conditions import ObservingConditions
+from bliss.simulator.psf_shape import moffat_psf_shape, psf_shape
+from bliss.surveys import ParametricSurvey
+
+BANDS = ("g", "r")
+SURVEY = ParametricSurvey(
+    "toy",
+    BANDS,
+    "r",
+    0.4,
+    3.5,
+    {"g": 1.4, "r": 1.3},
+    {"g": 80.0, "r": 100.0},
+    dict.fromkeys(BANDS, 28.0),
+)
+
+
+def _moffat(beta: float, e1: float = 0.0, e2: float = 0.0, fwhm: float = 1.4) -> np.ndarray:
+    profile = galsim.Moffat(beta=beta, fwhm=fwhm).shear(e1=e1, e2=e2)
+    return profile.drawImage(nx=51, ny=51, scale=0.4).array
+
+
+def test_descriptors_of_known_profiles():
+    # a Gaussian's rho4 is 2 by definition; the distortion is the one applied
+    gauss = galsim.Gaussian(fwhm=1.4).shear(e1=0.08, e2=-0.05).drawImage(nx=41, ny=41, scale=0.2)
+    np.testing.assert_allclose(psf_shape(gauss.array), [0.08, -0.05, 2.0], atol=2e-3)
+    # wings: rho4 falls towards 2 as beta grows, and does not depend on the width
+    rho4 = [float(psf_shape(_moffat(beta))[2]) for beta in (2.5, 3.5, 5.0)]
+    assert rho4[0] > rho4[1] > rho4[2] > 2.0
+    assert abs(float(psf_shape(_moffat(3.5, fwhm=2.0))[2]) - rho4[1]) < 0.01
+    np.testing.assert_allclose(moffat_psf_shape(3.5), [0.0, 0.0, rho4[1]], atol=1e-3)
+
+
+def test_descriptors_turn_with_the_augmentation():
+    image = _moffat(3.0, e1=0.1, e2=0.04)
+    item = {
+        "images": torch.from_numpy(image).float()[None],
+        "psf_shape": torch.from_numpy(psf_shape(image))[None],
+    }
+    for transform in (rotate90, flip_cols):
+        turned = transform(item)
+        measured = psf_shape(turned["images"][0].double().numpy())
+        np.testing.assert_allclose(turned["psf_shape"][0].numpy(), measured, atol=2e-3)
+    # a quarter turn flips the sign of both components (spin 2), not a no-op on this PSF
+    assert float(item["psf_shape"][0, 0]) > 0.09
+    torch.testing.assert_close(rotate90(item)["psf_shape"][0, :2], -item["psf_shape"][0, :2])
+
+
+def test_bad_psf_images_are_refused():
+    with pytest.raises(BlissValueError, match="non-finite"):
+        psf_shape(np.full((5, 5), np.nan))
+    with pytest.raises(BlissValueError, match="adaptive-moments fit failed"):
+        psf_shape(np.zeros((9, 9)))
+
+
+def test_parametric_psfs_span_their_ranges():
+    spec = {"fwhm_arcsec": [0.8, 2.0], "beta": [2.5, 5.0], "max_ellipticity": 0.15, "stamp_px": 41}
+    conditions = ObservingConditions(SURVEY, "r", sky_scale=[0.5, 2.0], parametric_psf=spec)
+    drawn = conditions.sample(200, torch.Generator().manual_seed(0))
+    assert drawn["psf_images"].shape == (200, 2, 41, 41)
+    torch.testing.assert_close(
+        drawn["psf_images"].sum(dim=(-2, -1)), torch.ones(200, 2, dtype=torch.float64)
+    )
+    assert (drawn["observed_row"] == -1).all() and (drawn["psf_dilation"] == 1).all()
+    fwhm = drawn["psf_fwhm_arcsec"]
+    assert fwhm[:, 1].min() >= 0.8 and fwhm[:, 1].max() <= 2.0 and fwhm[:, 1].std() > 0.25
+    torch.testing.assert_close(fwhm[:, 0] / fwhm[:, 1], torch.full((200,), 1.4 / 1.3).double())
+    shape = drawn["psf_shape"]
+    # bands share the ellipticity (the atmosphere's): measured within a few thousandths
+    assert (shape[:, 0, :2] - shape[:, 1, :2]).abs().max() < 0.01
+    e = shape[:, 1, :2].norm(dim=-1)
+    assert e.max() < 0.16 and e.median() > 0.07  # uniform in the disc: median 0.15 / sqrt 2
+    # the beta range 2.5-5 spans rho4 ~2.10-2.21 (see test_descriptors_of_known_profiles)
+    assert shape[:, 1, 2].min() > 2.07 and shape[:, 1, 2].max() < 2.25
+    assert shape[:, 1, 2].std() > 0.02
+
+
+def test_parametric_config_errors_name_the_key():
+    with pytest.raises(BlissConfigError, match="parametric_psf.beta"):
+        ObservingConditions(SURVEY, "r", parametric_psf={"fwhm_arcsec": [1, 2], "beta": [1.0, 3]})
+    with pytest.raises(BlissConfigError, match="max_ellipticity"):
+        ObservingConditions(
+            SURVEY,
+            "r",
+            parametric_psf={"fwhm_arcsec": [1, 2], "beta": [3, 4], "max_ellipticity": 1.2},
+        )
+    with pytest.raises(BlissConfigError, match="unknown keys"):
+        ObservingConditions(
+            SURVEY, "r", parametric_psf={"fwhm_arcsec": [1, 2], "beta": [3, 4], "q": 0.5}
+        )
+    with pytest.raises(BlissConfigError, match="fwhm_arcsec is missing"):
+        ObservingConditions(SURVEY, "r", parametric_psf={"beta": [3, 4]})
+    with pytest.raises(BlissConfigError, match="observed_fraction"):
+        ObservingConditions(
+            SURVEY,
+            "r",
+            parametric_psf={"fwhm_arcsec": [1, 2], "beta": [3, 4]},
+            observed_fraction=1.5,
+        )
