@@ -28,6 +28,10 @@ class Orientation(StrEnum):
     SPIN2 = "spin2"  # d = 2, (e1, e2)
 
 
+#: per-pixel inputs (``c h w``) that move with the image; ``background`` and
+#: ``psf_fwhm_arcsec`` are maps only where they vary over the image
+_PIXEL_MAPS = ("images", "background", "psf_fwhm_arcsec")
+
 DEFAULT_ORIENTED_KEYS: dict[str, Orientation] = {
     "beta_rad": Orientation.POSITION_ANGLE,
     "shear": Orientation.SPIN2,
@@ -72,11 +76,12 @@ def rotate90(
 ) -> dict[str, Tensor]:
     """Rotate one example (image ``c h w`` and tile catalog ``ht wt m d``) by 90 degrees.
 
-    Returns a new dict; pixel maps (``images``, and ``background`` when it is a map), every
+    Returns a new dict; pixel maps (``images``, and ``background`` and ``psf_fwhm_arcsec`` when
+    they are maps), every
     ``catalog/*`` tensor and every region map ``fields/*`` (``hr wr d``) are moved together.
     """
     out = dict(item)
-    for key in ("images", "background"):
+    for key in _PIXEL_MAPS:
         if key in out and out[key].ndim == 3:
             out[key] = torch.rot90(out[key], 1, dims=(-2, -1))
     for key, value in item.items():
@@ -96,7 +101,7 @@ def flip_cols(
 ) -> dict[str, Tensor]:
     """Mirror one example left-right (``col -> W - col``)."""
     out = dict(item)
-    for key in ("images", "background"):
+    for key in _PIXEL_MAPS:
         if key in out and out[key].ndim == 3:
             out[key] = torch.flip(out[key], dims=(-1,))
     for key, value in item.items():

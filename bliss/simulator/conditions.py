@@ -46,6 +46,11 @@ class ObservingConditions:
             table's size). With ``observed`` too, an image takes a table row with probability
             ``observed_fraction`` and a parametric PSF otherwise.
         observed_fraction: see ``parametric_psf`` [default: 0.5].
+        fwhm_gradient: largest change of the PSF FWHM across an image, as a fraction of its
+            value at the centre: each image draws a size uniformly in ``[0, fwhm_gradient]`` and a
+            random direction, and the PSF at a place is the image's PSF dilated by
+            ``1 + gradient . (place - centre) / image side`` (a linear variation, as of survey
+            PSF models over a frame) [default: none, one PSF per image].
 
     With all ranges ``None`` and no ``observed`` table or ``parametric_psf`` every image has the
     survey's nominal conditions. Images with PSF images (observed or parametric) also get their
@@ -62,6 +67,7 @@ class ObservingConditions:
         observed: ObservedConditions | None = None,
         parametric_psf: Mapping[str, object] | None = None,
         observed_fraction: float = 0.5,
+        fwhm_gradient: float | None = None,
     ) -> None:
         if reference_fwhm_arcsec is not None and (fwhm_scale is not None or observed is not None):
             raise BlissConfigError(
@@ -95,6 +101,12 @@ class ObservingConditions:
                 "in [0, 1]."
             )
         self.observed_fraction = observed_fraction if self.parametric is not None else 1.0
+        if fwhm_gradient is not None and not 0.0 <= fwhm_gradient < 1.0:
+            raise BlissConfigError(
+                f"simulator.conditions.fwhm_gradient={fwhm_gradient}; expected a fraction in "
+                "[0, 1) (the PSF's FWHM would reach zero at an image edge)."
+            )
+        self.fwhm_gradient = fwhm_gradient
         # a row's shape does not change when it is dilated: measured once per row and band
         self.observed_shape = (
             None if observed is None else torch.from_numpy(psf_shape(observed.psf_images))
@@ -109,7 +121,9 @@ class ObservingConditions:
             sum 1), ``psf_dilation`` (``b``), the factor by which to widen them (FWHM
             included), ``observed_row`` (``b``), the table row each image took (-1: a
             parametric PSF), and ``psf_shape`` (``b c 3``, see
-            :mod:`bliss.simulator.psf_shape`).
+            :mod:`bliss.simulator.psf_shape`); with ``fwhm_gradient`` also
+            ``psf_fwhm_gradient`` (``b 2``), the change of the FWHM per image side along rows
+            and columns, as a fraction of the values above (those at the image's centre).
         """
         fwhm_factor = torch.ones(n_images)
         draw = torch.rand(n_images, 2, generator=generator)
@@ -125,11 +139,20 @@ class ObservingConditions:
             low, high = self.sky_scale
             sky_factor = low + (high - low) * draw[:, 1]
         if self.observed is not None or self.parametric is not None:
-            return self._with_psf_images(n_images, fwhm_factor, sky_factor, generator)
-        return {
-            "psf_fwhm_arcsec": rearrange(fwhm_factor, "b -> b 1") * self.nominal_fwhm,
-            "sky_electrons": rearrange(sky_factor, "b -> b 1") * self.nominal_sky,
-        }
+            out = self._with_psf_images(n_images, fwhm_factor, sky_factor, generator)
+        else:
+            out = {
+                "psf_fwhm_arcsec": rearrange(fwhm_factor, "b -> b 1") * self.nominal_fwhm,
+                "sky_electrons": rearrange(sky_factor, "b -> b 1") * self.nominal_sky,
+            }
+        if self.fwhm_gradient is not None:
+            size, angle = torch.rand(n_images, 2, generator=generator).unbind(-1)
+            size = size * self.fwhm_gradient
+            angle = angle * 2 * math.pi
+            out["psf_fwhm_gradient"] = torch.stack(
+                [size * torch.sin(angle), size * torch.cos(angle)], dim=-1
+            )
+        return out
 
     def _with_psf_images(
         self, n_images: int, fwhm_factor: Tensor, sky_factor: Tensor, generator: torch.Generator

@@ -103,6 +103,13 @@ class ImageSimulator:
             ) from err
         if lensing is not None:
             lensing.check_geometry(image_size, prior.tile_slen)
+        if getattr(conditions, "fwhm_gradient", None) is not None and isinstance(
+            renderer, TorchRenderer
+        ):
+            raise BlissConfigError(
+                "simulator.conditions.fwhm_gradient varies the PSF within an image, which the "
+                "torch renderer cannot draw (one PSF per image and band); use simulator=galsim."
+            )
         self.lensing = lensing
         self.ellipticity = ellipticity
         self.survey = survey
@@ -246,7 +253,7 @@ class ImageSimulator:
             **{key: value.to(device) for key, value in fields.items()},
             "images": images.to(device),
             "background": conditions["sky_electrons"].float().to(device),
-            "psf_fwhm_arcsec": conditions["psf_fwhm_arcsec"].float().to(device),
+            "psf_fwhm_arcsec": self._fwhm_or_map(conditions).to(device),
             "psf_shape": self._psf_shape(conditions, len(images)).to(device),
             "dither_px": dither.float().to(device),
             "catalog": padded.crop_tiles(inner, inner).to(device),
@@ -311,20 +318,26 @@ class ImageSimulator:
                 full[SERSIC_KEY][index, :n_sources, 0].numpy() if SERSIC_KEY in full else None
             )
             psfs = self._image_psfs(conditions, index)
-            clean = self.renderer.render(
-                plocs=plocs,
-                flux_electrons=fluxes * electrons_per_nmgy,
-                is_galaxy=is_galaxy,
-                galaxy_params=galaxy,
-                psfs=psfs,
-                image_shape=(self.image_size, self.image_size),
-                pixel_scale_arcsec=self.survey.pixel_scale_arcsec,
-                band_offsets_px=dither[index].numpy().astype(np.float64)
+            sources = {
+                "plocs": plocs,
+                "flux_electrons": fluxes * electrons_per_nmgy,
+                "is_galaxy": is_galaxy,
+                "galaxy_params": galaxy,
+                "lensing": lensing,
+                "bulge_sersic_n": sersic_n,
+            }
+            settings = {
+                "image_shape": (self.image_size, self.image_size),
+                "pixel_scale_arcsec": self.survey.pixel_scale_arcsec,
+                "band_offsets_px": dither[index].numpy().astype(np.float64)
                 if self.dither_px
                 else None,
-                lensing=lensing,
-                bulge_sersic_n=sersic_n,
-            )
+            }
+            if "psf_fwhm_gradient" not in conditions:
+                clean = self.renderer.render(**sources, psfs=psfs, **settings)
+            else:
+                gradient = conditions["psf_fwhm_gradient"][index].double().numpy()
+                clean = self._render_varying(sources, psfs, settings, gradient)
             sky = conditions["sky_electrons"][index].numpy().astype(np.float64)
             add_sky_and_noise(clean, sky, self.noise, rng, out=images[index])
         return torch.from_numpy(images)
@@ -363,6 +376,43 @@ class ImageSimulator:
         # the renderer's canvas is ours: drawing the noise in place spares a fresh array
         return add_sky_and_noise_torch(clean, sky, self.noise, generator, inplace=True)
 
+    def _render_varying(
+        self, sources: dict, psfs: list, settings: dict, gradient: np.ndarray
+    ) -> np.ndarray:
+        """Clean image whose PSF is dilated linearly across it (``gradient``: per side, row and col).
+
+        Each source takes the PSF dilated to its place, rounded to 0.5 % of the width (sources
+        with one rounded factor are drawn together); their images add up.
+        """
+        plocs = sources["plocs"]
+        factor = _fwhm_factor(plocs, gradient, self.image_size)
+        steps = np.round(factor / _DILATION_STEP).astype(np.int64)
+        clean = None
+        for step in np.unique(steps):
+            chosen = steps == step
+            part = {key: None if value is None else value[chosen] for key, value in sources.items()}
+            dilated = [psf.dilate(float(step * _DILATION_STEP)) for psf in psfs]
+            image = self.renderer.render(**part, psfs=dilated, **settings)
+            clean = image if clean is None else clean + image
+        if clean is None:  # no sources
+            clean = self.renderer.render(**sources, psfs=psfs, **settings)
+        return clean
+
+    def _fwhm_or_map(self, conditions: dict[str, Tensor]) -> Tensor:
+        """The FWHM per image and band (``b c``), or at every pixel (``b c h w``)."""
+        fwhm = conditions["psf_fwhm_arcsec"].float()
+        if "psf_fwhm_gradient" not in conditions:
+            return fwhm
+        centres = np.arange(self.image_size) + 0.5
+        rows, cols = np.meshgrid(centres, centres, indexing="ij")
+        places = np.stack([rows.ravel(), cols.ravel()], axis=-1)
+        maps = [
+            _fwhm_factor(places, g, self.image_size).reshape(self.image_size, self.image_size)
+            for g in conditions["psf_fwhm_gradient"].double().numpy()
+        ]
+        factor = torch.from_numpy(np.stack(maps)).float()
+        return fwhm[:, :, None, None] * factor[:, None]
+
     def _psf_shape(self, conditions: dict[str, Tensor], n_images: int) -> Tensor:
         """PSF shape descriptors of every image and band. Shape ``b c 3``."""
         if "psf_shape" in conditions:
@@ -399,6 +449,14 @@ class ImageSimulator:
             profile, nominal_fwhm = self.psf_images[band]
             return profile.dilate(fwhm_arcsec / nominal_fwhm)
         return moffat_psf(fwhm_arcsec, self.survey.psf_beta)
+
+
+_DILATION_STEP = 0.005  # rounding of a varying PSF's dilation: 0.5 % of the FWHM
+
+
+def _fwhm_factor(places: np.ndarray, gradient: np.ndarray, size: int) -> np.ndarray:
+    """``1 + gradient . (place - centre) / size`` at pixel places ``n 2`` (row, col). Shape ``n``."""
+    return 1.0 + ((np.asarray(places, dtype=np.float64) - size / 2) / size) @ gradient
 
 
 def _electrons_per_nmgy(magzero: np.ndarray) -> np.ndarray:

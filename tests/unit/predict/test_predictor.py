@@ -223,3 +223,30 @@ def test_fwhm_map_is_local_and_chunking_invariant(encoder):
     # the seeing reaches the features: they differ from those of one FWHM for the whole image
     flat = Predictor(encoder, chunk_px=4096, progress=False).tile_features(image)
     assert not torch.allclose(whole, flat, atol=1e-3)
+
+
+def test_a_model_that_reads_the_psf_shape_gets_the_image_psfs_shape(tmp_path):
+    import galsim
+
+    from bliss.predict.predictor import image_psf_shape
+    from bliss.simulator.psf_shape import moffat_psf_shape
+
+    cfg = compose_config(
+        ["mode=predict", "experiment=debug", "encoder.normalizer.psf_shape=true"], tmp_path
+    )
+    torch.manual_seed(3)
+    shaped = instantiate(cfg.encoder).eval()
+    image = make_image()
+    # no PSF model: the round beta = 3.5 Moffat readers assume
+    np.testing.assert_allclose(image_psf_shape(image), np.stack([moffat_psf_shape(3.5)] * 5))
+    elongated = galsim.Moffat(beta=3.0, fwhm=1.3).shear(e1=0.12, e2=0.0)
+    stamp = elongated.drawImage(nx=25, ny=25, scale=0.396).array
+    image.psf = lambda band, row, col: stamp
+    shape = image_psf_shape(image)
+    assert shape.shape == (5, 3) and np.all(shape[:, 0] > 0.1)
+    # the shape reaches the network: the same pixels with a round PSF give other features
+    predictor = Predictor(shaped, chunk_px=4096, progress=False)
+    with_shape = predictor.tile_features(image)
+    image.psf = None
+    round_psf = predictor.tile_features(image)
+    assert not torch.allclose(with_shape, round_psf, atol=1e-4)

@@ -104,3 +104,58 @@ def test_parametric_config_errors_name_the_key():
             parametric_psf={"fwhm_arcsec": [1, 2], "beta": [3, 4]},
             observed_fraction=1.5,
         )
+
+
+def test_a_psf_gradient_widens_stars_across_the_image():
+    from bliss.catalog import FullCatalog
+    from bliss.simulator.prior import CatalogPrior
+    from bliss.simulator.render import GalsimRenderer
+    from bliss.simulator.simulate import ImageSimulator
+    from bliss.simulator.torch_render import TorchRenderer
+
+    prior = CatalogPrior(BANDS, "r", 0.4, density_per_arcmin2=1.0)
+    conditions = ObservingConditions(SURVEY, "r", fwhm_gradient=0.5)
+    simulator = ImageSimulator(
+        SURVEY, prior, GalsimRenderer(), conditions, image_size=64, noise="none", margin_px=0
+    )
+    drawn = conditions.sample(1, torch.Generator().manual_seed(0))
+    drawn["psf_fwhm_gradient"] = torch.tensor([[0.0, 0.4]])  # 40 % wider from left to right
+    plocs = torch.tensor([[[32.0, 16.0], [32.0, 48.0]]])
+    catalog = FullCatalog(
+        64,
+        64,
+        {
+            "n_sources": torch.tensor([2]),
+            "plocs": plocs,
+            "fluxes": torch.full((1, 2, 2), 100.0),
+            "source_type": torch.zeros(1, 2, 1),
+            **{key: torch.full((1, 2, 1), 0.5) for key in ("disk_frac", "beta_rad", "disk_q")},
+            **{key: torch.full((1, 2, 1), 0.5) for key in ("bulge_q", "disk_hlr_arcsec")},
+            "bulge_hlr_arcsec": torch.full((1, 2, 1), 0.5),
+        },
+    )
+    batch = simulator.observe(
+        catalog.to_tile_catalog(4, 1), drawn, torch.zeros(1, 2, 2), noise_seed=0
+    )
+    image = (batch["images"][0, 1] - batch["background"][0, 1]).double().numpy()
+    sigma = [
+        galsim.hsm.FindAdaptiveMom(
+            galsim.Image(np.ascontiguousarray(image[18:46, c - 14 : c + 14]))
+        ).moments_sigma
+        for c in (16, 48)
+    ]
+    # factors 1 + 0.4 * (16 / 64 - 0.5) = 0.9 and 1 + 0.4 * (48 / 64 - 0.5) = 1.1
+    assert sigma[1] / sigma[0] == pytest.approx(1.1 / 0.9, rel=0.02)
+    # the FWHM map says the same at those places
+    fwhm = batch["psf_fwhm_arcsec"][0, 1]
+    assert fwhm.shape == (64, 64)
+    assert float(fwhm[32, 48] / fwhm[32, 16]) == pytest.approx(1.1 / 0.9, rel=0.01)
+    assert float(fwhm[0, 30]) == pytest.approx(float(fwhm[63, 30]))  # no change along rows
+    with pytest.raises(BlissConfigError, match="fwhm_gradient"):
+        ImageSimulator(SURVEY, prior, TorchRenderer(), conditions, image_size=64)
+    with pytest.raises(BlissConfigError, match="fwhm_gradient"):
+        ObservingConditions(SURVEY, "r", fwhm_gradient=1.5)
+    # a FWHM map turns with the image
+    item = {"images": batch["images"][0], "psf_fwhm_arcsec": batch["psf_fwhm_arcsec"][0]}
+    turned = rotate90(item)["psf_fwhm_arcsec"]
+    torch.testing.assert_close(turned, torch.rot90(item["psf_fwhm_arcsec"], 1, dims=(-2, -1)))
