@@ -185,3 +185,71 @@ def test_epoch_scatter_runs_on_a_cutout_with_the_shipped_model(cutout, tmp_path)
     assert row["photo_epochs"] == 3 and 0 < row["bliss_rel_sigma"] < 0.2
     assert aware["spread"]["flux_r"]["n"] == 3
     assert report["config"]["checkpoint_sha256"]
+
+
+def _full_catalog(plocs: list, r_mags: list):
+    import torch
+
+    from bliss.catalog import FullCatalog
+
+    n = len(plocs)
+    fluxes = torch.zeros(1, max(n, 1), 5)
+    fluxes[0, :n, 2] = torch.tensor([10 ** (-0.4 * (m - 22.5)) for m in r_mags])
+    return FullCatalog(
+        16,
+        16,
+        {
+            "n_sources": torch.tensor([n]),
+            "plocs": torch.tensor(plocs, dtype=torch.float32).reshape(1, max(n, 1), 2),
+            "fluxes": fluxes,
+        },
+    )
+
+
+def test_per_image_counts_and_the_paired_bootstrap():
+    import evaluate_psf
+    import torch
+
+    truth = _full_catalog([[2.0, 2.0], [8.0, 8.0], [12.0, 3.0]], [21.5, 21.2, 19.0])
+    est = _full_catalog([[2.2, 2.0], [12.0, 12.0]], [21.4, 21.8])  # one match in 21-22
+    matches = [(torch.tensor([0]), torch.tensor([0]))]
+    counts = evaluate_psf._image_counts(truth, est, matches, 21.0, 22.0)
+    # true in bin: 2, matched 1; estimates in bin: 2, matched 1
+    np.testing.assert_array_equal(counts, [[2, 1, 2, 1]])
+    assert evaluate_psf._f1(counts) == pytest.approx(0.5)
+    # two models on 200 images: one finds every source, the other half of them
+    perfect = np.tile([10, 10, 10, 10], (200, 1))
+    half = np.tile([10, 5, 5, 5], (200, 1))
+    models = {
+        m: {"_counts": {"all": c, "21-22": c}} for m, c in (("aware", perfect), ("blind", half))
+    }
+    diff = evaluate_psf.paired_differences(models, n_boot=50)
+    # F1 of the half: precision 1, recall 0.5 -> 2/3
+    assert diff["aware-blind F1 all"]["difference"] == pytest.approx(1 - 2 / 3)
+    assert diff["aware-blind F1 all"]["bootstrap_se"] == pytest.approx(0.0, abs=1e-12)
+    assert "aware-fwhm F1 all" not in diff  # pairs need both models
+
+
+def test_the_study_models_score_a_small_out_of_range_set():
+    import evaluate_psf
+
+    from bliss.catalog.full import concat_full_catalogs
+    from bliss.encoder.checkpoint import load_encoder
+
+    models = Path(evaluate_psf.__file__).parent / "models"
+    aware, _ = load_encoder(models / "psf_aware.ckpt")
+    blind, _ = load_encoder(models / "psf_blind.ckpt")
+    assert aware.normalizer.psf_shape and not blind.normalizer.psf_aware
+    batches = evaluate_psf.simulate_set("out_of_range", 8, seed=3, chunk=4)
+    assert len(batches) == 2 and batches[0]["psf_shape"].shape == (4, 5, 3)
+    assert float(batches[0]["psf_fwhm_arcsec"][:, 2].min()) >= 2.1
+    truth = concat_full_catalogs([b["catalog"].to_full_catalog() for b in batches])
+    est = concat_full_catalogs([evaluate_psf.estimate(aware, b) for b in batches])
+    score = evaluate_psf.score(truth, est)
+    assert score["n_true"] > 5 and 0.0 < score["f1"] <= 1.0
+    assert 0.0 <= score["coverage_flux_r"] <= 1.0 and set(score["f1_per_bin"]) == {
+        "14-20",
+        "20-21",
+        "21-22",
+        "22-22.5",
+    }
