@@ -135,8 +135,19 @@ def score(truth: FullCatalog, est: FullCatalog) -> dict:
         "_counts": {
             "all": _image_counts(truth, est, matches, -np.inf, MAG_LIMIT),
             "21-22": _image_counts(truth, est, matches, 21.0, 22.0),
+            "types": _type_counts(truth, est, matches),
         },
     }
+
+
+def _type_counts(truth: FullCatalog, est: FullCatalog, matches: list) -> np.ndarray:
+    """Per image: matched sources and those of the right type (star/galaxy). Shape ``n 2``."""
+    out = np.zeros((len(matches), 2), dtype=np.int64)
+    for i, (t, e) in enumerate(matches):
+        true_galaxy = truth["source_type"][i, t, 0] > 0.5
+        est_galaxy = est["source_type"][i, e, 0] > 0.5
+        out[i] = (len(t), int((true_galaxy == est_galaxy).sum()))
+    return out
 
 
 def _image_counts(
@@ -185,7 +196,20 @@ def paired_differences(models: dict, n_boot: int = 500, seed: int = 0) -> dict:
                 "difference": _f1(ca) - _f1(cb),
                 "bootstrap_se": float(np.std(diffs)),
             }
+        # star/galaxy accuracy of the matched sources (each model's own matches)
+        ta, tb = models[a]["_counts"]["types"], models[b]["_counts"]["types"]
+        draws = rng.integers(0, len(ta), size=(n_boot, len(ta)))
+        diffs = [_accuracy(ta[d]) - _accuracy(tb[d]) for d in draws]
+        out[f"{a}-{b} star/galaxy accuracy"] = {
+            "difference": _accuracy(ta) - _accuracy(tb),
+            "bootstrap_se": float(np.std(diffs)),
+        }
     return out
+
+
+def _accuracy(counts: np.ndarray) -> float:
+    n_matched, n_correct = counts.sum(0)
+    return n_correct / max(n_matched, 1)
 
 
 def _bin_names() -> list[str]:

@@ -220,13 +220,16 @@ def test_per_image_counts_and_the_paired_bootstrap():
     # two models on 200 images: one finds every source, the other half of them
     perfect = np.tile([10, 10, 10, 10], (200, 1))
     half = np.tile([10, 5, 5, 5], (200, 1))
+    types = {"aware": np.tile([10, 9], (200, 1)), "blind": np.tile([10, 8], (200, 1))}
     models = {
-        m: {"_counts": {"all": c, "21-22": c}} for m, c in (("aware", perfect), ("blind", half))
+        m: {"_counts": {"all": c, "21-22": c, "types": types[m]}}
+        for m, c in (("aware", perfect), ("blind", half))
     }
     diff = evaluate_psf.paired_differences(models, n_boot=50)
     # F1 of the half: precision 1, recall 0.5 -> 2/3
     assert diff["aware-blind F1 all"]["difference"] == pytest.approx(1 - 2 / 3)
     assert diff["aware-blind F1 all"]["bootstrap_se"] == pytest.approx(0.0, abs=1e-12)
+    assert diff["aware-blind star/galaxy accuracy"]["difference"] == pytest.approx(0.1)
     assert "aware-fwhm F1 all" not in diff  # pairs need both models
 
 
