@@ -321,22 +321,26 @@ def plot(results: dict, path: Path) -> None:
     pool = results["scores"]["pool"]
     edges = pool["fwhm_r_quartile_edges"]
     centres = [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for model, s in pool["models"].items():
         quartiles = s["per_fwhm_quartile"]
         axes[0].plot(centres, [q["f1_per_bin"]["21-22"] for q in quartiles], "o-", label=model)
-        axes[1].plot(centres, [q["coverage_flux_r"] for q in quartiles], "o-", label=model)
+        axes[1].plot(centres, [q["median_abs_dmag_r_lt_21"] for q in quartiles], "o-")
+        axes[2].plot(centres, [q["coverage_flux_r"] for q in quartiles], "o-", label=model)
     axes[0].set(xlabel="r FWHM (arcsec), pool quartiles", ylabel="F1 at r 21-22")
-    axes[1].axhspan(0.85, 0.95, color="0.9")
-    axes[1].set(xlabel="r FWHM (arcsec), pool quartiles", ylabel="90 % r-flux interval coverage")
+    axes[1].set(
+        xlabel="r FWHM (arcsec), pool quartiles", ylabel="median |dmag|, r < 21", yscale="log"
+    )
+    axes[2].axhspan(0.85, 0.95, color="0.9")
+    axes[2].set(xlabel="r FWHM (arcsec), pool quartiles", ylabel="90 % r-flux interval coverage")
     sets = list(results["scores"])
     models = list(pool["models"])
     width = 0.8 / len(models)
     for j, model in enumerate(models):
         values = [results["scores"][s]["models"][model]["f1"] for s in sets]
-        axes[2].bar(np.arange(len(sets)) + j * width, values, width, label=model)
-    axes[2].set_xticks(np.arange(len(sets)) + 0.4 - width / 2, sets)
-    axes[2].set(ylabel="F1 (r < 22.5, 1 px)", ylim=(0.5, 1.0))
+        axes[3].bar(np.arange(len(sets)) + j * width, values, width, label=model)
+    axes[3].set_xticks(np.arange(len(sets)) + 0.4 - width / 2, sets, rotation=15)
+    axes[3].set(ylabel="F1 (r < 22.5, 1 px)", ylim=(0.5, 1.0))
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -345,12 +349,22 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", required=True, help="name=checkpoint ...")
+    parser.add_argument("--models", nargs="+", default=[], help="name=checkpoint ...")
     parser.add_argument("--sdss-data", default="../shared/data/sdss")
     parser.add_argument("--n-images", type=int, default=2048, help="images per test set")
     parser.add_argument("--seed", type=int, default=910)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the tables and plot from --out's JSON"
+    )
     args = parser.parse_args()
+    if args.replot:
+        results = json.loads((args.out / "psf_study.json").read_text())
+        write_markdown(results, args.out / "psf_study.md")
+        plot(results, args.out / "psf_study.png")
+        return
+    if not args.models:
+        parser.error("--models name=checkpoint ... is required (or --replot)")
     torch.manual_seed(0)
     results = evaluate(args)
     args.out.mkdir(parents=True, exist_ok=True)
