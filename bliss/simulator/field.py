@@ -42,7 +42,9 @@ def write_simulated_field(
     """Simulate one field and write it as a predict input FITS plus a truth table.
 
     The image file has one HDU per band (``EXTNAME`` = band, electrons with sky, ``MAGZERO``,
-    ``PSF_FWHM``, ``PSF_BETA``, a TAN WCS); with ``write_background`` also ``<band>_BKG`` HDUs.
+    ``PSF_FWHM``, ``PSF_BETA``, a TAN WCS); with ``write_background`` also ``<band>_BKG`` HDUs,
+    and where the conditions vary the PSF within the image (``fwhm_gradient``) a ``<band>_FWHM``
+    map HDU, with ``PSF_FWHM`` its median.
     ``compress`` stores the (integer Poisson) counts losslessly with RICE compression.
 
     Returns:
@@ -54,10 +56,12 @@ def write_simulated_field(
     wcs = simple_wcs(size, size, survey.pixel_scale_arcsec)
     header = wcs.to_header()
     hdus = [fits.PrimaryHDU()]
+    fwhm = batch["psf_fwhm_arcsec"][0]  # c, or c h w where the PSF varies over the image
+    typical = fwhm if fwhm.ndim == 1 else fwhm.flatten(1).median(dim=1).values
     for b, band in enumerate(survey.bands):
         card = header.copy()
         card["MAGZERO"] = (survey.magzero(band), "AB mag of one electron")
-        card["PSF_FWHM"] = (float(batch["psf_fwhm_arcsec"][0, b]), "Moffat FWHM, arcsec")
+        card["PSF_FWHM"] = (float(typical[b]), "Moffat FWHM, arcsec")
         card["PSF_BETA"] = (survey.psf_beta, "Moffat beta")
         card["BUNIT"] = "electron"
         data = batch["images"][0, b].numpy()
@@ -75,13 +79,15 @@ def write_simulated_field(
         if write_background:
             sky = np.full((size, size), float(batch["background"][0, b]), dtype=np.float32)
             hdus.append(fits.ImageHDU(sky, name=f"{band}_BKG"))
+        if fwhm.ndim == 3:
+            hdus.append(fits.ImageHDU(fwhm[b].numpy().astype(np.float32), name=f"{band}_FWHM"))
     image_path, truth_path = Path(image_path), Path(truth_path)
     image_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(image_path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
     truth = catalog_to_table(batch["catalog"].to_full_catalog(), survey.bands, wcs=wcs)
     truth.meta["SEED"] = seed
-    truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in batch["psf_fwhm_arcsec"][0].tolist())
+    truth.meta["PSF_FWHM"] = ",".join(f"{v:.3f}" for v in typical.tolist())
     truth.meta["SKY"] = ",".join(f"{v:.1f}" for v in batch["background"][0].tolist())
     for key, value in batch.items():  # image-level truths of a lensed field: SHEAR1, SHEAR2, ...
         if key.startswith("fields/") and value.shape[1:3] == (1, 1):

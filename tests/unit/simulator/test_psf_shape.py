@@ -159,3 +159,23 @@ def test_a_psf_gradient_widens_stars_across_the_image():
     item = {"images": batch["images"][0], "psf_fwhm_arcsec": batch["psf_fwhm_arcsec"][0]}
     turned = rotate90(item)["psf_fwhm_arcsec"]
     torch.testing.assert_close(turned, torch.rot90(item["psf_fwhm_arcsec"], 1, dims=(-2, -1)))
+
+
+def test_a_simulated_field_with_a_varying_psf_writes_its_fwhm_map(tmp_path):
+    from bliss.simulator.field import write_simulated_field
+    from bliss.simulator.prior import CatalogPrior
+    from bliss.simulator.render import GalsimRenderer
+    from bliss.simulator.simulate import ImageSimulator
+    from bliss.surveys.fits_reader import read_fits_image
+
+    prior = CatalogPrior(BANDS, "r", 0.4, density_per_arcmin2=200.0)
+    conditions = ObservingConditions(SURVEY, "r", fwhm_gradient=0.5)
+    simulator = ImageSimulator(SURVEY, prior, GalsimRenderer(), conditions, image_size=32)
+    batch = write_simulated_field(simulator, 4, tmp_path / "f.fits", tmp_path / "t.fits")
+    image = read_fits_image(tmp_path / "f.fits", SURVEY)
+    # the reader hands the encoder the same map the simulator drew with
+    np.testing.assert_allclose(image.psf_fwhm_map, batch["psf_fwhm_arcsec"][0].numpy(), rtol=1e-6)
+    assert float(image.psf_fwhm_map[1].max() / image.psf_fwhm_map[1].min()) > 1.01
+    median = np.median(batch["psf_fwhm_arcsec"][0].numpy().reshape(2, -1), axis=1)
+    # PSF_FWHM is torch's median (the lower middle value of an even count): within 1e-3
+    np.testing.assert_allclose(image.psf_fwhm_arcsec, median, rtol=1e-3)
