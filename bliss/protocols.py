@@ -89,6 +89,10 @@ class SurveyImage:
         saturated: pixels the instrument saturated (SDSS fpM ``SATUR``; a FITS band's
             ``SATURATE`` level), or None: not known. Sources on them get the ``saturated`` flag.
             Shape ``c h w`` (bool).
+        psf_shape: the PSF's ``(e1, e2, rho4)`` per band (``bliss.simulator.psf_shape``; FITS
+            cards ``PSF_E1``, ``PSF_E2``, ``PSF_RHO4``), or None: from ``psf`` where there is
+            one, else a round Moffat's. Read by models trained with the PSF's shape. Shape
+            ``c 3``.
     """
 
     path: Path
@@ -102,6 +106,7 @@ class SurveyImage:
     aperture_correction: np.ndarray | None = None
     psf: Callable[[int, float, float], np.ndarray] | None = None
     saturated: np.ndarray | None = None
+    psf_shape: np.ndarray | None = None
 
 
 @runtime_checkable

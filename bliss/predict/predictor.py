@@ -707,9 +707,12 @@ def build_predictor(
 def image_psf_shape(image: SurveyImage) -> np.ndarray:
     """``(e1, e2, rho4)`` of each band's PSF at the image's centre (:mod:`bliss.simulator.psf_shape`).
 
-    From the image's PSF model where it has one (SDSS psField, PSFEx), else from the round
+    The image's own ``psf_shape`` where it has one (FITS cards ``PSF_E1``, ``PSF_E2``,
+    ``PSF_RHO4``), else from its PSF model (SDSS psField, PSFEx), else from the round
     beta = 3.5 Moffat that readers without a model assume. Shape ``c 3``.
     """
+    if image.psf_shape is not None:
+        return np.asarray(image.psf_shape, dtype=np.float32)
     # GalSim's moments: imported here, so that cataloging with a model that does not read the
     # PSF shape starts without GalSim
     from bliss.simulator.psf_shape import moffat_psf_shape, psf_shape

@@ -42,7 +42,8 @@ def write_simulated_field(
     """Simulate one field and write it as a predict input FITS plus a truth table.
 
     The image file has one HDU per band (``EXTNAME`` = band, electrons with sky, ``MAGZERO``,
-    ``PSF_FWHM``, ``PSF_BETA``, a TAN WCS); with ``write_background`` also ``<band>_BKG`` HDUs,
+    ``PSF_FWHM``, ``PSF_BETA``, the PSF's shape ``PSF_E1``, ``PSF_E2``, ``PSF_RHO4``, a TAN
+    WCS); with ``write_background`` also ``<band>_BKG`` HDUs,
     and where the conditions vary the PSF within the image (``fwhm_gradient``) a ``<band>_FWHM``
     map HDU, with ``PSF_FWHM`` its median.
     ``compress`` stores the (integer Poisson) counts losslessly with RICE compression.
@@ -63,6 +64,10 @@ def write_simulated_field(
         card["MAGZERO"] = (survey.magzero(band), "AB mag of one electron")
         card["PSF_FWHM"] = (float(typical[b]), "Moffat FWHM, arcsec")
         card["PSF_BETA"] = (survey.psf_beta, "Moffat beta")
+        for name, value in zip(
+            ("PSF_E1", "PSF_E2", "PSF_RHO4"), batch["psf_shape"][0, b], strict=True
+        ):
+            card[name] = (round(float(value), 5), "PSF adaptive moments (bliss psf_shape)")
         card["BUNIT"] = "electron"
         data = batch["images"][0, b].numpy()
         if compress:

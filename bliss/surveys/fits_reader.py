@@ -25,6 +25,7 @@ the image (see :func:`~bliss.surveys.moffat.fwhm_map_arcsec`); bands without one
 ``PSF_FWHM`` everywhere.
 """
 
+import math
 import warnings
 from pathlib import Path
 
@@ -186,6 +187,7 @@ def read_fits_image(
                 f"(missing {missing}, extra {extra}); give one HDU per band with EXTNAME = band."
             )
         images, backgrounds, fwhm, magzero, fwhm_maps, saturated = [], [], [], [], [], []
+        shapes = []
         shape = None
         wcs = None
         for band in bands:
@@ -212,6 +214,7 @@ def read_fits_image(
                 )
             magzero.append(float(header["MAGZERO"]))
             fwhm.append(float(header.get("PSF_FWHM", survey.psf_fwhm_arcsec(band))))
+            shapes.append(_psf_shape_cards(header, path, hdu.name))
             per_unit = _electrons_per_unit(header, magzero[-1], path, hdu.name)
             data = raw * np.float32(per_unit)
             _check_has_data(data, path, hdu.name)
@@ -257,10 +260,45 @@ def read_fits_image(
                 for m, f in zip(fwhm_maps, fwhm, strict=True)
             ]
         ),
+        psf_shape=_all_or_none(shapes, path),
         saturated=None
         if all(m is None for m in saturated)
         else np.stack([np.zeros(stack.shape[1:], bool) if m is None else m for m in saturated]),
     )
+
+
+_SHAPE_CARDS = ("PSF_E1", "PSF_E2", "PSF_RHO4")
+
+
+def _psf_shape_cards(header: fits.Header, path: Path, hdu: str) -> tuple[float, ...] | None:
+    """``(PSF_E1, PSF_E2, PSF_RHO4)`` of one band's header, or None without them."""
+    present = [card for card in _SHAPE_CARDS if card in header]
+    if not present:
+        return None
+    if len(present) < len(_SHAPE_CARDS):
+        raise BlissIOError(
+            f"{path} HDU {hdu}: has {present} but not all of {list(_SHAPE_CARDS)}; the PSF's "
+            "shape needs all three (bliss.simulator.psf_shape) or none."
+        )
+    e1, e2, rho4 = (float(header[card]) for card in _SHAPE_CARDS)
+    if not (np.isfinite([e1, e2, rho4]).all() and math.hypot(e1, e2) < 1 and rho4 > 0):
+        raise BlissIOError(
+            f"{path} HDU {hdu}: PSF_E1={e1}, PSF_E2={e2}, PSF_RHO4={rho4}; expected a distortion "
+            "of magnitude below 1 and a positive rho4 (2 for a Gaussian)."
+        )
+    return e1, e2, rho4
+
+
+def _all_or_none(shapes: list, path: Path) -> np.ndarray | None:
+    """The PSF shapes of all bands (``c 3``), or None when no band has them."""
+    if all(shape is None for shape in shapes):
+        return None
+    if any(shape is None for shape in shapes):
+        raise BlissIOError(
+            f"{path}: some bands have PSF_E1/PSF_E2/PSF_RHO4 and others not; give them for "
+            "every band or for none."
+        )
+    return np.array(shapes, dtype=np.float32)
 
 
 def _saturated_pixels(

@@ -179,3 +179,29 @@ def test_a_simulated_field_with_a_varying_psf_writes_its_fwhm_map(tmp_path):
     median = np.median(batch["psf_fwhm_arcsec"][0].numpy().reshape(2, -1), axis=1)
     # PSF_FWHM is torch's median (the lower middle value of an even count): within 1e-3
     np.testing.assert_allclose(image.psf_fwhm_arcsec, median, rtol=1e-3)
+
+
+def test_a_simulated_field_records_its_psf_shape_for_the_reader(tmp_path):
+    from astropy.io import fits
+
+    from bliss.errors import BlissIOError
+    from bliss.predict.predictor import image_psf_shape
+    from bliss.simulator.field import write_simulated_field
+    from bliss.simulator.prior import CatalogPrior
+    from bliss.simulator.simulate import ImageSimulator
+    from bliss.simulator.torch_render import TorchRenderer
+    from bliss.surveys.fits_reader import read_fits_image
+
+    spec = {"fwhm_arcsec": [1.0, 1.5], "beta": [2.5, 4.0], "max_ellipticity": 0.15}
+    prior = CatalogPrior(BANDS, "r", 0.4, density_per_arcmin2=200.0)
+    conditions = ObservingConditions(SURVEY, "r", parametric_psf=spec)
+    simulator = ImageSimulator(SURVEY, prior, TorchRenderer(), conditions, image_size=32)
+    batch = write_simulated_field(simulator, 2, tmp_path / "f.fits", tmp_path / "t.fits")
+    image = read_fits_image(tmp_path / "f.fits", SURVEY)
+    np.testing.assert_allclose(image.psf_shape, batch["psf_shape"][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(image_psf_shape(image), image.psf_shape)  # the cards win
+    # cards on one band only are refused, naming the file
+    with fits.open(tmp_path / "f.fits", mode="update") as hdus:
+        del hdus["g"].header["PSF_RHO4"]
+    with pytest.raises(BlissIOError, match="PSF_RHO4"):
+        read_fits_image(tmp_path / "f.fits", SURVEY)
