@@ -77,8 +77,8 @@ def rotate90(
     """Rotate one example (image ``c h w`` and tile catalog ``ht wt m d``) by 90 degrees.
 
     Returns a new dict; pixel maps (``images``, and ``background`` and ``psf_fwhm_arcsec`` when
-    they are maps), every
-    ``catalog/*`` tensor and every region map ``fields/*`` (``hr wr d``) are moved together.
+    they are maps), every ``catalog/*`` tensor and every region map ``fields/*`` (``hr wr d``)
+    are moved together, and the PSF's ellipticity in ``psf_shape`` turns.
     """
     out = dict(item)
     for key in _PIXEL_MAPS:

@@ -174,13 +174,13 @@ class ImageSimulator:
 
         Returns:
             ``images`` (``b c h w``, electrons, sky included), ``background`` (``b c``, electrons
-            per pixel), ``psf_fwhm_arcsec`` (``b c``), ``psf_shape`` (``b c 3``, the PSF's
+            per pixel), ``psf_fwhm_arcsec`` (``b c``; ``b c h w``, the FWHM at every pixel, where
+            the conditions vary the PSF within images), ``psf_shape`` (``b c 3``, the PSF's
             ellipticity and wings, :mod:`bliss.simulator.psf_shape`), ``dither_px`` (``b c 2``)
-            and ``catalog``
-            (a :class:`TileCatalog` of the sources inside the image); with lensing also
-            ``fields/shear`` (``b 1 1 2``) and ``fields/convergence`` (``b 1 1 1``), the image
-            means, and with the prior's ``region_px`` ``fields/shear_map`` and
-            ``fields/convergence_map`` (``b hr wr d``).
+            and ``catalog`` (a :class:`TileCatalog` of the sources inside the image); with
+            lensing also ``fields/shear`` (``b 1 1 2``) and ``fields/convergence``
+            (``b 1 1 1``), the image means, and with the prior's ``region_px``
+            ``fields/shear_map`` and ``fields/convergence_map`` (``b hr wr d``).
         """
         seeds = np.random.SeedSequence(seed).spawn(2)
         generator = torch.Generator().manual_seed(int(seeds[0].generate_state(1)[0]))
