@@ -183,6 +183,21 @@ class VariationalPosterior:
         split = self.split(params)
         return {f.key: f.quantile(split[n], q) for n, f in self.slot_factors.items()}
 
+    def with_interval_ends(
+        self, estimate: TileCatalog, params: Tensor, quantiles: tuple[float, ...]
+    ) -> TileCatalog:
+        """``estimate`` with ``fluxes@<q>`` and ``plocs@<q>`` (pixels) for every ``q``.
+
+        The keys :func:`bliss.metrics.calibration.binned_coverage` and ``interval_hits`` read,
+        from the posterior ``params`` the estimate was decided with.
+        """
+        data = dict(estimate.items())
+        for q in quantiles:
+            ends = self.quantiles(params, q)
+            data[f"fluxes@{q:g}"] = ends["fluxes"]
+            data[f"plocs@{q:g}"] = estimate.plocs(ends["locs"])
+        return TileCatalog(estimate.tile_slen, data)
+
     def reweight(self, params: Tensor, shift: PriorShift) -> Tensor:
         """``params`` moved to another prior of counts and source types (Bayes' rule).
 

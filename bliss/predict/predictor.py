@@ -718,7 +718,7 @@ def image_psf_shape(image: SurveyImage) -> np.ndarray:
     from bliss.simulator.psf_shape import moffat_psf_shape, psf_shape
 
     if image.psf is None:
-        return np.stack([moffat_psf_shape(3.5) for _ in image.bands])
+        return np.tile(moffat_psf_shape(3.5), (len(image.bands), 1))
     height, width = image.images.shape[-2:]
     centre = ((height - 1) / 2, (width - 1) / 2)
     return psf_shape(np.stack([image.psf(band, *centre) for band in range(len(image.bands))]))

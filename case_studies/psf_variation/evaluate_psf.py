@@ -25,7 +25,7 @@ import torch
 from hydra import compose, initialize_config_module
 from tqdm import tqdm
 
-from bliss.catalog import FullCatalog, TileCatalog
+from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_to_mag
 from bliss.catalog.full import concat_full_catalogs
 from bliss.cli.generate import build_simulator
@@ -98,12 +98,7 @@ def estimate(encoder, batch: dict) -> FullCatalog:
     with torch.no_grad():
         features = encoder.tile_features(inputs)
         tiles, params = encoder.infer_from_features(features)
-        data = dict(tiles.items())
-        for q in INTERVAL:
-            ends = encoder.posterior.quantiles(params, q)
-            data[f"fluxes@{q:g}"] = ends["fluxes"]
-            data[f"plocs@{q:g}"] = tiles.plocs(ends["locs"])
-    return TileCatalog(tiles.tile_slen, data).to_full_catalog()
+    return encoder.posterior.with_interval_ends(tiles, params, INTERVAL).to_full_catalog()
 
 
 def score(truth: FullCatalog, est: FullCatalog) -> dict:

@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from bliss.catalog import FullCatalog, TileCatalog
+from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.catalog.full import concat_full_catalogs
 from bliss.cli.generate import build_simulator
@@ -93,16 +93,6 @@ def _field_catalog(catalog, index: int, band: int) -> tuple[np.ndarray, np.ndarr
     return plocs, _mag(catalog["fluxes"][index, :n, band].double().numpy())
 
 
-def with_intervals(estimate: TileCatalog, posterior, params: torch.Tensor) -> TileCatalog:
-    """``estimate`` with the 90 % interval ends of every band's flux and of the position."""
-    data = dict(estimate.items())
-    for q in INTERVAL:
-        ends = posterior.quantiles(params, q)
-        data[f"fluxes@{q:g}"] = ends["fluxes"]
-        data[f"plocs@{q:g}"] = estimate.plocs(ends["locs"])
-    return TileCatalog(estimate.tile_slen, data)
-
-
 def score_bliss(encoder, batch, n_samples: int, band: int) -> dict:
     """Point-estimate catalogs, joint-sample counts, NLL of the truth, for one batch."""
     inputs = {k: v for k, v in batch.items() if k != "catalog"}
@@ -110,7 +100,7 @@ def score_bliss(encoder, batch, n_samples: int, band: int) -> dict:
         features = encoder.tile_features(inputs)
         nll = float(encoder.nll_from_features(features, batch["catalog"]))  # mean over images
         estimate, params = encoder.infer_from_features(features)
-        estimate = with_intervals(estimate, encoder.posterior, params)
+        estimate = encoder.posterior.with_interval_ends(estimate, params, INTERVAL)
         counts = []
         for index in range(features.shape[0]):
             repeated = features[index : index + 1].expand(n_samples, *features.shape[1:])

@@ -265,3 +265,20 @@ def test_new_factor_by_config_override(tmp_path) -> None:
         after.slot_factors["redshift"], NormalFactor
     )
     assert after.n_params == before.n_params + after.max_sources * 2
+
+
+def test_interval_ends_bracket_the_median_in_catalog_units(posterior) -> None:
+    params = _params(posterior)
+    estimate = posterior.point_estimate(params, tile_slen=4)
+    out = posterior.with_interval_ends(estimate, params, (0.05, 0.95))
+    low, high = out["fluxes@0.05"], out["fluxes@0.95"]
+    median = posterior.quantiles(params, 0.5)["fluxes"]
+    assert torch.all(low < median) and torch.all(median < high)
+    # positions are in pixels of the image, as the estimate's own plocs
+    locs = posterior.quantiles(params, 0.05)["locs"]
+    torch.testing.assert_close(out["plocs@0.05"], estimate.plocs(locs))
+    rows = torch.arange(HT, dtype=out["plocs@0.05"].dtype).view(1, HT, 1, 1) * 4
+    assert torch.all(out["plocs@0.05"][..., 0] >= rows) and torch.all(
+        out["plocs@0.05"][..., 0] <= rows + 4
+    )
+    assert set(estimate.keys()) < set(out.keys())
