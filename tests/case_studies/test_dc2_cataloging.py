@@ -102,6 +102,32 @@ def test_a_perfect_catalog_scores_perfectly():
     ] == pytest.approx(0.5)
 
 
+def test_a_visit_scores_in_its_own_shallower_bins():
+    # one source per visit bin (r 16-21, 21-22, 22-23, 23-24, 24-24.7), each found but the last
+    mags = np.array([18.0, 21.5, 22.5, 23.5, 24.3])
+    truth = {
+        "plocs": np.stack([np.arange(5) * 20.0, np.zeros(5)], -1),
+        "fluxes": np.repeat(10 ** (-0.4 * (mags - 22.5))[:, None], 6, 1),
+        "galaxy": np.array([False, True, True, True, True]),
+        "e": np.zeros((5, 2)),
+    }
+    found = {k: v[:4].copy() for k, v in truth.items()}
+    found["galaxy"][3] = False  # the r 23.5 galaxy called a star
+    visit = evaluate_dc2.summarise(
+        [evaluate_dc2.score_field(truth, found, 2, 2.5, 5.0)], evaluate_dc2.DEPTHS["lsst"]
+    )
+    assert visit["f1_per_bin"] == [1.0, 1.0, 1.0, 1.0, 0.0]
+    # all five are brighter than the visit's r = 24.7: recall 4/5, precision 1
+    assert visit["f1_to_depth"] == pytest.approx(2 * 0.8 / 1.8)
+    # the coadd's bins (16-22, ..., 24-25.7, 25.7-26.5) hold the missed source in the fourth
+    coadd = evaluate_dc2.summarise([evaluate_dc2.score_field(truth, found, 2, 2.5, 5.0)])
+    assert coadd["f1_per_bin"] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    # types are scored at r < 23 on a visit, r < 24 on the coadd: only the coadd counts the
+    # misclassified r 23.5 galaxy
+    assert visit["star_galaxy_accuracy"] == 1.0
+    assert coadd["star_galaxy_accuracy"] == pytest.approx(0.75)
+
+
 def test_the_script_runs_end_to_end_with_an_untrained_model(tmp_path):
     path = _catalog(tmp_path / "c.fits", [(20.0, 0.4, 0.0), (22.0, 1.0, 1.0), (23.0, 0.8, 0.5)])
     cfg = compose_config(["mode=train", "experiment=debug", "survey=lsst_coadd"], tmp_path)
