@@ -233,11 +233,12 @@ def summarise(records: list[dict], depth: Depth = DEPTHS["lsst_coadd"]) -> dict:
     out["f1_to_depth"] = _f1(
         cat["true_matched"][t].sum(), t.sum(), cat["est_matched"][e].sum(), e.sum()
     )
+    out["n_true_blended"] = int(tb.sum())
     tb, eb = tb & t, eb & e
     out["f1_blends_to_depth"] = _f1(
         cat["true_matched"][tb].sum(), tb.sum(), cat["est_matched"][eb].sum(), eb.sum()
     )
-    out["n_true_blended"] = int(tb.sum())
+    out["n_true_blended_to_depth"] = int(tb.sum())
     bright = cat["pair_true_mag"] < depth.shape_max_mag
     out["star_galaxy_accuracy"] = (
         float(np.mean(cat["pair_true_galaxy"][bright] == cat["pair_est_galaxy"][bright]))

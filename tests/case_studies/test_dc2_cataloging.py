@@ -86,6 +86,7 @@ def test_a_perfect_catalog_scores_perfectly():
     }
     score = evaluate_dc2.summarise([evaluate_dc2.score_field(truth, est, 2, 2.5, 5.0)])
     assert score["f1"] == 1.0 and score["f1_blends"] == 1.0 and score["n_true_blended"] >= 2
+    assert score["n_true_blended_to_depth"] <= score["n_true_blended"]
     assert score["star_galaxy_accuracy"] == 1.0 and score["flux_coverage90"] == 1.0
     assert score["e_rmse"] == [0.0, 0.0] and score["e_coverage90"] == [1.0, 1.0]
     # a catalog missing half the sources and adding as many spurious ones: precision and
