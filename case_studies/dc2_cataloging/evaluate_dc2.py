@@ -71,15 +71,14 @@ BLEND_ARCSEC = 1.0
 class Depth:
     """The r bins of one survey's depth: F1 and |dmag| per bin, types and shapes below a limit."""
 
-    survey: str
     mag_bins: tuple[float, ...]
     shape_max_mag: float
 
 
 # a visit's r-band 5 sigma point-source depth is ~24.6 (survey=lsst), the coadd's ~27.4
 DEPTHS = {
-    "lsst_coadd": Depth("lsst_coadd", (16.0, 22.0, 23.0, 24.0, 25.7, 26.5), 24.0),
-    "lsst": Depth("lsst", (16.0, 21.0, 22.0, 23.0, 24.0, 24.7), 23.0),
+    "lsst_coadd": Depth((16.0, 22.0, 23.0, 24.0, 25.7, 26.5), 24.0),
+    "lsst": Depth((16.0, 21.0, 22.0, 23.0, 24.0, 24.7), 23.0),
 }
 QUANTILES = (0.05, 0.95)
 METHODS = ("bliss", "sep", "photutils")
@@ -196,48 +195,37 @@ def score_field(truth: dict, est: dict, ref: int, match_px: float, blend_px: flo
     }
 
 
-def _f1(matched_true: int, n_true: int, matched_est: int, n_est: int) -> float:
-    recall = matched_true / n_true if n_true else 0.0
-    precision = matched_est / n_est if n_est else 0.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+def _f1(cat: dict, true: np.ndarray | slice, est: np.ndarray | slice) -> float:
+    """F1 of the true sources ``true`` (recall) and the estimated ones ``est`` (precision)."""
+    matched_true, matched_est = cat["true_matched"][true], cat["est_matched"][est]
+    recall = matched_true.mean() if len(matched_true) else 0.0
+    precision = matched_est.mean() if len(matched_est) else 0.0
+    return float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
 
 
 def summarise(records: list[dict], depth: Depth = DEPTHS["lsst_coadd"]) -> dict:
     """Pool per-field records into the study's scores."""
     cat = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
     out: dict = {"n_true": int(len(cat["true_matched"])), "n_est": int(len(cat["est_matched"]))}
-    out["f1"] = _f1(
-        cat["true_matched"].sum(),
-        len(cat["true_matched"]),
-        cat["est_matched"].sum(),
-        len(cat["est_matched"]),
-    )
+    out["f1"] = _f1(cat, slice(None), slice(None))
     out["f1_per_bin"], out["dmag_per_bin"] = [], []
     for low, high in zip(depth.mag_bins[:-1], depth.mag_bins[1:], strict=True):
         t = (cat["true_mag_all"] >= low) & (cat["true_mag_all"] < high)
         e = (cat["est_mag_all"] >= low) & (cat["est_mag_all"] < high)
-        out["f1_per_bin"].append(
-            _f1(cat["true_matched"][t].sum(), t.sum(), cat["est_matched"][e].sum(), e.sum())
-        )
+        out["f1_per_bin"].append(_f1(cat, t, e))
         p = (cat["pair_true_mag"] >= low) & (cat["pair_true_mag"] < high)
         out["dmag_per_bin"].append(
             float(np.median(np.abs(cat["pair_dmag"][p]))) if p.any() else float("nan")
         )
     tb, eb = cat["true_blend"], cat["est_blend"]
-    out["f1_blends"] = _f1(
-        cat["true_matched"][tb].sum(), tb.sum(), cat["est_matched"][eb].sum(), eb.sum()
-    )
+    out["f1_blends"] = _f1(cat, tb, eb)
     # the same two above the depth's faintest bin edge: most of a visit's true sources are
     # far below its depth, and every method misses them alike
     t, e = cat["true_mag_all"] < depth.mag_bins[-1], cat["est_mag_all"] < depth.mag_bins[-1]
-    out["f1_to_depth"] = _f1(
-        cat["true_matched"][t].sum(), t.sum(), cat["est_matched"][e].sum(), e.sum()
-    )
+    out["f1_to_depth"] = _f1(cat, t, e)
     out["n_true_blended"] = int(tb.sum())
     tb, eb = tb & t, eb & e
-    out["f1_blends_to_depth"] = _f1(
-        cat["true_matched"][tb].sum(), tb.sum(), cat["est_matched"][eb].sum(), eb.sum()
-    )
+    out["f1_blends_to_depth"] = _f1(cat, tb, eb)
     out["n_true_blended_to_depth"] = int(tb.sum())
     bright = cat["pair_true_mag"] < depth.shape_max_mag
     out["star_galaxy_accuracy"] = (
