@@ -51,7 +51,7 @@ from hydra.utils import instantiate
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
 from bliss.evaluate.truth import evaluate_files, format_results
-from bliss.metrics.calibration import format_binned_coverage
+from bliss.metrics.calibration import format_binned_coverage, format_profile_bias
 from bliss.predict.model import model_conditions
 from bliss.predict.predictor import PredictorSettings, build_predictor
 from bliss.simulator.field import write_simulated_field
@@ -266,6 +266,8 @@ def main() -> None:
         )
         print(format_results(results, MAG_BINS))
         print(format_binned_coverage(ours["calibration"], bands))
+        if "galaxy_profiles" in ours:  # not checked: the limit is on all galaxies
+            print(format_profile_bias(ours["galaxy_profiles"]))
         checks = detection_checks(name, results)
         calibration, summary = calibration_checks(ours["calibration"])
         print(summary)

@@ -229,7 +229,8 @@ def table_to_full_catalog(
 ) -> FullCatalog:
     """A one-image :class:`FullCatalog` from a table with ``x``, ``y`` and ``flux_<band>`` columns.
 
-    ``source_type`` (0/1) is read from ``source_type``, or from ``prob_galaxy > 0.5`` when present.
+    ``source_type`` (0/1) is read from ``source_type``, or from ``prob_galaxy > 0.5`` when present;
+    a truth table's ``disk_frac`` (a simulated field's) is kept, to split galaxies by profile.
 
     Raises:
         BlissValueError: a required column is missing (the message names ``name``).
@@ -255,6 +256,10 @@ def table_to_full_catalog(
     elif "prob_galaxy" in table.colnames:
         data["source_type"] = (
             torch.from_numpy(column_values(table, "prob_galaxy") > 0.5).float().view(1, -1, 1)
+        )
+    if "disk_frac" in table.colnames:
+        data["disk_frac"] = (
+            torch.from_numpy(column_values(table, "disk_frac")).float().view(1, -1, 1)
         )
     return FullCatalog(height_px, width_px, data)
 

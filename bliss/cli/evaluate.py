@@ -30,7 +30,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     if spec.get("reference") is not None:
         return _compare_with_photoobj(cfg)
     from bliss.evaluate.truth import evaluate_files, expand_inputs, format_results
-    from bliss.metrics.calibration import format_binned_coverage
+    from bliss.metrics.calibration import format_binned_coverage, format_profile_bias
     from bliss.predict.predictor import build_predictor
 
     images = expand_inputs(_plain(spec.input), "evaluate.input")
@@ -52,6 +52,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     print(format_results(results, list(spec.mag_bins)))
     print(format_binned_coverage(results["bliss"]["calibration"], tuple(encoder.bands)))
+    if "galaxy_profiles" in results["bliss"]:
+        print(format_profile_bias(results["bliss"]["galaxy_profiles"]))
     return results
 
 

@@ -16,7 +16,13 @@ from bliss.catalog.io import plocs_to_xy, table_to_full_catalog
 from bliss.errors import BlissConfigError, BlissIOError
 from bliss.evaluate.baseline import sep_catalog
 from bliss.metrics import detection_metrics, flux_metrics, match_full_catalogs
-from bliss.metrics.calibration import binned_coverage, interval_hits, level_quantiles, reliability
+from bliss.metrics.calibration import (
+    binned_coverage,
+    interval_hits,
+    level_quantiles,
+    profile_bias,
+    reliability,
+)
 from bliss.metrics.plots import plot_calibration
 from bliss.predict.plots import plot_detections, save_png
 from bliss.predict.predictor import Predictor
@@ -107,6 +113,10 @@ def _metrics(
             truth, est, matches, ref_band=band, bands=bands, mag_bins=mag_bins
         )
         result["reliability"] = reliability(truth, est, matches, levels, bands=bands)
+        if "disk_frac" in truth:
+            result["galaxy_profiles"] = profile_bias(
+                truth, est, matches, ref_band=band, mag_bins=mag_bins
+            )
     return result
 
 

@@ -18,7 +18,13 @@ from bliss.catalog.columns import (
     mag_err,
     update_markdown,
 )
-from bliss.catalog.io import catalog_to_table, read_table, stack_samples, write_table
+from bliss.catalog.io import (
+    catalog_to_table,
+    read_table,
+    stack_samples,
+    table_to_full_catalog,
+    write_table,
+)
 from bliss.simulator.field import simple_wcs
 
 DOCS = Path(__file__).parents[3] / "docs" / "columns.md"
@@ -150,3 +156,21 @@ def test_fits_catalog_has_tunit_tcomm_on_every_column_and_numeric_header(tmp_pat
         kept = QTable.read(write_table(table, tmp_path / f"cat{suffix}"))
         assert kept["snr_r"].info.description == column_description("snr_r")
         assert kept.meta["NSOURCES"] == 3
+
+
+def test_a_truth_tables_disk_frac_is_read_and_other_tables_go_without():
+    table = QTable(
+        {
+            "x": [1.0, 5.0],
+            "y": [2.0, 6.0],
+            "flux_g": [1.0, 2.0],
+            "flux_r": [3.0, 4.0],
+            "source_type": [1, 0],
+            "disk_frac": [0.25, np.nan],
+        }
+    )
+    catalog = table_to_full_catalog(table, BANDS, 10, 10)
+    assert catalog["disk_frac"].shape == (1, 2, 1)
+    assert catalog["disk_frac"][0, 0, 0] == 0.25 and torch.isnan(catalog["disk_frac"][0, 1, 0])
+    del table["disk_frac"]
+    assert "disk_frac" not in table_to_full_catalog(table, BANDS, 10, 10)

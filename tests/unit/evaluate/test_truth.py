@@ -96,6 +96,13 @@ def test_perfect_predictor_scores_one_and_sep_finds_bright_stars(field, tmp_path
     assert ours["reliability"]["levels"] == [0.5, 0.9]
     assert ours["reliability"]["star position"] == [1.0, 1.0]
     assert "galaxy position" not in ours["reliability"]
+    # the truth table's disk_frac splits galaxies by profile: two profiles x five bins, empty
+    profiles = ours["galaxy_profiles"]
+    assert len(profiles) == 10 and {row["profile"] for row in profiles} == {
+        "bulge-dominated",
+        "disk-dominated",
+    }
+    assert all(row["n"] == 0 for row in profiles)
     # isolated stars brighter than r = 19.2 at 96 x 96 px: sep finds nearly all of them
     assert results["sep"]["recall"] >= 0.8
     for name in (

@@ -12,8 +12,10 @@ from bliss.errors import BlissValueError
 from bliss.metrics.calibration import (
     binned_coverage,
     format_binned_coverage,
+    format_profile_bias,
     interval_hits,
     level_quantiles,
+    profile_bias,
     reliability,
 )
 
@@ -110,3 +112,48 @@ def test_missing_quantiles_and_types_are_named():
         binned_coverage(truth, est, matches, ref_band=1, bands=("r",), mag_bins=[16, 23])
     with pytest.raises(BlissValueError, match="level=1.5"):
         level_quantiles(1.5)
+
+
+def test_profile_bias_splits_galaxies_by_their_true_bulge_share():
+    # galaxies alternate between bulge-dominated (disk_frac 0.2) and disk-dominated (0.8);
+    # bulges are measured 0.1 mag too faint with intervals moved along, disks without bias
+    truth, est, matches = _catalogs({0: 1.0, 1: 1.0})
+    index = torch.arange(N)
+    disk_frac = torch.where(index % 4 == 1, 0.2, 0.8)[None, :, None]
+    bulge = (index % 4 == 1)[:, None]
+    faint = 10 ** (-0.4 * 0.1)
+    est_data = {
+        key: torch.where(bulge, value[0] * faint, value[0])[None]
+        if key.startswith("fluxes")
+        else value
+        for key, value in est.items()
+    }
+    est = FullCatalog(1000, 1000, est_data)
+    truth = FullCatalog(1000, 1000, {**truth, "disk_frac": disk_frac})
+    rows = profile_bias(truth, est, matches, ref_band=1, mag_bins=[16, 19.5, 23])
+    assert [(r["profile"], r["mag_lo"]) for r in rows] == [
+        ("bulge-dominated", 16),
+        ("bulge-dominated", 19.5),
+        ("disk-dominated", 16),
+        ("disk-dominated", 19.5),
+    ]
+    # stars (even indices) are left out: N / 4 galaxies of each profile
+    assert sum(r["n"] for r in rows[:2]) == N // 4
+    assert sum(r["n"] for r in rows[2:]) == N // 4
+    # the median dmag of n sources has standard error ~1.25 sigma / sqrt(n), sigma 0.0543 mag
+    for row in rows:
+        expected = 0.1 if row["profile"] == "bulge-dominated" else 0.0
+        assert row["mag_bias_median"] == pytest.approx(
+            expected, abs=4 * 1.25 * 0.0543 / math.sqrt(row["n"])
+        )
+        # the bulges' intervals were scaled with their estimates: they cover the truth when
+        # z lies within 1.645 of the scaling's shift, (1 / faint - 1) / 0.05 = 1.93 sigma
+        shift = torch.tensor((1 / faint - 1) / 0.05)
+        z90 = Normal(0, 1).icdf(torch.tensor(0.95))
+        scaled = float(Normal(0, 1).cdf(shift + z90) - Normal(0, 1).cdf(shift - z90))
+        covered = scaled if row["profile"] == "bulge-dominated" else 0.9
+        assert row["coverage_flux"] == pytest.approx(covered, abs=_tolerance(covered, row["n"]))
+    assert "bulge-dominated" in format_profile_bias(rows)
+    with pytest.raises(BlissValueError, match="disk_frac"):
+        no_profile = FullCatalog(1000, 1000, {k: v for k, v in truth.items() if k != "disk_frac"})
+        profile_bias(no_profile, est, matches, ref_band=1, mag_bins=[16, 23])
