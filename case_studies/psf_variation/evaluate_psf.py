@@ -30,7 +30,7 @@ from bliss.catalog.convert import nmgy_to_mag
 from bliss.catalog.full import concat_full_catalogs
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
-from bliss.metrics import match_full_catalogs
+from bliss.metrics import flux_metrics, match_full_catalogs
 from bliss.metrics.calibration import interval_hits
 from bliss.metrics.detection import detection_metrics
 
@@ -109,19 +109,14 @@ def score(truth: FullCatalog, est: FullCatalog) -> dict:
     detection = detection_metrics(truth, est, matches, ref_band=REF_BAND, mag_bins=MAG_BINS)
     flux_hits = interval_hits(truth, est, matches, "fluxes", LEVEL)[:, REF_BAND]
     loc_hits = interval_hits(truth, est, matches, "plocs", LEVEL)
-    true_flux = torch.cat([truth["fluxes"][i, t, REF_BAND] for i, (t, _) in enumerate(matches)])
-    est_flux = torch.cat([est["fluxes"][i, e, REF_BAND] for i, (_, e) in enumerate(matches)])
-    true_mag, est_mag = nmgy_to_mag(true_flux.double()), nmgy_to_mag(est_flux.double())
-    bright = true_mag < 21
+    bright = flux_metrics(truth, est, matches, band=REF_BAND, mag_bins=[-np.inf, 21.0])
     return {
         "f1": detection["f1"],
         "precision": detection["precision"],
         "recall": detection["recall"],
         "f1_per_bin": dict(zip(_bin_names(), detection["per_bin"]["f1"], strict=True)),
         "star_galaxy_accuracy": detection.get("classification_accuracy", float("nan")),
-        "median_abs_dmag_r_lt_21": float((est_mag - true_mag)[bright].abs().median())
-        if bright.any()
-        else float("nan"),
+        "median_abs_dmag_r_lt_21": bright["per_bin"]["mag_abs_err_median"][0],
         "coverage_flux_r": float(flux_hits.float().mean()),
         "coverage_position": float(loc_hits.float().mean()),
         "n_true": detection["n_true"],
