@@ -35,8 +35,13 @@ __all__ = [
 STAMP_HALF_PX = 7
 #: largest Moffat beta fitted: the profile is then within 1 % of a Gaussian of the same FWHM
 MAX_BETA = 30.0
-#: log(beta - 1) at which the shape search stops growing beta
+#: log(beta - 1) at which the shape search stops growing beta ...
 _LOG_BETA_CAP = math.log(1e4)
+#: ... and stops shrinking it: below 1.2 the fit is rejected anyway, and 1 + exp(x) rounds to
+#: exactly 1 (no Moffat) for x < -37, where a Nelder-Mead search on a flat chi-square can wander
+_LOG_BETA_FLOOR = math.log(0.05)
+#: the search's FWHM stays within this factor of the guess (a fit beyond 3x is rejected)
+_FWHM_REACH = 10.0
 #: stars needed to fit the PSF shape of a band; fewer: the header FWHM and the default beta
 MIN_SHAPE_STARS = 5
 #: the brightest isolated stars used for the shape (more only cost time)
@@ -302,14 +307,24 @@ def fit_moffat_shape(
     if len(stamps) < MIN_SHAPE_STARS:
         return fallback
 
+    def shape_of(params: np.ndarray) -> tuple[float, float]:
+        """FWHM and beta of search coordinates ``(log fwhm, log(beta - 1))``, held in bounds.
+
+        The search may run beta off to a Gaussian's infinity (held at 1e4, a Gaussian to 1e-4)
+        or down to 1, and the width off to 0 or infinity, where no Moffat is drawn.
+        """
+        reach = math.log(_FWHM_REACH)
+        log_fwhm = min(
+            max(params[0], math.log(fwhm_guess_px) - reach), math.log(fwhm_guess_px) + reach
+        )
+        return math.exp(log_fwhm), 1 + math.exp(min(max(params[1], _LOG_BETA_FLOOR), _LOG_BETA_CAP))
+
     def chi2(params: np.ndarray) -> float:
-        # the search may run beta off to a Gaussian's infinity: held at 1e4 (a Gaussian to 1e-4)
-        fwhm, beta = math.exp(params[0]), 1 + math.exp(min(params[1], _LOG_BETA_CAP))
-        return sum(star_chi2(stamp, fwhm, beta) for stamp in stamps)
+        return sum(star_chi2(stamp, *shape_of(params)) for stamp in stamps)
 
     start = np.array([math.log(fwhm_guess_px), math.log(default_beta - 1)])
     result = optimize.minimize(chi2, start, method="Nelder-Mead", options={"xatol": 1e-3})
-    fwhm, beta = math.exp(result.x[0]), 1 + math.exp(min(result.x[1], _LOG_BETA_CAP))
+    fwhm, beta = shape_of(result.x)
     # beyond beta ~ 30 a Moffat is a Gaussian already (the fit drifts on): cap it there; a
     # beta this small or a width this far off is a plateau the data did not ask for
     beta = min(beta, MAX_BETA)

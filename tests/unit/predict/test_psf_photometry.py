@@ -1,6 +1,7 @@
 """PSF-fit star photometry on synthetic images with a known answer."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from bliss.catalog import FullCatalog
 from bliss.metrics.photometry import flux_cramer_rao_std
+from bliss.predict import psf_model
 from bliss.predict.psf_model import MoffatShape, fit_moffat_shape, moffat_stamp
 from bliss.predict.psf_photometry import (
     APERTURE_FWHM,
@@ -153,6 +155,26 @@ def test_shape_fit_falls_back_without_enough_stars():
         np.zeros((50, 50)), np.ones((50, 50)), np.array([[25.0, 25.0]]), 3.0, 3.5
     )
     assert shape == MoffatShape(3.0, 3.5, fitted=False)
+
+
+def test_shape_search_off_the_moffat_family_falls_back(monkeypatch):
+    # a Nelder-Mead search on a flat chi-square once wandered to log(beta - 1) ~ -40, where
+    # 1 + exp(x) is exactly 1 and no Moffat exists (a faint_red gate field raised there)
+    fwhm_px = 3.2
+    image, positions, _ = _scene(lambda dr, dc, h: moffat_stamp(fwhm_px, 3.5, dr, dc, h), seed=6)
+    data = image - SKY
+    variance = np.full_like(data, SKY)
+    seen = []
+
+    def wandering(objective, start, **_):
+        for point in ([start[0], -60.0], [-800.0, start[1]], [800.0, 800.0]):
+            seen.append(objective(np.array(point)))
+        return SimpleNamespace(x=np.array([start[0], -60.0]), fun=seen[0])
+
+    monkeypatch.setattr(psf_model.optimize, "minimize", wandering)
+    shape = fit_moffat_shape(data, variance, positions, fwhm_px, 3.5)
+    assert all(np.isfinite(seen))
+    assert shape == MoffatShape(fwhm_px, 3.5, fitted=False)  # beta 1.05: rejected
 
 
 def test_empty_catalog_is_returned_as_is():
