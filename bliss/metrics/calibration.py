@@ -18,6 +18,7 @@ from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_to_mag
 from bliss.errors import BlissValueError
 from bliss.metrics.detection import _bin_index, _check_bins
+from bliss.metrics.flux import _summarise
 from bliss.metrics.matching import Matches, _check_band, _check_matches, _paired_values
 
 __all__ = [
@@ -211,20 +212,13 @@ def profile_bias(
     ):
         for j, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             cell = chosen & (bins == j)
-            in_cell = dmag[cell]
-            empty = not in_cell.numel()
             rows.append(
                 {
                     "profile": name,
                     "mag_lo": lo,
                     "mag_hi": hi,
                     "n": int(cell.sum()),
-                    "mag_bias_median": math.nan
-                    if empty
-                    else float(torch.nanquantile(in_cell, 0.5)),
-                    "mag_abs_err_median": math.nan
-                    if empty
-                    else float(torch.nanquantile(in_cell.abs(), 0.5)),
+                    **_summarise(dmag[cell]),
                     "coverage_flux": _mean(hits[cell.to(hits.device)]),
                 }
             )
