@@ -15,11 +15,10 @@ import torch
 from torch import Tensor
 
 from bliss.catalog import FullCatalog
-from bliss.catalog.convert import nmgy_to_mag
 from bliss.errors import BlissValueError
 from bliss.metrics.detection import _bin_index, _check_bins
-from bliss.metrics.flux import _summarise
-from bliss.metrics.matching import Matches, _check_band, _check_matches, _paired_values
+from bliss.metrics.flux import _paired_dmag, _summarise
+from bliss.metrics.matching import Matches, _check_band, _check_matches
 
 __all__ = [
     "PROFILE_SPLIT",
@@ -131,9 +130,7 @@ def binned_coverage(
     edges = _check_bins(mag_bins)
     flux_hits = interval_hits(truth, est, matches, "fluxes", level)
     loc_hits = interval_hits(truth, est, matches, "plocs", level)
-    true_flux, est_flux = _paired_values(truth, est, matches, "fluxes")
-    true_mag = nmgy_to_mag(true_flux[:, ref_band].double())
-    dmag = nmgy_to_mag(est_flux[:, ref_band].double()).to(true_mag.device) - true_mag
+    true_mag, dmag = _paired_dmag(truth, est, matches, ref_band)
     kind = _matched(truth, matches, "source_type", 0)[:, 0].round().long()
     bins = _bin_index(true_mag, edges)
     rows = []
@@ -145,10 +142,7 @@ def binned_coverage(
                 row[f"coverage_flux_{band}"] = _mean(flux_hits[cell.to(flux_hits.device), b])
             for axis, name in ((0, "y"), (1, "x")):
                 row[f"coverage_{name}"] = _mean(loc_hits[cell.to(loc_hits.device), axis])
-            in_cell = dmag[cell]
-            row["mag_bias_median"] = (
-                float(torch.nanquantile(in_cell, 0.5)) if in_cell.numel() else math.nan
-            )
+            row["mag_bias_median"] = _summarise(dmag[cell])["mag_bias_median"]
             rows.append(row)
     return rows
 
@@ -199,9 +193,7 @@ def profile_bias(
     _check_band("est", est, ref_band)
     edges = _check_bins(mag_bins)
     hits = interval_hits(truth, est, matches, "fluxes", level)[:, ref_band]
-    true_flux, est_flux = _paired_values(truth, est, matches, "fluxes")
-    true_mag = nmgy_to_mag(true_flux[:, ref_band].double())
-    dmag = nmgy_to_mag(est_flux[:, ref_band].double()).to(true_mag.device) - true_mag
+    true_mag, dmag = _paired_dmag(truth, est, matches, ref_band)
     galaxy = _matched(truth, matches, "source_type", 0)[:, 0].round().long().to(dmag.device) == 1
     disk_frac = _matched(truth, matches, "disk_frac", 0)[:, 0].to(dmag.device)
     bins = _bin_index(true_mag, edges)

@@ -51,9 +51,7 @@ def flux_metrics(
     _check_matches(truth, est, matches)
     for name, cat in (("truth", truth), ("est", est)):
         _check_band(name, cat, band)
-    true_flux, est_flux = _paired_values(truth, est, matches, "fluxes")
-    true_mag = nmgy_to_mag(true_flux[:, band].double())
-    error = nmgy_to_mag(est_flux[:, band].double()).to(true_mag.device) - true_mag
+    true_mag, error = _paired_dmag(truth, est, matches, band)
     result: dict = {"n_matched": int(error.numel()), **_summarise(error)}
     if mag_bins is None:
         return result
@@ -174,6 +172,15 @@ def calibration_curve(
         )
     lower, upper = quantiles[: len(nominal)], quantiles[len(nominal) :]
     return [interval_coverage(truth_values, lower[j], upper[j]) for j in range(len(nominal))]
+
+
+def _paired_dmag(
+    truth: FullCatalog, est: FullCatalog, matches: Matches, band: int
+) -> tuple[Tensor, Tensor]:
+    """True magnitudes and ``est - true`` magnitudes of the matched pairs in ``band``. ``p`` each."""
+    true_flux, est_flux = _paired_values(truth, est, matches, "fluxes")
+    true_mag = nmgy_to_mag(true_flux[:, band].double())
+    return true_mag, nmgy_to_mag(est_flux[:, band].double()).to(true_mag.device) - true_mag
 
 
 def _summarise(error: Tensor) -> dict[str, float]:
