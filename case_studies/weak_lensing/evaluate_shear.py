@@ -7,9 +7,14 @@ what does not depend on the shear). The four images share a group id, and the re
 standard errors are a jackknife over groups. Estimators on the same images:
 
 * ``npe``: the posterior mean of the image-level shear factor;
-* ``npe_deconvolved``: the posterior divided by the training prior (normal with ``g_sigma`` per
-  component): ``mean * tau^2 / (tau^2 - sigma^2)``, the likelihood's peak, which the prior does
-  not pull towards zero (images whose posterior is not narrower than the prior get none);
+* ``npe_deconvolved`` (models trained on a normal shear prior): the posterior divided by the
+  training prior (normal with ``g_sigma`` per component): ``mean * tau^2 / (tau^2 - sigma^2)``,
+  the likelihood's peak, which the prior does not pull towards zero (images whose posterior is not
+  narrower than the prior get none). A model trained on the flat prior (``distribution: disk``,
+  ``shear_constant_flat``) has no prior to divide out: its posterior mean is already the
+  likelihood's mean for shears well inside the disk;
+* ``npe_symmetrized`` (``--symmetrize``): the posterior averaged over the eight turns of the
+  image (quarter turns and mirrors), each turned back (:func:`npe_estimates`);
 * ``fpfs``: AnaCal's FPFS ellipticities and responses summed over the image (``e / r``).
 
 Usage (from the repository root)::
@@ -111,17 +116,63 @@ def cancelled_scenes(simulator, n_scenes: int, g_sigma: float, g_max: float, see
     return out
 
 
+#: the eight turns of the square (quarter turns ``k``, then a left-right mirror or not). A shear
+#: (spin 2) seen in the turned image is ``(-1)^k (g1, +-g2)``, which is its own inverse.
+DIHEDRAL = [(k, mirror) for mirror in (False, True) for k in range(4)]
+
+
+def _turned(batch: dict, k: int, mirror: bool) -> dict:
+    """The images (and maps of sky and seeing) turned; per-image scalars as they are."""
+    out = {}
+    for key, value in batch.items():
+        if value.ndim == 4:  # n c h w
+            value = torch.flip(value, dims=(-1,)) if mirror else value
+            value = torch.rot90(value, k, dims=(-2, -1))
+        out[key] = value
+    if "psf_shape" in out:  # n c 3: the PSF's (e1, e2) turn with the image, its rho4 does not
+        shape = out["psf_shape"]
+        out["psf_shape"] = torch.cat([_spin2_back(shape[..., :2], k, mirror), shape[..., 2:]], -1)
+    return out
+
+
+def _spin2_back(shear: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """The shear a turned image shows, expressed in the original image's axes (``... 2``)."""
+    sign = torch.tensor([1.0, -1.0 if mirror else 1.0]) * (-1.0) ** k
+    return shear * sign
+
+
 @torch.no_grad()
-def npe_estimates(encoder, batch: dict, batch_size: int = 32) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """Posterior mean and standard deviation of the shear (``n 2``) of every image."""
+def npe_estimates(
+    encoder,  # noqa: ANN001
+    batch: dict,
+    batch_size: int = 32,
+    symmetrize: bool = False,
+) -> dict[str, np.ndarray]:
+    """Posterior mean and standard deviation of the shear (``n 2``) of every image.
+
+    ``symmetrize``: the equal mixture of the posteriors of the image's eight turns
+    (:data:`DIHEDRAL`), each turned back. A sky with no preferred direction has the same
+    posterior in every turn, so the mixture keeps the information and cancels whatever the network
+    adds that does not turn with the image (an additive bias ``c`` averages to zero over the turns).
+    """
     region = encoder.regions["shear"]
+    turns = DIHEDRAL if symmetrize else DIHEDRAL[:1]
+    keys = ("images", "background", "psf_fwhm_arcsec", "psf_shape")
+    inputs = {k: batch[k] for k in keys if k in batch}
     locs, scales = [], []
     for start in range(0, len(batch["images"]), batch_size):
-        part = {k: v[start : start + batch_size] for k, v in batch.items()}
-        params = encoder.region_params(encoder.tile_features(part))["shear"][:, 0, 0]
-        loc, scale = region.factor._loc_scale(params)
-        locs.append(loc)
-        scales.append(scale)
+        part = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        means, variances = [], []
+        for k, mirror in turns:
+            params = encoder.region_params(encoder.tile_features(_turned(part, k, mirror)))
+            loc, scale = region.factor._loc_scale(params["shear"][:, 0, 0])
+            means.append(_spin2_back(loc, k, mirror))
+            variances.append(scale**2)
+        mean = torch.stack(means).mean(0)
+        # the mixture's variance: the mean of the widths plus the spread of the turned means
+        variance = torch.stack(variances).mean(0) + torch.stack(means).var(0, correction=0)
+        locs.append(mean)
+        scales.append(variance.sqrt())
     return {"mean": torch.cat(locs).numpy(), "sigma": torch.cat(scales).numpy()}
 
 
@@ -134,6 +185,26 @@ def deconvolved(mean: np.ndarray, sigma: np.ndarray, tau: float) -> tuple[np.nda
     with np.errstate(divide="ignore", invalid="ignore"):  # the NaN entries are the answer
         ratio = tau**2 / (tau**2 - sigma**2)
         return np.where(ok, mean * ratio, np.nan), np.where(ok, sigma * np.sqrt(ratio), np.nan)
+
+
+def training_shear_prior(config: dict, checkpoint: str) -> dict:
+    """The constant-shear prior a checkpoint was trained on (its recorded ``simulator.lensing``).
+
+    Raises:
+        ValueError: the checkpoint records no constant-shear lensing prior.
+    """
+    lensing = (config.get("simulator") or {}).get("lensing") or {}
+    if lensing.get("kind", "constant") != "constant" or not lensing:
+        raise ValueError(
+            f"{checkpoint}: records no constant-shear prior (simulator.lensing={lensing!r}); "
+            "expected a model of the shear_constant presets"
+        )
+    # LensingPrior's defaults, for keys a config left out
+    return {
+        "distribution": lensing.get("distribution", "disk"),
+        "g_sigma": float(lensing.get("g_sigma", 0.05)),
+        "g_max": float(lensing.get("g_max", 0.05)),
+    }
 
 
 def coverage(mean: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> list[float]:
@@ -224,10 +295,13 @@ def evaluate(
     seed: int,
     with_fpfs: bool,
     shears: tuple[float, float] | None = None,
+    symmetrize: bool = False,
 ) -> dict:
     """Every estimator's m, c, RMSE and (posteriors) coverage on one test set.
 
     ``shears``: ``(g_sigma, g_max)`` of the test shears [default: the training prior's].
+    ``symmetrize``: also score the posterior averaged over the image's eight turns
+    (``npe_symmetrized``, :func:`npe_estimates`).
     """
     cfg = compose_config(test_set)
     simulator = build_simulator(cfg)
@@ -236,16 +310,25 @@ def evaluate(
     batch = cancelled_scenes(simulator, n_scenes, g_sigma, g_max, seed)
     truth = batch["fields/shear"][:, 0, 0].double().numpy()
     groups = batch["groups"].numpy()
-    encoder, _ = load_encoder(checkpoint)
+    encoder, config = load_encoder(checkpoint)
+    trained_on = training_shear_prior(config, checkpoint)
     npe = npe_estimates(encoder, batch)
-    mean_l, sigma_l = deconvolved(npe["mean"], npe["sigma"], lensing.g_sigma)
     results = {
         "npe": summarize(npe["mean"], truth, groups)
         | {"coverage": coverage(npe["mean"], npe["sigma"], truth)},
-        "npe_deconvolved": summarize(mean_l, truth, groups)
-        | {"coverage": coverage(mean_l, sigma_l, truth)},
         "npe_sigma_median": float(np.median(npe["sigma"])),
+        "training_prior": trained_on,
     }
+    if symmetrize:
+        turned = npe_estimates(encoder, batch, symmetrize=True)
+        results["npe_symmetrized"] = summarize(turned["mean"], truth, groups) | {
+            "coverage": coverage(turned["mean"], turned["sigma"], truth)
+        }
+    if trained_on["distribution"] == "normal":
+        mean_l, sigma_l = deconvolved(npe["mean"], npe["sigma"], trained_on["g_sigma"])
+        results["npe_deconvolved"] = summarize(mean_l, truth, groups) | {
+            "coverage": coverage(mean_l, sigma_l, truth)
+        }
     if with_fpfs:
         e, r = fpfs_estimates(batch, simulator.survey, seed)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -290,13 +373,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("G_SIGMA", "G_MAX"),
         help="test shears: normal per component, |g| <= G_MAX [default: the training prior's]",
     )
+    parser.add_argument(
+        "--symmetrize",
+        action="store_true",
+        help="also score the posterior averaged over the eight turns of each image (8x the NPE cost)",
+    )
     parser.add_argument("--name", default="shear_constant", help="stem of the output files")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
         test_set: evaluate(
-            args.checkpoint, test_set, args.n_scenes, args.seed, not args.no_fpfs, args.shears
+            args.checkpoint,
+            test_set,
+            args.n_scenes,
+            args.seed,
+            not args.no_fpfs,
+            args.shears,
+            args.symmetrize,
         )
         for test_set in args.test_sets
     }
@@ -304,11 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     curves = {
         f"{test_set}: {name}": result[name]["coverage"]
         for test_set, result in results.items()
-        for name in ("npe", "npe_deconvolved")
+        for name in ("npe", "npe_symmetrized", "npe_deconvolved")
+        if name in result
     }
     plot_coverage(curves, args.out / f"{args.name}_coverage.png", "constant-shear intervals")
     for test_set, result in results.items():
-        for name in ("npe", "npe_deconvolved", "fpfs", "fpfs_ensemble"):
+        for name in ("npe", "npe_symmetrized", "npe_deconvolved", "fpfs", "fpfs_ensemble"):
             if name in result and "m1" in result[name]:
                 r = result[name]
                 print(

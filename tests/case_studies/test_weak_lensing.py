@@ -17,6 +17,8 @@ from scipy.stats import norm
 
 from bliss.cli.generate import build_simulator
 from bliss.errors import BlissConfigError, BlissIOError
+from bliss.posterior.factors import NormalFactor
+from bliss.posterior.regions import RegionFactor
 from bliss.simulator.cosmos import cosmos_catalog_path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "case_studies" / "weak_lensing"))
@@ -130,6 +132,69 @@ def test_deconvolved_is_nan_without_information(recwarn: pytest.WarningsRecorder
     assert (np.isnan(mu_out) == expected).all() and (np.isnan(s_out) == expected).all()
     assert np.isfinite(mu_out[~expected]).all() and np.isfinite(s_out[~expected]).all()
     assert not recwarn.list, [str(w.message) for w in recwarn.list]  # NaN is the answer, quietly
+
+
+def test_the_training_shear_prior_is_read_from_the_checkpoint_config() -> None:
+    """Only a normal prior is divided out; the flat preset records a disk; maps are refused."""
+    normal = {"simulator": {"lensing": {"distribution": "normal", "g_sigma": 0.1, "g_max": 0.4}}}
+    assert evaluate_shear.training_shear_prior(normal, "a.ckpt") == {
+        "distribution": "normal",
+        "g_sigma": 0.1,
+        "g_max": 0.4,
+    }
+    flat = evaluate_shear.compose_preset("shear_constant_flat")
+    lensing = {"simulator": {"lensing": dict(flat.simulator.lensing)}}
+    prior = evaluate_shear.training_shear_prior(lensing, "flat.ckpt")
+    assert prior["distribution"] == "disk" and prior["g_max"] == pytest.approx(0.4)
+    nfw = {"simulator": {"lensing": {"kind": "nfw"}}}
+    for config in (nfw, {"simulator": {}}, {}):
+        with pytest.raises(ValueError, match="maps.ckpt: records no constant-shear prior"):
+            evaluate_shear.training_shear_prior(config, "maps.ckpt")
+
+
+class _MomentEncoder:
+    """A stand-in encoder whose shear is the image's spin-2 quadrupole plus a fixed offset."""
+
+    def __init__(self, offset: tuple[float, float]) -> None:
+        self.regions = {"shear": RegionFactor(NormalFactor("shear", dim=2))}
+        self.offset = torch.tensor(offset)
+
+    def tile_features(self, batch: dict) -> torch.Tensor:
+        return batch["images"][:, 0]
+
+    def region_params(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        side = images.shape[-1]
+        rows, cols = torch.meshgrid(
+            torch.arange(side) - (side - 1) / 2, torch.arange(side) - (side - 1) / 2, indexing="ij"
+        )
+        norm = (images * (rows**2 + cols**2)).sum((-2, -1))
+        e1 = (images * (cols**2 - rows**2)).sum((-2, -1)) / norm
+        e2 = (images * 2 * rows * cols).sum((-2, -1)) / norm
+        loc = torch.stack([e1, e2], -1) + self.offset
+        params = torch.stack([loc, torch.zeros_like(loc)], -1).flatten(-2)  # (d two): raw scale 0
+        return {"shear": params[:, None, None]}
+
+
+def test_the_turned_posteriors_cancel_an_offset_and_keep_the_signal() -> None:
+    """Averaged over the eight turns, an equivariant estimate stays and a fixed offset goes.
+
+    The quadrupole turns with the image as a shear does, so it checks the sign conventions of
+    the turns too: a wrong sign would not give the moment back.
+    """
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(5, 1, 9, 9, generator=generator) ** 4  # lopsided, so the moment is not 0
+    batch = {"images": images, "background": torch.ones(5, 1), "psf_fwhm_arcsec": torch.ones(5, 1)}
+    offset = (0.03, -0.02)
+    plain = evaluate_shear.npe_estimates(_MomentEncoder(offset), batch)
+    moment = evaluate_shear.npe_estimates(_MomentEncoder((0.0, 0.0)), batch)["mean"]
+    assert np.abs(moment).max() > 0.01  # the test has a signal to keep
+    np.testing.assert_allclose(plain["mean"], moment + np.array(offset), atol=1e-6)
+    turned = evaluate_shear.npe_estimates(_MomentEncoder(offset), batch, symmetrize=True)
+    np.testing.assert_allclose(turned["mean"], moment, atol=1e-6)
+    # the mixture's width: the turns' own (softplus(0) + the floor) and the offset's spread
+    own = np.log(2.0) + _MomentEncoder(offset).regions["shear"].factor.min_scale
+    expected = np.sqrt(own**2 + np.array(offset) ** 2)
+    np.testing.assert_allclose(turned["sigma"], np.broadcast_to(expected, (5, 2)), rtol=1e-5)
 
 
 def test_coverage_of_calibrated_and_overconfident_intervals() -> None:
