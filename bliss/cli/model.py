@@ -74,6 +74,7 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         galaxy_photometry=spec.get("galaxy_photometry", True),
         confusion_noise=spec.get("confusion_noise", True),
         density=density_settings(spec.get("density", {})),
+        region_turns=int(spec.get("region_turns", 8)),
     )
 
 

@@ -11,45 +11,19 @@ turn with twice the angle; so do the PSF's ``(e1, e2)`` in an image's ``psf_shap
 
 import math
 from collections.abc import Mapping
-from enum import StrEnum
 
 import torch
 from torch import Tensor
 
 from bliss.catalog.batch import CATALOG_PREFIX, FIELD_PREFIX, catalog_key, field_key
+from bliss.catalog.orientation import DEFAULT_ORIENTED_KEYS, Orientation, turn_orientation
 
 __all__ = ["DEFAULT_ORIENTED_KEYS", "Orientation", "flip_cols", "rotate90"]
-
-
-class Orientation(StrEnum):
-    """How a catalog field transforms under rotations and flips."""
-
-    POSITION_ANGLE = "position_angle"  # d = 1, radians, period pi
-    SPIN2 = "spin2"  # d = 2, (e1, e2)
 
 
 #: per-pixel inputs (``c h w``) that move with the image; ``background`` and
 #: ``psf_fwhm_arcsec`` are maps only where they vary over the image
 _PIXEL_MAPS = ("images", "background", "psf_fwhm_arcsec")
-
-DEFAULT_ORIENTED_KEYS: dict[str, Orientation] = {
-    "beta_rad": Orientation.POSITION_ANGLE,
-    "shear": Orientation.SPIN2,
-    "shear_map": Orientation.SPIN2,
-    "ellipticity": Orientation.SPIN2,
-}
-
-
-def _turn(value: Tensor, kind: Orientation, angle: float, mirror: bool) -> Tensor:
-    """Apply a mirror (``beta -> -beta``) and then a rotation by ``angle`` to an orientation."""
-    if kind == Orientation.POSITION_ANGLE:
-        beta = -value if mirror else value
-        return torch.remainder(beta + angle, math.pi)
-    e1, e2 = value.unbind(-1)
-    if mirror:
-        e2 = -e2
-    cos, sin = math.cos(2 * angle), math.sin(2 * angle)
-    return torch.stack([cos * e1 - sin * e2, sin * e1 + cos * e2], dim=-1)
 
 
 def _oriented(
@@ -61,13 +35,13 @@ def _oriented(
             if batch_key not in item:
                 continue
             value = item[batch_key]
-            turned = _turn(value, Orientation(kind), angle, mirror)
+            turned = turn_orientation(value, Orientation(kind), angle, mirror)
             if kind == Orientation.POSITION_ANGLE and galaxy is not None:
                 turned = torch.where(galaxy > 0.5, turned, value)
             item[batch_key] = turned
     if "psf_shape" in item:  # the PSF turns with the image; its wings (rho4) do not
         shape = item["psf_shape"]
-        turned = _turn(shape[..., :2], Orientation.SPIN2, angle, mirror)
+        turned = turn_orientation(shape[..., :2], Orientation.SPIN2, angle, mirror)
         item["psf_shape"] = torch.cat([turned, shape[..., 2:]], dim=-1)
 
 

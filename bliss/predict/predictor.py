@@ -27,6 +27,7 @@ from bliss.predict.density import (
 from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import nominal_psf_models, refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
+from bliss.predict.region_turns import DIHEDRAL_TURNS, turned_region_params
 from bliss.predict.shape_ellipticity import (
     add_drawn_ellipticity,
     add_shape_ellipticity,
@@ -104,6 +105,11 @@ class Predictor:
             (:attr:`ModelConditions.count_rate_per_tile`); without it nothing is moved.
         galaxy_fraction: the training prior's share of galaxies
             (:attr:`ModelConditions.galaxy_fraction`); without it source types are not moved.
+        region_turns: 8: a model's region quantities (a shear, a map) are the posterior averaged
+            over the image's eight quarter turns and mirrors
+            (:func:`bliss.predict.region_turns.turned_region_params`), which cancels what the
+            network adds that does not turn with the image, at eight times the feature cost of
+            the regions; 1: the image as it is. The catalog is the same either way.
 
     Attributes:
         density_shift: what the last image's density adaptation found (None when off).
@@ -139,8 +145,15 @@ class Predictor:
         density: DensitySettings | None = None,
         count_rate_per_tile: float | None = None,
         galaxy_fraction: float | None = None,
+        region_turns: int = 1,
     ) -> None:
         tile = encoder.tile_slen
+        if region_turns not in (1, len(DIHEDRAL_TURNS)):
+            raise BlissConfigError(
+                f"predict.region_turns={region_turns}; expected 1 (the image as it is) or "
+                f"{len(DIHEDRAL_TURNS)} (averaged over its quarter turns and mirrors)."
+            )
+        self.region_turns = region_turns
         if precision not in PRECISIONS:
             raise BlissConfigError(
                 f"predict.precision={precision!r}; expected one of {list(PRECISIONS)}."
@@ -218,7 +231,10 @@ class Predictor:
     @torch.no_grad()
     def tile_features(self, image: SurveyImage) -> Tensor:
         """Features of every tile of the (padded) image. Shape ``1 f ht wt``."""
-        data = self._padded(image)
+        return self._features(self._padded(image))
+
+    def _features(self, data: dict[str, Tensor]) -> Tensor:
+        """Features of padded inputs (:meth:`_padded`), window by window. Shape ``1 f ht wt``."""
         _, height, width = data["images"].shape
         n_h, n_w = height // self.tile_slen, width // self.tile_slen
         features = None
@@ -388,7 +404,14 @@ class Predictor:
         regions = {}
         if self.encoder.regions:
             shape = (features.shape[-2] * self.tile_slen, features.shape[-1] * self.tile_slen)
-            params = self.encoder.region_params(features)
+            if self.region_turns == 1:
+                params = self.encoder.region_params(features)
+            else:
+                params = turned_region_params(
+                    self.encoder.regions,
+                    lambda data: self.encoder.region_params(self._features(data)),
+                    self._padded(image),
+                )
             regions = region_estimates(
                 self.encoder.regions, params, self.tile_slen, shape, quantiles
             )
@@ -633,6 +656,7 @@ class PredictorSettings:
     galaxy_photometry: bool = True
     confusion_noise: bool = True
     density: DensitySettings | None = DensitySettings()
+    region_turns: int = 8
 
 
 @dataclass(frozen=True)
@@ -701,6 +725,7 @@ def build_predictor(
         density=settings.density,
         count_rate_per_tile=model.count_rate_per_tile,
         galaxy_fraction=model.galaxy_fraction,
+        region_turns=settings.region_turns,
     )
 
 

@@ -115,7 +115,7 @@ def galaxy_ellipticity(
     :mod:`bliss.catalog.ellipticity`'s definition, with the second moments ``Q`` of the profile
     before the PSF mapped to ``M Q M^T`` by lensing: a round galaxy lensed by ``g`` has
     ``e = g``, and an elliptical one ``(e_s + g) / (1 + g* e_s)`` (complex notation) when both
-    components share their axes. Spin 2, like :data:`bliss.data.transforms.DEFAULT_ORIENTED_KEYS`.
+    components share their axes. Spin 2, like :data:`bliss.catalog.orientation.DEFAULT_ORIENTED_KEYS`.
 
     Args:
         params: :data:`~bliss.catalog.GALAXY_KEYS` of each galaxy. Shape ``n 6``.

@@ -14,7 +14,8 @@ standard errors are a jackknife over groups. Estimators on the same images:
   ``shear_constant_flat``) has no prior to divide out: its posterior mean is already the
   likelihood's mean for shears well inside the disk;
 * ``npe_symmetrized`` (``--symmetrize``): the posterior averaged over the eight turns of the
-  image (quarter turns and mirrors), each turned back (:func:`npe_estimates`);
+  image (quarter turns and mirrors), each turned back, as ``mode=predict`` reports it
+  (``predict.region_turns=8``);
 * ``fpfs``: AnaCal's FPFS ellipticities and responses summed over the image (``e / r``).
 
 Usage (from the repository root)::
@@ -41,6 +42,7 @@ from bliss.cli.generate import build_simulator
 from bliss.data.transforms import rotate90
 from bliss.encoder.checkpoint import load_encoder
 from bliss.metrics.shear import grouped_shear_bias, per_image_rmse
+from bliss.predict.region_turns import turned_region_params
 from bliss.simulator.lensing import ConstantLensing
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -116,31 +118,6 @@ def cancelled_scenes(simulator, n_scenes: int, g_sigma: float, g_max: float, see
     return out
 
 
-#: the eight turns of the square (quarter turns ``k``, then a left-right mirror or not). A shear
-#: (spin 2) seen in the turned image is ``(-1)^k (g1, +-g2)``, which is its own inverse.
-DIHEDRAL = [(k, mirror) for mirror in (False, True) for k in range(4)]
-
-
-def _turned(batch: dict, k: int, mirror: bool) -> dict:
-    """The images (and maps of sky and seeing) turned; per-image scalars as they are."""
-    out = {}
-    for key, value in batch.items():
-        if value.ndim == 4:  # n c h w
-            value = torch.flip(value, dims=(-1,)) if mirror else value
-            value = torch.rot90(value, k, dims=(-2, -1))
-        out[key] = value
-    if "psf_shape" in out:  # n c 3: the PSF's (e1, e2) turn with the image, its rho4 does not
-        shape = out["psf_shape"]
-        out["psf_shape"] = torch.cat([_spin2_back(shape[..., :2], k, mirror), shape[..., 2:]], -1)
-    return out
-
-
-def _spin2_back(shear: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
-    """The shear a turned image shows, expressed in the original image's axes (``... 2``)."""
-    sign = torch.tensor([1.0, -1.0 if mirror else 1.0]) * (-1.0) ** k
-    return shear * sign
-
-
 @torch.no_grad()
 def npe_estimates(
     encoder,  # noqa: ANN001
@@ -150,29 +127,27 @@ def npe_estimates(
 ) -> dict[str, np.ndarray]:
     """Posterior mean and standard deviation of the shear (``n 2``) of every image.
 
-    ``symmetrize``: the equal mixture of the posteriors of the image's eight turns
-    (:data:`DIHEDRAL`), each turned back. A sky with no preferred direction has the same
-    posterior in every turn, so the mixture keeps the information and cancels whatever the network
-    adds that does not turn with the image (an additive bias ``c`` averages to zero over the turns).
+    ``symmetrize``: the posterior averaged over the image's eight quarter turns and mirrors
+    (:func:`bliss.predict.region_turns.turned_region_params`, what ``mode=predict`` reports with
+    ``predict.region_turns=8``).
     """
     region = encoder.regions["shear"]
-    turns = DIHEDRAL if symmetrize else DIHEDRAL[:1]
     keys = ("images", "background", "psf_fwhm_arcsec", "psf_shape")
     inputs = {k: batch[k] for k in keys if k in batch}
+
+    def shear_params(data: dict) -> dict[str, torch.Tensor]:
+        return {"shear": encoder.region_params(encoder.tile_features(data))["shear"]}
+
     locs, scales = [], []
     for start in range(0, len(batch["images"]), batch_size):
         part = {k: v[start : start + batch_size] for k, v in inputs.items()}
-        means, variances = [], []
-        for k, mirror in turns:
-            params = encoder.region_params(encoder.tile_features(_turned(part, k, mirror)))
-            loc, scale = region.factor._loc_scale(params["shear"][:, 0, 0])
-            means.append(_spin2_back(loc, k, mirror))
-            variances.append(scale**2)
-        mean = torch.stack(means).mean(0)
-        # the mixture's variance: the mean of the widths plus the spread of the turned means
-        variance = torch.stack(variances).mean(0) + torch.stack(means).var(0, correction=0)
-        locs.append(mean)
-        scales.append(variance.sqrt())
+        if symmetrize:
+            params = turned_region_params({"shear": region}, shear_params, part)["shear"]
+        else:
+            params = shear_params(part)["shear"]
+        loc, scale = region.factor._loc_scale(params[:, 0, 0])
+        locs.append(loc)
+        scales.append(scale)
     return {"mean": torch.cat(locs).numpy(), "sigma": torch.cat(scales).numpy()}
 
 
