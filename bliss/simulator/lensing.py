@@ -230,10 +230,9 @@ class LensingPrior:
         kind: ``"constant"``, ``"power_spectrum"`` or ``"nfw"``.
         g_max: constant fields: reduced shear uniform in the disk ``|g| <= g_max``, or the bound of
             the normal draws, then at least ``0.142 * g_sigma`` [default: 0.05].
-        distribution: constant fields: ``"disk"`` (uniform in the disk), ``"square"`` (each
-            component uniform in ``[-g_max, g_max]``, so that neither component's prior leans
-            towards zero; needs ``g_max < 1 / sqrt(2)``) or ``"normal"`` (each component normal
-            with standard deviation ``g_sigma``, redrawn beyond ``g_max``) [default: "disk"].
+        distribution: constant fields: ``"disk"`` (uniform in the disk) or ``"normal"`` (each
+            component normal with standard deviation ``g_sigma``, redrawn beyond ``g_max``)
+            [default: "disk"].
         g_sigma: see ``distribution`` [default: 0.05].
         kappa: constant fields: their convergence [default: 0, shear only].
         amplitude: power-spectrum fields: ``P(1 arcmin^-1)`` in arcmin^2 [default: 1e-4].
@@ -251,9 +250,8 @@ class LensingPrior:
 
     Raises:
         BlissConfigError: an unknown kind or distribution, ``g_max`` not in [0, 1) (or, for
-            normal draws, below ``0.142 * g_sigma``; for the square, not below ``1 / sqrt(2)``),
-            a non-positive ``g_sigma``, ``kappa >= 1``, or a non-positive amplitude, grid or
-            mass.
+            normal draws, below ``0.142 * g_sigma``), a non-positive ``g_sigma``, ``kappa >= 1``,
+            or a non-positive amplitude, grid or mass.
     """
 
     def __init__(
@@ -283,16 +281,10 @@ class LensingPrior:
             )
         if not kappa < 1:
             raise BlissConfigError(f"simulator.lensing.kappa={kappa}; expected kappa < 1.")
-        if distribution not in ("disk", "square", "normal") or not g_sigma > 0:
+        if distribution not in ("disk", "normal") or not g_sigma > 0:
             raise BlissConfigError(
                 f"simulator.lensing.distribution={distribution!r}, g_sigma={g_sigma}; expected "
-                "'disk', 'square' or 'normal' and a positive g_sigma."
-            )
-        if distribution == "square" and not g_max < 1 / math.sqrt(2):
-            raise BlissConfigError(
-                f"simulator.lensing.g_max={g_max} with distribution='square': the square's "
-                "corners reach |g| = g_max * sqrt(2), and a reduced shear must stay below 1; "
-                f"expected g_max < {1 / math.sqrt(2):.4f}."
+                "'disk' or 'normal' and a positive g_sigma."
             )
         # normal draws are redrawn until |g| <= g_max (g_max = 0 would loop forever)
         if distribution == "normal" and not g_max >= _MIN_G_MAX_OVER_SIGMA * g_sigma:
@@ -348,9 +340,6 @@ class LensingPrior:
                 g = rng.normal(0.0, self.g_sigma, 2)
                 while math.hypot(*g) > self.g_max:
                     g = rng.normal(0.0, self.g_sigma, 2)
-                return ConstantLensing(float(g[0]), float(g[1]), self.kappa)
-            if self.distribution == "square":
-                g = rng.uniform(-self.g_max, self.g_max, 2)
                 return ConstantLensing(float(g[0]), float(g[1]), self.kappa)
             radius = self.g_max * math.sqrt(rng.uniform())
             angle = rng.uniform(0, 2 * math.pi)

@@ -246,27 +246,10 @@ def test_normal_prior_is_truncated_at_g_max():
     assert radius2.mean() == pytest.approx(expected, abs=5 * radius2.std() / np.sqrt(n))
 
 
-def test_square_prior_is_flat_in_each_component():
-    # each component uniform on [-0.5, 0.5]: variance 1/12, mean 0, the two independent
-    n = 4000
-    prior = LensingPrior("constant", distribution="square", g_max=0.5)
-    fields = prior.sample(n, LensingGeometry(64, 64, 8, SCALE), torch.Generator().manual_seed(1))
-    g = np.array([field.g for field in fields])
-    assert np.abs(g).max() <= 0.5 and np.hypot(*g.T).max() > 0.6  # the corners are reached
-    # a uniform's sample variance has relative standard error sqrt((9/5 - 1) / n) = 0.89 / sqrt(n)
-    np.testing.assert_allclose(g.var(0), 1 / 12, rtol=5 * np.sqrt(0.8 / n))
-    # a component's histogram is flat: each fifth of the range holds 1/5 (binomial errors)
-    counts = np.histogram(g[:, 0], bins=5, range=(-0.5, 0.5))[0] / n
-    np.testing.assert_allclose(counts, 0.2, atol=5 * np.sqrt(0.16 / n))
-    assert abs(np.corrcoef(g.T)[0, 1]) < 5 / np.sqrt(n)
-
-
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
         ({"distribution": "uniform"}, r"simulator\.lensing\.distribution='uniform'"),
-        # the square's corners would reach |g| >= 1
-        ({"distribution": "square", "g_max": 0.75}, r"g_max=0\.75 with distribution='square'"),
         ({"distribution": "normal", "g_sigma": 0.0}, r"g_sigma=0\.0"),
         ({"distribution": "normal", "g_sigma": -0.1}, r"g_sigma=-0\.1"),
         ({"distribution": "normal", "g_sigma": float("nan")}, r"g_sigma=nan"),
