@@ -5,31 +5,16 @@ import pytest
 import torch
 from astropy.io import fits
 from astropy.table import Table
-from hydra.utils import instantiate
 
 from bliss.errors import BlissValueError
-from bliss.posterior.factors import NormalFactor
-from bliss.posterior.regions import RegionFactor
 from bliss.predict.predictor import Predictor
 from bliss.predict.region_quantities import write_region_quantities
-from tests.conftest import compose_config
 from tests.unit.predict.test_predictor import make_image
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    cfg = compose_config(["mode=predict", "experiment=debug"], tmp_path_factory.mktemp("cfg"))
-    torch.manual_seed(3)
-    regions = {
-        "shear": RegionFactor(NormalFactor("shear", dim=2)),
-        "kappa": RegionFactor(NormalFactor("convergence_map", dim=1), region_px=16),
-    }
-    return instantiate(cfg.encoder, regions=regions).eval()
-
-
-def test_estimates_come_from_the_features_the_catalog_used(encoder):
+def test_estimates_come_from_the_features_the_catalog_used(region_encoder):
     image = make_image(height=64, width=48)
-    predictor = Predictor(encoder, chunk_px=4096, progress=False)
+    predictor = Predictor(region_encoder, chunk_px=4096, progress=False)
     catalog, samples, regions = predictor.predict_with_regions(image, quantiles=(0.05, 0.95))
     plain, _ = predictor.predict_and_sample(image)
     assert int(catalog["n_sources"][0]) == int(plain["n_sources"][0])
@@ -39,23 +24,25 @@ def test_estimates_come_from_the_features_the_catalog_used(encoder):
     assert kappa.median.shape == (4, 3, 1) and kappa.region_px == (16, 16)
     with torch.no_grad():
         features = predictor.tile_features(image)
-        params = encoder.region_params(features)["shear"]
-    expected = encoder.regions["shear"].point_estimate(params)
+        params = region_encoder.region_params(features)["shear"]
+    expected = region_encoder.regions["shear"].point_estimate(params)
     np.testing.assert_allclose(shear.median, expected[0].numpy(), rtol=1e-6)
     for estimate in (shear, kappa):
         assert (estimate.quantiles[0.05] < estimate.median).all()
         assert (estimate.median < estimate.quantiles[0.95]).all()
 
 
-def test_a_map_that_does_not_divide_the_image_is_refused(encoder):
-    predictor = Predictor(encoder, chunk_px=4096, progress=False)
+def test_a_map_that_does_not_divide_the_image_is_refused(region_encoder):
+    predictor = Predictor(region_encoder, chunk_px=4096, progress=False)
     with pytest.raises(BlissValueError, match="region_px=16"):
         predictor.predict_with_regions(make_image(height=72, width=52))
 
 
-def test_the_file_holds_one_table_per_quantity(encoder, tmp_path):
+def test_the_file_holds_one_table_per_quantity(region_encoder, tmp_path):
     image = make_image(height=64, width=48)
-    _, _, regions = Predictor(encoder, chunk_px=4096, progress=False).predict_with_regions(image)
+    _, _, regions = Predictor(region_encoder, chunk_px=4096, progress=False).predict_with_regions(
+        image
+    )
     path = write_region_quantities(regions, tmp_path / "field_regions.fits", {"CKPT": "x.ckpt"})
     with fits.open(path) as hdus:
         assert [h.name for h in hdus] == ["PRIMARY", "SHEAR", "KAPPA"]

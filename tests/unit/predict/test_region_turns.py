@@ -11,14 +11,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from bliss.errors import BlissConfigError
 from bliss.posterior.factors import LogNormalFactor, NormalFactor
 from bliss.posterior.regions import RegionFactor
 from bliss.predict.predictor import Predictor
 from bliss.predict.region_turns import DIHEDRAL_TURNS, turn_inputs, turned_region_params
-from tests.conftest import compose_config
 from tests.unit.predict.test_predictor import make_image
 
 OFFSET = torch.tensor([0.03, -0.02])
@@ -97,23 +95,12 @@ def test_only_normal_factors_of_scalars_or_spin2_quantities_are_averaged() -> No
         turned_region_params(regions, _stand_in(OFFSET), {"images": torch.ones(1, 1, 8, 8)})
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    cfg = compose_config(["mode=predict", "experiment=debug"], tmp_path_factory.mktemp("cfg"))
-    torch.manual_seed(3)
-    regions = {
-        "shear": RegionFactor(NormalFactor("shear", dim=2)),
-        "kappa": RegionFactor(NormalFactor("convergence_map", dim=1), region_px=16),
-    }
-    return instantiate(cfg.encoder, regions=regions).eval()
-
-
 def _quarter_turned(image):  # noqa: ANN001, ANN202
     turn = lambda a: np.ascontiguousarray(np.rot90(a, 1, axes=(1, 2)))  # noqa: E731
     return dataclasses.replace(image, images=turn(image.images), background=turn(image.background))
 
 
-def test_the_averaged_estimate_turns_with_the_image(encoder) -> None:
+def test_the_averaged_estimate_turns_with_the_image(region_encoder) -> None:
     """Averaged over the turns, the estimate of a turned image is the estimate turned.
 
     The untrained network is far from equivariant (checked), so this holds only because of the
@@ -121,7 +108,7 @@ def test_the_averaged_estimate_turns_with_the_image(encoder) -> None:
     """
     image = make_image(height=64, width=48)
     for turns, exact in ((8, True), (1, False)):
-        predictor = Predictor(encoder, chunk_px=4096, progress=False, region_turns=turns)
+        predictor = Predictor(region_encoder, chunk_px=4096, progress=False, region_turns=turns)
         _, _, regions = predictor.predict_with_regions(image)
         _, _, turned = predictor.predict_with_regions(_quarter_turned(image))
         shear_back = -turned["shear"].median  # a quarter turn: (e1, e2) -> -(e1, e2)
@@ -133,6 +120,6 @@ def test_the_averaged_estimate_turns_with_the_image(encoder) -> None:
         assert close == exact, (turns, shear_back, regions["shear"].median)
 
 
-def test_region_turns_other_than_1_or_8_are_refused(encoder) -> None:
+def test_region_turns_other_than_1_or_8_are_refused(region_encoder) -> None:
     with pytest.raises(BlissConfigError, match="predict.region_turns=4"):
-        Predictor(encoder, progress=False, region_turns=4)
+        Predictor(region_encoder, progress=False, region_turns=4)
