@@ -404,13 +404,13 @@ class Predictor:
         regions = {}
         if self.encoder.regions:
             shape = (features.shape[-2] * self.tile_slen, features.shape[-1] * self.tile_slen)
-            if self.region_turns == 1:
-                params = self.encoder.region_params(features)
-            else:
+            params = self.encoder.region_params(features)
+            if self.region_turns > 1:
                 params = turned_region_params(
                     self.encoder.regions,
                     lambda data: self.encoder.region_params(self._features(data)),
                     self._padded(image),
+                    unturned=params,
                 )
             regions = region_estimates(
                 self.encoder.regions, params, self.tile_slen, shape, quantiles

@@ -85,6 +85,7 @@ def turned_region_params(
     regions: Mapping[str, RegionFactor],
     region_params: Callable[[dict[str, Tensor]], Mapping[str, Tensor]],
     data: Mapping[str, Tensor],
+    unturned: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Every region factor's raw parameters, averaged over the image's eight turns.
 
@@ -93,6 +94,8 @@ def turned_region_params(
         region_params: the inputs of a turned image -> each region's raw parameters
             (``b hr wr p``), e.g. the encoder's features and region heads.
         data: the inputs of the image (see :func:`turn_inputs`).
+        unturned: ``region_params`` of the image as it is, where the caller already has them
+            (they are not computed again).
 
     Returns:
         Raw parameters (``b hr wr p``) of a normal per coordinate with the mean and variance of
@@ -114,7 +117,10 @@ def turned_region_params(
     means: dict[str, list[Tensor]] = {name: [] for name in regions}
     variances: dict[str, list[Tensor]] = {name: [] for name in regions}
     for k, mirror in DIHEDRAL_TURNS:
-        params = region_params(turn_inputs(data, k, mirror))
+        if (k, mirror) == (0, False) and unturned is not None:
+            params = unturned
+        else:
+            params = region_params(turn_inputs(data, k, mirror))
         for name, region in regions.items():
             loc, scale = region.factor._loc_scale(params[name].float())
             loc, scale = _turned_back(loc, scale, kinds[name], k, mirror)

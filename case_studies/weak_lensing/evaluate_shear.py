@@ -43,7 +43,7 @@ from bliss.data.transforms import rotate90
 from bliss.encoder.checkpoint import load_encoder
 from bliss.metrics.shear import grouped_shear_bias, per_image_rmse
 from bliss.predict.region_turns import turned_region_params
-from bliss.simulator.lensing import ConstantLensing
+from bliss.simulator.lensing import ConstantLensing, LensingPrior
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fpfs_baseline import fpfs_shear  # noqa: E402
@@ -127,9 +127,9 @@ def npe_estimates(
 ) -> dict[str, np.ndarray]:
     """Posterior mean and standard deviation of the shear (``n 2``) of every image.
 
-    ``symmetrize``: the posterior averaged over the image's eight quarter turns and mirrors
-    (:func:`bliss.predict.region_turns.turned_region_params`, what ``mode=predict`` reports with
-    ``predict.region_turns=8``).
+    ``symmetrize``: also ``turned``, the same for the posterior averaged over the image's eight
+    quarter turns and mirrors (:func:`bliss.predict.region_turns.turned_region_params`, what
+    ``mode=predict`` reports with ``predict.region_turns=8``).
     """
     region = encoder.regions["shear"]
     keys = ("images", "background", "psf_fwhm_arcsec", "psf_shape")
@@ -138,17 +138,23 @@ def npe_estimates(
     def shear_params(data: dict) -> dict[str, torch.Tensor]:
         return {"shear": encoder.region_params(encoder.tile_features(data))["shear"]}
 
-    locs, scales = [], []
+    estimates = {"plain": ([], []), "turned": ([], [])} if symmetrize else {"plain": ([], [])}
     for start in range(0, len(batch["images"]), batch_size):
         part = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        params = {"plain": shear_params(part)}
         if symmetrize:
-            params = turned_region_params({"shear": region}, shear_params, part)["shear"]
-        else:
-            params = shear_params(part)["shear"]
-        loc, scale = region.factor._loc_scale(params[:, 0, 0])
-        locs.append(loc)
-        scales.append(scale)
-    return {"mean": torch.cat(locs).numpy(), "sigma": torch.cat(scales).numpy()}
+            params["turned"] = turned_region_params(
+                {"shear": region}, shear_params, part, unturned=params["plain"]
+            )
+        for name, (locs, scales) in estimates.items():
+            loc, scale = region.factor._loc_scale(params[name]["shear"][:, 0, 0])
+            locs.append(loc)
+            scales.append(scale)
+    out = {
+        name: {"mean": torch.cat(locs).numpy(), "sigma": torch.cat(scales).numpy()}
+        for name, (locs, scales) in estimates.items()
+    }
+    return out["plain"] | ({"turned": out["turned"]} if symmetrize else {})
 
 
 def deconvolved(mean: np.ndarray, sigma: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
@@ -174,12 +180,9 @@ def training_shear_prior(config: dict, checkpoint: str) -> dict:
             f"{checkpoint}: records no constant-shear prior (simulator.lensing={lensing!r}); "
             "expected a model of the shear_constant presets"
         )
-    # LensingPrior's defaults, for keys a config left out
-    return {
-        "distribution": lensing.get("distribution", "disk"),
-        "g_sigma": float(lensing.get("g_sigma", 0.05)),
-        "g_max": float(lensing.get("g_max", 0.05)),
-    }
+    # the prior itself fills in the keys a config left out with its defaults
+    prior = LensingPrior(**{k: v for k, v in lensing.items() if k != "_target_"})
+    return {"distribution": prior.distribution, "g_sigma": prior.g_sigma, "g_max": prior.g_max}
 
 
 def coverage(mean: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> list[float]:
@@ -274,7 +277,7 @@ def evaluate(
 ) -> dict:
     """Every estimator's m, c, RMSE and (posteriors) coverage on one test set.
 
-    ``shears``: ``(g_sigma, g_max)`` of the test shears [default: the training prior's].
+    ``shears``: ``(g_sigma, g_max)`` of the test shears [default: the shear_constant preset's].
     ``symmetrize``: also score the posterior averaged over the image's eight turns
     (``npe_symmetrized``, :func:`npe_estimates`).
     """
@@ -287,7 +290,7 @@ def evaluate(
     groups = batch["groups"].numpy()
     encoder, config = load_encoder(checkpoint)
     trained_on = training_shear_prior(config, checkpoint)
-    npe = npe_estimates(encoder, batch)
+    npe = npe_estimates(encoder, batch, symmetrize=symmetrize)
     results = {
         "npe": summarize(npe["mean"], truth, groups)
         | {"coverage": coverage(npe["mean"], npe["sigma"], truth)},
@@ -295,7 +298,7 @@ def evaluate(
         "training_prior": trained_on,
     }
     if symmetrize:
-        turned = npe_estimates(encoder, batch, symmetrize=True)
+        turned = npe["turned"]
         results["npe_symmetrized"] = summarize(turned["mean"], truth, groups) | {
             "coverage": coverage(turned["mean"], turned["sigma"], truth)
         }
@@ -346,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         type=float,
         metavar=("G_SIGMA", "G_MAX"),
-        help="test shears: normal per component, |g| <= G_MAX [default: the training prior's]",
+        help="test shears: normal per component, |g| <= G_MAX [default: the shear_constant "
+        "preset's, whatever prior the checkpoint was trained on]",
     )
     parser.add_argument(
         "--symmetrize",

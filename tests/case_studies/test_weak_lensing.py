@@ -189,7 +189,9 @@ def test_the_turned_posteriors_cancel_an_offset_and_keep_the_signal() -> None:
     moment = evaluate_shear.npe_estimates(_MomentEncoder((0.0, 0.0)), batch)["mean"]
     assert np.abs(moment).max() > 0.01  # the test has a signal to keep
     np.testing.assert_allclose(plain["mean"], moment + np.array(offset), atol=1e-6)
-    turned = evaluate_shear.npe_estimates(_MomentEncoder(offset), batch, symmetrize=True)
+    both = evaluate_shear.npe_estimates(_MomentEncoder(offset), batch, symmetrize=True)
+    np.testing.assert_allclose(both["mean"], plain["mean"], atol=0)  # the image as it is, too
+    turned = both["turned"]
     np.testing.assert_allclose(turned["mean"], moment, atol=1e-6)
     # the mixture's width: the turns' own (softplus(0) + the floor) and the offset's spread
     own = np.log(2.0) + _MomentEncoder(offset).regions["shear"].factor.min_scale

@@ -59,6 +59,16 @@ def test_an_offset_goes_and_the_measurement_stays() -> None:
     data = {"images": images, "background": torch.ones(3, 1)}
     out = turned_region_params(REGIONS, _stand_in(OFFSET), data)
     plain = _stand_in(torch.zeros(2))(data)
+    calls = []
+
+    def counted(turned: dict) -> dict:
+        calls.append(turned)
+        return _stand_in(OFFSET)(turned)
+
+    given = turned_region_params(REGIONS, counted, data, unturned=_stand_in(OFFSET)(data))
+    assert len(calls) == 7  # the image as it is was given, not computed again
+    for name in REGIONS:
+        torch.testing.assert_close(given[name], out[name])
     shear, width = _loc_scale("shear", out["shear"])
     moment, own = _loc_scale("shear", plain["shear"])
     assert moment.abs().max() > 0.01
