@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def npe_estimates(
     batch: dict,
     batch_size: int = 32,
     symmetrize: bool = False,
-) -> dict[str, np.ndarray]:
+) -> dict:
     """Posterior mean and standard deviation of the shear (``n 2``) of every image.
 
     ``symmetrize``: also ``turned``, the same for the posterior averaged over the image's eight
@@ -138,7 +139,7 @@ def npe_estimates(
     def shear_params(data: dict) -> dict[str, torch.Tensor]:
         return {"shear": encoder.region_params(encoder.tile_features(data))["shear"]}
 
-    estimates = {"plain": ([], []), "turned": ([], [])} if symmetrize else {"plain": ([], [])}
+    locs, scales = defaultdict(list), defaultdict(list)  # per estimate: "plain", "turned"
     for start in range(0, len(batch["images"]), batch_size):
         part = {k: v[start : start + batch_size] for k, v in inputs.items()}
         params = {"plain": shear_params(part)}
@@ -146,15 +147,15 @@ def npe_estimates(
             params["turned"] = turned_region_params(
                 {"shear": region}, shear_params, part, unturned=params["plain"]
             )
-        for name, (locs, scales) in estimates.items():
-            loc, scale = region.factor._loc_scale(params[name]["shear"][:, 0, 0])
-            locs.append(loc)
-            scales.append(scale)
+        for name, estimate in params.items():
+            loc, scale = region.factor._loc_scale(estimate["shear"][:, 0, 0])
+            locs[name].append(loc)
+            scales[name].append(scale)
     out = {
-        name: {"mean": torch.cat(locs).numpy(), "sigma": torch.cat(scales).numpy()}
-        for name, (locs, scales) in estimates.items()
+        name: {"mean": torch.cat(locs[name]).numpy(), "sigma": torch.cat(scales[name]).numpy()}
+        for name in locs
     }
-    return out["plain"] | ({"turned": out["turned"]} if symmetrize else {})
+    return out.pop("plain") | out
 
 
 def deconvolved(mean: np.ndarray, sigma: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
