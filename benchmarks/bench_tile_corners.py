@@ -8,7 +8,10 @@ area, 0.5 px out: both are measured too. Per place this prints the point estimat
 ``--seeds`` noise draws, the joint samples that hold the star once / miss it / hold it twice
 or more (``--samples`` per noise draw, over ``--sample-draws`` draws, torch seed = noise seed),
 and the P(source) each tile around the place had when its colour group was decided (noise seed
-0), in visiting order.
+0), in visiting order. For the samples holding it more than once, the extra detections' median
+distance from the star and their r flux against the star's tell a second copy of the star (same
+place, similar flux) from a faint neighbour the samples add. A star at a tile's centre is the
+control: no neighbouring tile shares it.
 
     python benchmarks/bench_tile_corners.py [--checkpoint bliss/models/sdss_generalist.ckpt] \
         [--sample-draws 5]
@@ -35,11 +38,22 @@ from tests.integration.test_shipped_model import MODEL, star_image  # noqa: E402
 
 NEAR_PX = 3.0  # a detection this close to the star is the star
 TOUCH_PX = 0.1  # the tiles this close to the star's place are the ones that may claim it
+STAR_R_NMGY = 40.0  # star_image's default
 
 
 def _held(catalog, row: float, col: float) -> int:
     columns = catalog_columns(catalog)
     return int((np.hypot(columns["row"] - row, columns["col"] - col) < NEAR_PX).sum())
+
+
+def _extras(catalog, row: float, col: float, band: int) -> list[tuple[float, float]]:
+    """(distance px, r flux / star's r flux) of the detections near the star but its nearest."""
+    columns = catalog_columns(catalog)
+    distance = np.hypot(columns["row"] - row, columns["col"] - col)
+    near = np.flatnonzero(distance < NEAR_PX)
+    near = near[np.argsort(distance[near])]
+    flux = np.atleast_2d(columns["fluxes"])[:, band] if len(near) else None
+    return [(float(distance[i]), float(flux[i] / STAR_R_NMGY)) for i in near[1:]]
 
 
 def group_probabilities(predictor: Predictor, image, row: float, col: float) -> list[float]:
@@ -65,6 +79,11 @@ def group_probabilities(predictor: Predictor, image, row: float, col: float) -> 
     return probabilities
 
 
+def _median(values) -> float | None:  # noqa: ANN001
+    values = list(values)
+    return float(np.median(values)) if values else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(MODEL))
@@ -87,20 +106,24 @@ def main() -> None:
         # of the first group's widened tile
         "corner - 0.5 px": (centre - 0.5, centre - 0.5),
         "border - 0.5 px": (centre - 0.5, centre + 2.0),
+        # the control: a tile's centre, where no neighbour shares the star
+        "tile centre": (centre + 2.0, centre + 2.0),
     }
+    band = encoder.reference_index
     results = {"checkpoint": args.checkpoint, "places": {}}
     for name, (row, col) in places.items():
         finds = [
             _held(predictor.predict(star_image(row, col, size=args.size, seed=s)), row, col)
             for s in range(args.seeds)
         ]
-        held = []
+        held, extras = [], []
         for draw in range(args.sample_draws):
             torch.manual_seed(draw)
             _, samples = predictor.predict_and_sample(
                 star_image(row, col, size=args.size, seed=draw), n_samples=args.samples
             )
             held += [_held(sample, row, col) for sample in samples]
+            extras += [e for sample in samples for e in _extras(sample, row, col, band)]
         image = star_image(row, col, size=args.size, seed=0)
         n_samples = args.samples * args.sample_draws
         entry = {
@@ -111,6 +134,10 @@ def main() -> None:
             "samples_missed": held.count(0),
             "samples_twice_or_more": sum(h >= 2 for h in held),
             "group_p_source": group_probabilities(predictor, image, row, col),
+            # the second (and further) detections of the samples holding it twice or more
+            "extra_distance_px_median": _median(e[0] for e in extras),
+            "extra_flux_ratio_median": _median(e[1] for e in extras),
+            "extra_flux_ratio_above_0.25": sum(e[1] > 0.25 for e in extras),
         }
         results["places"][name] = entry
         print(
@@ -119,6 +146,13 @@ def main() -> None:
             f"{entry['samples_twice_or_more']} of {n_samples} | P(source) by group: "
             f"{entry['group_p_source']}"
         )
+        if extras:
+            print(
+                f"{'':17s} extra detections: {len(extras)}, median distance "
+                f"{entry['extra_distance_px_median']:.2f} px, median r flux "
+                f"{entry['extra_flux_ratio_median']:.2f} x the star's, "
+                f"{entry['extra_flux_ratio_above_0.25']} above 0.25 x"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

@@ -143,3 +143,37 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
     assert (tmp_path / "field_m2_like.png").is_file()
     evaluate_tiling.write_markdown(results, tmp_path / "results.md")
     assert "| K4 |" in (tmp_path / "results.md").read_text()
+
+
+PRESETS = Path(__file__).parents[2] / "case_studies" / "spatial_tiling" / "conf"
+
+
+def _compose_preset(name: str, tmp_path: Path):  # noqa: ANN202
+    from tests.conftest import compose_config
+
+    return compose_config(
+        [f"hydra.searchpath=[file://{PRESETS.resolve()}]", "mode=train", f"experiment={name}"],
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PRESETS / "experiment").glob("*.yaml")))
+def test_every_preset_composes_and_builds(name, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = _compose_preset(name, tmp_path)
+    prior = instantiate(cfg.prior)
+    encoder = instantiate(cfg.encoder)
+    assert encoder.tile_slen == prior.tile_slen == 2
+    assert encoder.posterior.max_sources == prior.max_sources
+
+
+def test_each_training_pass_draws_its_own_images(tmp_path):
+    """A pass that reused an earlier pass's seed or shards would train on images it has seen."""
+    passes = ["crowded", "crowded_pass2", "crowded_pass3", "crowded_pass4"]
+    cfgs = [_compose_preset(name, tmp_path) for name in passes]
+    assert len({cfg.seed for cfg in cfgs}) == len(passes)
+    assert len({cfg.paths.cached_data for cfg in cfgs}) == len(passes)
+    # the later passes continue at falling learning rates
+    rates = [cfg.encoder.optimizer.lr for cfg in cfgs[1:]]
+    assert rates == sorted(rates, reverse=True)
