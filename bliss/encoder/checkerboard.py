@@ -10,6 +10,8 @@ first group that sees it and not again by its neighbour. The named schedules:
   other groups and the last group sees all of them.
 """
 
+import math
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -18,7 +20,7 @@ from bliss.catalog import TileCatalog
 from bliss.encoder.layers import ConvBlock
 from bliss.errors import BlissConfigError
 
-__all__ = ["SCHEDULES", "CatalogContext", "ContextHead", "TilingSchedule"]
+__all__ = ["SCHEDULES", "CatalogContext", "ContextHead", "TilingSchedule", "tile_light"]
 
 SCHEDULES = {1: "independent", 2: "checkerboard", 4: "2x2"}
 
@@ -90,19 +92,37 @@ class CatalogContext:
     Channels (all zero on unknown tiles): known flag, number of sources, number of galaxies,
     mean within-tile ``(row, col)`` of the sources, and ``asinh(total flux / flux_scale)`` per band.
 
+    With ``spill_fwhm_px``, ``c`` more channels give, on every tile, ``asinh(light /
+    flux_scale)`` of the light the known tiles' sources put inside that tile's pixels, each
+    source drawn as a Gaussian of that FWHM (the survey's nominal PSF; galaxies as points). A
+    source near a tile border lights its neighbours too; the per-tile summaries leave the head
+    to work out how much, so a later colour group can take the light of a star its neighbour
+    already holds for a second source (``benchmarks/bench_tile_corners.py``). These channels say
+    it directly, on the known tiles and on the ones being decided.
+
     Args:
         n_bands: ``c``.
-        flux_scale: nanomaggies at which the asinh flux channel turns logarithmic.
+        flux_scale: nanomaggies at which the asinh flux channels turn logarithmic.
+        spill_fwhm_px: FWHM (pixels) of the Gaussian the light channels draw sources with;
+            None: no light channels.
     """
 
-    def __init__(self, n_bands: int, flux_scale: float = 1.0) -> None:
+    def __init__(
+        self, n_bands: int, flux_scale: float = 1.0, spill_fwhm_px: float | None = None
+    ) -> None:
+        if spill_fwhm_px is not None and not spill_fwhm_px > 0:
+            raise BlissConfigError(
+                f"encoder.context_spill_fwhm_px={spill_fwhm_px}; expected a FWHM > 0 pixels "
+                "(or null for no light channels)."
+            )
         self.n_bands = n_bands
         self.flux_scale = flux_scale
+        self.spill_fwhm_px = spill_fwhm_px
 
     @property
     def n_channels(self) -> int:
         """Context channels ``k``."""
-        return 5 + self.n_bands
+        return 5 + self.n_bands * (1 if self.spill_fwhm_px is None else 2)
 
     def __call__(self, catalog: TileCatalog, known: Tensor) -> Tensor:
         """Context maps.
@@ -132,7 +152,43 @@ class CatalogContext:
         known = known.to(maps.dtype)
         if known.ndim == 2:
             known = known.unsqueeze(0)
-        return rearrange(maps * known.unsqueeze(-1), "b ht wt k -> b k ht wt")
+        maps = maps * known.unsqueeze(-1)
+        if self.spill_fwhm_px is not None:
+            light = tile_light(catalog, on * known.unsqueeze(-1), self.spill_fwhm_px)
+            maps = torch.cat([maps, torch.asinh(light / self.flux_scale)], dim=-1)
+        return rearrange(maps, "b ht wt k -> b k ht wt")
+
+
+def tile_light(catalog: TileCatalog, weight: Tensor, fwhm_px: float) -> Tensor:
+    """The light each tile's pixels receive from the catalog's sources drawn as Gaussians.
+
+    Args:
+        catalog: sources with ``locs`` and ``fluxes`` (``b ht wt m c``).
+        weight: per slot, how much of it to draw (``b ht wt m``; 0 for empty or ignored slots).
+        fwhm_px: the Gaussian's FWHM, pixels.
+
+    Returns:
+        Shape ``b ht wt c``: per tile and band, the sum over sources of flux times the share of
+        the Gaussian inside the tile (separable: the share in its rows times that in its columns).
+    """
+    slen = catalog.tile_slen
+    sigma = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    reach = math.ceil((4.0 * sigma + slen) / slen)  # tiles beyond this get < 3e-5 of the light
+    position = catalog["locs"] * slen  # b ht wt m 2, pixels from the own tile's corner
+    offsets = torch.arange(-reach, reach + 1, device=position.device, dtype=position.dtype)
+    low = offsets * slen  # the corner of the tile `offset` tiles away, in the same frame
+    edges = torch.stack([low, low + slen], -1)  # o 2 (first and last pixel edge)
+    # ndtr at each edge, per offset and axis: b ht wt m o 2(axis) 2(edge)
+    within = torch.special.ndtr((edges[:, None, :] - position[..., None, :, None]) / sigma)
+    share = within[..., 1] - within[..., 0]  # b ht wt m o 2: share in that tile's rows / cols
+    flux = catalog["fluxes"] * weight.unsqueeze(-1)  # b ht wt m c
+    b, n_h, n_w = weight.shape[:3]
+    out = flux.new_zeros(b, n_h + 2 * reach, n_w + 2 * reach, flux.shape[-1])
+    for i, dr in enumerate(range(-reach, reach + 1)):
+        for j, dc in enumerate(range(-reach, reach + 1)):
+            part = (flux * (share[..., i, 0] * share[..., j, 1]).unsqueeze(-1)).sum(-2)
+            out[:, reach + dr : reach + dr + n_h, reach + dc : reach + dc + n_w] += part
+    return out[:, reach : reach + n_h, reach : reach + n_w]
 
 
 class ContextHead(nn.Module):

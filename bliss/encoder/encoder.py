@@ -49,6 +49,9 @@ class Encoder(nn.Module):
         posterior: the variational posterior (its factors are a dict keyed by name).
         tiling: the colour-group schedule.
         context_width: hidden channels of the context head.
+        context_spill_fwhm_px: also give the context head the light the decided tiles' sources
+            put in every tile, drawn as Gaussians of this FWHM in pixels (the survey's nominal
+            PSF; :class:`~bliss.encoder.checkerboard.CatalogContext`); None: not.
         optimizer: a callable ``params -> Optimizer`` (Hydra ``_partial_``).
         scheduler: a callable ``optimizer -> LRScheduler`` or None.
         threshold: detection threshold on ``P(source)``.
@@ -92,6 +95,7 @@ class Encoder(nn.Module):
         posterior: VariationalPosterior,
         tiling: TilingSchedule,
         context_width: int = 64,
+        context_spill_fwhm_px: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         threshold: float = 0.5,
@@ -123,7 +127,7 @@ class Encoder(nn.Module):
         self.features = features(in_channels=normalizer.n_channels, tile_slen=tile_slen)
         self.posterior = posterior
         self.tiling = tiling
-        self.context = CatalogContext(len(self.bands))
+        self.context = CatalogContext(len(self.bands), spill_fwhm_px=context_spill_fwhm_px)
         self.head = ContextHead(
             self.features.width,
             self.context.n_channels,

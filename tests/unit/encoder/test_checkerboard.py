@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from bliss.catalog import TileCatalog
-from bliss.encoder.checkerboard import SCHEDULES, CatalogContext, ContextHead, TilingSchedule
+from bliss.encoder.checkerboard import (
+    SCHEDULES,
+    CatalogContext,
+    ContextHead,
+    TilingSchedule,
+    tile_light,
+)
 from bliss.errors import BlissConfigError
 
 EDGE = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -95,6 +101,60 @@ def test_context_zero_on_unknown_tiles() -> None:
     )
     # an empty known tile is marked known with zero sources
     torch.testing.assert_close(maps[0, :2, 0, 0], torch.tensor([1.0, 0.0]))
+
+
+def _one_star(row: float, col: float, flux: float, n_tiles: int = 5, slen: int = 4) -> TileCatalog:
+    """One source at pixel ``(row, col)`` of an ``n_tiles`` x ``n_tiles`` grid, one band."""
+    tile_row, tile_col = int(row // slen), int(col // slen)
+    locs = torch.zeros(1, n_tiles, n_tiles, 1, 2)
+    locs[0, tile_row, tile_col, 0] = torch.tensor([row / slen - tile_row, col / slen - tile_col])
+    fluxes = torch.zeros(1, n_tiles, n_tiles, 1, 1)
+    fluxes[0, tile_row, tile_col, 0, 0] = flux
+    n_sources = torch.zeros(1, n_tiles, n_tiles, dtype=torch.long)
+    n_sources[0, tile_row, tile_col] = 1
+    return TileCatalog(slen, {"n_sources": n_sources, "locs": locs, "fluxes": fluxes})
+
+
+@pytest.mark.parametrize(("row", "col"), [(10.0, 10.0), (8.0, 8.0), (9.3, 11.9), (8.0, 10.0)])
+def test_tile_light_matches_a_finely_sampled_gaussian(row: float, col: float) -> None:
+    fwhm, slen, n_tiles, flux = 3.5, 4, 5, 100.0
+    catalog = _one_star(row, col, flux, n_tiles, slen)
+    light = tile_light(catalog, catalog.is_on_mask.float(), fwhm)[0, ..., 0]
+    # brute force: the Gaussian on a 0.05 px grid, summed per tile
+    sigma = fwhm / 2.3548
+    step = 0.05
+    grid = (torch.arange(0, n_tiles * slen, step, dtype=torch.float64) + step / 2).view(-1, 1)
+    density = torch.exp(-((grid - row) ** 2 + (grid.T - col) ** 2) / (2 * sigma**2))
+    density = density / (2 * torch.pi * sigma**2) * step**2 * flux
+    k = int(slen / step)
+    expected = density.view(n_tiles, k, n_tiles, k).sum((1, 3)).float()
+    torch.testing.assert_close(light, expected, atol=2e-3 * flux, rtol=0)
+    # the star is far from the grid's edge: the tiles hold all of its light
+    assert abs(light.sum().item() - flux) < 1e-3 * flux
+
+
+def test_light_channels_tell_a_later_tile_what_its_neighbour_holds() -> None:
+    # a star on the corner four tiles share, held by the known tile above-left
+    catalog = _one_star(7.999, 7.999, 40.0)
+    context = CatalogContext(n_bands=1, spill_fwhm_px=3.5)
+    assert context.n_channels == 7
+    nothing_known = context(catalog, torch.zeros(5, 5, dtype=torch.bool))
+    assert (nothing_known == 0).all()
+    known = torch.zeros(5, 5, dtype=torch.bool)
+    known[1, 1] = True
+    maps = context(catalog, known)[0, -1]
+    # each of the four tiles at the corner gets about a quarter of the light, unknown or not
+    quarter = torch.asinh(torch.tensor(40.0 * 0.24))
+    for tile in [(1, 1), (1, 2), (2, 1), (2, 2)]:
+        assert abs(maps[tile] - quarter) < 0.05
+    # the summary channels stay zero on the unknown tiles
+    assert (context(catalog, known)[0, :-1, 2, 2] == 0).all()
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_light_channels_need_a_positive_fwhm(bad: float) -> None:
+    with pytest.raises(BlissConfigError, match="context_spill_fwhm_px"):
+        CatalogContext(n_bands=1, spill_fwhm_px=bad)
 
 
 def test_context_head_shapes() -> None:

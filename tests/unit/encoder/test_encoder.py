@@ -112,8 +112,10 @@ def test_nll_visits_groups_with_growing_known_masks(tmp_path, monkeypatch) -> No
         assert torch.equal(call["catalog"]["n_sources"], batch["catalog/n_sources"])
 
 
-def test_no_leak_from_current_and_later_groups(tmp_path) -> None:
-    encoder = _encoder(tmp_path)
+@pytest.mark.parametrize("spill", ["null", "3.5"])
+def test_no_leak_from_current_and_later_groups(tmp_path, spill: str) -> None:
+    # also with the light channels, which reach past a tile's own neighbours
+    encoder = _encoder(tmp_path, f"encoder.context_spill_fwhm_px={spill}")
     batch = _random_batch()
     truth = catalog_from_batch(batch, encoder.tile_slen)
     with torch.no_grad():
