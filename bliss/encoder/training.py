@@ -60,6 +60,7 @@ def load_initial_weights(encoder: pl.LightningModule, path: str | Path) -> None:
             stacklevel=2,
         )
     state = {key: value for key, value in state.items() if key not in dropped}
+    state = _grow_context_input(state, own, path)
     result = encoder.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise BlissConfigError(
@@ -73,6 +74,31 @@ def load_initial_weights(encoder: pl.LightningModule, path: str | Path) -> None:
             BlissWarning,
             stacklevel=2,
         )
+
+
+def _grow_context_input(state: dict, own: dict, path: str | Path) -> dict:
+    """Zero weights for context channels the checkpoint's head was trained without.
+
+    The context's light channels (``encoder.context_spill_fwhm_px``) come after the channels
+    every model has, so a model trained without them is fine-tuned with them by giving their
+    input weights zeros: the new model starts as the old one and learns to use them.
+    """
+    key = next((k for k in state if k.endswith("head.context.weight")), None)
+    if key is None or key not in own:
+        return state
+    old, new = state[key], own[key]
+    if old.shape == new.shape or old.shape[0] != new.shape[0] or old.shape[1] > new.shape[1]:
+        return state
+    grown = new.new_zeros(new.shape)
+    grown[:, : old.shape[1]] = old
+    warnings.warn(
+        f"train.init_weights={path}: its context head reads {old.shape[1]} channels, this "
+        f"encoder's {new.shape[1]}; the {new.shape[1] - old.shape[1]} new ones (the light "
+        "channels) start with zero weights.",
+        BlissWarning,
+        stacklevel=3,
+    )
+    return {**state, key: grown}
 
 
 def last_checkpoint(directory: str | Path) -> str | None:

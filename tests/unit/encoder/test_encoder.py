@@ -318,3 +318,28 @@ def test_training_refuses_an_encoder_target_it_cannot_train(tmp_path) -> None:
     cfg = compose_config(["mode=train", "experiment=debug", "encoder._target_=torch.nn.Linear"])
     with pytest.raises(BlissConfigError, match="encoder._target_=torch.nn.Linear"):
         build_encoder_module(cfg)
+
+
+def test_a_model_without_light_channels_fine_tunes_with_them_unchanged(tmp_path) -> None:
+    """Its weights load into an encoder with the light channels, which start at zero weight."""
+    from bliss.encoder.checkpoint import CONFIG_KEY
+    from bliss.encoder.training import load_initial_weights
+    from bliss.errors import BlissWarning
+
+    plain = _encoder(tmp_path)
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": plain.state_dict(), CONFIG_KEY: {}}, path)
+    lit = _encoder(tmp_path, "encoder.context_spill_fwhm_px=3.5")
+    assert lit.context.n_channels > plain.context.n_channels
+    with pytest.warns(BlissWarning, match="light"):
+        load_initial_weights(lit, path)
+    batch = _random_batch()
+    truth = catalog_from_batch(batch, plain.tile_slen)
+    colors = plain.tiling.colors(4, 4)
+    with torch.no_grad():
+        features = plain.tile_features(batch)
+        for k in range(1, 4):
+            args = (features, truth, colors < k, colors == k)
+            torch.testing.assert_close(lit.group_params(*args), plain.group_params(*args))
+    # and the new weights are trainable parameters, not frozen zeros
+    assert lit.head.context.weight.requires_grad
