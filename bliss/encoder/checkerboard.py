@@ -173,7 +173,8 @@ def tile_light(catalog: TileCatalog, weight: Tensor, fwhm_px: float) -> Tensor:
     """
     slen = catalog.tile_slen
     sigma = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    reach = math.ceil((4.0 * sigma + slen) / slen)  # tiles beyond this get < 3e-5 of the light
+    # tiles further away than this get under ~3e-5 of a source's light (a little more from a margin)
+    reach = math.ceil((4.0 * sigma + slen) / slen)
     position = catalog["locs"] * slen  # b ht wt m 2, pixels from the own tile's corner
     offsets = torch.arange(-reach, reach + 1, device=position.device, dtype=position.dtype)
     low = offsets * slen  # the corner of the tile `offset` tiles away, in the same frame
