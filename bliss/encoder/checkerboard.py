@@ -183,12 +183,18 @@ def tile_light(catalog: TileCatalog, weight: Tensor, fwhm_px: float) -> Tensor:
     within = torch.special.ndtr((edges[:, None, :] - position[..., None, :, None]) / sigma)
     share = within[..., 1] - within[..., 0]  # b ht wt m o 2: share in that tile's rows / cols
     flux = catalog["fluxes"] * weight.unsqueeze(-1)  # b ht wt m c
-    b, n_h, n_w = weight.shape[:3]
-    out = flux.new_zeros(b, n_h + 2 * reach, n_w + 2 * reach, flux.shape[-1])
-    for i, dr in enumerate(range(-reach, reach + 1)):
-        for j, dc in enumerate(range(-reach, reach + 1)):
-            part = (flux * (share[..., i, 0] * share[..., j, 1]).unsqueeze(-1)).sum(-2)
-            out[:, reach + dr : reach + dr + n_h, reach + dc : reach + dc + n_w] += part
+    b, n_h, n_w, m, c = flux.shape
+    n_off = offsets.numel()
+    # light each tile sends to the tile (i, j) offsets away: b ht wt c o o, as one batched
+    # product over the slots; contiguous operands, or bmm (and einsum) loop over the tiles
+    by_row = flux.unsqueeze(-1) * share[..., 0].unsqueeze(-2)  # b ht wt m c o
+    by_row = by_row.reshape(-1, m, c * n_off).transpose(1, 2).contiguous()
+    sent = torch.bmm(by_row, share[..., 1].reshape(-1, m, n_off).contiguous())
+    sent = sent.view(b, n_h, n_w, c, n_off, n_off)
+    out = flux.new_zeros(b, n_h + 2 * reach, n_w + 2 * reach, c)
+    for i in range(n_off):
+        for j in range(n_off):
+            out[:, i : i + n_h, j : j + n_w] += sent[..., i, j]
     return out[:, reach : reach + n_h, reach : reach + n_w]
 
 
