@@ -38,22 +38,18 @@ from tests.integration.test_shipped_model import MODEL, star_image  # noqa: E402
 
 NEAR_PX = 3.0  # a detection this close to the star is the star
 TOUCH_PX = 0.1  # the tiles this close to the star's place are the ones that may claim it
-STAR_R_NMGY = 40.0  # star_image's default
+STAR_R_NMGY = 40.0  # the star's r flux
 
 
-def _held(catalog, row: float, col: float) -> int:
-    columns = catalog_columns(catalog)
-    return int((np.hypot(columns["row"] - row, columns["col"] - col) < NEAR_PX).sum())
-
-
-def _extras(catalog, row: float, col: float, band: int) -> list[tuple[float, float]]:
-    """(distance px, r flux / star's r flux) of the detections near the star but its nearest."""
+def _nearby(catalog, row: float, col: float, band: int) -> list[tuple[float, float]]:
+    """(distance px, r flux / the star's) of the detections that hold the star, nearest first."""
     columns = catalog_columns(catalog)
     distance = np.hypot(columns["row"] - row, columns["col"] - col)
     near = np.flatnonzero(distance < NEAR_PX)
-    near = near[np.argsort(distance[near])]
-    flux = np.atleast_2d(columns["fluxes"])[:, band] if len(near) else None
-    return [(float(distance[i]), float(flux[i] / STAR_R_NMGY)) for i in near[1:]]
+    flux = catalog["fluxes"][0, : len(distance), band].numpy()
+    return [
+        (float(distance[i]), float(flux[i] / STAR_R_NMGY)) for i in near[np.argsort(distance[near])]
+    ]
 
 
 def group_probabilities(predictor: Predictor, image, row: float, col: float) -> list[float]:
@@ -77,6 +73,10 @@ def group_probabilities(predictor: Predictor, image, row: float, col: float) -> 
     tiles.sort(key=lambda tile: order.index(int(colors[tile])))
     probabilities = [round(float(prob[tile]), 3) for tile in tiles]
     return probabilities
+
+
+def _star(row: float, col: float, size: int, seed: int):  # noqa: ANN202
+    return star_image(row, col, r_nmgy=STAR_R_NMGY, size=size, seed=seed)
 
 
 def _median(values) -> float | None:  # noqa: ANN001
@@ -113,18 +113,20 @@ def main() -> None:
     results = {"checkpoint": args.checkpoint, "places": {}}
     for name, (row, col) in places.items():
         finds = [
-            _held(predictor.predict(star_image(row, col, size=args.size, seed=s)), row, col)
+            len(_nearby(predictor.predict(_star(row, col, args.size, s)), row, col, band))
             for s in range(args.seeds)
         ]
         held, extras = [], []
         for draw in range(args.sample_draws):
             torch.manual_seed(draw)
             _, samples = predictor.predict_and_sample(
-                star_image(row, col, size=args.size, seed=draw), n_samples=args.samples
+                _star(row, col, args.size, draw), n_samples=args.samples
             )
-            held += [_held(sample, row, col) for sample in samples]
-            extras += [e for sample in samples for e in _extras(sample, row, col, band)]
-        image = star_image(row, col, size=args.size, seed=0)
+            for sample in samples:
+                nearby = _nearby(sample, row, col, band)
+                held.append(len(nearby))
+                extras += nearby[1:]
+        image = _star(row, col, args.size, 0)
         n_samples = args.samples * args.sample_draws
         entry = {
             "point_found_once": finds.count(1),

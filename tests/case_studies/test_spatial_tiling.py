@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from bliss.catalog import FullCatalog
 from bliss.simulator.torch_render import TorchRenderer
+from tests.conftest import compose_config
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "case_studies" / "spatial_tiling"))
 from baselines import daophot_catalog, sep_catalog  # noqa: E402
@@ -149,8 +151,6 @@ PRESETS = Path(__file__).parents[2] / "case_studies" / "spatial_tiling" / "conf"
 
 
 def _compose_preset(name: str, tmp_path: Path):  # noqa: ANN202
-    from tests.conftest import compose_config
-
     return compose_config(
         [f"hydra.searchpath=[file://{PRESETS.resolve()}]", "mode=train", f"experiment={name}"],
         tmp_path,
@@ -159,8 +159,6 @@ def _compose_preset(name: str, tmp_path: Path):  # noqa: ANN202
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (PRESETS / "experiment").glob("*.yaml")))
 def test_every_preset_composes_and_builds(name, tmp_path):
-    from hydra.utils import instantiate
-
     cfg = _compose_preset(name, tmp_path)
     prior = instantiate(cfg.prior)
     encoder = instantiate(cfg.encoder)
