@@ -83,7 +83,8 @@ def _counts_near(result: tuple, row: float, col: float) -> tuple[int, list[int]]
 def test_star_on_a_tile_border_is_counted_once(predictor):
     # row 24.0 is the border between tile rows 5 and 6: both tiles see the star, one claims it.
     # Measured with seed 0: once in 38 of 40 joint samples, never missed, twice in 2 (torch and
-    # noise seeds 1 and 2: 38 / 0 / 2 and 35 / 0 / 5).
+    # noise seeds 1 and 2: 38 / 0 / 2 both; the fifth pass, without the context's light
+    # channels: 38 / 0 / 2 and 35 / 0 / 5).
     torch.manual_seed(0)
     point, samples = _counts_near(
         predictor.predict_and_sample(star_image(24.0, 26.0), n_samples=40), 24.0, 26.0
@@ -96,10 +97,11 @@ def test_star_on_a_tile_border_is_counted_once(predictor):
 def test_star_on_a_tile_corner_is_found_and_counted_once(predictor):
     # (24, 24) is shared by four tiles, one per colour group. The tiles hold sources up to 0.2 px
     # past their border, so the first group's tile holds the star well inside (P(source) ~0.8)
-    # and the later groups decline it. Measured with seed 0: the point estimate finds it, and
-    # the joint samples hold it once in 38 of 40 draws, never miss it and count it twice in 2
-    # (seeds 1 and 2: 36 / 0 / 4 and 35 / 0 / 5; the second source is mostly a faint one).
-    # The fourth-pass model, without margins, missed it in the point estimate.
+    # and the later groups decline it, seeing its light in their pixels (the context's light
+    # channels). Measured with seed 0: the point estimate finds it, and the joint samples hold it
+    # once in 39 of 40 draws, never miss it and count it twice in 1 (seeds 1 and 2: 39 / 0 / 1
+    # and 37 / 0 / 3; the fifth pass, without the light channels: 38 / 0 / 2, 36 / 0 / 4 and
+    # 35 / 0 / 5). The fourth-pass model, without margins, missed it in the point estimate.
     torch.manual_seed(0)
     point, samples = _counts_near(
         predictor.predict_and_sample(star_image(24.0, 24.0), n_samples=40), 24.0, 24.0
@@ -107,7 +109,7 @@ def test_star_on_a_tile_corner_is_found_and_counted_once(predictor):
     assert point == 1
     assert max(samples) <= 2
     assert samples.count(0) <= 2
-    assert samples.count(1) >= 33
+    assert samples.count(1) >= 35
 
 
 @pytest.mark.parametrize("r_nmgy", [40.0, 5.0])
