@@ -146,6 +146,14 @@ def check_compatible(
             f"checkpoint {path} has posterior factors {saved_factors}, the config asks for "
             f"{wanted_factors}; resume with the factor set it was trained with."
         )
+    saved_spill = saved.get("context_spill_fwhm_px")
+    if saved_spill is not None and wanted.get("context_spill_fwhm_px") is None:
+        # the other way round is a fine-tune that adds the channels (zero weights)
+        raise BlissConfigError(
+            f"checkpoint {path} was trained with the context's light channels "
+            f"(encoder.context_spill_fwhm_px={saved_spill}), the config has none; add "
+            f"encoder.context_spill_fwhm_px={saved_spill} to train from it."
+        )
     if list(saved["bands"]) != list(wanted["bands"]):
         raise BlissConfigError(
             f"checkpoint {path} was trained on bands {saved['bands']}, the config has "
