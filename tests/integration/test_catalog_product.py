@@ -114,7 +114,10 @@ def test_a_subtracted_sky_is_added_back_from_the_noise(predictor, electrons, tmp
     table, reference = result["table"], electrons["table"]
     index, distance = matched(reference, table)
     confident = reference["prob_source"] > 0.6
-    assert (distance[confident] < 0.1).all()
+    # positions move by less than one posterior sigma (x_err, y_err: half the 16-84 % interval);
+    # measured: at most 0.37 of it (0.11 px for a 4 nmgy source), bright stars < 0.02 px
+    position_sigma = np.hypot(reference["x_err"], reference["y_err"]).value
+    assert (distance[confident] < position_sigma[confident]).all()
     # fluxes move by less than 2 posterior sigmas (half the 16-84 % interval); with the same
     # pixel noise, only the sky level the network normalises by changed, by ~1-3 %
     sigma = (reference["flux_r_hi"] - reference["flux_r_lo"]).value / 3.29
