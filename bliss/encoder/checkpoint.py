@@ -147,11 +147,14 @@ def check_compatible(
             f"{wanted_factors}; resume with the factor set it was trained with."
         )
     saved_spill = saved.get("context_spill_fwhm_px")
-    if saved_spill is not None and wanted.get("context_spill_fwhm_px") is None:
-        # the other way round is a fine-tune that adds the channels (zero weights)
+    wanted_spill = wanted.get("context_spill_fwhm_px")
+    # None -> a width is a fine-tune that adds the channels (zero weights); a width -> another
+    # loads weights learnt for light drawn with the first width into channels drawn with the second
+    if saved_spill is not None and wanted_spill != saved_spill:
         raise BlissConfigError(
             f"checkpoint {path} was trained with the context's light channels "
-            f"(encoder.context_spill_fwhm_px={saved_spill}), the config has none; add "
+            f"(encoder.context_spill_fwhm_px={saved_spill}), the config has "
+            f"{'none' if wanted_spill is None else wanted_spill}; set "
             f"encoder.context_spill_fwhm_px={saved_spill} to train from it."
         )
     if list(saved["bands"]) != list(wanted["bands"]):

@@ -16,7 +16,8 @@ Scores (matching within ``--match-arcsec``, one-to-one):
 * star/galaxy accuracy of matched sources at r < 24 (23 on a visit);
 * median |Δmag| in r per bin;
 * e1 / e2 RMSE of matched true galaxies at r < 24 (23 on a visit; bliss's ``ellipticity``; HSM
-  on the photutils detections, over those it measures, with the share it measures);
+  on the photutils detections, over those it measures, with the share it measures), and over
+  the galaxies both measure (the same galaxies for both);
 * 90 % interval coverage of bliss's r flux and e1 / e2 (and sep's Gaussian flux errors).
 
     python case_studies/dc2_cataloging/evaluate_dc2.py --checkpoint CKPT --n-fields 20 \\
@@ -169,6 +170,7 @@ def score_field(truth: dict, est: dict, ref: int, match_px: float, blend_px: flo
         true_mag = 22.5 - 2.5 * np.log10(truth["fluxes"][:, ref])
         est_mag = 22.5 - 2.5 * np.log10(est["fluxes"][:, ref])
     pairs = {
+        "true_index": true_idx,
         "true_mag": true_mag[true_idx],
         "dmag": est_mag[est_idx] - true_mag[true_idx],
         "true_galaxy": truth["galaxy"][true_idx],
@@ -193,6 +195,21 @@ def score_field(truth: dict, est: dict, ref: int, match_px: float, blend_px: flo
         "est_blend": est_blend,
         **{f"pair_{k}": v for k, v in pairs.items()},
     }
+
+
+def mark_common_shapes(records: dict[str, dict]) -> None:
+    """Mark, in one field's records of every method, the pairs whose true source every method
+    with shapes matched and measured (``pair_e_common``): HSM measures only resolved galaxies,
+    so an RMSE over each method's own pairs compares different galaxies."""
+    measured = [
+        set(r["pair_true_index"][np.isfinite(r["pair_e_err"]).all(axis=1)])
+        for r in records.values()
+        if "pair_e_err" in r
+    ]
+    common = set.intersection(*measured) if measured else set()
+    for r in records.values():
+        if "pair_e_err" in r:
+            r["pair_e_common"] = np.isin(r["pair_true_index"], sorted(common))
 
 
 def _f1(cat: dict, true: np.ndarray | slice, est: np.ndarray | slice) -> float:
@@ -245,6 +262,13 @@ def summarise(records: list[dict], depth: Depth = DEPTHS["lsst_coadd"]) -> dict:
             float(np.sqrt(np.mean(err[measured, k] ** 2))) if measured.any() else nan
             for k in range(2)
         ]
+        if "pair_e_common" in cat:
+            common = cat["pair_e_common"][galaxies]
+            out["e_common_count"] = int(common.sum())
+            out["e_rmse_common"] = [
+                float(np.sqrt(np.mean(err[common, k] ** 2))) if common.any() else nan
+                for k in range(2)
+            ]
         if "pair_e_cover" in cat:
             cover = cat["pair_e_cover"][galaxies][measured]
             out["e_coverage90"] = [
@@ -293,6 +317,16 @@ def table(results: dict, depth: Depth) -> str:
                     "/".join(f"{v:.3f}" for v in r["e_rmse"])
                     + f" ({r['e_measured_share']:.0%} measured)"
                     if "e_rmse" in r
+                    else "-"
+                ),
+            )
+        )
+        rows.append(
+            (
+                f"e1 / e2 RMSE, galaxies r < {depth.shape_max_mag:g} every method measured",
+                lambda r: (
+                    "/".join(f"{v:.3f}" for v in r["e_rmse_common"]) + f" ({r['e_common_count']})"
+                    if "e_rmse_common" in r
                     else "-"
                 ),
             )
@@ -379,8 +413,13 @@ def main(argv: list[str] | None = None) -> dict:
                 photo["label"],
                 scale,
             )
-            for method, est in (("bliss", ours), ("sep", sep), ("photutils", photo)):
-                records[method].append(score_field(truth, est, ref, match_px, blend_px))
+            field = {
+                method: score_field(truth, est, ref, match_px, blend_px)
+                for method, est in (("bliss", ours), ("sep", sep), ("photutils", photo))
+            }
+            mark_common_shapes(field)
+            for method, record in field.items():
+                records[method].append(record)
         results[name] = {m: summarise(r, depth) for m, r in records.items()}
         (out / f"dc2_{name}.json").write_text(json.dumps(results[name], indent=1))
     text = table(results, depth)

@@ -103,6 +103,30 @@ def test_a_perfect_catalog_scores_perfectly():
     ] == pytest.approx(0.5)
 
 
+def test_shapes_are_compared_on_the_galaxies_every_method_measured():
+    # four bright galaxies; the network's e errors 0.1 on the first two, 0.3 on the last two;
+    # HSM measures only the first two (the others NaN), with error 0.2
+    truth = {
+        "plocs": np.stack([np.arange(4) * 20.0, np.zeros(4)], -1),
+        "fluxes": np.full((4, 6), 10.0),  # r = 20
+        "galaxy": np.ones(4, bool),
+        "e": np.zeros((4, 2)),
+    }
+    ours = {**truth, "e": np.repeat([[0.1], [0.1], [0.3], [0.3]], 2, 1)}
+    hsm = {**truth, "e": np.array([[0.2, 0.2], [0.2, 0.2], [np.nan] * 2, [np.nan] * 2])}
+    field = {m: evaluate_dc2.score_field(truth, est, 2, 2.5, 5.0) for m, est in
+             (("bliss", ours), ("photutils", hsm))}  # fmt: skip
+    evaluate_dc2.mark_common_shapes(field)
+    bliss, photo = (evaluate_dc2.summarise([field[m]]) for m in ("bliss", "photutils"))
+    # over each method's own galaxies the network looks worse than HSM (sqrt(0.05) > 0.2) ...
+    assert bliss["e_rmse"][0] == pytest.approx(np.sqrt((2 * 0.01 + 2 * 0.09) / 4))
+    assert photo["e_rmse"][0] == pytest.approx(0.2) and photo["e_measured_share"] == 0.5
+    # ... on the two both measured it is half HSM's error
+    assert bliss["e_common_count"] == photo["e_common_count"] == 2
+    assert bliss["e_rmse_common"] == pytest.approx([0.1, 0.1])
+    assert photo["e_rmse_common"] == pytest.approx([0.2, 0.2])
+
+
 def test_a_visit_scores_in_its_own_shallower_bins():
     # one source per visit bin (r 16-21, 21-22, 22-23, 23-24, 24-24.7), each found but the last
     mags = np.array([18.0, 21.5, 22.5, 23.5, 24.3])

@@ -22,3 +22,8 @@ def test_dropping_the_light_channels_names_the_key_and_value() -> None:
     with pytest.raises(BlissConfigError, match=r"encoder.context_spill_fwhm_px=3.5") as info:
         check_compatible({"encoder": _config(3.5)}, _config(None), "shipped.ckpt")
     assert "shipped.ckpt" in str(info.value)
+
+
+def test_another_light_width_names_both_values() -> None:
+    with pytest.raises(BlissConfigError, match=r"the config has 2.0; set .*=3.5"):
+        check_compatible({"encoder": _config(3.5)}, _config(2.0), "shipped.ckpt")
