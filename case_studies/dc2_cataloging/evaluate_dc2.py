@@ -258,23 +258,24 @@ def summarise(records: list[dict], depth: Depth = DEPTHS["lsst_coadd"]) -> dict:
         measured = np.isfinite(err).all(axis=1)
         out["e_measured_share"] = float(np.mean(measured)) if len(measured) else float("nan")
         nan = float("nan")
-        out["e_rmse"] = [
-            float(np.sqrt(np.mean(err[measured, k] ** 2))) if measured.any() else nan
-            for k in range(2)
-        ]
+        out["e_rmse"] = _rmse(err, measured)
         if "pair_e_common" in cat:
             common = cat["pair_e_common"][galaxies]
             out["e_common_count"] = int(common.sum())
-            out["e_rmse_common"] = [
-                float(np.sqrt(np.mean(err[common, k] ** 2))) if common.any() else nan
-                for k in range(2)
-            ]
+            out["e_rmse_common"] = _rmse(err, common)
         if "pair_e_cover" in cat:
             cover = cat["pair_e_cover"][galaxies][measured]
             out["e_coverage90"] = [
                 float(np.mean(cover[:, k])) if len(cover) else nan for k in range(2)
             ]
     return out
+
+
+def _rmse(err: np.ndarray, selected: np.ndarray) -> list[float]:
+    """RMSE of e1 and e2 over the ``selected`` rows of ``err`` (``n 2``); NaN where none are."""
+    if not selected.any():
+        return [float("nan")] * 2
+    return [float(np.sqrt(np.mean(err[selected, k] ** 2))) for k in range(2)]
 
 
 def table(results: dict, depth: Depth) -> str:

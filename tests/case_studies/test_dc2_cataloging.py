@@ -114,8 +114,10 @@ def test_shapes_are_compared_on_the_galaxies_every_method_measured():
     }
     ours = {**truth, "e": np.repeat([[0.1], [0.1], [0.3], [0.3]], 2, 1)}
     hsm = {**truth, "e": np.array([[0.2, 0.2], [0.2, 0.2], [np.nan] * 2, [np.nan] * 2])}
-    field = {m: evaluate_dc2.score_field(truth, est, 2, 2.5, 5.0) for m, est in
-             (("bliss", ours), ("photutils", hsm))}  # fmt: skip
+    field = {
+        method: evaluate_dc2.score_field(truth, est, 2, 2.5, 5.0)
+        for method, est in (("bliss", ours), ("photutils", hsm))
+    }
     evaluate_dc2.mark_common_shapes(field)
     bliss, photo = (evaluate_dc2.summarise([field[m]]) for m in ("bliss", "photutils"))
     # over each method's own galaxies the network looks worse than HSM (sqrt(0.05) > 0.2) ...
