@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from bliss.errors import BlissConfigError
-from bliss.simulator.prior import CatalogPrior
+from bliss.simulator.prior import CatalogPrior, power_law_quantile
 
 __all__ = ["StarClusterPrior", "king_profile"]
 
@@ -33,7 +33,9 @@ class StarClusterPrior(CatalogPrior):
     tile is the density at its centre, ``field_density_per_px2`` plus the King profile, times the
     tile's area; counts are Poisson, truncated at ``max_sources``. Fluxes follow the reference-band
     power law ``star_flux`` (the luminosity function over the fitted range) and the stellar colours
-    of :class:`CatalogPrior`.
+    of :class:`CatalogPrior`. With ``star_flux.alpha`` a ``[low, high]`` range, each image draws
+    its own slope, uniform in it: clusters differ in their luminosity functions, and a model
+    trained on one slope reads the crowding of another wrongly.
 
     Args:
         bands: band names in channel order.
@@ -47,7 +49,8 @@ class StarClusterPrior(CatalogPrior):
         concentration: ``log10(tidal radius / core radius)``.
         field_density_per_px2: uniform density of field stars, per px².
         center_offset_px: how far from the grid's middle the centre may fall, px.
-        star_flux: ``{min_nmgy, max_nmgy, alpha}``, ``N(> F) ~ F^-alpha``.
+        star_flux: ``{min_nmgy, max_nmgy, alpha}``, ``N(> F) ~ F^-alpha``; ``alpha`` a number or
+            ``[low, high]`` (per image, uniform).
         star_colors: ``{mean, slope, scatter}`` per band (see :class:`CatalogPrior`).
 
     Example:
@@ -73,6 +76,11 @@ class StarClusterPrior(CatalogPrior):
         star_flux: Mapping[str, float] | None = None,
         star_colors: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        star_flux = dict(star_flux) if star_flux is not None else None
+        self.alpha_range = None
+        if star_flux is not None and isinstance(star_flux.get("alpha"), Sequence):
+            self.alpha_range = _check_range("star_flux.alpha", star_flux["alpha"])
+            star_flux["alpha"] = sum(self.alpha_range) / 2  # checked as one; drawn per image
         super().__init__(
             bands,
             reference_band,
@@ -146,6 +154,18 @@ class StarClusterPrior(CatalogPrior):
         rows = (torch.arange(n_tiles_h) + 0.5).view(-1, 1) * slen
         cols = (torch.arange(n_tiles_w) + 0.5).view(1, -1) * slen
         return self.density_per_px2(rows, cols, center, density, core) * slen**2
+
+    def _star_reference_flux(
+        self, image: Tensor, n_images: int, generator: torch.Generator
+    ) -> Tensor:
+        """The power law ``star_flux``, with each image's own slope where ``alpha`` is a range."""
+        if self.alpha_range is None:
+            return super()._star_reference_flux(image, n_images, generator)
+        low, high = self.alpha_range
+        alpha = low + (high - low) * torch.rand(n_images, generator=generator, dtype=torch.float64)
+        u = torch.rand(image.shape, generator=generator, dtype=torch.float64)
+        spec = self.star_flux
+        return power_law_quantile(u, spec["min_nmgy"], spec["max_nmgy"], alpha[image]).float()
 
 
 def _log_uniform(bounds: tuple[float, float], u: Tensor) -> Tensor:

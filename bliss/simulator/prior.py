@@ -11,7 +11,7 @@ from torch import Tensor
 from bliss.catalog import GALAXY_KEYS, TileCatalog
 from bliss.errors import BlissConfigError
 
-__all__ = ["CatalogPrior", "GalaxyShapeCatalog"]
+__all__ = ["CatalogPrior", "GalaxyShapeCatalog", "power_law_quantile"]
 
 _ARCSEC_PER_ARCMIN = 60.0
 
@@ -195,7 +195,8 @@ class CatalogPrior:
         is_on = slots < rearrange(n_sources, "b ht wt -> b ht wt 1")
         # draw attributes for the present sources only: at survey densities ~1 % of the slots
         # hold one, and drawing every slot cost more than rendering the images
-        sources = self._sample_sources(int(is_on.sum()), generator)
+        image = is_on.nonzero()[:, 0]  # the image of each present source, in mask order
+        sources = self._sample_sources(image, n_images, generator)
         data: dict[str, Tensor] = {"n_sources": n_sources}
         for key, values in sources.items():
             data[key] = values.new_zeros(*shape, values.shape[-1])
@@ -222,8 +223,14 @@ class CatalogPrior:
         """
         return torch.full((n_images, n_tiles_h, n_tiles_w), self.mean_sources_per_tile)
 
-    def _sample_sources(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        """Attributes of ``n`` sources: ``locs`` (``n 2``), ``fluxes`` (``n c``), the rest ``n 1``."""
+    def _sample_sources(
+        self, image: Tensor, n_images: int, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Attributes of sources in images ``image`` (``n``, of ``n_images``).
+
+        Returns ``locs`` (``n 2``), ``fluxes`` (``n c``), the rest ``n 1``.
+        """
+        n = image.numel()
         shape = (n,)
         locs = torch.rand(*shape, 2, generator=generator)
         if self.corner_fraction:
@@ -236,7 +243,7 @@ class CatalogPrior:
         ref_flux = torch.where(
             is_galaxy,
             _sample_power_law(shape, self.galaxy_flux, generator),
-            _sample_power_law(shape, self.star_flux, generator),
+            self._star_reference_flux(image, n_images, generator),
         )
         galaxy = rearrange(is_galaxy.float(), "n -> n 1")
         if self.galaxy_shape_catalog is None:
@@ -260,6 +267,15 @@ class CatalogPrior:
                 if key not in GALAXY_KEYS and key != "colors"
             },
         }
+
+    def _star_reference_flux(
+        self, image: Tensor, n_images: int, generator: torch.Generator
+    ) -> Tensor:
+        """Reference-band fluxes of stars in images ``image`` (``n``): the power law ``star_flux``.
+
+        Subclasses whose luminosity function changes from image to image override this.
+        """
+        return _sample_power_law(image.shape, self.star_flux, generator)
 
     def _sample_fluxes(
         self, ref_flux: Tensor, is_galaxy: Tensor, generator: torch.Generator
@@ -306,10 +322,14 @@ def _sample_power_law(
     shape: tuple[int, ...], spec: Mapping[str, float], generator: torch.Generator
 ) -> Tensor:
     """Inverse-CDF draw from ``p(F) ~ F^-(alpha + 1)`` on ``[min_nmgy, max_nmgy]``."""
-    low, high, alpha = spec["min_nmgy"], spec["max_nmgy"], spec["alpha"]
     u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return power_law_quantile(u, spec["min_nmgy"], spec["max_nmgy"], spec["alpha"]).float()
+
+
+def power_law_quantile(u: Tensor, low: float, high: float, alpha: Tensor | float) -> Tensor:
+    """The ``u`` quantile of ``p(F) ~ F^-(alpha + 1)`` on ``[low, high]`` (``alpha`` broadcasts)."""
     tail = 1.0 - (high / low) ** (-alpha)
-    return (low * (1.0 - u * tail) ** (-1.0 / alpha)).float()
+    return low * (1.0 - u * tail) ** (-1.0 / alpha)
 
 
 def _check_power_law(key: str, spec: Mapping[str, float]) -> dict[str, float]:

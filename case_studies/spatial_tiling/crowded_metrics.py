@@ -1,4 +1,5 @@
-"""Crowded-field scores: F1 under the StarNet/PCAT protocol, count-interval coverage, close pairs.
+"""Crowded-field scores: F1 under the StarNet/PCAT protocol, count-interval coverage, close pairs,
+neighbours of bright stars.
 
 Every function takes plain arrays of one field: positions ``n 2`` in pixels ``(row, col)`` and
 reference-band magnitudes ``n``.
@@ -12,7 +13,13 @@ from scipy.spatial import KDTree
 
 from bliss.metrics import match_catalogs
 
-__all__ = ["DetectionScore", "close_pairs", "count_interval", "detection_score"]
+__all__ = [
+    "DetectionScore",
+    "close_pairs",
+    "count_interval",
+    "detection_score",
+    "neighbours_of_bright",
+]
 
 
 @dataclass
@@ -101,3 +108,38 @@ def close_pairs(plocs: np.ndarray, low_px: float = 0.5, high_px: float = 1.5) ->
         return 0
     tree = KDTree(plocs)
     return len(tree.query_pairs(high_px - 1e-12)) - len(tree.query_pairs(low_px - 1e-12))
+
+
+def neighbours_of_bright(
+    plocs: np.ndarray,
+    mags: np.ndarray,
+    area_px2: float,
+    bright_mag: float = 17.5,
+    faint_mag: float = 22.0,
+    radius_px: float = 2.5,
+) -> tuple[int, float, float]:
+    """How many sources sit around the bright ones, against a uniform field of the same density.
+
+    A catalog that splits a bright star into several detections puts more sources brighter than
+    ``faint_mag`` within ``radius_px`` of it than the field's mean density does. Returns the
+    number of sources brighter than ``bright_mag``, their mean number of neighbours brighter than
+    ``faint_mag`` (themselves left out), and the number expected at the catalog's mean density
+    of such sources over ``area_px2``.
+
+    Example:
+        >>> plocs = np.array([[10.0, 10.0], [10.0, 11.0], [11.0, 10.0], [40.0, 40.0]])
+        >>> n, mean, expected = neighbours_of_bright(plocs, np.array([16, 21, 21, 21]), 2500.0)
+        >>> n, mean, round(expected, 4)
+        (1, 2.0, 0.0314)
+    """
+    if not bright_mag <= faint_mag:
+        raise ValueError(f"bright_mag={bright_mag} is fainter than faint_mag={faint_mag}.")
+    bright = mags < bright_mag
+    faint = mags < faint_mag
+    expected = float(faint.sum()) / area_px2 * np.pi * radius_px**2
+    if not bright.any() or faint.sum() < 2:
+        return int(bright.sum()), float("nan"), expected
+    tree = KDTree(plocs[faint])
+    found = tree.query_ball_point(plocs[bright], radius_px, return_length=True)
+    # each bright source is itself in the faint sample (bright_mag < faint_mag)
+    return int(bright.sum()), float(np.mean(found) - 1), expected

@@ -7,7 +7,10 @@ On a region of the frame (default rows 580-780, columns 260-460, the region the 
   BLISS finds within 1 px, and the counts of both brighter than r = 22;
 * a posterior predictive check: joint posterior samples rendered with the psField PSF and the
   frame's sky, and the residual chi^2 per pixel against photutils' residual image;
-* a PNG of the region with both catalogs.
+* a PNG of the region with both catalogs;
+* split bright stars: the mean number of r < 22 detections within 2.5 px of each detection
+  brighter than r = 17.5, against the number the catalog's own mean density puts there, for
+  both catalogs (a catalog that splits a bright star into pieces has an excess).
 
     python case_studies/spatial_tiling/m2_core.py --checkpoint K4.ckpt --sdss-data ../shared/data/sdss
 
@@ -35,6 +38,7 @@ from bliss.surveys.sdss.psf import SDSS_PIXEL_SCALE_ARCSEC
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import daophot_catalog  # noqa: E402
+from crowded_metrics import neighbours_of_bright  # noqa: E402
 
 M2 = (2583, 2, 136)
 
@@ -170,6 +174,15 @@ def main() -> None:
     phot_model = render_samples([phot_all[0]], [phot_all[1]], psf, (height, width))[0].numpy()
     chi2_phot = float(np.nanmean((((image - sky - phot_model) ** 2) / variance)[inner]))
 
+    area = float((height - 2 * m) * (width - 2 * m))
+    around_bright = {}
+    for name, (plocs, electrons) in {
+        "bliss": (bliss_plocs, bliss_e),
+        "photutils": (phot_plocs, phot_e),
+    }.items():
+        n, mean, expected = neighbours_of_bright(plocs, mag(electrons), area)
+        around_bright[name] = {"n_r_lt_17_5": n, "neighbours": mean, "expected": expected}
+
     result = {
         "region_rows": args.rows,
         "region_cols": args.cols,
@@ -182,6 +195,7 @@ def main() -> None:
         "sample_counts_r_lt_22": [int((mag(e) < 22).sum()) for _, e in sample_cats],
         "chi2_per_pixel_bliss_samples": chi2_bliss,
         "chi2_per_pixel_photutils": chi2_phot,
+        "r_lt_22_within_2_5px_of_r_lt_17_5": around_bright,
     }
     (out / "m2_core.json").write_text(json.dumps(result, indent=2))
     print(

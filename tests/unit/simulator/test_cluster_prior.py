@@ -99,3 +99,39 @@ def test_the_centre_moves_within_its_offset():
 def test_bad_parameters_name_their_key(overrides, key):
     with pytest.raises(BlissConfigError, match=key):
         _prior(**overrides)
+
+
+def _fitted_slopes(catalog) -> torch.Tensor:
+    """Maximum-likelihood alpha of each image's r fluxes (truncated power law, on a grid)."""
+    fmin, fmax = FLUX["min_nmgy"], FLUX["max_nmgy"]
+    grid = torch.linspace(0.3, 1.8, 1501, dtype=torch.float64)
+    fitted = []
+    for index in range(catalog.batch_size):
+        flux = catalog["fluxes"][index, ..., 1][catalog.is_on_mask[index]].double()
+        n = flux.numel()
+        log_like = (
+            n * torch.log(grid)
+            - (grid + 1) * flux.log().sum()
+            - n * torch.log(fmin**-grid - fmax**-grid)
+        )
+        fitted.append(float(grid[log_like.argmax()]))
+    return torch.tensor(fitted)
+
+
+def test_a_slope_range_gives_each_image_its_own_luminosity_function():
+    low, high = 0.6, 1.4
+    prior = _prior(star_flux={**FLUX, "alpha": [low, high]})
+    fitted = _fitted_slopes(prior.sample(60, 30, 30, torch.Generator().manual_seed(5)))
+    # ~600 stars per image: each fit is good to ~1/sqrt(600) = 0.04, so the fits spread like the
+    # drawn slopes (uniform: sd 0.8 / sqrt(12) = 0.23) and stay within the range but for that noise
+    assert float(fitted.std()) == pytest.approx((high - low) / math.sqrt(12), rel=0.3)
+    assert low - 0.15 < float(fitted.min()) and float(fitted.max()) < high + 0.15
+    # one slope: the fits spread by their noise alone
+    one = _fitted_slopes(_prior().sample(60, 30, 30, torch.Generator().manual_seed(5)))
+    assert float(one.std()) < 0.08
+    assert float(one.mean()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_a_bad_slope_range_names_its_key():
+    with pytest.raises(BlissConfigError, match="star_flux.alpha"):
+        _prior(star_flux={**FLUX, "alpha": [1.2, 0.8]})
