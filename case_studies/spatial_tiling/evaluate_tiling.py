@@ -370,7 +370,7 @@ def write_markdown(results: dict, path: Path) -> None:
             strict, loose = s["0.5px_0.5mag"], s["1px"]
             cov = (
                 f"{s['count_coverage90']:.2f} ({s['count_interval_width']:.0f}, "
-                f"{s.get('count_median_offset', float('nan')):+.1%})"
+                f"{s['count_median_offset']:+.1%})"
                 if "count_coverage90" in s
                 else ""
             )

@@ -14,6 +14,20 @@ from bliss.simulator.cluster_prior import StarClusterPrior, king_profile
 FLUX = {"min_nmgy": 0.5, "max_nmgy": 500.0, "alpha": 1.0}
 
 
+def _ml_slope(flux: torch.Tensor) -> float:
+    """Maximum-likelihood alpha of fluxes from a power law truncated to ``FLUX``'s range, on a
+    0.001 grid over [0.3, 1.8]."""
+    low, high = FLUX["min_nmgy"], FLUX["max_nmgy"]
+    grid = torch.linspace(0.3, 1.8, 1501, dtype=torch.float64)
+    n = flux.numel()
+    log_like = (
+        n * torch.log(grid)
+        - (grid + 1) * flux.log().sum()
+        - n * torch.log(low**-grid - high**-grid)
+    )
+    return float(grid[log_like.argmax()])
+
+
 def _prior(**overrides) -> StarClusterPrior:
     settings = {
         "central_density_per_px2": [0.8, 0.8],
@@ -64,16 +78,7 @@ def test_luminosity_function_is_the_configured_power_law():
     n = flux.numel()
     assert n > 10_000
     assert float(flux.min()) >= FLUX["min_nmgy"] and float(flux.max()) <= FLUX["max_nmgy"]
-    # maximum-likelihood alpha of a power law truncated to [low, high], solved on a grid
-    low, high = FLUX["min_nmgy"], FLUX["max_nmgy"]
-    grid = torch.linspace(0.8, 1.2, 401, dtype=torch.float64)
-    log_like = (
-        n * torch.log(grid)
-        - (grid + 1) * flux.log().sum()
-        - n * torch.log(low**-grid - high**-grid)
-    )
-    alpha = float(grid[log_like.argmax()])
-    assert alpha == pytest.approx(1.0, abs=5 / math.sqrt(n) + 0.002)
+    assert _ml_slope(flux) == pytest.approx(1.0, abs=5 / math.sqrt(n) + 0.002)
     assert not bool(catalog.galaxy_mask.any())
 
 
@@ -102,20 +107,13 @@ def test_bad_parameters_name_their_key(overrides, key):
 
 
 def _fitted_slopes(catalog) -> torch.Tensor:
-    """Maximum-likelihood alpha of each image's r fluxes (truncated power law, on a grid)."""
-    fmin, fmax = FLUX["min_nmgy"], FLUX["max_nmgy"]
-    grid = torch.linspace(0.3, 1.8, 1501, dtype=torch.float64)
-    fitted = []
-    for index in range(catalog.batch_size):
-        flux = catalog["fluxes"][index, ..., 1][catalog.is_on_mask[index]].double()
-        n = flux.numel()
-        log_like = (
-            n * torch.log(grid)
-            - (grid + 1) * flux.log().sum()
-            - n * torch.log(fmin**-grid - fmax**-grid)
-        )
-        fitted.append(float(grid[log_like.argmax()]))
-    return torch.tensor(fitted)
+    """:func:`_ml_slope` of each image's r fluxes."""
+    return torch.tensor(
+        [
+            _ml_slope(catalog["fluxes"][index, ..., 1][catalog.is_on_mask[index]].double())
+            for index in range(catalog.batch_size)
+        ]
+    )
 
 
 def test_a_slope_range_gives_each_image_its_own_luminosity_function():
