@@ -1,5 +1,7 @@
 """Turn raw images into network inputs that work for faint and very bright sources alike."""
 
+from collections.abc import Sequence
+
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
@@ -25,7 +27,12 @@ class ImageNormalizer(nn.Module):
       ``(rho4 - rho4_center) / shape_spread``, :mod:`bliss.simulator.psf_shape`), so PSFs of one
       FWHM but other shapes are told apart.
 
-    Missing pixels (NaN in the image) become 0 in every image channel (no signal).
+    Missing pixels (NaN in the image) become 0 in every image channel (no signal). With
+    ``saturation_electrons``, so do the pixels at or above a band's saturation level: a real
+    detector reports those as missing (SDSS frames turn fpM ``SATUR`` pixels into NaN, and so does
+    the FITS reader at a band's ``SATURATE``), so a model trained on simulated images that never
+    saturate has never seen a bright star whose core is a hole. The images themselves (and the
+    shards that hold them) keep every count.
 
     Args:
         n_bands: number of bands ``c``.
@@ -40,6 +47,9 @@ class ImageNormalizer(nn.Module):
         psf_shape: add the PSF shape maps [default: False].
         rho4_center: centring of the wings map (a beta = 3.5 Moffat's ``rho4``).
         shape_spread: scaling of the shape maps (real seeing: ``|e| <~ 0.15``).
+        saturation_electrons: per band, the count (electrons, sky included) at and above which
+            a pixel is missing; ``None`` for a band, or for all, that never saturates
+            [default: None].
     """
 
     def __init__(
@@ -56,6 +66,7 @@ class ImageNormalizer(nn.Module):
         psf_shape: bool = False,
         rho4_center: float = 2.14,
         shape_spread: float = 0.1,
+        saturation_electrons: Sequence[float | None] | None = None,
     ) -> None:
         super().__init__()
         if not (linear or asinh):
@@ -79,6 +90,9 @@ class ImageNormalizer(nn.Module):
         self.psf_shape = psf_shape
         self.rho4_center = rho4_center
         self.shape_spread = shape_spread
+        levels = _saturation_levels(saturation_electrons, n_bands)
+        self.saturates = bool(torch.isfinite(levels).any())
+        self.register_buffer("saturation", levels, persistent=False)
 
     @property
     def n_channels(self) -> int:
@@ -122,6 +136,9 @@ class ImageNormalizer(nn.Module):
             check_shape("psf_fwhm_arcsec", psf_fwhm_arcsec, "b c h w", sizes)
         background = background.clamp(min=1e-3)
         signal = (images - background) / torch.sqrt(background)
+        if self.saturates:
+            saturated = images >= rearrange(self.saturation, "c -> 1 c 1 1").to(images)
+            signal = signal.masked_fill(saturated, float("nan"))
         signal = torch.nan_to_num(signal, nan=0.0, posinf=0.0, neginf=0.0)
         channels = []
         if self.linear:
@@ -147,3 +164,17 @@ class ImageNormalizer(nn.Module):
             h, w = sizes["h"], sizes["w"]
             channels.append(repeat(shape, "b c k -> b (c k) h w", h=h, w=w))
         return torch.cat(channels, dim=1)
+
+
+def _saturation_levels(levels: Sequence[float | None] | None, n_bands: int) -> torch.Tensor:
+    """Per-band saturation counts, ``inf`` where a band never saturates. Shape ``c``."""
+    if levels is None:
+        return torch.full((n_bands,), float("inf"))
+    levels = list(levels)
+    if len(levels) != n_bands or any(v is not None and not v > 0 for v in levels):
+        raise BlissConfigError(
+            f"encoder.normalizer.saturation_electrons={levels}; expected {n_bands} positive "
+            "counts (electrons, sky included), one per band, or null for a band that never "
+            "saturates."
+        )
+    return torch.tensor([float("inf") if v is None else float(v) for v in levels])

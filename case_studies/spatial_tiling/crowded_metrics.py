@@ -14,7 +14,9 @@ from scipy.spatial import KDTree
 from bliss.metrics import match_catalogs
 
 __all__ = [
+    "BrightStarScore",
     "DetectionScore",
+    "bright_star_score",
     "close_pairs",
     "count_interval",
     "detection_score",
@@ -143,3 +145,69 @@ def neighbours_of_bright(
     found = tree.query_ball_point(plocs[bright], radius_px, return_length=True)
     # each bright source is itself in the faint sample (bright_mag < faint_mag)
     return int(bright.sum()), float(np.mean(found) - 1), expected
+
+
+@dataclass
+class BrightStarScore:
+    """How the brightest true stars of fields fare; add scores of several fields with ``+``."""
+
+    n: int = 0
+    found: int = 0
+    excess: int = 0
+
+    def __add__(self, other: "BrightStarScore") -> "BrightStarScore":
+        return BrightStarScore(
+            self.n + other.n, self.found + other.found, self.excess + other.excess
+        )
+
+    @property
+    def found_share(self) -> float:
+        """Share of the bright stars with a detection of about their magnitude on them."""
+        return self.found / self.n if self.n else float("nan")
+
+    @property
+    def mean_excess(self) -> float:
+        """Detections around a bright star beyond the true stars there, per bright star."""
+        return self.excess / self.n if self.n else float("nan")
+
+
+def bright_star_score(
+    true_plocs: np.ndarray,
+    true_mag: np.ndarray,
+    est_plocs: np.ndarray,
+    est_mag: np.ndarray,
+    bright_mag: float = 15.0,
+    match_px: float = 1.0,
+    max_mag_diff: float = 0.5,
+    radius_px: float = 2.5,
+    faint_mag: float = 22.0,
+) -> BrightStarScore:
+    """Are the true stars brighter than ``bright_mag`` found whole, or split into pieces?
+
+    A bright star is found when a detection within ``match_px`` has its magnitude to within
+    ``max_mag_diff``. Its excess is the number of detections brighter than ``faint_mag`` within
+    ``radius_px`` of it less the number of true stars brighter than ``faint_mag`` there: a star
+    put down as a ring of fainter pieces is not found and has a positive excess.
+
+    Example:
+        >>> true = np.array([[10.0, 10.0], [30.0, 30.0]]), np.array([13.0, 20.0])
+        >>> split = np.array([[10.0, 11.5], [10.0, 8.5], [11.5, 10.0]]), np.array([14.5, 14.6, 14.8])
+        >>> score = bright_star_score(*true, *split)
+        >>> score.n, score.found, score.excess
+        (1, 0, 2)
+    """
+    bright = np.flatnonzero(true_mag < bright_mag)
+    if not len(bright):
+        return BrightStarScore()
+    est_faint = est_mag < faint_mag
+    true_tree = KDTree(true_plocs[true_mag < faint_mag])
+    est_tree = KDTree(est_plocs[est_faint]) if est_faint.any() else None
+    found = excess = 0
+    for i in bright:
+        n_true = len(true_tree.query_ball_point(true_plocs[i], radius_px))
+        near = [] if est_tree is None else est_tree.query_ball_point(true_plocs[i], radius_px)
+        excess += len(near) - n_true
+        dist = np.hypot(*(est_plocs - true_plocs[i]).T) if len(est_plocs) else np.zeros(0)
+        close = (dist < match_px) & (np.abs(est_mag - true_mag[i]) < max_mag_diff)
+        found += int(close.any())
+    return BrightStarScore(len(bright), found, excess)

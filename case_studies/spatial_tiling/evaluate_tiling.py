@@ -1,12 +1,14 @@
 """Score crowded models trained with K = 1, 2, 4 colour groups against sep and DAOPHOT-style PSF photometry.
 
 Held-out M2-like fields are simulated from the crowded preset with test-only settings (other
-seeds, a fixed PSF place, and for the other two sets a shallower and a steeper luminosity
-function than any the models were trained on). Per method:
+seeds, a fixed PSF place; for two sets a shallower and a steeper luminosity function than any
+the models were trained on; for one, stars to r = 12 whose saturated pixels are missing, as
+on the real frame). Per method:
 F1 within 0.5 px and 0.5 mag (the StarNet/PCAT protocol) and within 1 px, stars with r < 22; for
 BLISS also the 90 % interval of the r < 22 count of each field from joint posterior samples,
 close pairs of detections at 0.5-1.5 px against the truth's, and the negative log-likelihood of
-the true catalogs.
+the true catalogs; for every method, how many true stars brighter than r = 15 it finds whole and
+how many detections it puts around them beyond the true stars there (split bright stars).
 
     python case_studies/spatial_tiling/evaluate_tiling.py \\
         --models K1=outputs/train/crowded_k1-.../checkpoints/best.ckpt K2=... K4=... \\
@@ -41,13 +43,21 @@ from bliss.protocols import SurveyImage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import daophot_catalog, sep_catalog  # noqa: E402
-from crowded_metrics import DetectionScore, close_pairs, count_interval, detection_score  # noqa: E402
+from crowded_metrics import (  # noqa: E402
+    BrightStarScore,
+    DetectionScore,
+    bright_star_score,
+    close_pairs,
+    count_interval,
+    detection_score,
+)
 
 CONF = Path(__file__).parent / "conf"
 MAG_LIMIT = 22.0
 PROTOCOLS = {"0.5px_0.5mag": (0.5, 0.5), "1px": (1.0, None)}
 INTERVAL = (0.05, 0.95)  # the 90 % interval whose coverage is reported per r bin
-CALIBRATION_BINS = [14.5, 18, 19, 20, 21, 22, 23]
+CALIBRATION_BINS = [12, 14.5, 18, 19, 20, 21, 22, 23]
+BRIGHT_MAG = 15.0  # true stars brighter than this are scored whole or split
 
 #: held-out test sets: overrides of the crowded preset (the training prior is 48 px images,
 #: central densities 0.02-1.2 per px², core radii 15-150 px, alpha = 1.0 down to r = 23)
@@ -69,7 +79,15 @@ TEST_SETS = {
         "prior.center_offset_px=60.0",
         "prior.star_flux={min_nmgy:0.251,max_nmgy:1585.0,alpha:1.4}",
     ],
+    "bright_m2": [  # m2_like with stars to r = 12, saturated pixels missing (crowded_pass6's prior)
+        "prior.central_density_per_px2=[0.5,1.2]",
+        "prior.core_radius_px=[40.0,60.0]",
+        "prior.center_offset_px=50.0",
+    ],
 }
+#: the preset a test set starts from, where it is not ``crowded``; its
+#: ``encoder.normalizer.saturation_electrons`` saturate the test images (NaN, as a real frame's)
+EXPERIMENTS = {"bright_m2": "crowded_pass6"}
 
 
 def compose_test_config(test_set: str, field_px: int, sdss_data: str):
@@ -78,7 +96,7 @@ def compose_test_config(test_set: str, field_px: int, sdss_data: str):
     overrides = [
         f"hydra.searchpath=[file://{CONF.resolve()}]",
         "mode=generate",
-        "experiment=crowded",
+        f"experiment={EXPERIMENTS.get(test_set, 'crowded')}",
         f"simulator.image_size={field_px}",
         "simulator.conditions.fwhm_scale=[1.0,1.0]",
         "simulator.conditions.sky_scale=[1.0,1.0]",
@@ -87,6 +105,18 @@ def compose_test_config(test_set: str, field_px: int, sdss_data: str):
     ]
     with initialize_config_module("bliss.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def saturate(images: torch.Tensor, levels) -> torch.Tensor:
+    """``images`` (``b c h w``, electrons) with the pixels at or above a band's level set to NaN.
+
+    A real frame reports saturated pixels as missing; ``levels`` is one count per band, None
+    for a band that never saturates, or None for none.
+    """
+    if levels is None:
+        return images
+    level = torch.tensor([float("inf") if v is None else float(v) for v in levels])
+    return images.masked_fill(images >= level.to(images)[None, :, None, None], float("nan"))
 
 
 def _mag(flux_nmgy: np.ndarray) -> np.ndarray:
@@ -170,6 +200,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     results: dict = {"settings": vars(args), "test_sets": {}}
     for test_set in args.test_sets:
         cfg = compose_test_config(test_set, args.field_px, args.sdss_data)
+        levels = cfg.encoder.normalizer.get("saturation_electrons")
         simulator = build_simulator(cfg)
         band = list(cfg.survey.bands).index(cfg.survey.reference_band)
         table = simulator.conditions.observed
@@ -180,6 +211,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         magzero = np.asarray(simulator.magzero, dtype=np.float64)
         methods = [*encoders, *fitted, "sep"] + ([] if args.no_daophot else ["daophot"])
         scores = {m: {p: DetectionScore() for p in PROTOCOLS} for m in methods}
+        bright_scores = {m: BrightStarScore() for m in methods}
         pairs = {m: [0, 0] for m in [*methods, "truth"]}  # close pairs, sources (r < 22)
         covered = {m: [] for m in encoders}
         widths = {m: [] for m in encoders}
@@ -191,11 +223,14 @@ def evaluate(args: argparse.Namespace) -> dict:
         for start in tqdm(range(0, args.fields, args.batch), desc=test_set, unit="batch"):
             n = min(args.batch, args.fields - start)
             batch = simulator.simulate(n, seed=args.seed + start)
+            batch["images"] = saturate(batch["images"], levels)
             full_truth = _with_star_type(batch["catalog"].to_full_catalog())
             catalogs["truth"].append(full_truth)
             truths = [_field_catalog(full_truth, i, band) for i in range(n)]
-            images = batch["images"][:, band].numpy()
             sky = batch["background"][:, band].numpy()
+            images = batch["images"][:, band].numpy()
+            # the baselines get the sky in missing pixels: nothing to detect there
+            images = np.where(np.isnan(images), sky[:, None, None], images)
             per_method = {}
             for name, encoder in encoders.items():
                 tic = time.perf_counter()
@@ -238,6 +273,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                 pairs["truth"][1] += int(bright.sum())
                 for name, found in per_method.items():
                     plocs, mag = found[i]
+                    bright_scores[name] += bright_star_score(
+                        true_plocs, true_mag, plocs, mag, BRIGHT_MAG, faint_mag=MAG_LIMIT
+                    )
                     for protocol, (dist, dmag) in PROTOCOLS.items():
                         scores[name][protocol] += detection_score(
                             true_plocs, true_mag, plocs, mag, dist, dmag, MAG_LIMIT
@@ -261,6 +299,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                 for protocol, s in scores[name].items()
             }
             entry["close_pairs_per_1000"] = 1000 * pairs[name][0] / max(pairs[name][1], 1)
+            entry["bright_stars"] = {
+                "n": bright_scores[name].n,
+                "found_share": bright_scores[name].found_share,
+                "excess_per_star": bright_scores[name].mean_excess,
+            }
             entry["seconds_per_field"] = seconds[name] / args.fields
             if name in fitted:
                 entry["calibration"] = interval_coverage_by_bin(
@@ -363,8 +406,9 @@ def write_markdown(results: dict, path: Path) -> None:
             f"truth: {truth['close_pairs_per_1000']:.0f} close pairs per 1000)",
             "",
             "| method | F1 0.5 px, 0.5 mag | P / R | F1 1 px | close pairs / 1000 "
+            f"| r < {BRIGHT_MAG:g} found (excess) "
             "| count cov90 (width, median offset) | NLL / field | s / field |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, s in scores.items():
             strict, loose = s["0.5px_0.5mag"], s["1px"]
@@ -375,9 +419,15 @@ def write_markdown(results: dict, path: Path) -> None:
                 else ""
             )
             nll = f"{s['nll_per_field']:.0f}" if "nll_per_field" in s else ""
+            b = s["bright_stars"]
+            bright = (
+                f"{b['found_share']:.2f} ({b['excess_per_star']:+.1f}; n={b['n']})"
+                if b["n"]
+                else ""
+            )
             lines.append(
                 f"| {name} | {strict['f1']:.3f} | {strict['precision']:.2f} / {strict['recall']:.2f} "
-                f"| {loose['f1']:.3f} | {s['close_pairs_per_1000']:.0f} | {cov} | {nll} "
+                f"| {loose['f1']:.3f} | {s['close_pairs_per_1000']:.0f} | {bright} | {cov} | {nll} "
                 f"| {s['seconds_per_field']:.2f} |"
             )
         scores["truth"] = truth
@@ -394,6 +444,8 @@ def write_markdown(results: dict, path: Path) -> None:
                 cells = [
                     f"{row['coverage_flux_r']:.2f} / {row['coverage_y']:.2f}, "
                     f"{row['coverage_x']:.2f} / {row['mag_bias_median']:+.3f} (n={row['n']})"
+                    if row["n"]
+                    else "-"
                     for row in s["calibration"]
                 ]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -4,8 +4,11 @@ No HST data: the cluster centre is the peak of the r-band light smoothed over 10
 the luminosity function is the power law ``N(> F) ~ F^-alpha`` fitted by maximum likelihood to
 the stars that ``sep`` finds on the frame's outskirts (beyond ``--min-radius`` px from the
 centre, where crowding no longer limits completeness) within a magnitude range where the
-frame is complete. Prints the numbers the ``crowded`` preset records and writes a PNG of the
-fitted magnitude histogram.
+frame is complete. The saturation level of each band is the largest count (electrons, sky
+included) of a pixel the fpM ``SATUR`` plane does not flag, on the grid ``mode=predict`` reads
+(a lower bound of the detector's level; the ``u`` band of this frame has no saturated pixel).
+Prints the numbers the ``crowded`` presets record and writes a PNG of the fitted magnitude
+histogram.
 
     python case_studies/spatial_tiling/fit_prior.py --sdss-data ../shared/data/sdss
 """
@@ -23,6 +26,7 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.surveys.sdss.frames import read_sdss_field
 
 M2 = (2583, 2, 136)
+BANDS = ("u", "g", "r", "i", "z")
 
 
 def power_law_alpha(flux: np.ndarray, low: float, high: float) -> float:
@@ -54,7 +58,11 @@ def main() -> None:
     args = parser.parse_args()
     import sep
 
-    field = read_sdss_field(args.sdss_data, *M2, bands=("r",))
+    field = read_sdss_field(args.sdss_data, *M2, bands=BANDS)
+    saturation = {
+        band: float(np.nanmax(np.where(field.saturated[i], np.nan, field.images[i])))
+        for i, band in enumerate(BANDS)
+    }
     frame = field.frames["r"]
     light = np.nan_to_num(frame.electrons - frame.sky)
     smooth = ndimage.uniform_filter(light, 101)
@@ -77,6 +85,8 @@ def main() -> None:
         "n_stars_fitted": n_fit,
         "mag_range": args.mag_range,
         "min_radius_px": args.min_radius,
+        "saturation_electrons": saturation,
+        "saturated_pixels": {band: int(field.saturated[i].sum()) for i, band in enumerate(BANDS)},
     }
     print(json.dumps(result, indent=2))
     out = Path(args.out)

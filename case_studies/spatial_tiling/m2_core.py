@@ -10,7 +10,12 @@ On a region of the frame (default rows 580-780, columns 260-460, the region the 
 * a PNG of the region with both catalogs;
 * split bright stars: the mean number of r < 22 detections within 2.5 px of each detection
   brighter than r = 17.5, against the number the catalog's own mean density puts there, for
-  both catalogs (a catalog that splits a bright star into pieces has an excess).
+  both catalogs (a catalog that splits a bright star into pieces has an excess);
+* the brightest stars: of photutils' stars brighter than r = 15, the share BLISS finds whole (a
+  detection within 1 px and 0.5 mag); and the saturated stars, whose cores are missing (NaN, fpM
+  SATUR) so that photutils cannot fit them: how many BLISS detections brighter than r = 22 lie
+  within 5 px of each core against the region's density, and how many cores get a detection
+  brighter than r = 15.
 
     python case_studies/spatial_tiling/m2_core.py --checkpoint K4.ckpt --sdss-data ../shared/data/sdss
 
@@ -21,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +37,73 @@ from omegaconf import OmegaConf
 from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_per_electron
 from bliss.encoder.checkpoint import load_encoder
+from bliss.encoder.encoder import Encoder
 from bliss.metrics import match_catalogs
 from bliss.simulator.torch_render import TorchRenderer
-from bliss.surveys.sdss.frames import read_sdss_field
+from bliss.surveys.sdss.frames import SdssField, read_sdss_field
 from bliss.surveys.sdss.psf import SDSS_PIXEL_SCALE_ARCSEC
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import daophot_catalog  # noqa: E402
-from crowded_metrics import neighbours_of_bright  # noqa: E402
+from crowded_metrics import bright_star_score, neighbours_of_bright  # noqa: E402
 
 M2 = (2583, 2, 136)
+SATURATED_RADIUS_PX = 5.0
+
+
+def saturated_cores(image: np.ndarray, max_side_px: int = 20) -> np.ndarray:
+    """Centres ``n 2`` (``plocs`` convention) of the compact blobs of missing pixels in ``image``.
+
+    A saturated star's core is a blob a few pixels across; a bad column or a masked trail is
+    one pixel wide or long, and is left out.
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(np.isnan(image))
+    centres = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        sides = [box[0].stop - box[0].start, box[1].stop - box[1].start]
+        if min(sides) < 2 or max(sides) > max_side_px:
+            continue
+        centres.append(np.array(ndimage.center_of_mass(labels == index)) + 0.5)
+    return np.array(centres).reshape(-1, 2)
+
+
+@dataclass
+class Core:
+    """A crowded model and the encoder inputs of a region of the M2 frame with its margin."""
+
+    encoder: Encoder
+    bands: tuple[str, ...]
+    band: int  # the reference band's index
+    field: SdssField
+    rows: slice  # of the frame, margin included
+    cols: slice
+    inputs: dict
+    #: electrons per nanomaggy of the model's training survey, which its fluxes are in
+    model_e_per_nmgy: float
+
+
+def load_core(checkpoint: str, sdss_data: str, rows: list, cols: list, margin: int) -> Core:
+    """The model of ``checkpoint`` and the inputs of frame ``rows`` x ``cols`` (``[start, stop]``)."""
+    encoder, config = load_encoder(checkpoint)
+    bands = tuple(encoder.bands)
+    band = encoder.reference_index
+    model_survey = instantiate(OmegaConf.create(config["survey"]))
+    field = read_sdss_field(sdss_data, *M2, bands=bands)
+    rows_m = slice(rows[0] - margin, rows[1] + margin)
+    cols_m = slice(cols[0] - margin, cols[1] + margin)
+    return Core(
+        encoder,
+        bands,
+        band,
+        field,
+        rows_m,
+        cols_m,
+        crop_inputs(field, rows_m, cols_m, bands),
+        # the network's nanomaggies are the training survey's; the frame's differ by its zero point
+        1.0 / nmgy_per_electron(float(model_survey.magzero(bands[band]))),
+    )
 
 
 def crop_inputs(field, rows: slice, cols: slice, bands: tuple[str, ...]) -> dict:
@@ -96,17 +159,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
 
-    encoder, config = load_encoder(args.checkpoint)
-    bands = tuple(encoder.bands)
-    band = encoder.reference_index
-    model_survey = instantiate(OmegaConf.create(config["survey"]))
-    field = read_sdss_field(args.sdss_data, *M2, bands=bands)
-    m = args.margin
-    rows = slice(args.rows[0] - m, args.rows[1] + m)
-    cols = slice(args.cols[0] - m, args.cols[1] + m)
-    inputs = crop_inputs(field, rows, cols, bands)
-    # the network's nanomaggies are the training survey's; the frame's differ by its zero point
-    to_electrons = 1.0 / nmgy_per_electron(float(model_survey.magzero(bands[band])))
+    core = load_core(args.checkpoint, args.sdss_data, args.rows, args.cols, args.margin)
+    encoder, bands, band, field = core.encoder, core.bands, core.band, core.field
+    rows, cols, inputs, m = core.rows, core.cols, core.inputs, args.margin
+    to_electrons = core.model_e_per_nmgy
     frame_nmgy = nmgy_per_electron(float(field.magzero[band]))
 
     features = encoder.tile_features(inputs)
@@ -183,6 +239,12 @@ def main() -> None:
         n, mean, expected = neighbours_of_bright(plocs, mag(electrons), area)
         around_bright[name] = {"n_r_lt_17_5": n, "neighbours": mean, "expected": expected}
 
+    cores = saturated_cores(image[inner]) + m
+    r22 = bliss_plocs[mag(bliss_e) < 22]
+    r15 = bliss_plocs[mag(bliss_e) < 15]
+    near_core = [int((np.hypot(*(r22 - c).T) < SATURATED_RADIUS_PX).sum()) for c in cores]
+    bright_core = [bool((np.hypot(*(r15 - c).T) < 3.0).any()) for c in cores]
+    whole = bright_star_score(phot_plocs, mag(phot_e), bliss_plocs, mag(bliss_e), 15.0)
     result = {
         "region_rows": args.rows,
         "region_cols": args.cols,
@@ -196,6 +258,14 @@ def main() -> None:
         "chi2_per_pixel_bliss_samples": chi2_bliss,
         "chi2_per_pixel_photutils": chi2_phot,
         "r_lt_22_within_2_5px_of_r_lt_17_5": around_bright,
+        "photutils_r_lt_15": whole.n,
+        "share_of_photutils_r_lt_15_found_whole_by_bliss": whole.found_share,
+        "saturated_cores": len(cores),
+        "bliss_r_lt_22_within_5px_of_a_saturated_core": float(np.mean(near_core))
+        if len(cores)
+        else None,
+        "expected_r_lt_22_within_5px": len(r22) / area * np.pi * SATURATED_RADIUS_PX**2,
+        "saturated_cores_with_a_bliss_r_lt_15_within_3px": int(sum(bright_core)),
     }
     (out / "m2_core.json").write_text(json.dumps(result, indent=2))
     print(

@@ -16,6 +16,7 @@ from tests.conftest import compose_config
 sys.path.insert(0, str(Path(__file__).parents[2] / "case_studies" / "spatial_tiling"))
 from baselines import daophot_catalog, sep_catalog  # noqa: E402
 from crowded_metrics import (  # noqa: E402
+    bright_star_score,
     close_pairs,
     count_interval,
     detection_score,
@@ -105,6 +106,28 @@ def test_split_bright_stars_show_as_extra_neighbours():
         neighbours_of_bright(plocs, mags, side**2, bright_mag=23.0)
 
 
+def test_a_bright_star_split_into_a_ring_is_not_found_and_leaves_an_excess():
+    rng = np.random.default_rng(2)
+    true_plocs = rng.uniform(0, 100, size=(800, 2))  # r 19-22 around two bright stars
+    true_mag = rng.uniform(19.0, 22.0, size=800)
+    true_plocs[:2] = [[30.0, 30.0], [70.0, 70.0]]
+    true_mag[:2] = [13.0, 14.5]
+    jitter = rng.normal(0, 0.1, size=true_plocs.shape)
+    whole = bright_star_score(true_plocs, true_mag, true_plocs + jitter, true_mag + 0.05)
+    assert (whole.n, whole.found, whole.excess) == (2, 2, 0)
+    # the r = 13 star put down as four r = 15.5 pieces 1.5 px around where it was
+    ring = np.array([[1.5, 0.0], [-1.5, 0.0], [0.0, 1.5], [0.0, -1.5]]) + true_plocs[0]
+    est_plocs = np.concatenate([ring, true_plocs[1:] + jitter[1:]])
+    est_mag = np.concatenate([np.full(4, 15.5), true_mag[1:]])
+    split = bright_star_score(true_plocs, true_mag, est_plocs, est_mag)
+    # one star found of two; four detections where one true star (and its neighbours) stood
+    assert (split.n, split.found, split.excess) == (2, 1, 3)
+    assert split.found_share == 0.5 and split.mean_excess == 1.5
+    assert (split + whole).n == 4 and np.isnan(
+        bright_star_score(*[np.zeros((0, 2)), np.zeros(0)] * 2).found_share
+    )
+
+
 def test_sep_finds_the_isolated_stars(field):
     image, _ = field
     plocs, flux = sep_catalog(image, SKY)
@@ -178,8 +201,16 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
 
 PRESETS = Path(__file__).parents[2] / "case_studies" / "spatial_tiling" / "conf"
 #: the crowded model's training passes, each from the previous pass's weights (the shipped model is
-#: the fourth; the fifth was tried and not shipped; crowded_ft is a side branch, README)
-PASSES = ["crowded", "crowded_pass2", "crowded_pass3", "crowded_pass4", "crowded_pass5"]
+#: the fourth; the fifth was tried and not shipped; the sixth starts from the fourth again, with
+#: brighter stars and saturation; crowded_ft is a side branch, README)
+PASSES = [
+    "crowded",
+    "crowded_pass2",
+    "crowded_pass3",
+    "crowded_pass4",
+    "crowded_pass5",
+    "crowded_pass6",
+]
 
 
 def _compose_preset(name: str, tmp_path: Path):  # noqa: ANN202
@@ -221,3 +252,59 @@ def test_the_off_prior_test_sets_stay_off_every_training_prior(tmp_path):
     for name in ("other_lf", "steep_lf"):
         alpha = evaluate_tiling.compose_test_config(name, 48, data).prior.star_flux.alpha
         assert not min(slopes) <= alpha <= max(slopes), (name, alpha, min(slopes), max(slopes))
+
+
+def test_the_bright_test_set_saturates_its_images_as_the_sixth_pass_does(tmp_path):
+    """`bright_m2` draws stars to r = 12 and hides the pixels a real frame would report as
+    saturated, at the levels the sixth pass's normaliser hides them in training."""
+    import evaluate_tiling
+
+    from bliss.cli.generate import build_simulator
+
+    data = str(Path(__file__).parents[1] / "data" / "sdss")
+    cfg = evaluate_tiling.compose_test_config("bright_m2", 48, data)
+    levels = list(cfg.encoder.normalizer.saturation_electrons)
+    assert levels == list(
+        _compose_preset("crowded_pass6", tmp_path).encoder.normalizer.saturation_electrons
+    )
+    assert cfg.prior.star_flux.max_nmgy > 10 ** (-0.4 * (12.5 - 22.5))  # r < 12.5
+    images = build_simulator(cfg).simulate(2, seed=3)["images"]
+    images[0, 2, 10, 10] = levels[2]  # at the r level: saturated
+    images[1, 0, 5, 5] = 1e9  # u never saturates
+    saturated = evaluate_tiling.saturate(images, levels)
+    assert torch.isnan(saturated[0, 2, 10, 10]) and saturated[1, 0, 5, 5] == 1e9
+    kept = torch.isfinite(saturated)
+    over = images >= torch.tensor([float("inf"), *levels[1:]])[None, :, None, None]
+    assert torch.equal(~kept, over)
+    assert evaluate_tiling.saturate(images, None) is images
+
+
+def test_artificial_stars_are_placed_apart_added_with_their_light_and_recovered():
+    from artificial_stars import add_stars, place_stars, recovered
+
+    rng = np.random.default_rng(4)
+    plocs = place_stars(rng, 6, 10.0, 54.0, min_separation=12.0)
+    assert plocs.shape == (6, 2) and ((plocs >= 10.0) & (plocs < 54.0)).all()
+    gaps = np.hypot(*(plocs[:, None] - plocs[None]).transpose(2, 0, 1))
+    assert gaps[~np.eye(6, dtype=bool)].min() >= 12.0
+    with pytest.raises(ValueError, match="min-separation"):
+        place_stars(rng, 50, 0.0, 20.0, min_separation=12.0)
+    # two bands, a Moffat-like PSF image; the added light is the stars' flux, Poisson-drawn
+    grid = np.arange(25) - 12
+    psf = (1 + (grid[:, None] ** 2 + grid[None] ** 2) / 4.0) ** -3.5
+    electrons = np.tile([[20000.0, 10000.0]], (6, 1))
+    base = torch.full((1, 2, 64, 64), 100.0)
+    added = add_stars(base, plocs, electrons, np.stack([psf, psf]), torch.tensor([[1.4, 1.4]]), rng)
+    light = (added - base).sum((0, 2, 3)).numpy()
+    # all but the wings beyond the 64 px image: within 2 % of the total (Poisson: 0.3 %)
+    np.testing.assert_allclose(light, electrons.sum(0), rtol=0.02)
+    peak = np.unravel_index(int((added - base)[0, 0].argmax()), (64, 64))
+    assert np.hypot(*(np.array(peak) + 0.5 - plocs).T).min() < 1.0
+    # recovered: closest detection within 1 px and 0.5 mag; a wrong magnitude is not a recovery
+    found = recovered(
+        plocs[:2],
+        np.array([18.0, 20.0]),
+        np.array([plocs[0] + 0.9, plocs[0] + 0.2, plocs[1] + 0.1]),
+        np.array([18.1, 18.4, 21.0]),
+    )
+    assert found.tolist() == [1, -1]

@@ -48,3 +48,27 @@ def test_a_shape_reading_normaliser_refuses_a_batch_without_the_shape():
         ImageNormalizer(3, psf_shape=True)(images, background, fwhm)
     with pytest.raises(BlissConfigError, match="shape_spread"):
         ImageNormalizer(3, psf_shape=True, shape_spread=0.0)
+
+
+def test_pixels_at_or_above_a_bands_saturation_level_are_missing():
+    images, background, fwhm = _batch()
+    images[0, 1, 4, 4] = 5000.0  # at band 1's level: saturated
+    images[0, 1, 4, 5] = 4999.0  # just below it: kept
+    images[1, 2, 0, 0] = 1e6  # band 2 never saturates
+    saturating = ImageNormalizer(3, saturation_electrons=[None, 5000.0, None])
+    out = saturating(images, background, fwhm)
+    plain = ImageNormalizer(3)(images, background, fwhm)
+    # the saturated pixel reads as a missing one in both image channels, as a NaN would
+    assert out[0, 1, 4, 4] == 0.0 and out[0, 4, 4, 4] == 0.0
+    missing = images.clone()
+    missing[0, 1, 4, 4] = float("nan")
+    torch.testing.assert_close(out, ImageNormalizer(3)(missing, background, fwhm))
+    assert plain[0, 1, 4, 4] > 200.0 / 20.0  # without a level it is the brightest pixel
+    assert out[0, 1, 4, 5] == plain[0, 1, 4, 5] and out[1, 2, 0, 0] == plain[1, 2, 0, 0]
+
+
+def test_a_saturation_level_per_band_or_none():
+    with pytest.raises(BlissConfigError, match="saturation_electrons"):
+        ImageNormalizer(3, saturation_electrons=[1e5, 1e5])
+    with pytest.raises(BlissConfigError, match="saturation_electrons"):
+        ImageNormalizer(3, saturation_electrons=[1e5, 0.0, None])
