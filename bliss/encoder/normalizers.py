@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from bliss.catalog.shapes import check_shape
 from bliss.errors import BlissConfigError, BlissValueError
 
-__all__ = ["ImageNormalizer"]
+__all__ = ["ImageNormalizer", "saturation_levels"]
 
 
 class ImageNormalizer(nn.Module):
@@ -90,7 +90,7 @@ class ImageNormalizer(nn.Module):
         self.psf_shape = psf_shape
         self.rho4_center = rho4_center
         self.shape_spread = shape_spread
-        levels = _saturation_levels(saturation_electrons, n_bands)
+        levels = saturation_levels(saturation_electrons, n_bands)
         self.saturates = bool(torch.isfinite(levels).any())
         self.register_buffer("saturation", levels, persistent=False)
 
@@ -166,8 +166,21 @@ class ImageNormalizer(nn.Module):
         return torch.cat(channels, dim=1)
 
 
-def _saturation_levels(levels: Sequence[float | None] | None, n_bands: int) -> torch.Tensor:
-    """Per-band saturation counts, ``inf`` where a band never saturates. Shape ``c``."""
+def saturation_levels(levels: Sequence[float | None] | None, n_bands: int) -> torch.Tensor:
+    """Per-band saturation counts, ``inf`` where a band never saturates. Shape ``c``.
+
+    Args:
+        levels: one count per band (electrons, sky included), None for a band that never
+            saturates; or None for none.
+        n_bands: the number of bands ``c``.
+
+    Raises:
+        BlissConfigError: not ``n_bands`` levels, or a level that is not positive.
+
+    Example:
+        >>> saturation_levels([None, 2.5e5], 2)
+        tensor([    inf, 250000.])
+    """
     if levels is None:
         return torch.full((n_bands,), float("inf"))
     levels = list(levels)

@@ -20,7 +20,6 @@ Writes ``artificial_stars.json`` and ``artificial_stars.png`` to ``--out``.
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,14 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bliss.catalog import FullCatalog
 from bliss.catalog.convert import nmgy_per_electron
-from bliss.simulator.torch_render import TorchRenderer
 from bliss.surveys.sdss.psf import SDSS_PIXEL_SCALE_ARCSEC
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import daophot_catalog  # noqa: E402
-from m2_core import load_core  # noqa: E402
+from m2_core import add_region_arguments, load_core, render_stars  # noqa: E402
 
 #: magnitudes of the added star in each band less its r magnitude (u g r i z)
 COLOURS = np.array([1.3, 0.3, 0.0, -0.1, -0.1])
@@ -82,34 +79,15 @@ def recovered(
 
 
 def add_stars(
-    images: torch.Tensor,
-    plocs: np.ndarray,
-    electrons: np.ndarray,
-    psfs: np.ndarray,
-    fwhm: torch.Tensor,
-    rng: np.random.Generator,
+    images: torch.Tensor, plocs: np.ndarray, electrons: np.ndarray, psfs: np.ndarray, rng
 ) -> torch.Tensor:
     """``images`` (``1 c h w``) with stars (``electrons``: ``n c``) added, their light Poisson-drawn.
 
-    ``psfs`` is one PSF image per band (``c k k``), ``fwhm`` its FWHM (``1 c``, arcsec).
+    ``psfs`` is one PSF image per band (``c k k``); ``rng`` a :class:`numpy.random.Generator`.
     """
-    h, w = images.shape[-2:]
-    catalog = FullCatalog(
-        h,
-        w,
-        {
-            "n_sources": torch.tensor([len(plocs)]),
-            "plocs": torch.as_tensor(plocs, dtype=torch.float32)[None],
-            "fluxes": torch.as_tensor(electrons, dtype=torch.float32)[None],
-        },
-    )
-    psf = torch.as_tensor(psfs / psfs.sum(axis=(1, 2), keepdims=True), dtype=torch.float32)
-    clean = TorchRenderer(max_stamp_px=64).render(
-        catalog, fwhm, SDSS_PIXEL_SCALE_ARCSEC, image_psfs=(psf[None].contiguous(), torch.ones(1))
-    )
+    clean = render_stars([plocs], [electrons], psfs, tuple(images.shape[-2:])).double().numpy()
     # Fourier rendering rings slightly below zero at a stamp's edge; that part is kept as it is,
     # so that the added light is the stars' flux on average
-    clean = clean.double().numpy()
     positive = np.clip(clean, 0.0, None)
     light = rng.poisson(positive) + (clean - positive)
     return images + torch.from_numpy(light).float()
@@ -118,10 +96,7 @@ def add_stars(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the crowded model")
-    parser.add_argument("--sdss-data", default=os.environ.get("BLISS_SDSS_DATA", "data/sdss"))
-    parser.add_argument("--rows", type=int, nargs=2, default=[580, 780])
-    parser.add_argument("--cols", type=int, nargs=2, default=[260, 460])
-    parser.add_argument("--margin", type=int, default=16, help="px of context around the region")
+    add_region_arguments(parser)
     parser.add_argument(
         "--mag-bins", type=float, nargs="+", default=[15, 16, 17, 18, 19, 20, 21, 22]
     )
@@ -144,8 +119,8 @@ def main() -> None:
     psfs = np.stack([field.psf_image(b, *centre) for b in bands])
     fwhm_px = float(inputs["psf_fwhm_arcsec"][0, band]) / SDSS_PIXEL_SCALE_ARCSEC
     frame_e_per_nmgy = np.array([1 / nmgy_per_electron(float(z)) for z in field.magzero])
-    model_e_per_nmgy = core.model_e_per_nmgy
-    height, width = inputs["images"].shape[-2:]
+    to_e = core.model_e_per_nmgy  # the network's fluxes to electrons
+    height = inputs["images"].shape[-2]
     sky = inputs["background"][0, band].numpy().astype(np.float64)
 
     def mag(electrons: np.ndarray) -> np.ndarray:
@@ -162,9 +137,7 @@ def main() -> None:
             r_mag = rng.uniform(lo, hi, size=args.per_image)
             nmgy = 10 ** (-0.4 * (r_mag[:, None] + COLOURS[None] - 22.5))
             electrons = nmgy * frame_e_per_nmgy[None]
-            images = add_stars(
-                inputs["images"], plocs, electrons, psfs, inputs["psf_fwhm_arcsec"], rng
-            )
+            images = add_stars(inputs["images"], plocs, electrons, psfs, rng)
             with torch.no_grad():
                 features = encoder.tile_features({**inputs, "images": images})
                 estimate, params = encoder.infer_from_features(features)
@@ -172,7 +145,6 @@ def main() -> None:
             full = estimate.to_full_catalog()
             n = int(full["n_sources"][0])
             found_plocs = full["plocs"][0, :n].double().numpy()
-            to_e = model_e_per_nmgy
             found_mag = mag(full["fluxes"][0, :n, band].double().numpy() * to_e)
             low_e = full[f"fluxes@{INTERVAL[0]}"][0, :n, band].double().numpy() * to_e
             high_e = full[f"fluxes@{INTERVAL[1]}"][0, :n, band].double().numpy() * to_e

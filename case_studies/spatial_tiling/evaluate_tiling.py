@@ -36,6 +36,7 @@ from bliss.catalog.convert import nmgy_per_electron
 from bliss.catalog.full import concat_full_catalogs
 from bliss.cli.generate import build_simulator
 from bliss.encoder.checkpoint import load_encoder
+from bliss.encoder.normalizers import saturation_levels
 from bliss.metrics import match_full_catalogs
 from bliss.metrics.calibration import binned_coverage
 from bliss.predict.psf_photometry import refine_star_fluxes
@@ -115,8 +116,8 @@ def saturate(images: torch.Tensor, levels) -> torch.Tensor:
     """
     if levels is None:
         return images
-    level = torch.tensor([float("inf") if v is None else float(v) for v in levels])
-    return images.masked_fill(images >= level.to(images)[None, :, None, None], float("nan"))
+    level = saturation_levels(levels, images.shape[1]).to(images)
+    return images.masked_fill(images >= level[None, :, None, None], float("nan"))
 
 
 def _mag(flux_nmgy: np.ndarray) -> np.ndarray:

@@ -51,15 +51,15 @@ M2 = (2583, 2, 136)
 SATURATED_RADIUS_PX = 5.0
 
 
-def saturated_cores(image: np.ndarray, max_side_px: int = 20) -> np.ndarray:
-    """Centres ``n 2`` (``plocs`` convention) of the compact blobs of missing pixels in ``image``.
+def saturated_cores(saturated: np.ndarray, max_side_px: int = 20) -> np.ndarray:
+    """Centres ``n 2`` (``plocs`` convention) of the compact blobs of ``saturated`` pixels.
 
-    A saturated star's core is a blob a few pixels across; a bad column or a masked trail is
-    one pixel wide or long, and is left out.
+    A saturated star's core is a blob a few pixels across; a bleed trail is one pixel wide or
+    long, and is left out.
     """
     from scipy import ndimage
 
-    labels, _ = ndimage.label(np.isnan(image))
+    labels, _ = ndimage.label(saturated)
     centres = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         sides = [box[0].stop - box[0].start, box[1].stop - box[1].start]
@@ -121,37 +121,47 @@ def crop_inputs(field, rows: slice, cols: slice, bands: tuple[str, ...]) -> dict
     }
 
 
-def render_samples(
-    plocs: list, electrons: list, psf: np.ndarray, shape: tuple[int, int]
+def render_stars(
+    plocs: list, electrons: list, psfs: np.ndarray, shape: tuple[int, int]
 ) -> torch.Tensor:
-    """Star catalogs (one per sample) rendered with one PSF image. Shape ``s h w``, electrons."""
+    """Star catalogs rendered with one PSF image per band. Shape ``s c h w``, electrons.
+
+    ``plocs`` (``n 2``) and ``electrons`` (``n c``) hold one catalog per sample ``s``; ``psfs``
+    is ``c k k``.
+    """
     n_max = max(1, max(len(p) for p in plocs))
-    n = len(plocs)
+    n, n_bands = len(plocs), psfs.shape[0]
     data = {
         "n_sources": torch.tensor([len(p) for p in plocs]),
         "plocs": torch.zeros(n, n_max, 2),
-        "fluxes": torch.zeros(n, n_max, 1),
+        "fluxes": torch.zeros(n, n_max, n_bands),
     }
     for i, (p, f) in enumerate(zip(plocs, electrons, strict=True)):
         data["plocs"][i, : len(p)] = torch.as_tensor(p, dtype=torch.float32)
-        data["fluxes"][i, : len(f), 0] = torch.as_tensor(f, dtype=torch.float32)
-    psfs = torch.as_tensor(psf / psf.sum(), dtype=torch.float32).expand(n, 1, *psf.shape)
-    clean = TorchRenderer(max_stamp_px=64).render(
+        data["fluxes"][i, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
+    unit = psfs / psfs.sum(axis=(-2, -1), keepdims=True)
+    images = torch.as_tensor(unit, dtype=torch.float32).expand(n, *psfs.shape)
+    # with PSF images the FWHM is only a label
+    return TorchRenderer(max_stamp_px=64).render(
         FullCatalog(shape[0], shape[1], data),
-        torch.ones(n, 1),
+        torch.ones(n, n_bands),
         SDSS_PIXEL_SCALE_ARCSEC,
-        image_psfs=(psfs.contiguous(), torch.ones(n)),
+        image_psfs=(images.contiguous(), torch.ones(n)),
     )
-    return clean[:, 0]
+
+
+def add_region_arguments(parser: argparse.ArgumentParser) -> None:
+    """The frame files and the core region (rows, columns, context margin) a script reads."""
+    parser.add_argument("--sdss-data", default=os.environ.get("BLISS_SDSS_DATA", "data/sdss"))
+    parser.add_argument("--rows", type=int, nargs=2, default=[580, 780])
+    parser.add_argument("--cols", type=int, nargs=2, default=[260, 460])
+    parser.add_argument("--margin", type=int, default=16, help="px of context around the region")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the crowded model (K = 4)")
-    parser.add_argument("--sdss-data", default=os.environ.get("BLISS_SDSS_DATA", "data/sdss"))
-    parser.add_argument("--rows", type=int, nargs=2, default=[580, 780])
-    parser.add_argument("--cols", type=int, nargs=2, default=[260, 460])
-    parser.add_argument("--margin", type=int, default=16, help="px of context around the region")
+    add_region_arguments(parser)
     parser.add_argument("--samples", type=int, default=20, help="joint samples for the check")
     parser.add_argument("--out", default="case_studies/spatial_tiling/results")
     args = parser.parse_args()
@@ -216,18 +226,22 @@ def main() -> None:
     drawn = samples.to_full_catalog()
     sample_cats = [stars(drawn, i) for i in range(args.samples)]
     counts = [int(n) for n in drawn["n_sources"]]
-    rendered = render_samples(
+    rendered = render_stars(
         [drawn["plocs"][i, : counts[i]].numpy() for i in range(args.samples)],
-        [drawn["fluxes"][i, : counts[i], band].numpy() * to_electrons for i in range(args.samples)],
-        psf,
+        [
+            drawn["fluxes"][i, : counts[i], band, None].numpy() * to_electrons
+            for i in range(args.samples)
+        ],
+        psf[None],
         (height, width),
-    )
+    )[:, 0]
     variance = np.clip(image, 1.0, None)
     # masked pixels (NaN: saturated, interpolated, cosmic rays) are left out
     chi2_bliss = [
         float(np.nanmean((((image - sky - r.numpy()) ** 2) / variance)[inner])) for r in rendered
     ]
-    phot_model = render_samples([phot_all[0]], [phot_all[1]], psf, (height, width))[0].numpy()
+    phot_model = render_stars([phot_all[0]], [phot_all[1][:, None]], psf[None], (height, width))
+    phot_model = phot_model[0, 0].numpy()
     chi2_phot = float(np.nanmean((((image - sky - phot_model) ** 2) / variance)[inner]))
 
     area = float((height - 2 * m) * (width - 2 * m))
@@ -239,7 +253,7 @@ def main() -> None:
         n, mean, expected = neighbours_of_bright(plocs, mag(electrons), area)
         around_bright[name] = {"n_r_lt_17_5": n, "neighbours": mean, "expected": expected}
 
-    cores = saturated_cores(image[inner]) + m
+    cores = saturated_cores(field.saturated[band][rows, cols][inner]) + m
     r22 = bliss_plocs[mag(bliss_e) < 22]
     r15 = bliss_plocs[mag(bliss_e) < 15]
     near_core = [int((np.hypot(*(r22 - c).T) < SATURATED_RADIUS_PX).sum()) for c in cores]

@@ -294,7 +294,7 @@ def test_artificial_stars_are_placed_apart_added_with_their_light_and_recovered(
     psf = (1 + (grid[:, None] ** 2 + grid[None] ** 2) / 4.0) ** -3.5
     electrons = np.tile([[20000.0, 10000.0]], (6, 1))
     base = torch.full((1, 2, 64, 64), 100.0)
-    added = add_stars(base, plocs, electrons, np.stack([psf, psf]), torch.tensor([[1.4, 1.4]]), rng)
+    added = add_stars(base, plocs, electrons, np.stack([psf, psf]), rng)
     light = (added - base).sum((0, 2, 3)).numpy()
     # all but the wings beyond the 64 px image: within 2 % of the total (Poisson: 0.3 %)
     np.testing.assert_allclose(light, electrons.sum(0), rtol=0.02)
