@@ -73,6 +73,7 @@ def predictor_settings(spec: DictConfig) -> PredictorSettings:
         psf_photometry=spec.get("psf_photometry", True),
         galaxy_photometry=spec.get("galaxy_photometry", True),
         confusion_noise=spec.get("confusion_noise", True),
+        saturated_stars=spec.get("saturated_stars", True),
         density=density_settings(spec.get("density", {})),
         region_turns=int(spec.get("region_turns", 8)),
     )

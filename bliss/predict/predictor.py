@@ -28,6 +28,7 @@ from bliss.predict.galaxy_photometry import refine_galaxy_fluxes
 from bliss.predict.psf_photometry import nominal_psf_models, refine_star_fluxes
 from bliss.predict.region_quantities import RegionEstimate, region_estimates
 from bliss.predict.region_turns import DIHEDRAL_TURNS, turned_region_params
+from bliss.predict.saturated_stars import recover_saturated_stars, with_saturated_stars
 from bliss.predict.shape_ellipticity import (
     add_drawn_ellipticity,
     add_shape_ellipticity,
@@ -47,6 +48,9 @@ __all__ = [
     "image_psf_shape",
 ]
 
+#: saturated stars' fits evaluate an image's PSF model once per cell of this side: their
+#: neighbours, spread over the image, would otherwise evaluate it thousands of times
+SATURATED_PSF_CELL_PX = 16.0
 FLUX_KEY = "fluxes"  # catalog key of the per-band fluxes, nanomaggies
 LOCS_KEY = "locs"  # tile catalog key of positions within a tile, fraction of the tile
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -358,11 +362,14 @@ class Predictor:
         n_samples: int = 0,
         quantiles: tuple[float, ...] = (0.05, 0.95),
         star_photometry: bool = True,
+        saturated_stars: bool = True,
     ) -> tuple[FullCatalog, list[FullCatalog], dict[str, RegionEstimate]]:
         """:meth:`predict_and_sample` plus the model's region quantities (a shear, a map).
 
         The third item has a :class:`~bliss.predict.region_quantities.RegionEstimate` per region factor of
         the encoder (empty for a model without any), computed from the same features.
+        ``saturated_stars=False`` leaves out :meth:`add_saturated_stars` (a caller that merges
+        several catalogs of the image first runs it once on the merged one).
 
         Raises:
             BlissConfigError: ``threshold`` is not in (0, 1) or ``n_samples`` is negative.
@@ -416,7 +423,36 @@ class Predictor:
                 self.encoder.regions, params, self.tile_slen, shape, quantiles
             )
         samples = self._samples(features, image, n_samples, prior_shift)
+        if saturated_stars:
+            catalog, samples = self.add_saturated_stars(image, catalog, samples, quantiles)
         return catalog, samples, regions
+
+    def add_saturated_stars(
+        self,
+        image: SurveyImage,
+        catalog: FullCatalog,
+        samples: list[FullCatalog],
+        quantiles: tuple[float, ...],
+    ) -> tuple[FullCatalog, list[FullCatalog]]:
+        """Each blob of the image's saturated pixels as one star measured on its wings.
+
+        :mod:`bliss.predict.saturated_stars`; the catalog and samples unchanged without star
+        photometry settings (its PSF models need the survey's pixel scale), with
+        ``saturated_stars`` off, or for an image that does not say which pixels saturated.
+        """
+        settings = self.star_photometry
+        if settings is None or not settings.saturated_stars or image.saturated is None:
+            return catalog, samples
+        models = nominal_psf_models(
+            image, settings.pixel_scale_arcsec, settings.psf_beta, cell_px=SATURATED_PSF_CELL_PX
+        )
+        stars = recover_saturated_stars(image, catalog, models, self.encoder.reference_index)
+        if not stars:
+            return catalog, samples
+        # the draws are reproducible from the torch seed, as the network's samples are
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+        samples = [with_saturated_stars(s, stars, rng=rng) for s in samples]
+        return with_saturated_stars(catalog, stars, quantiles), samples
 
     def _prior_shift(
         self, features: Tensor
@@ -655,6 +691,7 @@ class PredictorSettings:
     psf_photometry: bool = True
     galaxy_photometry: bool = True
     confusion_noise: bool = True
+    saturated_stars: bool = True
     density: DensitySettings | None = DensitySettings()
     region_turns: int = 8
 
@@ -670,12 +707,15 @@ class StarPhotometry:
             posterior (:mod:`bliss.predict.galaxy_photometry`).
         confusion: widen flux and position intervals by the confusion noise measured on the
             image's residual (:mod:`bliss.predict.confusion`).
+        saturated_stars: catalog each blob of saturated pixels as one star measured on its
+            wings (:mod:`bliss.predict.saturated_stars`).
     """
 
     pixel_scale_arcsec: float
     psf_beta: float
     galaxies: bool = True
     confusion: bool = True
+    saturated_stars: bool = True
 
 
 def build_predictor(
@@ -719,6 +759,7 @@ def build_predictor(
             survey.psf_beta,
             settings.galaxy_photometry,
             settings.confusion_noise,
+            settings.saturated_stars,
         )
         if settings.psf_photometry and survey is not None
         else None,

@@ -448,11 +448,18 @@ def flux_per_electron(image: SurveyImage, band: int) -> float:
 
 
 def nominal_psf_models(
-    image: SurveyImage, pixel_scale_arcsec: float, beta: float
+    image: SurveyImage, pixel_scale_arcsec: float, beta: float, cell_px: float = 4.0
 ) -> list[PsfStamps]:
-    """Each band's PSF where no star is fitted: the image's own model, else its header Moffat."""
+    """Each band's PSF where no star is fitted: the image's own model, else its header Moffat.
+
+    ``cell_px``: the image's own model is evaluated once per cell of this side
+    (:class:`~bliss.predict.psf_model.ImagePsf`).
+    """
     if image.psf is not None:
-        return [ImagePsf(functools.partial(image.psf, band)) for band in range(len(image.bands))]
+        return [
+            ImagePsf(functools.partial(image.psf, band), cell_px=cell_px)
+            for band in range(len(image.bands))
+        ]
     fwhm = np.asarray(image.psf_fwhm_arcsec, dtype=np.float64) / pixel_scale_arcsec
     return [MoffatShape(float(width), beta, fitted=False) for width in fwhm]
 

@@ -165,15 +165,22 @@ class RegionalPredictor:
         # PSF-fitting the main model's many sources on a crowded frame would cost minutes
         # (M2: 40 s -> 86 s): a frame with crowded blocks keeps the network's fluxes
         catalog, samples, regions = self.sparse.predict_with_regions(
-            image, threshold, n_samples, quantiles, star_photometry=not blocks.any()
+            image,
+            threshold,
+            n_samples,
+            quantiles,
+            star_photometry=not blocks.any(),
+            saturated_stars=False,  # once, on the merged catalog
         )
         catalog = _mark(catalog, 0.0)  # joint samples carry no flags, so no mark either
         if not blocks.any():
-            return catalog, samples, regions
+            return (*self.sparse.add_saturated_stars(image, catalog, samples, quantiles), regions)
         height, width = image.images.shape[1:]
         for rows, cols, member in crowded_boxes(blocks, block, (height, width)):
             crop, origin = _crop(image, rows, cols, self.context_px)
-            found, drawn = self.crowded.predict_and_sample(crop, threshold, n_samples, quantiles)
+            found, drawn, _ = self.crowded.predict_with_regions(
+                crop, threshold, n_samples, quantiles, saturated_stars=False
+            )
             owned = np.zeros((-(-height // block), -(-width // block)), dtype=bool)
             owned[
                 rows.start // block : rows.start // block + member.shape[0],
@@ -183,7 +190,7 @@ class RegionalPredictor:
             samples = [
                 _replace(s, d, origin, owned, block) for s, d in zip(samples, drawn, strict=True)
             ]
-        return catalog, samples, regions
+        return (*self.sparse.add_saturated_stars(image, catalog, samples, quantiles), regions)
 
 
 def _mark(catalog: FullCatalog, value: float) -> FullCatalog:

@@ -39,7 +39,8 @@ from bliss.encoder.checkpoint import load_encoder
 from bliss.encoder.normalizers import saturation_levels
 from bliss.metrics import match_full_catalogs
 from bliss.metrics.calibration import binned_coverage
-from bliss.predict.psf_photometry import refine_star_fluxes
+from bliss.predict.psf_photometry import nominal_psf_models, refine_star_fluxes
+from bliss.predict.saturated_stars import recover_saturated_stars, with_saturated_stars
 from bliss.protocols import SurveyImage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,6 +155,35 @@ def score_bliss(encoder, batch, n_samples: int, band: int) -> dict:
     }
 
 
+def _survey_image(batch: dict, i: int, magzero: np.ndarray, psf: np.ndarray, cfg) -> SurveyImage:
+    """Image ``i`` of a simulated batch as predict sees a frame: its NaNs are saturated pixels."""
+    images = batch["images"][i].double().numpy()
+    return SurveyImage(
+        path=Path(f"field{i}"),
+        bands=tuple(cfg.survey.bands),
+        images=images,
+        background=np.broadcast_to(
+            batch["background"][i].double().numpy().reshape(len(magzero), -1, 1), images.shape
+        ).copy(),
+        psf_fwhm_arcsec=batch["psf_fwhm_arcsec"][i].double().numpy(),
+        magzero=magzero,
+        wcs=None,
+        psf=lambda band, row, col: psf[band],
+        saturated=np.isnan(images),
+    )
+
+
+def _per_image(estimate: FullCatalog, refine) -> FullCatalog:
+    """``refine(one_image_catalog, index)`` applied to each image of ``estimate``."""
+    refined = []
+    for i in range(estimate.batch_size):
+        one = FullCatalog(
+            estimate.height_px, estimate.width_px, {k: v[i : i + 1] for k, v in estimate.items()}
+        )
+        refined.append(refine(one, i))
+    return concat_full_catalogs(refined)
+
+
 def psf_fit(
     estimate: FullCatalog, batch: dict, magzero: np.ndarray, psf: np.ndarray, cfg
 ) -> FullCatalog:
@@ -165,31 +195,39 @@ def psf_fit(
     quantiles = tuple(float(k.split("@")[1]) for k in estimate.keys() if k.startswith("fluxes@"))
     pixel_scale = float(cfg.survey.pixel_scale_arcsec)
     reference_band = list(cfg.survey.bands).index(cfg.survey.reference_band)
-    refined = []
-    for i in range(estimate.batch_size):
-        data = {key: value[i : i + 1] for key, value in estimate.items()}
+
+    def refine(one: FullCatalog, i: int) -> FullCatalog:
+        data = dict(one.items())
         data["prob_galaxy"] = torch.zeros_like(data["fluxes"][..., :1])
-        one = FullCatalog(estimate.height_px, estimate.width_px, data)
-        image = SurveyImage(
-            path=Path(f"field{i}"),
-            bands=tuple(cfg.survey.bands),
-            images=batch["images"][i].double().numpy(),
-            background=np.broadcast_to(
-                batch["background"][i].double().numpy().reshape(len(magzero), -1, 1),
-                batch["images"][i].shape,
-            ).copy(),
-            psf_fwhm_arcsec=batch["psf_fwhm_arcsec"][i].double().numpy(),
-            magzero=magzero,
-            wcs=None,
-            psf=lambda band, row, col: psf[band],
-        )
+        one = FullCatalog(one.height_px, one.width_px, data)
+        image = _survey_image(batch, i, magzero, psf, cfg)
         fitted, _ = refine_star_fluxes(
             image, one, quantiles, pixel_scale, reference_band=reference_band
         )
         data = dict(fitted.items())
         data.pop("prob_galaxy")
-        refined.append(FullCatalog(one.height_px, one.width_px, data))
-    return concat_full_catalogs(refined)
+        return FullCatalog(one.height_px, one.width_px, data)
+
+    return _per_image(estimate, refine)
+
+
+def saturated_fit(
+    estimate: FullCatalog, batch: dict, magzero: np.ndarray, psf: np.ndarray, cfg
+) -> FullCatalog:
+    """``estimate`` with each blob of saturated (NaN) pixels cataloged as one star, per image.
+
+    Predict's step (:mod:`bliss.predict.saturated_stars`) with the test set's own PSF.
+    """
+    quantiles = tuple(float(k.split("@")[1]) for k in estimate.keys() if k.startswith("fluxes@"))
+    reference_band = list(cfg.survey.bands).index(cfg.survey.reference_band)
+
+    def refine(one: FullCatalog, i: int) -> FullCatalog:
+        image = _survey_image(batch, i, magzero, psf, cfg)
+        models = nominal_psf_models(image, float(cfg.survey.pixel_scale_arcsec), 3.5)
+        stars = recover_saturated_stars(image, one, models, reference_band)
+        return with_saturated_stars(one, stars, quantiles)
+
+    return _per_image(estimate, refine)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -209,6 +247,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         fwhm_px = float(table.psf_fwhm_arcsec[0, band]) / cfg.survey.pixel_scale_arcsec
         nmgy = nmgy_per_electron(float(simulator.magzero[band]))
         fitted = {f"{name}+fit": name for name in encoders} if args.psf_fit else {}
+        if args.saturated_stars:
+            fitted.update({f"{name}+sat": name for name in encoders})
         magzero = np.asarray(simulator.magzero, dtype=np.float64)
         methods = [*encoders, *fitted, "sep"] + ([] if args.no_daophot else ["daophot"])
         scores = {m: {p: DetectionScore() for p in PROTOCOLS} for m in methods}
@@ -247,6 +287,14 @@ def evaluate(args: argparse.Namespace) -> dict:
                     seconds[f"{name}+fit"] += time.perf_counter() - tic + seconds_bliss
                     catalogs[f"{name}+fit"].append(refined)
                     per_method[f"{name}+fit"] = [_field_catalog(refined, i, band) for i in range(n)]
+                if args.saturated_stars:
+                    tic = time.perf_counter()
+                    refined = saturated_fit(
+                        out["estimate"], batch, magzero, table.psf_images[0], cfg
+                    )
+                    seconds[f"{name}+sat"] += time.perf_counter() - tic + seconds_bliss
+                    catalogs[f"{name}+sat"].append(refined)
+                    per_method[f"{name}+sat"] = [_field_catalog(refined, i, band) for i in range(n)]
                 for i in range(n):
                     true_count = int((truths[i][1] < MAG_LIMIT).sum())
                     low, high = count_interval(out["sample_counts"][i])
@@ -475,6 +523,11 @@ def main() -> None:
         "--psf-fit",
         action="store_true",
         help="also score each model with its star fluxes refit by PSF photometry (NAME+fit)",
+    )
+    parser.add_argument(
+        "--saturated-stars",
+        action="store_true",
+        help="also score each model with its saturated cores cataloged as stars (NAME+sat)",
     )
     parser.add_argument("--out", default="case_studies/spatial_tiling/results")
     args = parser.parse_args()

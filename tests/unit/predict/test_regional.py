@@ -65,6 +65,7 @@ class _FixedPredictor:
         self.progress = False
         self.seen: list[tuple[int, int]] = []
         self.star_photometry: list[bool] = []
+        self.saturated_runs = 0  # add_saturated_stars calls
 
     def applies_aperture_correction(self, image) -> bool:
         return False
@@ -83,11 +84,18 @@ class _FixedPredictor:
         catalog = FullCatalog(height, width, data)
         return catalog, [catalog] * n_samples
 
-    def predict_with_regions(self, image, threshold, n_samples, quantiles, star_photometry=True):
+    def predict_with_regions(
+        self, image, threshold, n_samples, quantiles, star_photometry=True, saturated_stars=True
+    ):
+        assert not saturated_stars  # the regional predictor runs it once, on the merged catalog
         return (
             *self.predict_and_sample(image, threshold, n_samples, quantiles, star_photometry),
             {},
         )
+
+    def add_saturated_stars(self, image, catalog, samples, quantiles):
+        self.saturated_runs += 1
+        return catalog, samples
 
 
 def _image(images: np.ndarray) -> SurveyImage:
@@ -128,6 +136,8 @@ def test_each_block_takes_its_sources_from_one_model(monkeypatch):
     assert regional.picks["crowded_blocks"] == 1 and regional.picks["crowded_share"] == 0.25
     # a frame with a crowded block keeps the main model's fluxes (no PSF fit of its sources)
     assert sparse.star_photometry == [False]
+    # saturated stars are cataloged once, on the merged catalog, with the main model's settings
+    assert (sparse.saturated_runs, crowded.saturated_runs) == (1, 0)
 
 
 def test_a_frame_without_crowded_blocks_gets_star_photometry(monkeypatch):
