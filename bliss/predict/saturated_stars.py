@@ -7,21 +7,25 @@ of the ring around five saturated stars and none of the stars. Survey pipelines 
 star by fitting the PSF to its unsaturated pixels (SDSS PHOTO, DAOPHOT);
 :func:`recover_saturated_stars` does so for each blob of saturated pixels:
 
-1. the blob's thickest point (a bleed trail is one or two pixels wide, the core is not) starts a
-   grid search in the reference band for the position whose PSF best fits the usable pixels
-   within :data:`FIT_HALF_PX`, then a joint weighted least-squares fit of the star's flux and
-   position, the fluxes of the catalog's other sources there (PSFs at their positions, the
-   network's fluxes as a weak prior) and a local sky. Each band's flux is fitted at that position,
-   on the pixels its own saturation mask leaves (a star saturated in r may not be in u);
-2. the catalog's detections centred within :data:`CLAIM_PX` of the blob's pixels are pieces of the
-   star, replaced by it (the brightest one's row keeps its other columns);
-3. detections the joint fit no longer needs are dropped: where the star's PSF error exceeds the
-   photon noise, a detection below :data:`MIN_NEIGHBOUR_SNR` standard deviations is a piece of
-   the wing the PSF model did not describe, not a star the pixels can show.
+1. a grid search in the reference band, from the blob's thickest point (a bleed trail is one or
+   two pixels wide, the core is not), finds the position whose PSF best fits the usable pixels
+   (not saturated, not next to a saturated pixel) within ``MIN_HALF_PX + CORE_RADII`` core radii;
+2. each band's flux is a non-negative weighted least-squares fit there, with a local sky, the
+   catalog's detections within half that distance fitted with it (their network fluxes as a
+   prior) and the brightest further out fitted in turn around it; each band on the pixels its
+   own saturation mask leaves (a star saturated in r may not be in u);
+3. the detections centred within :data:`CLAIM_PX` of the blob's pixels are pieces of the star and
+   are replaced by it (the brightest one's row keeps its other columns); the detections where
+   the star's PSF error swamps the photon noise are dropped unless the fit needs them at
+   :data:`MIN_NEIGHBOUR_SNR`, and the light of the faint sources hidden there, estimated from
+   the catalog's light per pixel around, is taken from the star's flux and added to its error;
+4. the flux is divided by the ratio of wing to whole-star fits measured on the image's own
+   unsaturated stars with their cores cut out (:class:`WingCorrection`): a survey PSF model's
+   wings are off by percents, which a fit on the wings alone multiplies.
 
-A pixel's variance counts :data:`PROFILE_ERROR` of the star's light, as a survey PSF model is
-good to a few percent in the wings, and flux intervals get :data:`WING_FLUX_FLOOR` in bands
-where the star saturated (see ``docs/photometry.md`` for how it was measured).
+A pixel's variance counts :data:`PROFILE_ERROR` of the star's light and :data:`PSF_NOISE` of its
+flux (see ``docs/photometry.md`` and ``benchmarks/bench_saturated_stars.py`` for how well this
+measures real stars).
 """
 
 import math
@@ -42,8 +46,11 @@ from bliss.protocols import SurveyImage
 __all__ = [
     "CLAIM_PX",
     "SaturatedStar",
+    "WingCorrection",
     "recover_saturated_stars",
+    "fit_whole_star",
     "saturated_blobs",
+    "wing_correction",
     "with_saturated_stars",
 ]
 
@@ -103,7 +110,7 @@ _NEW_ROW_FILL = {
     "prob_source": 1.0,
     "prob_galaxy": 0.0,
     "source_type": 0.0,
-    "crowded": 0.0,
+    "crowded": 0.0,  # regional.CROWDED_KEY: the star is the fit's, not the crowded model's
     LOCAL_SKY_KEY: 1.0,
 }
 #: reweighted least-squares iterations of a fit (weights from its model)
@@ -228,17 +235,7 @@ def wing_correction(
     cut = np.zeros_like(saturated, dtype=bool)
     log_odds, log_ratio = [], []
     for index in chosen:
-        whole = _fit_band(
-            data,
-            background,
-            saturated,
-            psf,
-            positions[index],
-            MIN_HALF_PX,
-            _NONE,
-            _NONE[:, 0],
-            True,
-        )
+        whole = fit_whole_star(data, background, saturated, psf, positions[index])
         if whole is None:
             continue
         centre = whole.position
@@ -266,6 +263,25 @@ def wing_correction(
     if len(log_odds) < MIN_CALIBRATION_STARS:
         return None
     return WingCorrection(np.array(log_odds), np.array(log_ratio))
+
+
+def fit_whole_star(
+    data: np.ndarray,
+    background: np.ndarray,
+    saturated: np.ndarray,
+    psf: PsfStamps,
+    position: np.ndarray,
+) -> "_BandFit | None":
+    """One isolated star fitted on every usable pixel around ``position`` (position searched).
+
+    As :class:`WingCorrection` fits its calibration stars whole. ``data``, ``background`` and
+    ``saturated``: the band (sky-subtracted electrons, sky, saturated pixels; ``h w``). Its
+    ``flux`` (electrons) and ``lost`` (share of the PSF's light on unusable pixels) are what a
+    caller needs; None if the fit fails.
+    """
+    return _fit_band(
+        data, background, saturated, psf, position, MIN_HALF_PX, _NONE, _NONE[:, 0], True
+    )
 
 
 #: no neighbours (``0 2`` positions)
