@@ -19,19 +19,26 @@ from pathlib import Path
 from bench_startup import timed  # a fresh bliss process: seconds, peak RSS, last line
 
 
+def field_overrides(data_dir: str, field: str) -> list[str]:
+    """The Hydra overrides of `mode=predict` on the SDSS frame ``field`` ("run-camcol-field")."""
+    run, camcol, number = field.split("-")
+    return [
+        "mode=predict",
+        "survey=sdss_frames",
+        f"survey.data_dir={data_dir}",
+        f"survey.run={run}",
+        f"survey.camcol={camcol}",
+        f"survey.field={number}",
+    ]
+
+
 def run_once(
     data_dir: str, field: str, overrides: list[str], out: Path
 ) -> tuple[float, float, str]:
     """One `bliss mode=predict` of ``field`` ("run-camcol-field"); (seconds, peak GB, last line)."""
-    run, camcol, number = field.split("-")
     return timed(
         [
-            "mode=predict",
-            "survey=sdss_frames",
-            f"survey.data_dir={data_dir}",
-            f"survey.run={run}",
-            f"survey.camcol={camcol}",
-            f"survey.field={number}",
+            *field_overrides(data_dir, field),
             f"predict.output={out / f'{field}.fits'}",
             f"hydra.run.dir={out / 'hydra'}",
             *overrides,

@@ -163,27 +163,11 @@ def main() -> None:
     parser.add_argument("--out", default="saturated_stars.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from hydra import compose, initialize_config_module
-
-    from bliss.cli.model import load_model_and_survey
+    from bench_sdss_bright_stars import load_frame
 
     rows = []
     for field in args.fields:
-        run, camcol, number = (int(v) for v in field.split("-"))
-        with initialize_config_module("bliss.conf", version_base="1.3"):
-            cfg = compose(
-                "config",
-                overrides=[
-                    "mode=predict",
-                    "survey=sdss_frames",
-                    f"survey.data_dir={args.data_dir}",
-                    f"survey.run={run}",
-                    f"survey.camcol={camcol}",
-                    f"survey.field={number}",
-                ],
-            )
-        _, _, survey = load_model_and_survey(cfg.predict.checkpoint, cfg.survey)
-        image = survey.load_image(tuple(BANDS))
+        image = load_frame(args.data_dir, field)
         found = measure(image, args.radii)
         print(f"{field}: {len({r['star'] for r in found})} stars")
         rows += [{"field": field, **r} for r in found]

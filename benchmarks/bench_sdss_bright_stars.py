@@ -21,12 +21,27 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from bench_predict_field import run_once
+from bench_predict_field import field_overrides, run_once
 
 #: PHOTO's aperture for PSF magnitudes, arcsec, and the pixel scale
 APERTURE_ARCSEC = 7.43
 PIXEL_ARCSEC = 0.396
 BINS = ((14, 17), (17, 19), (19, 20), (20, 21), (21, 22))
+
+
+def load_frame(data_dir: str, field: str):
+    """The SDSS frame ``field`` ("run-camcol-field") as predict reads it for the shipped model.
+
+    Its PSF model is the psField PSF with the model's halo. Returns a ``SurveyImage``.
+    """
+    from hydra import compose, initialize_config_module
+
+    from bliss.cli.model import load_model_and_survey
+
+    with initialize_config_module("bliss.conf", version_base="1.3"):
+        cfg = compose("config", overrides=field_overrides(data_dir, field))
+    _, _, survey = load_model_and_survey(cfg.predict.checkpoint, cfg.survey)
+    return survey.load_image(survey.bands)
 
 
 def main() -> None:
@@ -38,10 +53,8 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     warnings.filterwarnings("ignore")
     from astropy.table import Table
-    from hydra import compose, initialize_config_module
     from scipy.spatial import cKDTree
 
-    from bliss.cli.model import load_model_and_survey
     from bliss.surveys.sdss.aperture import sky_subtracted
     from bliss.surveys.sdss.photoobj import find_photoobj, photo_flag, read_photoobj
 
@@ -54,20 +67,7 @@ def main() -> None:
             run_once(args.data_dir, args.field, ["predict.plot=false", *overrides], Path(tmp))
             path = Path(tmp) / f"{args.field}.fits"
         catalog = Table.read(path)
-    with initialize_config_module("bliss.conf", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "mode=predict",
-                "survey=sdss_frames",
-                f"survey.data_dir={args.data_dir}",
-                f"survey.run={run}",
-                f"survey.camcol={camcol}",
-                f"survey.field={number}",
-            ],
-        )
-    _, _, survey = load_model_and_survey(cfg.predict.checkpoint, cfg.survey)
-    image = survey.load_image(survey.bands)
+    image = load_frame(args.data_dir, args.field)
     r = image.bands.index("r")
     photo = read_photoobj(
         find_photoobj(args.data_dir, run, camcol, number),

@@ -110,7 +110,7 @@ _NEW_ROW_FILL = {
     "prob_source": 1.0,
     "prob_galaxy": 0.0,
     "source_type": 0.0,
-    "crowded": 0.0,  # regional.CROWDED_KEY: the star is the fit's, not the crowded model's
+    "crowded": 0.0,  # regional.CROWDED_KEY: a new row is the fit's, not the crowded model's
     LOCAL_SKY_KEY: 1.0,
 }
 #: reweighted least-squares iterations of a fit (weights from its model)
@@ -774,9 +774,10 @@ def with_saturated_stars(
     fitted values, with Gaussian ``<key>@<q>`` quantiles, in the row of the first detection it
     replaced. A joint sample (``rng`` given) draws them from the fit's Gaussian, and, as its
     sources are not the point estimate's, loses those within :data:`CLAIM_PX` of the star's
-    saturated pixels or within :data:`MATCH_PX` of a detection the point estimate lost. Keys of a
-    new row the fit does not give are NaN, except ``prob_source`` (1), ``prob_galaxy``,
-    ``source_type`` and ``crowded`` (0) and the local-sky mark (1).
+    saturated pixels or within :data:`MATCH_PX` of a detection the point estimate lost. A star
+    has ``prob_source`` 1, ``prob_galaxy`` and ``source_type`` 0 and the local-sky mark 1; a
+    reused row keeps its other keys (``crowded``: the model of its block), a new row has NaN in
+    them (``crowded`` 0).
     """
     n = int(catalog["n_sources"][0])
     data = {k: v[:, :n].clone() for k, v in catalog.items() if k != "n_sources"}
@@ -801,8 +802,9 @@ def with_saturated_stars(
         for key, value in values.items():
             if key in data:
                 data[key][0, row] = torch.as_tensor(value, dtype=data[key].dtype)
+        # the row's crowded mark (the model of its block) stays
         for key, fill in _NEW_ROW_FILL.items():
-            if key in data and key != "prob_source":
+            if key in data and key != "crowded":
                 data[key][0, row] = fill
     data = {k: v[:, torch.from_numpy(keep)] for k, v in data.items()}
     if new_rows:

@@ -168,6 +168,7 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
         sdss_data=str(data),
         no_daophot=True,
         psf_fit=True,
+        saturated_stars=True,
         out=str(tmp_path),
     )
     results = evaluate_tiling.evaluate(args)
@@ -194,6 +195,9 @@ def test_the_evaluation_runs_end_to_end_on_tiny_fields(tmp_path):
     fitted = scores["K4+fit"]
     assert fitted["1px"]["n_est"] > 0
     assert sum(row["n"] for row in fitted["calibration"]) == n_matched
+    # predict's saturated-star step runs on every image and keeps the rest of the catalog
+    assert scores["K4+sat"]["1px"]["n_est"] > 0
+    assert "found_share" in scores["K4+sat"]["bright_stars"]
     assert (tmp_path / "field_m2_like.png").is_file()
     evaluate_tiling.write_markdown(results, tmp_path / "results.md")
     assert "| K4 |" in (tmp_path / "results.md").read_text()
