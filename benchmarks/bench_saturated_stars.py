@@ -68,8 +68,9 @@ def measure(image, radii) -> list[dict]:
     import torch
 
     from bliss.catalog import FullCatalog
-    from bliss.predict import saturated_stars as wings
     from bliss.predict.psf_photometry import flux_per_electron, nominal_psf_models
+    from bliss.predict.saturated_stars import recover_saturated_stars
+    from bliss.predict.wing_fit import fit_whole_star
 
     plocs, electrons, test = candidates(image, sep)
     bands, height, width = image.images.shape
@@ -92,7 +93,7 @@ def measure(image, radii) -> list[dict]:
         )
         whole = {}
         for i in half:
-            fit = wings.fit_whole_star(
+            fit = fit_whole_star(
                 data, image.background[REFERENCE], nothing, models[REFERENCE], plocs[i]
             )
             if fit is not None:
@@ -108,7 +109,7 @@ def measure(image, radii) -> list[dict]:
             cut = dataclasses.replace(
                 image, images=np.where(mask, np.nan, image.images), saturated=mask
             )
-            stars = wings.recover_saturated_stars(cut, catalog, models, REFERENCE)
+            stars = recover_saturated_stars(cut, catalog, models, REFERENCE)
             found = np.array([s.plocs for s in stars]).reshape(-1, 2)
             for i in half:
                 if i not in whole or not len(found):
