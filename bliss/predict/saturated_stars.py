@@ -47,6 +47,7 @@ from bliss.predict.wing_fit import (
     BandFit,
     fit_band,
     log_odds,
+    stamp_on,
     wing_correction,
 )
 from bliss.protocols import SurveyImage
@@ -76,6 +77,9 @@ MIN_NEIGHBOUR_SNR = 5.0
 #: the brightest this many detections around a star are modelled (a cluster core holds
 #: thousands, most too faint to matter beside a saturated star; the cost is per detection)
 MAX_NEIGHBOURS = 60
+#: a blob is a star only if the fit's peak reaches this share of the brightest pixel next to it
+#: (a saturated core outshines its unsaturated ring; a hot pixel or a bad column on sky does not)
+MIN_PEAK_SHARE = 0.5
 #: a joint sample's source within this of a detection the point estimate lost is lost too, px
 MATCH_PX = 1.0
 #: what a star's row holds in keys its fit does not give (a PSF fit with its own local sky)
@@ -153,6 +157,27 @@ def _within(plocs: np.ndarray, blob: np.ndarray, radius: float) -> np.ndarray:
         distance, _ = cKDTree(blob + 0.5).query(plocs[box], distance_upper_bound=radius + 1e-9)
         inside[box] = np.isfinite(distance)
     return inside
+
+
+def _box(centre: np.ndarray, half: int) -> tuple[slice, slice]:
+    row, col = int(math.floor(centre[0])), int(math.floor(centre[1]))
+    return slice(row - half, row + half + 1), slice(col - half, col + half + 1)
+
+
+def _ring_max(image: SurveyImage, band: int, blob: np.ndarray) -> float:
+    """The brightest usable pixel (sky subtracted) within 3 px of the blob, in ``band``."""
+    height, width = image.images.shape[1:]
+    top, left = np.maximum(blob.min(0) - 3, 0)
+    bottom, right = np.minimum(blob.max(0) + 4, [height, width])
+    data = (
+        image.images[band, top:bottom, left:right] - image.background[band, top:bottom, left:right]
+    )
+    near = np.zeros(data.shape, dtype=bool)
+    near[tuple((blob - [top, left]).T)] = True
+    unusable = ndimage.binary_dilation(near, np.ones((3, 3), dtype=bool))
+    ring = ndimage.binary_dilation(near, np.ones((7, 7), dtype=bool)) & ~unusable
+    values = data[ring & np.isfinite(data)]
+    return float(values.max()) if values.size else 0.0
 
 
 def _fit_half(blob: np.ndarray) -> int:
@@ -244,6 +269,12 @@ def recover_saturated_stars(
         if reference_band not in fitted:
             continue
         ref = fitted[reference_band]
+        ring_max = _ring_max(image, reference_band, blob)
+        peak = ref.flux * float(
+            stamp_on(psf_models[reference_band], ref.position, _box(ref.position, 2), 2).max()
+        )
+        if not peak >= MIN_PEAK_SHARE * ring_max:  # no star there (a hot pixel, a bad column)
+            continue
         bands = len(image.bands)
         in_band = saturated[:, blob[:, 0], blob[:, 1]].any(-1)
         flux = np.full(bands, np.nan)

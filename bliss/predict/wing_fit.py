@@ -423,18 +423,24 @@ def _fit_star(
     # the first weights from the data, then from the model (no bias towards low counts)
     variance = noise[use] + np.clip(values if flux is None else flux * star[use], 0, None)
     solution = None
-    for _ in range(FIT_ITERATIONS):
+    for iteration in range(FIT_ITERATIONS):
         root = 1 / np.sqrt(variance)
         # the priors are rows of the system
         system = np.concatenate(
             [matrix * root[:, None], np.pad(np.diag(prior_root), ((0, 0), (1, 2)))]
         )
         target = np.concatenate([values * root, prior_mean * prior_root])
-        solution, _ = optimize.nnls(system, target, maxiter=50 * system.shape[1])
+        if iteration:
+            # the sky stays where the data-weighted first fit put it: with the model's weights
+            # a crowd's lumps around a deep core can trade the star's faint wings for sky
+            system, target = system[:, :-2], target - system[:, -2:] @ solution[-2:]
+        found, _ = optimize.nnls(system, target, maxiter=50 * system.shape[1])
+        solution = found if not iteration else np.concatenate([found, solution[-2:]])
         if not np.all(np.isfinite(solution)) or solution[0] <= 0:
             return None
         star_light = solution[0] * star[use]
-        light = matrix[:, : 1 + k] @ solution[: 1 + k]
+        # the local sky is light too (a cluster's unresolved stars): its photon noise counts
+        light = matrix @ solution
         variance = noise[use] + np.clip(light, 0, None) + _model_variance(star_light, solution[0])
     residual = values - matrix @ solution
     active = np.concatenate([[True], solution[1 : 1 + k] > 0])

@@ -145,6 +145,16 @@ def test_a_joint_sample_loses_its_own_pieces_and_draws_the_star():
     assert flux != pytest.approx(stars[0].fluxes[0], rel=1e-9)  # a draw, not the estimate
 
 
+def test_a_saturated_pixel_with_no_star_around_it_stays_as_it_is():
+    """A hot pixel or a bad column flagged saturated on empty sky is not a star."""
+    shape = (81, 81)
+    image = _image(np.zeros(shape), seed=3)
+    image.saturated[0, 40, 40:42] = True
+    image.images[0, 40, 40:42] = np.nan
+    catalog = _catalog(shape, [(40.5, 40.2)], [50.0])  # a network guess on the pixel
+    assert recover_saturated_stars(image, catalog, [MoffatShape(FWHM_PX, 3.5, False)], 0) == []
+
+
 def test_an_image_that_does_not_say_what_saturated_has_no_saturated_stars():
     image, catalog = _scene()
     unknown = SurveyImage(
