@@ -42,6 +42,7 @@ from bliss.catalog import FullCatalog
 from bliss.predict.psf_photometry import LOCAL_SKY_KEY, PsfStamps, flux_per_electron
 from bliss.predict.wing_fit import (
     CORE_RADII,
+    DILATE_PX,
     MAX_HALF_PX,
     MIN_HALF_PX,
     BandFit,
@@ -174,7 +175,7 @@ def _ring_max(image: SurveyImage, band: int, blob: np.ndarray) -> float:
     )
     near = np.zeros(data.shape, dtype=bool)
     near[tuple((blob - [top, left]).T)] = True
-    unusable = ndimage.binary_dilation(near, np.ones((3, 3), dtype=bool))
+    unusable = ndimage.binary_dilation(near, np.ones((2 * DILATE_PX + 1,) * 2, dtype=bool))
     ring = ndimage.binary_dilation(near, np.ones((7, 7), dtype=bool)) & ~unusable
     values = data[ring & np.isfinite(data)]
     return float(values.max()) if values.size else 0.0

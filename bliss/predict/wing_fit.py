@@ -244,7 +244,7 @@ class BandFit:
         sources in the rest of the fit region; as many per pixel under the wings, with the same
         fluxes (a compound Poisson sum), is what the star took.
         """
-        under = (PROFILE_ERROR * self.star_light) ** 2 > self.sky + self.star_light
+        under = _swamps(self.star_light, self.sky)
         inside, rest = int(under.sum()), int((~under).sum())
         if not rest or not len(fluxes):
             return 0.0, 0.0
@@ -273,9 +273,16 @@ def swamped(
     inside = ((index >= 0) & (index < np.array(star_light.shape))).all(-1)
     index = np.clip(index, 0, np.array(star_light.shape) - 1)
     at = star_light[index[:, 0], index[:, 1]]
-    # the profile error only: PSF_NOISE is the model's noise where a star's wings are faint, and
-    # a detection there is a bump the data show, not one the model drew
-    return inside & ((PROFILE_ERROR * at) ** 2 > sky[index[:, 0], index[:, 1]] + at)
+    return inside & _swamps(at, sky[index[:, 0], index[:, 1]])
+
+
+def _swamps(star_light: np.ndarray, sky: np.ndarray) -> np.ndarray:
+    """Where the star's PSF error exceeds the photon noise of its light and the sky.
+
+    The profile error only: ``PSF_NOISE`` is the model's noise where a star's wings are faint,
+    and a detection there is a bump the data show, not one the model drew.
+    """
+    return (PROFILE_ERROR * star_light) ** 2 > sky + star_light
 
 
 def _usable(saturated: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
