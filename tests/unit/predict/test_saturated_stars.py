@@ -5,6 +5,7 @@ reference band is not the first, only it saturates, its blob carries a bleed tra
 nanomaggies of a 24.0 zero point, and the catalog edit is checked key by key.
 """
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -104,7 +105,8 @@ def _catalog(plocs, fluxes_e, extra=None, shape=SHAPE):
 
 def _scene(seed=0):
     light = np.stack([_render(SHAPE, [(*TRUE, TRUE_E[b])]) for b in range(2)])
-    light += np.stack([_render(SHAPE, [(*p, f[b]) for p, f in zip(FAR, FAR_E)]) for b in range(2)])
+    far = [[(*p, f[b]) for p, f in zip(FAR, FAR_E, strict=True)] for b in range(2)]
+    light += np.stack([_render(SHAPE, stars) for stars in far])
     return _survey_image(light, seed, TRAIL)
 
 
@@ -150,9 +152,7 @@ def test_blobs_are_8_connected_over_the_union_of_bands_with_absolute_indices():
     blobs = saturated_blobs(saturated)
     found = sorted(sorted(map(tuple, b.tolist())) for b in blobs)
     core = [(5, 8), (5, 9), (6, 8), (6, 9)] + [(r, 9) for r in range(7, 11)] + [(4, 10)]
-    assert found == sorted(
-        [sorted(core), [(0, 0), (1, 1)], [(11, 14)], [(0, 3)], [(0, 5)]]
-    )
+    assert found == sorted([sorted(core), [(0, 0), (1, 1)], [(11, 14)], [(0, 3)], [(0, 5)]])
     assert all(b.shape[1] == 2 and b.dtype.kind == "i" for b in blobs)
     assert saturated_blobs(np.zeros((2, 5, 5), dtype=bool)) == []
 
@@ -191,7 +191,8 @@ def test_one_star_where_it_is_measured_in_both_bands(scene):
     assert star.saturated_bands.tolist() == [False, True]
     assert star.lost[0] < 1e-6 and star.lost[REF] > 0.8
     np.testing.assert_array_equal(
-        sorted(map(tuple, star.blob.tolist())), sorted(map(tuple, np.argwhere(image.saturated[REF])))
+        sorted(map(tuple, star.blob.tolist())),
+        sorted(map(tuple, np.argwhere(image.saturated[REF]))),
     )
 
 
@@ -258,7 +259,9 @@ def test_the_point_estimate_puts_the_star_in_the_brightest_piece_row(scene):
     torch.testing.assert_close(
         out["galaxy_params"][0, row], extra["galaxy_params"][0, star.replaced[0]]
     )
-    low, flux, high = (out[k][0, row].double().numpy() for k in ("fluxes@0.05", "fluxes", "fluxes@0.95"))
+    low, flux, high = (
+        out[k][0, row].double().numpy() for k in ("fluxes@0.05", "fluxes", "fluxes@0.95")
+    )
     assert np.all(low <= flux) and np.all(flux <= high)
     # Gaussian quantiles: 1.645 sigma either side (float32 storage)
     np.testing.assert_allclose((high - flux) / star.fluxes_sigma, 1.6449, rtol=1e-4)
@@ -365,8 +368,8 @@ def test_an_empty_joint_sample_gets_the_star():
 
 # --------------------------------------------------------------------------- wing correction
 
-CAL_SIDE = 260
-CAL_STAR = (130.4, 129.7, 1e7)  # r ~ 4.5 on this zero point: ~95 % of its light unusable
+CAL_SIDE = 210
+CAL_STAR = (105.4, 104.7, 1e7)  # r ~ 4.5 on this zero point: ~95 % of its light unusable
 CAL_E = 3e5  # peaks below the saturation level
 # 50 px apart, and >= 40 px from the saturated star: each calibrator's fit region (at most
 # 25 px each way) holds no other star's core (the fits do not model neighbours)
@@ -378,6 +381,7 @@ CALIBRATORS = [
 ]
 
 
+@functools.lru_cache(maxsize=3)
 def _calibration_scene(beta):
     """One saturated star and isolated bright calibrators, drawn with ``beta``; one band."""
     stars = [CAL_STAR] + [(r, c, CAL_E) for r, c in CALIBRATORS]
@@ -400,9 +404,9 @@ def test_the_image_own_stars_correct_wings_the_model_gets_wrong(data_beta):
     """Stars drawn with broader (2.5) or narrower (4.5) wings than the model's 3.5, same FWHM."""
     image = _calibration_scene(data_beta)
     shape = (CAL_SIDE, CAL_SIDE)
-    assert len(CALIBRATORS) >= 20 and image.saturated[0].sum() > 30
-    assert not _distance_to_mask(CALIBRATORS, image.saturated[0]).min() < 30  # none saturated
     n = len(CALIBRATORS)
+    assert n >= 10 and image.saturated[0].sum() > 30
+    assert _distance_to_mask(CALIBRATORS, image.saturated[0]).min() > 30  # none saturated
     calibrated = recover_saturated_stars(
         image, _catalog(CALIBRATORS, np.full((n, 1), CAL_E), shape=shape), _models(1), 0
     )
@@ -415,8 +419,8 @@ def test_the_image_own_stars_correct_wings_the_model_gets_wrong(data_beta):
     assert len(raw) == len(calibrated) == 1
     truth = CAL_STAR[2] * NMGY
     raw_ratio = raw[0].fluxes[0] / truth
-    # broader true wings than the model's make a wing fit bright (here +70 %), narrower faint
-    # (-33 %): far beyond its noise (0.3 %)
+    # broader true wings than the model's make a wing fit bright (here +69 %), narrower faint
+    # (-34 %): far beyond its noise (0.3 %)
     assert raw_ratio > 1.3 if data_beta < BETA else raw_ratio < 0.8
     correction = _correction(image, CALIBRATORS, [CAL_E] * n)
     assert isinstance(correction, WingCorrection)
@@ -428,7 +432,7 @@ def test_the_image_own_stars_correct_wings_the_model_gets_wrong(data_beta):
     assert 0 < spread < 0.05
     error_raw = abs(raw_ratio - 1)
     error_calibrated = abs(calibrated[0].fluxes[0] / truth - 1)
-    # most of the bias is taken out (measured: 0.5 % and 3.3 % left of 69 % and 33 %)
+    # most of the bias is taken out (measured: 0.8 % and 3.8 % left of 69 % and 34 %)
     assert error_calibrated < 0.05 and error_calibrated < error_raw / 5
     # and the reported error shrinks from the conservative floor to the calibrators' spread
     assert calibrated[0].fluxes_sigma[0] < raw[0].fluxes_sigma[0]
@@ -436,19 +440,13 @@ def test_the_image_own_stars_correct_wings_the_model_gets_wrong(data_beta):
 
 def test_an_exact_model_needs_no_correction():
     image = _calibration_scene(BETA)
-    n = len(CALIBRATORS)
-    correction = _correction(image, CALIBRATORS, [CAL_E] * n)
+    correction = _correction(image, CALIBRATORS, [CAL_E] * len(CALIBRATORS))
     assert correction is not None
-    stars = recover_saturated_stars(
-        image,
-        _catalog(CALIBRATORS, np.full((n, 1), CAL_E), shape=(CAL_SIDE, CAL_SIDE)),
-        _models(1),
-        0,
-    )
-    factor, _ = correction(stars[0].lost[0])
-    # 20 calibrators with ~1e4 e left on their wings at the star's cut: 2 % is ~3 sigma
-    assert factor == pytest.approx(1.0, abs=0.02)
-    # ... and their 1.5 px cuts lose little, so fit as well as whole
+    # a dozen calibrators with >~1e4 e left on their wings at these cuts: 2.5 % is ~3 sigma
+    for lost in (0.75, 0.9, 0.95):
+        factor, _ = correction(lost)
+        assert factor == pytest.approx(1.0, abs=0.025), lost
+    # the 1.5 px cuts lose little light, so fit as well as whole (photon noise ~0.3 %)
     assert np.all(np.abs(correction.log_ratio[:, 1]) < 0.01)
 
 
@@ -497,7 +495,9 @@ def test_the_predictor_adds_saturated_stars_only_when_asked_and_told_what_satura
         )
         assert out is catalog and samples[0] is sample
     torch.manual_seed(11)
-    out, samples = Predictor.add_saturated_stars(_predictor(on), image, catalog, [sample], QUANTILES)
+    out, samples = Predictor.add_saturated_stars(
+        _predictor(on), image, catalog, [sample], QUANTILES
+    )
     # the header PSF (0.396 * 3 arcsec at 0.396 arcsec/px, beta 3.5) is the scene's exact PSF
     expected = with_saturated_stars(
         catalog, recover_saturated_stars(image, catalog, _models(), REF), QUANTILES
