@@ -39,7 +39,7 @@ DILATE_PX = 1
 #: the position search around the thickest point: a coarse grid over this many pixels each way,
 #: then a fine one around its best point
 SEARCH_PX = 2.0
-SEARCH_STEPS_PX = (0.5, 0.125)
+SEARCH_STEPS_PX = (0.5, 0.125, 0.03125)
 #: the PSF model's error per pixel, counted in each pixel's variance: this fraction of the star's
 #: light there ...
 PROFILE_ERROR = 0.03
@@ -56,6 +56,8 @@ MIN_CALIBRATION_STARS = 5
 #: a calibration star has no detection within this many pixels brighter than this share of it
 ISOLATION_PX = 8.0
 ISOLATION_SHARE = 0.05
+#: a calibration star's fits model the brightest this many detections of its fit region
+CALIBRATION_NEIGHBOURS = 60
 #: star fit, then neighbours' fluxes: this many times
 OUTER_PASSES = 2
 #: a neighbour fitted with the star has its network flux as prior mean and width, at least this
@@ -95,7 +97,7 @@ class WingCorrection:
             ]
         )
         middle = float(np.median(at))
-        spread = 1.4826 * float(np.median(np.abs(at - middle)))
+        spread = float(np.percentile(np.abs(at - middle), 68.27))  # a robust sigma, tails heavier
         if x > float(np.median(self.log_odds[:, -1])):  # beyond the largest cut: extrapolated
             spread = math.hypot(spread, middle)
         return math.exp(middle), spread
@@ -152,7 +154,22 @@ def wing_correction(
     cut = np.zeros_like(saturated, dtype=bool)
     star_odds, star_ratios = [], []
     for index in chosen:
-        whole = fit_whole_star(data, background, saturated, psf, positions[index])
+        # the catalog's other sources in the fit region, whose light a local sky would take up
+        around = np.array(tree.query_ball_point(positions[index], MAX_HALF_PX * math.sqrt(2)), int)
+        around = around[around != index]
+        around = around[(np.abs(positions[around] - positions[index]) <= MAX_HALF_PX).all(-1)]
+        around = around[np.argsort(-fluxes[around])[:CALIBRATION_NEIGHBOURS]]
+        whole = fit_band(
+            data,
+            background,
+            saturated,
+            psf,
+            positions[index],
+            MIN_HALF_PX,
+            positions[around],
+            fluxes[around],
+            True,
+        )
         if whole is None:
             continue
         centre = whole.position
@@ -167,7 +184,15 @@ def wing_correction(
                 np.clip(math.ceil(CORE_RADII * radius) + MIN_HALF_PX, MIN_HALF_PX, MAX_HALF_PX)
             )
             wing = fit_band(
-                data, background, cut | saturated, psf, centre, half, _NONE, _NONE[:, 0], False
+                data,
+                background,
+                cut | saturated,
+                psf,
+                centre,
+                half,
+                positions[around],
+                fluxes[around],
+                False,
             )
             cut[r0 : r0 + 2 * reach + 1, c0 : c0 + 2 * reach + 1] = False
             if wing is None:
@@ -191,7 +216,7 @@ def fit_whole_star(
 ) -> "BandFit | None":
     """One isolated star fitted on every usable pixel around ``position`` (position searched).
 
-    As :class:`WingCorrection` fits its calibration stars whole. ``data``, ``background`` and
+    Without neighbours (:func:`wing_correction` passes the catalog's to :func:`fit_band`). ``data``, ``background`` and
     ``saturated``: the band (sky-subtracted electrons, sky, saturated pixels; ``h w``). Its
     ``flux`` (electrons) and ``lost`` (share of the PSF's light on unusable pixels) are what a
     caller needs; None if the fit fails.
@@ -316,9 +341,8 @@ def fit_band(
     (electrons) the catalog's other sources in the fit region. Those within ``half / 2`` of the
     star (where a network puts pieces of its wings) are fitted jointly with it; the others' light
     is subtracted, then each one's flux is fitted with the rest subtracted, twice.
-    The image's background is the sky: a local sky term would take up a PSF's flat outer wings,
-    which are most of what a saturated star leaves (on real stars whose cores were cut out, the
-    fits with one were 3-25 % faint).
+    A local sky is fitted too (a cluster's unresolved light); it takes up part of a PSF model's
+    flat outer wings as well, which :class:`WingCorrection` measures on the image's own stars.
     """
     height, width = data.shape
     row, col = int(math.floor(start[0])), int(math.floor(start[1]))
