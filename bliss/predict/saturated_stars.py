@@ -41,12 +41,10 @@ from scipy.special import ndtri
 from bliss.catalog import FullCatalog
 from bliss.predict.psf_photometry import LOCAL_SKY_KEY, PsfStamps, flux_per_electron
 from bliss.predict.wing_fit import (
-    CORE_RADII,
     DILATE_PX,
-    MAX_HALF_PX,
-    MIN_HALF_PX,
     BandFit,
     fit_band,
+    fit_half_px,
     log_odds,
     stamp_on,
     wing_correction,
@@ -139,14 +137,21 @@ def saturated_blobs(saturated: np.ndarray) -> list[np.ndarray]:
     return blobs
 
 
+def _depth(blob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's distance to the blob's border on its box (one pixel of padding each side).
+
+    Returns the distances (``h w``) and the box's first pixel less the padding.
+    """
+    corner = blob.min(0)
+    box = np.zeros(blob.max(0) - corner + 3, dtype=bool)
+    box[tuple((blob - corner + 1).T)] = True
+    return ndimage.distance_transform_edt(box), corner - 1
+
+
 def _thickest_point(blob: np.ndarray) -> np.ndarray:
     """``(row, col)`` (pixel centres at +0.5) of the blob's pixels farthest from its border."""
-    corner = blob.min(0)
-    box = np.zeros(blob.max(0) - corner + 3, dtype=bool)  # one pixel of padding each side
-    box[tuple((blob - corner + 1).T)] = True
-    depth = ndimage.distance_transform_edt(box)
-    deepest = np.argwhere(depth == depth.max()) - 1
-    return deepest.mean(0) + corner + 0.5
+    depth, origin = _depth(blob)
+    return np.argwhere(depth == depth.max()).mean(0) + origin + 0.5
 
 
 def _within(plocs: np.ndarray, blob: np.ndarray, radius: float) -> np.ndarray:
@@ -181,15 +186,6 @@ def _ring_max(image: SurveyImage, band: int, blob: np.ndarray) -> float:
     return float(values.max()) if values.size else 0.0
 
 
-def _fit_half(blob: np.ndarray) -> int:
-    """Half side of a star's fit region: wings out to several core radii, within the PSF model."""
-    corner = blob.min(0)
-    box = np.zeros(blob.max(0) - corner + 3, dtype=bool)
-    box[tuple((blob - corner + 1).T)] = True
-    core_radius = float(ndimage.distance_transform_edt(box).max())
-    return int(np.clip(math.ceil(CORE_RADII * core_radius) + MIN_HALF_PX, MIN_HALF_PX, MAX_HALF_PX))
-
-
 def recover_saturated_stars(
     image: SurveyImage,
     catalog: FullCatalog,
@@ -216,6 +212,7 @@ def recover_saturated_stars(
     tree = cKDTree(positions) if n else None
     order = [reference_band] + [b for b in range(len(image.bands)) if b != reference_band]
     per_electron = np.array([flux_per_electron(image, b) for b in range(len(image.bands))])
+    subtracted = image.images - image.background
     point = (
         catalog["prob_galaxy"][0, :n, 0].numpy() < 0.5
         if "prob_galaxy" in catalog
@@ -223,7 +220,7 @@ def recover_saturated_stars(
     )
     corrections = [
         wing_correction(
-            image.images[b] - image.background[b],
+            subtracted[b],
             image.background[b],
             saturated[b],
             psf_models[b],
@@ -238,7 +235,7 @@ def recover_saturated_stars(
     fitted_positions, fitted_fluxes = np.zeros((0, 2)), np.zeros((0, len(image.bands)))
     for blob in saturated_blobs(saturated):
         start = _thickest_point(blob)
-        half = _fit_half(blob)
+        half = fit_half_px(float(_depth(blob)[0].max()))
         reach = max(half * math.sqrt(2), float(np.abs(blob + 0.5 - start).max()) * 2 + CLAIM_PX)
         close = np.array(tree.query_ball_point(start, reach) if n else [], dtype=int)
         close = close[~taken[close]]
@@ -252,7 +249,7 @@ def recover_saturated_stars(
         fitted: dict[int, BandFit] = {}
         for band in order:
             fit = fit_band(
-                image.images[band] - image.background[band],
+                subtracted[band],
                 image.background[band],
                 saturated[band],
                 psf_models[band],
@@ -281,7 +278,8 @@ def recover_saturated_stars(
         flux = np.full(bands, np.nan)
         sigma = np.full(bands, np.inf)
         # the catalog's light around the star, beyond the zone its wings swamp
-        kept = nearby[~ref.swamped(positions[nearby])]
+        swamped = ref.swamped(positions[nearby])
+        kept = nearby[~swamped]
         for band, fit in fitted.items():
             factor, error = 1.0, WING_FLUX_FLOOR * math.exp(0.5 * float(log_odds(fit.lost)))
             if corrections[band] is not None:
@@ -300,7 +298,7 @@ def recover_saturated_stars(
         # needs it; one too faint to be modelled never would
         modelled = np.zeros(n, dtype=bool)
         modelled[neighbours] = ref.neighbour_snr[: len(neighbours)] >= MIN_NEIGHBOUR_SNR
-        weak = ref.swamped(positions[nearby]) & ~modelled[nearby]
+        weak = swamped & ~modelled[nearby]
         dropped = nearby[weak]
         taken[replaced] = True
         taken[dropped] = True

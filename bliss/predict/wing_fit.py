@@ -22,6 +22,7 @@ __all__ = [
     "BandFit",
     "WingCorrection",
     "fit_band",
+    "fit_half_px",
     "fit_whole_star",
     "log_odds",
     "stamp_on",
@@ -103,6 +104,16 @@ class WingCorrection:
         return math.exp(middle), spread
 
 
+def fit_half_px(core_radius: float) -> int:
+    """Half side of a star's fit region when a core of this radius (pixels) is unusable.
+
+    Wings out to several core radii, within the PSF model: ``MIN_HALF_PX + CORE_RADII * r``,
+    at most ``MAX_HALF_PX``.
+    """
+    half = math.ceil(CORE_RADII * core_radius) + MIN_HALF_PX
+    return int(np.clip(half, MIN_HALF_PX, MAX_HALF_PX))
+
+
 def log_odds(lost: np.ndarray | float) -> np.ndarray:
     """``log(lost / (1 - lost))``, with ``lost`` kept within [0.001, 0.999]."""
     share = np.clip(np.asarray(lost, dtype=np.float64), 1e-3, 1 - 1e-3)
@@ -151,7 +162,8 @@ def wing_correction(
         chosen.append(index)
         if len(chosen) == CALIBRATION_STARS:
             break
-    cut = np.zeros_like(saturated, dtype=bool)
+    # the band's mask with one calibration star's core cut at a time, restored after each fit
+    cut = np.array(saturated, dtype=bool)
     star_odds, star_ratios = [], []
     for index in chosen:
         # the catalog's other sources in the fit region, whose light a local sky would take up
@@ -179,14 +191,13 @@ def wing_correction(
             r0, c0 = int(centre[0]) - reach, int(centre[1]) - reach
             grid = np.mgrid[r0 : r0 + 2 * reach + 1, c0 : c0 + 2 * reach + 1] + 0.5
             disk = (grid[0] - centre[0]) ** 2 + (grid[1] - centre[1]) ** 2 <= radius**2
-            cut[r0 : r0 + 2 * reach + 1, c0 : c0 + 2 * reach + 1] = disk
-            half = int(
-                np.clip(math.ceil(CORE_RADII * radius) + MIN_HALF_PX, MIN_HALF_PX, MAX_HALF_PX)
-            )
+            rows, cols = slice(r0, r0 + 2 * reach + 1), slice(c0, c0 + 2 * reach + 1)
+            cut[rows, cols] |= disk
+            half = fit_half_px(radius)
             wing = fit_band(
                 data,
                 background,
-                cut | saturated,
+                cut,
                 psf,
                 centre,
                 half,
@@ -194,7 +205,7 @@ def wing_correction(
                 fluxes[around],
                 False,
             )
-            cut[r0 : r0 + 2 * reach + 1, c0 : c0 + 2 * reach + 1] = False
+            cut[rows, cols] = saturated[rows, cols]
             if wing is None:
                 break
             odds.append(log_odds(wing.lost))

@@ -5,7 +5,7 @@ Every function takes plain arrays of one field: positions ``n 2`` in pixels ``(r
 reference-band magnitudes ``n``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -24,20 +24,20 @@ __all__ = [
 ]
 
 
+class _Counts:
+    """Counts of one field that add up over fields with ``+``, field by field."""
+
+    def __add__(self, other):
+        return type(self)(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
 @dataclass
-class DetectionScore:
+class DetectionScore(_Counts):
     """Counts of one comparison; add scores of several fields with ``+``."""
 
     n_true: int = 0
     n_est: int = 0
     n_matched: int = 0
-
-    def __add__(self, other: "DetectionScore") -> "DetectionScore":
-        return DetectionScore(
-            self.n_true + other.n_true,
-            self.n_est + other.n_est,
-            self.n_matched + other.n_matched,
-        )
 
     @property
     def precision(self) -> float:
@@ -148,17 +148,12 @@ def neighbours_of_bright(
 
 
 @dataclass
-class BrightStarScore:
+class BrightStarScore(_Counts):
     """How the brightest true stars of fields fare; add scores of several fields with ``+``."""
 
     n: int = 0
     found: int = 0
     excess: int = 0
-
-    def __add__(self, other: "BrightStarScore") -> "BrightStarScore":
-        return BrightStarScore(
-            self.n + other.n, self.found + other.found, self.excess + other.excess
-        )
 
     @property
     def found_share(self) -> float:
